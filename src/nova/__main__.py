@@ -1,0 +1,3 @@
+from nova.cli.main import run
+
+run()

@@ -1,0 +1,70 @@
+"""The ``data:`` section of a phase or stage config.
+
+Kept in its own module because the data pipeline (``nova.data``) owns these settings; the
+root schema in ``nova.config.schema`` only embeds them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from nova.config.base import Section
+
+DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference", "text"]
+
+
+class DatasetSpec(Section):
+    """One data source: a file or a directory of files, read with one format."""
+
+    path: str = Field(description="A .jsonl, .json, .csv or .parquet file, or a directory of such files. "
+                      "Relative paths are relative to the config file.")
+    format: DataFormat = Field("auto", description="Record shape; 'auto' detects it per file from the fields.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map the file's field names to nova's, e.g. {prompt: question, chosen: response_j}.",
+    )
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many records of this source.")
+    weight: float | None = Field(
+        None, gt=0, description="Relative share of this source in the mix (repeats or subsamples records).")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: str) -> str:
+        # Checked here so a typo'd path fails at config time, naming the key, not 40 minutes in.
+        if not Path(value).expanduser().exists():
+            raise ValueError(f"data file or directory not found: {value}")
+        return value
+
+
+class DataConfig(Section):
+    """Where the training data comes from and how it is checked, split and tokenized."""
+
+    datasets: list[DatasetSpec] = Field(
+        default_factory=list, description="Training sources, mixed in order. At least one is required to train.")
+    eval_datasets: list[DatasetSpec] = Field(
+        default_factory=list, description="Explicit holdout sources; when set, eval_split is not used.")
+    eval_split: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of the training records held out for eval (fixed seed).")
+    max_samples: int | None = Field(None, gt=0, description="Cap on training records after mixing.")
+    max_length: int = Field(1024, gt=8, description="Longest tokenized sequence, in tokens.")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="What happens to sequences longer than max_length (always reported).")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="A bad record stops the run ('fail') or is skipped and counted ('skip').")
+    dedup: bool = Field(True, description="Remove exact duplicates (after whitespace normalization) from train.")
+    system_prompt: str | None = Field(None, description="System message added to chats that have none.")
+    loss_on: Literal["assistant", "all"] = Field(
+        "assistant", description="Train on assistant tokens only (default) or on the whole sequence.")
+    num_proc: int | None = Field(None, gt=0, description="Processes for tokenization; default picks by size.")
+    cache_dir: str = Field(".nova-cache", description="Where tokenized datasets are cached (by content hash).")
+
+    @model_validator(mode="after")
+    def _eval_source_is_single(self) -> DataConfig:
+        # Both set would silently ignore one of them; make the user choose.
+        if self.eval_datasets and "eval_split" in self.model_fields_set and self.eval_split > 0:
+            raise ValueError("set either eval_datasets or eval_split, not both")
+        return self

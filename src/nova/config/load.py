@@ -1,0 +1,241 @@
+"""Read YAML configs, apply ``--set`` overrides, validate, and report every problem at once.
+
+Each problem names the file, the line where YAML has one, the key path, and a fix; an
+unknown key gets a did-you-mean suggestion (a silently ignored typo is how a learning rate
+ends up 40x too low without anyone noticing).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from nova.config.schema import PhaseConfig, PipelineConfig
+from nova.errors import ConfigError, Problem
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with where it came from."""
+
+    path: Path
+    config: PhaseConfig | PipelineConfig
+    raw: dict[str, Any]
+
+    @property
+    def is_pipeline(self) -> bool:
+        return isinstance(self.config, PipelineConfig)
+
+
+def _line_index(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, int]:
+    """Map each key path of a composed YAML document to its 1-based line."""
+    lines: dict[KeyPath, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, key_node.value)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_line_index(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*prefix, i)] = item.start_mark.line + 1
+            lines.update(_line_index(item, (*prefix, i)))
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    if not path.exists():
+        raise ConfigError("config not found", [Problem(str(path), "no such file", "check the --config path")])
+    if path.is_dir():
+        raise ConfigError("config is a directory", [Problem(str(path), "expected a YAML file", "pass a .yaml file")])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError("cannot read config", [Problem(str(path), str(exc))]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("malformed YAML", [Problem(where, what, "fix the YAML syntax")]) from None
+    if data is None:
+        raise ConfigError("empty config", [Problem(str(path), "the file holds no settings")])
+    if not isinstance(data, dict):
+        raise ConfigError("bad config", [Problem(str(path), f"expected a mapping of keys, got {type(data).__name__}")])
+    return data, _line_index(node)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError("bad --set", [Problem(f"--set {item}", "expected KEY=VALUE", "e.g. --set lora.r=16")])
+    key, _, value = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError("bad --set", [Problem(f"--set {item}", "empty key")])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def _apply_override(data: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+    """Set one dotted key. List items are addressed by index, phases also by name."""
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            index = _list_index(node, part, item)
+            if last:
+                node[index] = value
+                return
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError("bad --set", [Problem(f"--set {item}", f"'{'.'.join(parts[:i])}' is not a section")])
+
+
+def _list_index(node: list[Any], part: str, item: str) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if -len(node) <= index < len(node):
+            return index
+        raise ConfigError("bad --set", [Problem(f"--set {item}", f"index {index} is out of range (0..{len(node) - 1})")])
+    for i, entry in enumerate(node):
+        if isinstance(entry, dict) and entry.get("name") == part:
+            return i
+    raise ConfigError("bad --set", [Problem(f"--set {item}", f"no list item named '{part}'")])
+
+
+def _model_at(model: type[BaseModel], loc: KeyPath) -> type[BaseModel] | None:
+    """The schema class that owns the key at ``loc`` (for did-you-mean suggestions)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _first_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _problems(exc: ValidationError, root: type[BaseModel], path: Path,
+              lines: dict[KeyPath, int], prefix: KeyPath = ()) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc: KeyPath = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for p in loc if p not in ("str", "PhaseConfig", "list[str]"))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = lines.get((*prefix, *loc)) or lines.get((*prefix, *loc[:-1]))
+        where = f"{path}:{line}" if line else str(path)
+        message, hint = _describe(err, root, loc)
+        out.append(Problem(f"{where} {key}", message, hint))
+    return out
+
+
+def _describe(err: dict[str, Any], root: type[BaseModel], loc: KeyPath) -> tuple[str, str | None]:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(root, loc[:-1])
+        known = sorted(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else (f"known keys: {', '.join(known)}" if known else None)
+        return "unknown key", hint
+    if kind == "missing":
+        return "required key is missing", "add it to the config"
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    got = err.get("input")
+    if kind not in ("model_type",) and not isinstance(got, dict | list) and got is not None:
+        message = f"{message} (got {got!r})"
+    return message, None
+
+
+def load_yaml_config(path: str | Path, overrides: list[str] | None = None) -> LoadedConfig:
+    """Load a phase or pipeline config (a file with a top-level ``phases:`` is a pipeline)."""
+    path = Path(path)
+    data, lines = _read_yaml(path)
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        _apply_override(data, parts, value, item)
+    if "phases" in data:
+        return _load_pipeline(path, data, lines)
+    return LoadedConfig(path, _validate(PhaseConfig, data, path, lines), data)
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], path: Path, lines: dict[KeyPath, int],
+              prefix: KeyPath = ()) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {path}", _problems(exc, model, path, lines, prefix)) from None
+
+
+def _load_pipeline(path: Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> LoadedConfig:
+    phases = data.get("phases")
+    if not isinstance(phases, list) or not phases:
+        raise ConfigError(f"invalid config {path}",
+                          [Problem(f"{path} phases", "expected a non-empty list of phases (inline or file paths)")])
+    problems: list[Problem] = []
+    resolved: list[Any] = []
+    for i, entry in enumerate(phases):
+        if isinstance(entry, str):
+            phase_path = (path.parent / entry) if not Path(entry).is_absolute() else Path(entry)
+            try:
+                phase_data, phase_lines = _read_yaml(phase_path)
+                if "output_dir" in phase_data:
+                    problems.append(Problem(f"{phase_path} output_dir", "a phase inside a pipeline writes to "
+                                            "<pipeline output_dir>/<name>", "remove it from the phase file"))
+                resolved.append(_validate(PhaseConfig, phase_data, phase_path, phase_lines).model_dump(
+                    exclude_unset=True))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                resolved.append(None)
+        else:
+            resolved.append(entry)
+    if problems:
+        raise ConfigError(f"invalid config {path}", problems)
+    merged = {**data, "phases": resolved}
+    return LoadedConfig(path, _validate(PipelineConfig, merged, path, lines), merged)
+
+
+def load_phase(path: str | Path, overrides: list[str] | None = None) -> PhaseConfig:
+    loaded = load_yaml_config(path, overrides)
+    if not isinstance(loaded.config, PhaseConfig):
+        raise ConfigError(f"invalid config {path}", [Problem(str(path), "expected a phase config, got a pipeline")])
+    return loaded.config
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    loaded = load_yaml_config(path, overrides)
+    if not isinstance(loaded.config, PipelineConfig):
+        raise ConfigError(f"invalid config {path}", [Problem(str(path), "expected a pipeline config")])
+    return loaded.config

@@ -1,0 +1,207 @@
+"""The typed schema of nova's YAML configs.
+
+One schema, validated once, then frozen. Each field is documented here and only here: the
+``nova config`` reference and ``docs/config.md`` are generated from these descriptions.
+Derived values (effective batch size, the run directory, the list of stages) are properties,
+never edits made after validation.
+
+Relative paths in a config are relative to the directory ``nova`` runs in (the project root),
+like axolotl and LLaMA-Factory; only a pipeline's ``phases:`` file references are relative to
+the pipeline file, because they are includes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from nova.config.base import Section
+from nova.config.data_schema import DataConfig
+
+Quantization = Literal["nf4", "fp4", "int8", "none"]
+ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
+Method = Literal["sft", "dpo"]
+
+
+class ModelConfig(Section):
+    """The base model and how it is loaded."""
+
+    base: str = Field(
+        description="Hugging Face hub id, local model directory, or a .gguf file (imported on the fly).")
+    quantization: Quantization = Field(
+        "nf4", description="Base weights: 4-bit nf4 or fp4 (QLoRA), 8-bit, or 'none' for plain LoRA.")
+    double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (QLoRA).")
+    compute_dtype: ComputeDtype = Field(
+        "auto", description="Matmul dtype: 'auto' picks bf16 on GPUs that support it, fp16 on older GPUs, "
+        "fp32 on CPUs (measured: bf16 on a CPU without native bf16 is ~40x slower).")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; 'auto' lets transformers choose (sdpa where available).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (only for models you trust).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+    chat_template: str | None = Field(
+        None, description="Path to a Jinja chat template that replaces the tokenizer's own.")
+    models_dir: str = Field("models", description="Where a .gguf base is imported to as a HF model directory.")
+
+
+class LoraConfig(Section):
+    """The LoRA adapter trained on top of the (frozen, possibly quantized) base."""
+
+    r: int = Field(8, gt=0, le=4096, description="Adapter rank.")
+    alpha: int = Field(16, gt=0, description="Scaling numerator: updates are scaled by alpha / r (usually 2 x r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but lm_head).")
+    use_rslora: bool = Field(False, description="Rank-stabilized scaling alpha / sqrt(r) instead of alpha / r.")
+
+
+class TrainingConfig(Section):
+    """Optimizer, schedule, batch, evaluation and checkpointing for one stage."""
+
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; when unset, num_epochs decides.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data (used when max_steps is unset).")
+    micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass on one device.")
+    gradient_accumulation_steps: int = Field(4, gt=0, description="Micro batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA: 1e-4 to 3e-4 is typical).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; when unset, warmup_ratio decides.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Warmup as a fraction of all steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    optimizer: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
+        "adamw_torch", description="Optimizer; the 8-bit and paged ones need bitsandbytes on a GPU.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward: much less memory, about 30% slower.")
+    logging_steps: int = Field(10, gt=0, description="Log loss, learning rate and throughput every N steps.")
+    eval_steps: int = Field(100, gt=0, description="Evaluate on the holdout every N steps.")
+    save_steps: int = Field(100, gt=0, description="Write a checkpoint every N steps.")
+    save_total_limit: int = Field(3, gt=0, description="Keep the last K checkpoints (the newest is never deleted).")
+    seed: int = Field(42, description="Seed for weights init, data order and holdout split.")
+    auto_fit: bool = Field(
+        False, description="Let preflight choose micro batch, accumulation and checkpointing to fit the GPU, "
+        "keeping the effective batch size; the choice is recorded in the run directory.")
+    gpu: Literal["auto"] | int = Field(
+        "auto", description="GPU index to train on; 'auto' picks the one with the most free memory.")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Sequences per optimizer step on one device."""
+        return self.micro_batch_size * self.gradient_accumulation_steps
+
+
+class DPOConfig(Section):
+    """Direct Preference Optimization settings (used by a ``dpo`` stage)."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference model.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair",
+                       "apo_zero", "apo_down"] = Field("sigmoid", description="DPO loss variant (TRL names).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing.")
+    max_prompt_length: int = Field(512, gt=0, description="Prompt tokens kept (the end of the prompt is kept).")
+    max_completion_length: int = Field(512, gt=0, description="Chosen/rejected tokens kept (from the start).")
+
+
+class StageConfig(Section):
+    """One training stage of a phase: SFT or DPO, each with its own data and schedule."""
+
+    method: Method = Field("sft", description="Training method of this stage: 'sft' or 'dpo'.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data of this stage.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Schedule of this stage.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings (method: dpo only).")
+
+
+class PhaseConfig(Section):
+    """A training phase: one adapter trained from a starting point by one or more stages."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="Phase name; names the run directory.")
+    model: ModelConfig | None = Field(
+        None, description="Base model; required unless start_from is set (then the earlier phase's model is used).")
+    start_from: str | None = Field(
+        None, description="Name of an earlier phase of the same pipeline whose adapter this phase builds on.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter of this phase.")
+    method: Method = Field("sft", description="Training method when the phase has a single stage.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data when the phase has a single stage.")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="Schedule when the phase has a single stage.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings when the single stage is DPO.")
+    stages: list[StageConfig] = Field(
+        default_factory=list, description="Several stages in order (e.g. sft then dpo); replaces "
+        "method/data/training/dpo at the phase level.")
+    output_dir: str | None = Field(
+        None, description="Run directory; default checkpoints/<name> (in a pipeline: <pipeline output_dir>/<name>).")
+    logs_dir: str = Field("logs", description="Where the console log of each run is copied.")
+    smoke_prompts: list[str] = Field(
+        default_factory=list, description="Prompts answered by the tuned model at the end of training.")
+
+    @model_validator(mode="after")
+    def _one_way_to_give_stages(self) -> PhaseConfig:
+        if self.model is None and self.start_from is None:
+            raise ValueError("a phase needs 'model' (with 'base') or 'start_from'")
+        single = {"method", "data", "training", "dpo"} & self.model_fields_set
+        if self.stages and single:
+            raise ValueError(f"give either 'stages' or {sorted(single)} at the phase level, not both")
+        return self
+
+    @property
+    def stage_list(self) -> list[StageConfig]:
+        """The stages to run, in order (a single-stage phase is one stage)."""
+        if self.stages:
+            return list(self.stages)
+        return [StageConfig(method=self.method, data=self.data, training=self.training, dpo=self.dpo)]
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this phase writes when it runs on its own."""
+        return Path(self.output_dir or f"checkpoints/{self.name}")
+
+
+class PipelineConfig(Section):
+    """An ordered list of phases, each starting from the base or from an earlier phase."""
+
+    output_dir: str = Field("checkpoints/pipeline", description="Each phase writes <output_dir>/<phase>/.")
+    phases: list[PhaseConfig] = Field(min_length=1, description="Phases in order (inline, or paths to phase files).")
+
+    @model_validator(mode="after")
+    def _chain_is_consistent(self) -> PipelineConfig:
+        seen: list[str] = []
+        for phase in self.phases:
+            if phase.name in seen:
+                raise ValueError(f"phase name '{phase.name}' is used twice")
+            if phase.start_from is not None and phase.start_from not in seen:
+                where = f"earlier phases: {', '.join(seen)}" if seen else "it is the first phase"
+                raise ValueError(f"phase '{phase.name}' starts from '{phase.start_from}', which is not an earlier "
+                                 f"phase ({where})")
+            if phase.start_from is not None and phase.model is not None:
+                source = self.model_for(phase.start_from)
+                if phase.model != source:
+                    raise ValueError(
+                        f"phase '{phase.name}' sets 'model' differently from '{phase.start_from}', which it starts "
+                        "from; a chain shares one base model (remove 'model' from the later phase)")
+            seen.append(phase.name)
+        return self
+
+    def model_for(self, name: str) -> ModelConfig:
+        """The base model of a phase, following start_from back to the phase that names it."""
+        phase = self.phase(name)
+        while phase.model is None:
+            assert phase.start_from is not None  # guaranteed by PhaseConfig validation
+            phase = self.phase(phase.start_from)
+        return phase.model
+
+    def chain(self, name: str) -> list[PhaseConfig]:
+        """The phases whose adapters a phase builds on, oldest first, ending with the phase itself."""
+        out = [self.phase(name)]
+        while out[0].start_from is not None:
+            out.insert(0, self.phase(out[0].start_from))
+        return out
+
+    def phase(self, name: str) -> PhaseConfig:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def phase_dir(self, name: str) -> Path:
+        return Path(self.output_dir) / name

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny random model (fast tests) and the real SmolLM2 (a few slow tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_MODEL = Path(os.environ.get("NOVA_REAL_MODEL", ROOT / "models" / "smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama (2 layers, hidden 64) with a ChatML tokenizer whose pad equals eos."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct imported by scripts/setup.sh; a missing model is a failure, not a skip."""
+    if not (REAL_MODEL / "config.json").exists():
+        pytest.fail(f"real model not found at {REAL_MODEL}: run 'bash scripts/setup.sh' first "
+                    "(or set NOVA_REAL_MODEL)")
+    return REAL_MODEL
+
+
+def run_nova(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real ``nova`` CLI in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "nova", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
