@@ -50,12 +50,14 @@ def run() -> None:
     """Console-script entry: run the app, turning errors into one clear message and an exit code."""
     debug = "--debug" in sys.argv or os.environ.get("NOVA_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except NovaError as exc:
         if debug:
             raise
-        for line in exc.lines():
-            typer.echo(f"error: {line}" if line is exc.lines()[0] else line, err=True)
+        lines = exc.lines()
+        typer.echo(f"error: {lines[0]}", err=True)
+        for line in lines[1:]:
+            typer.echo(line, err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -76,6 +78,7 @@ def run() -> None:
         typer.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                    err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,8 @@ class StageConfig(Section):
 class PhaseConfig(Section):
     """A training phase: one adapter trained from a starting point by one or more stages."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                      description="Phase name; names the run directory.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+                      description="Phase name (letters, digits, _ and -); names the run directory and the adapter.")
     model: ModelConfig | None = Field(
         None, description="Base model; required unless start_from is set (then the earlier phase's model is used).")
     start_from: str | None = Field(
@@ -137,6 +137,8 @@ class PhaseConfig(Section):
 
     @model_validator(mode="after")
     def _one_way_to_give_stages(self) -> PhaseConfig:
+        if self.name in ("default", "stage_start"):
+            raise ValueError(f"phase name '{self.name}' is reserved (nova uses it for adapters); choose another")
         if self.model is None and self.start_from is None:
             raise ValueError("a phase needs 'model' (with 'base') or 'start_from'")
         single = {"method", "data", "training", "dpo"} & self.model_fields_set

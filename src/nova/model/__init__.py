@@ -1,0 +1,1 @@
+"""Model: resolve, load and quantize the base; compose LoRA adapters."""

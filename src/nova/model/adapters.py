@@ -1,0 +1,130 @@
+"""Compose LoRA adapters on a base model, identically for training, DPO reference, merge and infer.
+
+Chaining choice: a phase that starts from an earlier phase STACKS the earlier adapters,
+frozen, on the same (quantized) base, and trains a new adapter beside them. We do not merge
+the earlier adapter into the base before re-quantizing: nf4(base + delta) is not
+nf4(base) + delta, so the next phase would start from a model slightly different from the one
+the earlier phase was trained and evaluated as. Stacked, the starting point is exactly
+"base + earlier adapters" (tests/test_pipeline.py checks logits are equal), and merge later
+adds every delta in the same order, in full precision.
+
+The adapter being trained is always named "default" (so PEFT and the HF Trainer save and
+resume it at the root of a checkpoint); earlier phases' adapters carry their phase names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nova.config.schema import LoraConfig
+from nova.errors import NovaError
+from nova.lazy import require
+
+TRAINABLE = "default"
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A saved adapter in the chain: its name in the composed model and its directory."""
+
+    name: str
+    path: Path
+
+
+def peft_lora_config(lora: LoraConfig) -> Any:
+    peft = require("peft")
+    return peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_rslora=lora.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _check_adapter_dir(ref: AdapterRef) -> None:
+    if not (ref.path / "adapter_config.json").exists():
+        raise NovaError(f"adapter of '{ref.name}' not found at {ref.path} (no adapter_config.json)",
+                        hint="train that phase first, or check the run directory")
+
+
+def stack_frozen(model: Any, chain: Sequence[AdapterRef]) -> Any:
+    """Load each adapter of ``chain`` frozen onto ``model``; returns a PeftModel (or the model if none)."""
+    peft = require("peft")
+    peft_model = model
+    for ref in chain:
+        _check_adapter_dir(ref)
+        if isinstance(peft_model, peft.PeftModel):
+            peft_model.load_adapter(str(ref.path), adapter_name=ref.name, is_trainable=False)
+        else:
+            peft_model = peft.PeftModel.from_pretrained(peft_model, str(ref.path), adapter_name=ref.name,
+                                                        is_trainable=False)
+    return peft_model
+
+
+def add_trainable(model: Any, lora: LoraConfig, chain: Sequence[AdapterRef]) -> Any:
+    """Base + frozen chain + a new trainable adapter named "default", all active."""
+    peft = require("peft")
+    peft_model = stack_frozen(model, chain)
+    config = peft_lora_config(lora)
+    if isinstance(peft_model, peft.PeftModel):
+        peft_model.add_adapter(TRAINABLE, config)
+    else:
+        peft_model = peft.get_peft_model(peft_model, config, adapter_name=TRAINABLE)
+    activate(peft_model, [*[r.name for r in chain], TRAINABLE], trainable=[TRAINABLE])
+    return peft_model
+
+
+def load_trainable(model: Any, adapter_dir: Path, chain: Sequence[AdapterRef]) -> Any:
+    """Base + frozen chain + an existing adapter (from an earlier stage) as the trainable "default"."""
+    peft = require("peft")
+    peft_model = stack_frozen(model, chain)
+    _check_adapter_dir(AdapterRef(TRAINABLE, adapter_dir))
+    if isinstance(peft_model, peft.PeftModel):
+        peft_model.load_adapter(str(adapter_dir), adapter_name=TRAINABLE, is_trainable=True)
+    else:
+        peft_model = peft.PeftModel.from_pretrained(peft_model, str(adapter_dir), adapter_name=TRAINABLE,
+                                                    is_trainable=True)
+    activate(peft_model, [*[r.name for r in chain], TRAINABLE], trainable=[TRAINABLE])
+    return peft_model
+
+
+def activate(peft_model: Any, names: Sequence[str], trainable: Sequence[str] = ()) -> None:
+    """Make exactly ``names`` active (their deltas are summed) and only ``trainable`` require grad."""
+    names = list(names)
+    peft_model.base_model.set_adapter(names if len(names) > 1 else names[0])
+    frozen = [n for n in peft_model.peft_config if n not in trainable]
+    if frozen:
+        peft_model.base_model.set_requires_grad(frozen, requires_grad=False)
+    if trainable:
+        peft_model.base_model.set_requires_grad(list(trainable), requires_grad=True)
+
+
+@contextmanager
+def active_adapters(peft_model: Any, names: Sequence[str]) -> Iterator[None]:
+    """Temporarily run with only ``names`` active (e.g. the DPO reference), then restore."""
+    before = peft_model.base_model.active_adapters
+    grads = {n: p.requires_grad for n, p in peft_model.named_parameters()}
+    try:
+        if names:
+            activate(peft_model, names)
+            yield
+        else:
+            with peft_model.disable_adapter():
+                yield
+    finally:
+        peft_model.base_model.set_adapter(list(before) if len(before) > 1 else before[0])
+        for n, p in peft_model.named_parameters():
+            if n in grads:
+                p.requires_grad_(grads[n])
+
+
+def save_trainable(peft_model: Any, out_dir: Path) -> None:
+    """Save only the trainable adapter as a standard PEFT adapter directory at ``out_dir``."""
+    peft_model.save_pretrained(str(out_dir), selected_adapters=[TRAINABLE])

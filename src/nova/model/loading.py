@@ -1,0 +1,148 @@
+"""Load the tokenizer and the base model the way nova trains it.
+
+Device and dtype choices live here so training, merge and infer agree on them:
+- compute dtype ``auto``: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs
+  (measured on this project's CPU machine: bf16 without native support is ~40x slower, see
+  docs/benchmarks.md);
+- 4-bit nf4 with double quantization through bitsandbytes unless ``quantization: none``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nova.config.schema import ModelConfig
+from nova.errors import NovaError
+from nova.lazy import require
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in what precision the model runs."""
+
+    device: str  # "cuda" or "cpu"
+    compute_dtype: torch.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.compute_dtype).replace("torch.", "")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_placement(setting: str) -> Placement:
+    """Resolve ``model.compute_dtype`` for the hardware at hand."""
+    torch = require("torch")
+    on_gpu = torch.cuda.is_available()
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if setting != "auto":
+        if setting == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+            raise NovaError("model.compute_dtype is bf16 but this GPU does not support bf16",
+                            hint="set model.compute_dtype: fp16 or auto")
+        return Placement("cuda" if on_gpu else "cpu", names[setting])
+    if on_gpu:
+        return Placement("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return Placement("cpu", torch.float32)
+
+
+def resolve_base(model_cfg: ModelConfig) -> str:
+    """A path or hub id transformers can load: a .gguf base is imported once into models_dir."""
+    base = model_cfg.base
+    if base.lower().endswith(".gguf"):
+        from nova.model.gguf import ensure_hf_model
+
+        return str(ensure_hf_model(base, model_cfg.models_dir))
+    path = Path(base).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise NovaError(f"model.base '{base}' is a directory without config.json",
+                            hint="point it at a Hugging Face model directory or a .gguf file")
+        return str(path)
+    if base.startswith((".", "/", "~")):
+        raise NovaError(f"model.base '{base}' does not exist", hint="check the path, or run scripts/setup.sh")
+    return base
+
+
+def _hub_kwargs(model_cfg: ModelConfig, source: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": model_cfg.trust_remote_code}
+    if Path(source).exists():
+        kwargs["local_files_only"] = True
+    elif model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
+    return kwargs
+
+
+def load_tokenizer(model_cfg: ModelConfig, source: str | None = None) -> Any:
+    """Load the tokenizer, apply a chat-template override, and make sure a pad token exists.
+
+    A missing pad token becomes eos. Pad equal to eos is fine for nova: labels are built
+    from the chat template before padding and the collator pads labels with -100, so the eos
+    that ends each assistant turn is still learned (tests/test_train.py checks this).
+    """
+    transformers = require("transformers")
+    source = source or resolve_base(model_cfg)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **_hub_kwargs(model_cfg, source))
+    except OSError as exc:
+        raise NovaError(f"cannot load the tokenizer of '{source}': {str(exc).splitlines()[0]}",
+                        hint="check model.base; offline, a hub id must already be in the local cache") from None
+    if model_cfg.chat_template:
+        template_path = Path(model_cfg.chat_template)
+        if not template_path.exists():
+            raise NovaError(f"model.chat_template file not found: {template_path}")
+        tokenizer.chat_template = template_path.read_text(encoding="utf-8")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def quantization_config(model_cfg: ModelConfig, compute_dtype: torch.dtype) -> Any | None:
+    """The bitsandbytes config for ``model.quantization`` (None for plain LoRA)."""
+    if model_cfg.quantization == "none":
+        return None
+    require("bitsandbytes")
+    transformers = require("transformers")
+    if model_cfg.quantization == "int8":
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return transformers.BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_cfg.quantization,
+        bnb_4bit_use_double_quant=model_cfg.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_base_model(model_cfg: ModelConfig, placement: Placement, source: str | None = None,
+                    *, quantize: bool = True) -> Any:
+    """Load the base model, quantized as configured (``quantize=False`` loads full precision for merge)."""
+    transformers = require("transformers")
+    source = source or resolve_base(model_cfg)
+    kwargs = _hub_kwargs(model_cfg, source)
+    kwargs["dtype"] = placement.compute_dtype
+    if model_cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    qconfig = quantization_config(model_cfg, placement.compute_dtype) if quantize else None
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": 0} if placement.device == "cuda" else {"": "cpu"}
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise NovaError(f"cannot load model '{source}': {str(exc).splitlines()[0]}",
+                        hint="check model.base; offline, a hub id must already be in the local cache") from None
+    if qconfig is None and placement.device == "cuda":
+        model = model.to("cuda")
+    return model

@@ -1,0 +1,93 @@
+"""Trainer callbacks: metrics.jsonl (one JSON object per logged step) and an ASCII progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from nova.lazy import require
+
+transformers = require("transformers")
+
+
+def memory_in_use() -> dict[str, float]:
+    """GPU memory allocated/reserved (bytes) on CUDA, else this process's resident set size."""
+    torch = require("torch")
+    if torch.cuda.is_available():
+        return {"memory_allocated": float(torch.cuda.memory_allocated()),
+                "memory_reserved": float(torch.cuda.memory_reserved())}
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return {"memory_rss": float(pages * os.sysconf("SC_PAGE_SIZE"))}
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+class MetricsCallback(transformers.TrainerCallback):
+    """Append every log event to ``metrics.jsonl`` with step, epoch, throughput and memory.
+
+    Tokens per second counts non-padding input tokens between two logs, over wall time.
+    """
+
+    def __init__(self, path: Path, stage: str) -> None:
+        self.path = path
+        self.stage = stage
+        self._last_time: float | None = None
+        self._last_tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        record: dict[str, Any] = {"stage": self.stage, "step": state.global_step,
+                                  "epoch": round(state.epoch or 0.0, 4), "time": time.time()}
+        record.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
+        now = time.perf_counter()
+        if "loss" in logs and self._last_time is not None:
+            seen = state.num_input_tokens_seen
+            elapsed = now - self._last_time
+            if elapsed > 0 and seen > self._last_tokens:
+                record["tokens_per_second"] = round((seen - self._last_tokens) / elapsed, 2)
+            self._last_time, self._last_tokens = now, seen
+        record.update(memory_in_use())
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class ProgressCallback(transformers.TrainerCallback):
+    """An ASCII progress bar with loss, learning rate and ETA (replaces the Trainer's dict printing)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        tqdm = require("tqdm.auto").tqdm
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.label, ascii=True,
+                        dynamic_ncols=True, mininterval=1.0)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.bar is None or not logs:
+            return
+        post = {}
+        for key, short in (("loss", "loss"), ("eval_loss", "eval"), ("learning_rate", "lr"),
+                           ("rewards/margins", "margin")):
+            if key in logs:
+                post[short] = f"{logs[key]:.3g}" if key == "learning_rate" else f"{logs[key]:.4f}"
+        if post:
+            self.bar.set_postfix(post, refresh=False)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,40 @@
+"""Console output of a run, copied to a log file under ``logs/`` so tmux scrollback is not the only record."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+
+class RunLog:
+    """Prints lines to the console and appends them to a log file."""
+
+    def __init__(self, log_file: Path | None = None, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.log_file = log_file
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def say(self, line: str = "") -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        if self.log_file is not None:
+            with self.log_file.open("a", encoding="utf-8") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_seconds(s: float) -> str:
+    s = int(round(s))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")

@@ -1,0 +1,88 @@
+"""``nova train --dry-run``: validate config, data and model access, and print the plan; train nothing."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nova.config.load import LoadedConfig
+from nova.config.schema import ModelConfig
+from nova.errors import NovaError
+from nova.train.phase import is_complete, stage_names
+from nova.train.plan import as_pipeline, plan_phases, select
+
+
+@dataclass
+class DryRun:
+    lines: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+
+def model_access(model: ModelConfig) -> str | None:
+    """None when the base model can be loaded here, else what is missing (no network calls)."""
+    base = model.base
+    path = Path(base).expanduser()
+    if base.lower().endswith(".gguf"):
+        return None if path.is_file() else f"GGUF file {base} not found"
+    if path.exists():
+        return None if (path / "config.json").exists() else f"{base} has no config.json"
+    if base.startswith((".", "/", "~")):
+        return f"model directory {base} not found"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base, "config.json", revision=model.revision)
+    except Exception:  # an unusual cache layout is not a reason to crash a dry run
+        cached = None
+    if isinstance(cached, str):
+        return None
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return (f"hub model {base} is not in the local cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
+            + " (download it on a machine with hub access, or point model.base at a local copy)")
+
+
+def dry_run(loaded: LoadedConfig, phase: str | None = None) -> DryRun:
+    pipeline, is_pipeline = as_pipeline(loaded)
+    single_dir = None if is_pipeline else pipeline.phases[0].run_dir
+    out = DryRun()
+    kind = "pipeline" if is_pipeline else "phase"
+    out.lines.append(f"config {loaded.path}: {kind} with {len(pipeline.phases)} phase(s), valid")
+    for item in select(plan_phases(pipeline, single_dir), phase):
+        model = pipeline.model_for(item.phase.name)
+        status = "finished, would be skipped" if is_complete(item.run_dir) else "would train"
+        start = f"from phase {item.phase.start_from}" if item.phase.start_from else f"from base {model.base}"
+        out.lines.append(f"phase {item.phase.name} ({status}) -> {item.run_dir}")
+        out.lines.append(f"  starts {start}; {model.quantization} base, LoRA r={item.phase.lora.r} "
+                         f"alpha={item.phase.lora.alpha} dropout={item.phase.lora.dropout}")
+        problem = model_access(model)
+        if problem:
+            out.missing.append(f"phase {item.phase.name}: {problem}")
+        for name, stage in zip(stage_names(item.phase), item.phase.stage_list, strict=True):
+            t = stage.training
+            steps = f"{t.max_steps} steps" if t.max_steps else f"{t.num_epochs:g} epoch(s)"
+            out.lines.append(f"  stage {name}: {steps}, micro batch {t.micro_batch_size} x accumulation "
+                             f"{t.gradient_accumulation_steps} = {t.effective_batch_size}, lr {t.learning_rate:g} "
+                             f"{t.lr_scheduler}, {len(stage.data.datasets)} data source(s)")
+            out.lines.extend(_data_lines(stage, out))
+    return out
+
+
+def _data_lines(stage, out: DryRun) -> list[str]:  # type: ignore[no-untyped-def]
+    try:
+        from nova.data import check_data
+    except ImportError:
+        return ["    data: not checked (nova.data unavailable)"]
+    if not stage.data.datasets:
+        out.missing.append("a stage has no data.datasets")
+        return ["    data: none configured"]
+    try:
+        report = check_data(stage.data, method=stage.method)
+    except NovaError as exc:
+        out.missing.extend(exc.lines())
+        return ["    data: INVALID (see below)"]
+    return [f"    {line}" for line in report.lines()]

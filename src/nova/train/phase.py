@@ -1,0 +1,275 @@
+"""Run one phase: prepare every stage's data, load the model once, train the stages in order, save.
+
+The order matters and reads top to bottom in ``run_phase``:
+1. data first (validation and tokenization fail before a model is loaded);
+2. the base model, quantized, with earlier phases' adapters stacked frozen;
+3. each stage trains the phase's adapter and saves it under ``stages/<stage>/adapter``;
+4. the last stage's adapter becomes ``adapter/`` and a ``COMPLETE`` marker is written last,
+   so a phase counts as finished only when everything it promises is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nova.config.schema import ModelConfig, PhaseConfig, StageConfig
+from nova.errors import NovaError
+from nova.model.adapters import TRAINABLE, AdapterRef, add_trainable, save_trainable, stack_frozen
+from nova.train.console import RunLog, human_seconds
+
+COMPLETE = "COMPLETE"
+STAGE_REF = "stage_start"  # frozen copy of the phase adapter as it was when a later stage began
+
+
+@dataclass
+class StageResult:
+    name: str
+    method: str
+    steps: int = 0
+    seconds: float = 0.0
+    train_loss: float | None = None
+    eval_loss_start: float | None = None
+    eval_loss_end: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    run_dir: Path
+    adapter_dir: Path
+    stages: list[StageResult]
+    seconds: float
+    skipped: bool = False
+
+
+def stage_names(phase: PhaseConfig) -> list[str]:
+    """Directory names of a phase's stages: the method, numbered when it repeats (sft, dpo, sft-2)."""
+    names: list[str] = []
+    for stage in phase.stage_list:
+        base, n = stage.method, 1
+        while (base if n == 1 else f"{base}-{n}") in names:
+            n += 1
+        names.append(base if n == 1 else f"{base}-{n}")
+    return names
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (run_dir / COMPLETE).exists() and (run_dir / "adapter" / "adapter_config.json").exists()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_resolved_config(run_dir: Path, phase: PhaseConfig, model: ModelConfig,
+                          chain: list[AdapterRef], extra: dict[str, Any] | None = None) -> None:
+    """The config as it ran: defaults and overrides applied, the base model resolved."""
+    data = phase.model_dump(mode="json")
+    data["model"] = model.model_dump(mode="json")
+    data["_chain"] = [{"phase": r.name, "adapter": str(r.path)} for r in chain]
+    if extra:
+        data["_resolved"] = extra
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def save_adapter_atomic(peft_model: Any, dest: Path) -> None:
+    """Save the trainable adapter to a temporary sibling and rename it into place."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_trainable(peft_model, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+@dataclass
+class PhaseContext:
+    """Everything a phase run needs that is not in its config."""
+
+    phase: PhaseConfig
+    model_cfg: ModelConfig
+    run_dir: Path
+    chain: list[AdapterRef]
+    log: RunLog
+
+
+def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
+    """Validate and tokenize every stage's data before any weights load."""
+    from nova.data import prepare_stage_data
+
+    prepared = []
+    for name, stage in zip(stage_names(ctx.phase), ctx.phase.stage_list, strict=True):
+        if not stage.data.datasets:
+            raise NovaError(f"phase '{ctx.phase.name}' stage '{name}' has no data.datasets",
+                            hint="add at least one data source")
+        data = prepare_stage_data(stage.data, tokenizer, method=stage.method, seed=stage.training.seed,
+                                  dpo=stage.dpo)
+        ctx.log.say(f"[{ctx.phase.name}/{name}] data:")
+        for line in data.report.lines():
+            ctx.log.say(f"  {line}")
+        stage_dir = ctx.run_dir / "stages" / name
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(stage_dir / "data_report.json", data.report.to_dict())
+        prepared.append(data)
+    return prepared
+
+
+def run_phase(ctx: PhaseContext) -> PhaseResult:
+    """Train all stages of one phase and leave ``adapter/`` plus ``COMPLETE`` in its run directory."""
+    from nova.model.loading import choose_placement, load_base_model, load_tokenizer, resolve_base
+
+    started = time.time()
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.run_dir / COMPLETE).unlink(missing_ok=True)
+    source = resolve_base(ctx.model_cfg)
+    placement = choose_placement(ctx.model_cfg.compute_dtype)
+    tokenizer = load_tokenizer(ctx.model_cfg, source)
+    write_resolved_config(ctx.run_dir, ctx.phase, ctx.model_cfg, ctx.chain,
+                          {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source})
+    datasets = prepare_all_data(ctx, tokenizer)
+
+    ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
+                f"{placement.device})" + (f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}"
+                                          if ctx.chain else ""))
+    base = load_base_model(ctx.model_cfg, placement, source)
+    model = _prepare_for_training(base, ctx)
+    results = []
+    for index, (name, stage, data) in enumerate(zip(stage_names(ctx.phase), ctx.phase.stage_list, datasets,
+                                                    strict=True)):
+        if index > 0:
+            _freeze_stage_start(model, ctx.run_dir / "stages" / stage_names(ctx.phase)[index - 1] / "adapter")
+        results.append(_run_stage(ctx, model, tokenizer, placement, name, stage, data, index))
+
+    final = ctx.run_dir / "adapter"
+    last_stage_adapter = ctx.run_dir / "stages" / stage_names(ctx.phase)[-1] / "adapter"
+    tmp = final.with_name("adapter.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(last_stage_adapter, tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    seconds = time.time() - started
+    result = PhaseResult(ctx.phase.name, ctx.run_dir, final, results, seconds)
+    _smoke_prompts(ctx, model, tokenizer)
+    write_json_atomic(ctx.run_dir / COMPLETE, {
+        "phase": ctx.phase.name, "finished": time.time(), "seconds": round(seconds, 1),
+        "stages": [r.__dict__ for r in results], "adapter": str(final),
+    })
+    return result
+
+
+def _prepare_for_training(base: Any, ctx: PhaseContext) -> Any:
+    """Quantized bases need k-bit preparation (input grads for checkpointing); then stack adapters."""
+    from nova.lazy import require
+
+    peft = require("peft")
+    first = ctx.phase.stage_list[0]
+    if ctx.model_cfg.quantization != "none":
+        base = peft.prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=first.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return add_trainable(base, ctx.phase.lora, ctx.chain)
+
+
+def _freeze_stage_start(model: Any, adapter_dir: Path) -> None:
+    """Keep a frozen copy of the phase adapter as the next stage starts (the DPO reference)."""
+    from nova.model.adapters import activate
+
+    if STAGE_REF in model.peft_config:
+        model.delete_adapter(STAGE_REF)
+    model.load_adapter(str(adapter_dir), adapter_name=STAGE_REF, is_trainable=False)
+    active = [n for n in model.peft_config if n not in (STAGE_REF, TRAINABLE)] + [TRAINABLE]
+    activate(model, active, trainable=[TRAINABLE])
+
+
+def _reference_adapters(ctx: PhaseContext, index: int) -> list[str]:
+    """The DPO reference: earlier phases, plus this phase's adapter as it was when the stage began."""
+    names = [r.name for r in ctx.chain]
+    return [*names, STAGE_REF] if index > 0 else names
+
+
+def _run_stage(ctx: PhaseContext, model: Any, tokenizer: Any, placement: Any, name: str, stage: StageConfig,
+               data: Any, index: int) -> StageResult:
+    from nova.train.trainers import build_dpo_trainer, build_sft_trainer
+
+    stage_dir = ctx.run_dir / "stages" / name
+    label = f"{ctx.phase.name}/{name}"
+    common = {"output_dir": ctx.run_dir / "checkpoints" / name, "placement": placement,
+              "metrics_path": ctx.run_dir / "metrics.jsonl", "stage_name": name, "label": label}
+    if stage.method == "dpo":
+        trainer = build_dpo_trainer(model, tokenizer, stage, data, reference_adapters=_reference_adapters(ctx, index),
+                                    **common)
+    else:
+        trainer = build_sft_trainer(model, tokenizer, stage, data, **common)
+    result = StageResult(name=name, method=stage.method)
+    t = stage.training
+    ctx.log.say(f"[{label}] {len(data.train)} train / {len(data.eval) if data.eval is not None else 0} eval "
+                f"examples, micro batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps} "
+                f"= {t.effective_batch_size} per step, lr {t.learning_rate:g} {t.lr_scheduler}")
+    if data.eval is not None:
+        result.eval_loss_start = trainer.evaluate().get("eval_loss")
+    started = time.time()
+    output = trainer.train()
+    result.seconds = time.time() - started
+    result.steps = trainer.state.global_step
+    result.train_loss = _finite(output.training_loss)
+    if data.eval is not None:
+        final_eval = trainer.evaluate()
+        result.eval_loss_end = final_eval.get("eval_loss")
+        result.metrics = {k: v for k, v in final_eval.items() if isinstance(v, int | float)}
+    save_adapter_atomic(model, stage_dir / "adapter")
+    _say_stage_summary(ctx.log, label, result, stage_dir / "adapter")
+    return result
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _say_stage_summary(log: RunLog, label: str, r: StageResult, adapter: Path) -> None:
+    parts = [f"{r.steps} steps in {human_seconds(r.seconds)}"]
+    if r.train_loss is not None:
+        parts.append(f"train loss {r.train_loss:.4f}")
+    if r.eval_loss_start is not None and r.eval_loss_end is not None:
+        parts.append(f"eval loss {r.eval_loss_start:.4f} -> {r.eval_loss_end:.4f}")
+    log.say(f"[{label}] done: {', '.join(parts)}; adapter: {adapter}")
+
+
+def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
+    """Answer the config's smoke prompts with the tuned model and save them beside the adapter."""
+    if not ctx.phase.smoke_prompts:
+        return
+    from nova.infer import generate_answers
+
+    answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
+    with (ctx.run_dir / "smoke.jsonl").open("w", encoding="utf-8") as fh:
+        for prompt, answer in zip(ctx.phase.smoke_prompts, answers, strict=True):
+            fh.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+            ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r} -> {answer[:200]!r}")
+
+
+def chain_refs(run_dirs: list[tuple[str, Path]]) -> list[AdapterRef]:
+    """Adapter references for the earlier phases of a chain (their run directories must be complete)."""
+    refs = []
+    for name, run_dir in run_dirs:
+        if not is_complete(run_dir):
+            raise NovaError(f"phase '{name}' has not finished: no complete adapter in {run_dir}",
+                            hint=f"train it first (nova train --config PIPELINE --phase {name})")
+        refs.append(AdapterRef(name, run_dir / "adapter"))
+    return refs
+
+
+__all__ = ["COMPLETE", "PhaseContext", "PhaseResult", "chain_refs", "is_complete", "run_phase", "stack_frozen"]

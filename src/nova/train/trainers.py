@@ -1,0 +1,140 @@
+"""Build TRL trainers for a stage. SFT and DPO share one skeleton: arguments, trainer, callbacks.
+
+nova tokenizes the data itself (``nova.data``: masks from the chat template, every drop
+counted), so both trainers receive pre-tokenized datasets and skip TRL's own preparation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nova.config.schema import StageConfig
+from nova.lazy import require
+from nova.model.adapters import active_adapters
+from nova.model.loading import Placement
+from nova.train.callbacks import MetricsCallback, ProgressCallback
+
+
+def common_args(stage: StageConfig, output_dir: Path, placement: Placement, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments shared by SFT and DPO, from the stage's ``training:`` section."""
+    t = stage.training
+    torch = require("torch")
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": t.micro_batch_size,
+        "per_device_eval_batch_size": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
+        "max_steps": t.max_steps or -1,
+        "num_train_epochs": t.num_epochs,
+        "weight_decay": t.weight_decay,
+        "optim": t.optimizer,
+        "max_grad_norm": t.max_grad_norm,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": t.eval_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "bf16": placement.compute_dtype == torch.bfloat16,
+        "fp16": placement.compute_dtype == torch.float16,
+        "use_cpu": placement.device == "cpu",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": False,
+    }
+
+
+def _attach_callbacks(trainer: Any, metrics_path: Path, stage_name: str, label: str) -> Any:
+    transformers = require("transformers")
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
+    trainer.add_callback(MetricsCallback(metrics_path, stage_name))
+    trainer.add_callback(ProgressCallback(label))
+    return trainer
+
+
+def build_sft_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, *, output_dir: Path,
+                      placement: Placement, metrics_path: Path, stage_name: str, label: str) -> Any:
+    trl = require("trl")
+    args = trl.SFTConfig(
+        **common_args(stage, output_dir, placement, data.eval is not None),
+        max_length=None,  # nova.data already applied data.max_length (truncate or drop, counted)
+        dataset_kwargs={"skip_prepare_dataset": True},
+        packing=False,
+    )
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                             processing_class=tokenizer)
+    return _attach_callbacks(trainer, metrics_path, stage_name, label)
+
+
+def _nova_dpo_trainer_class() -> type:
+    """DPOTrainer with nova's data preparation and a reference that is the stage's true starting point.
+
+    TRL (1.16) takes the reference of a PEFT policy by disabling *all* adapters (or switching to
+    one adapter named "ref"). With stacked phases that is the raw base, which is the bug
+    LLaMA-Factory has (their issue #8459): DPO would pull the model back to its pre-SFT self.
+    Here the reference log-probs are computed once, before training, with exactly the
+    reference composition active (earlier phases plus a frozen copy of this phase's adapter as
+    it was when DPO began), so no second model copy is held.
+    """
+    trl = require("trl")
+    torch = require("torch")
+    from trl.models.utils import disable_gradient_checkpointing
+
+    class NovaDPOTrainer(trl.DPOTrainer):
+        reference_adapters: Sequence[str] = ()
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            if "prompt_ids" in dataset.column_names:  # tokenized, truncated and counted by nova.data
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+            skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+            kwargs = {k: v for k, v in inputs.items() if k not in skip}
+            kwargs["use_cache"] = False
+            labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+            peft_model = self.accelerator.unwrap_model(self.model)
+            with (torch.no_grad(),
+                  disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                  active_adapters(peft_model, list(self.reference_adapters)),
+                  self.accelerator.autocast()):
+                per_token = model(**kwargs, labels=labels, fused_lm_head=True).log_probs
+            mask = inputs["completion_mask"][..., 1:]
+            logps = per_token[:, -mask.size(1):].sum(dim=1)
+            return logps.chunk(2, dim=0)
+
+    return NovaDPOTrainer
+
+
+def build_dpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, *, output_dir: Path,
+                      placement: Placement, metrics_path: Path, stage_name: str, label: str,
+                      reference_adapters: Sequence[str]) -> Any:
+    trl = require("trl")
+    d = stage.dpo
+    args = trl.DPOConfig(
+        **common_args(stage, output_dir, placement, data.eval is not None),
+        beta=d.beta,
+        loss_type=[d.loss_type],
+        label_smoothing=d.label_smoothing,
+        max_length=d.max_prompt_length + d.max_completion_length,
+        precompute_ref_log_probs=True,
+        disable_dropout=True,
+    )
+    cls = _nova_dpo_trainer_class()
+    cls.reference_adapters = tuple(reference_adapters)
+    trainer = cls(model=model, ref_model=None, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                  processing_class=tokenizer)
+    return _attach_callbacks(trainer, metrics_path, stage_name, label)
