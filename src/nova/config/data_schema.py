@@ -6,9 +6,8 @@ root schema in ``nova.config.schema`` only embeds them.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 

@@ -114,7 +114,8 @@ def _list_index(node: list[Any], part: str, item: str) -> int:
         index = int(part)
         if -len(node) <= index < len(node):
             return index
-        raise ConfigError("bad --set", [Problem(f"--set {item}", f"index {index} is out of range (0..{len(node) - 1})")])
+        raise ConfigError("bad --set",
+                          [Problem(f"--set {item}", f"index {index} is out of range (0..{len(node) - 1})")])
     for i, entry in enumerate(node):
         if isinstance(entry, dict) and entry.get("name") == part:
             return i
@@ -206,7 +207,7 @@ def _load_pipeline(path: Path, data: dict[str, Any], lines: dict[KeyPath, int]) 
                           [Problem(f"{path} phases", "expected a non-empty list of phases (inline or file paths)")])
     problems: list[Problem] = []
     resolved: list[Any] = []
-    for i, entry in enumerate(phases):
+    for entry in phases:
         if isinstance(entry, str):
             phase_path = (path.parent / entry) if not Path(entry).is_absolute() else Path(entry)
             try:

@@ -9,20 +9,37 @@ from typing import TextIO
 
 
 class RunLog:
-    """Prints lines to the console and appends them to a log file."""
+    """Prints lines to the console and appends them to a log file.
+
+    Lines are buffered until ``attach`` is called, which happens only once config and data
+    have passed validation: a run that fails its checks leaves no log file behind.
+    """
 
     def __init__(self, log_file: Path | None = None, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         self.log_file = log_file
-        if log_file is not None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._attached = False
+        self._pending: list[str] = []
+
+    def attach(self) -> None:
+        """Start writing the log file, beginning with the lines said so far."""
+        if self._attached or self.log_file is None:
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._attached = True
+        with self.log_file.open("a", encoding="utf-8") as fh:
+            fh.writelines(self._pending)
+        self._pending = []
 
     def say(self, line: str = "") -> None:
         self.stream.write(line + "\n")
         self.stream.flush()
-        if self.log_file is not None:
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
+        if not self._attached:
+            self._pending.append(stamped)
+        elif self.log_file is not None:
             with self.log_file.open("a", encoding="utf-8") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+                fh.write(stamped)
 
 
 def human_bytes(n: float) -> str:
@@ -34,7 +51,7 @@ def human_bytes(n: float) -> str:
 
 
 def human_seconds(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     h, rest = divmod(s, 3600)
     m, sec = divmod(rest, 60)
     return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")

@@ -41,9 +41,10 @@ def model_access(model: ModelConfig) -> str | None:
         cached = None
     if isinstance(cached, str):
         return None
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return (f"hub model {base} is not in the local cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
-            + " (download it on a machine with hub access, or point model.base at a local copy)")
+    offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    return (f"model {base}: no local directory of that name, and not in the local hub cache{offline}; "
+            "download it where the hub is reachable, or point model.base at a local copy "
+            "(the demo model comes from scripts/setup.sh)")
 
 
 def dry_run(loaded: LoadedConfig, phase: str | None = None) -> DryRun:

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ class PhaseContext:
 
 
 def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
-    """Validate and tokenize every stage's data before any weights load."""
+    """Validate and tokenize every stage's data before any weights load (and before anything is written)."""
     from nova.data import prepare_stage_data
 
     prepared = []
@@ -119,26 +120,38 @@ def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
         ctx.log.say(f"[{ctx.phase.name}/{name}] data:")
         for line in data.report.lines():
             ctx.log.say(f"  {line}")
-        stage_dir = ctx.run_dir / "stages" / name
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(stage_dir / "data_report.json", data.report.to_dict())
         prepared.append(data)
     return prepared
 
 
-def run_phase(ctx: PhaseContext) -> PhaseResult:
-    """Train all stages of one phase and leave ``adapter/`` plus ``COMPLETE`` in its run directory."""
+def _write_data_reports(ctx: PhaseContext, datasets: list[Any]) -> None:
+    for name, data in zip(stage_names(ctx.phase), datasets, strict=True):
+        stage_dir = ctx.run_dir / "stages" / name
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(stage_dir / "data_report.json", data.report.to_dict())
+
+
+def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> PhaseResult:
+    """Train all stages of one phase and leave ``adapter/`` plus ``COMPLETE`` in its run directory.
+
+    ``on_start`` is called once the inputs are valid, just before the first write.
+    """
     from nova.model.loading import choose_placement, load_base_model, load_tokenizer, resolve_base
 
     started = time.time()
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.run_dir / COMPLETE).unlink(missing_ok=True)
     source = resolve_base(ctx.model_cfg)
     placement = choose_placement(ctx.model_cfg.compute_dtype)
     tokenizer = load_tokenizer(ctx.model_cfg, source)
+    datasets = prepare_all_data(ctx, tokenizer)
+
+    if on_start is not None:
+        on_start()
+    ctx.log.attach()
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.run_dir / COMPLETE).unlink(missing_ok=True)
     write_resolved_config(ctx.run_dir, ctx.phase, ctx.model_cfg, ctx.chain,
                           {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source})
-    datasets = prepare_all_data(ctx, tokenizer)
+    _write_data_reports(ctx, datasets)
 
     ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
                 f"{placement.device})" + (f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}"

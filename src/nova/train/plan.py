@@ -99,11 +99,18 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
             results.append(PhaseResult(name, item.run_dir, item.run_dir / "adapter", [], 0.0, skipped=True))
             continue
         chain = chain_refs(item.chain)
-        state.update(name, status="running", started=time.time(), ended=None, error=None)
+        began = False
+
+        def on_start(name: str = name) -> None:
+            nonlocal began
+            began = True
+            state.update(name, status="running", started=time.time(), ended=None, error=None)
+
         try:
-            result = run_phase(PhaseContext(item.phase, pipeline.model_for(name), item.run_dir, chain, log))
+            result = run_phase(PhaseContext(item.phase, pipeline.model_for(name), item.run_dir, chain, log), on_start)
         except BaseException as exc:
-            state.update(name, status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}"[:500])
+            if began:  # a phase that failed its input checks wrote nothing and stays as it was
+                state.update(name, status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}"[:500])
             raise
         state.update(name, status="done", ended=time.time(), seconds=round(result.seconds, 1))
         log.say(f"[{name}] finished in {human_seconds(result.seconds)}; adapter: {result.adapter_dir}")
