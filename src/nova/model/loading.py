@@ -145,4 +145,24 @@ def load_base_model(model_cfg: ModelConfig, placement: Placement, source: str | 
                         hint="check model.base; offline, a hub id must already be in the local cache") from None
     if qconfig is None and placement.device == "cuda":
         model = model.to("cuda")
+    if qconfig is not None and placement.device == "cpu":
+        keep_cpu_4bit_differentiable(model)
     return model
+
+
+def keep_cpu_4bit_differentiable(model: Any) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; returns how many layers.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight the first time
+    it runs in eval mode without grad (e.g. an evaluation pass) and from then on uses a kernel
+    with no autograd support, also in training. Gradients then stop flowing through the frozen
+    base layers and every adapter below the last one learns from a wrong signal, silently
+    (torch only warns "an autograd kernel was not registered"). Training evaluates every
+    ``eval_steps``, so nova turns the repacking off. tests/test_model.py checks the gradients.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count

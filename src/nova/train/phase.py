@@ -240,12 +240,20 @@ def _run_stage(ctx: PhaseContext, model: Any, tokenizer: Any, placement: Any, na
     result.steps = trainer.state.global_step
     result.train_loss = _finite(output.training_loss)
     if data.eval is not None:
-        final_eval = trainer.evaluate()
+        final_eval = _last_eval_at(trainer.state.log_history, result.steps) or trainer.evaluate()
         result.eval_loss_end = final_eval.get("eval_loss")
         result.metrics = {k: v for k, v in final_eval.items() if isinstance(v, int | float)}
     save_adapter_atomic(model, stage_dir / "adapter")
     _say_stage_summary(ctx.log, label, result, stage_dir / "adapter")
     return result
+
+
+def _last_eval_at(history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The evaluation logged at ``step`` if the schedule already ran one there (no second eval pass)."""
+    for record in reversed(history):
+        if "eval_loss" in record and record.get("step") == step:
+            return record
+    return None
 
 
 def _finite(value: float | None) -> float | None:
