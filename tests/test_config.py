@@ -128,3 +128,8 @@ def test_reference_documents_every_key() -> None:
     for key in ("lora.r", "training.learning_rate", "data.datasets[].path", "stages[].dpo.beta", "model.base"):
         assert key in text
     assert all(line.isascii() for line in lines)
+
+
+def test_docs_config_md_is_generated_from_the_schema() -> None:
+    expected = "\n".join(reference_lines(markdown=True)) + "\n"
+    assert (ROOT / "docs" / "config.md").read_text() == expected, "run: nova config --markdown > docs/config.md"

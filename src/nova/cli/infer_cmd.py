@@ -22,8 +22,10 @@ def infer(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate answers with the chat template; --json prints one JSON object per prompt."""
+    from nova.console import quiet_libraries
     from nova.infer import Sampling, generate_chat, load_model
 
+    quiet_libraries()
     if not prompt:
         raise NovaError("no prompt given", hint="pass --prompt TEXT")
     if not model.exists():

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from nova import __version__
-from nova.cli import config_cmd, data_cmd, infer_cmd, models_cmd, train_cmd
+from nova.cli import config_cmd, data_cmd, infer_cmd, models_cmd, preflight_cmd, train_cmd
 from nova.errors import NovaError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.command("preflight")(preflight_cmd.preflight)
 app.command("train")(train_cmd.train)
 app.command("infer")(infer_cmd.infer)
 app.command("config")(config_cmd.config)

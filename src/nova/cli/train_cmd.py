@@ -14,10 +14,13 @@ def train(
     phase: str | None = typer.Option(None, "--phase", help="Run only this phase (its inputs must exist)."),
     force: bool = typer.Option(False, "--force", help="Retrain phases that already finished."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate config, data and model access; print the plan."),
+    no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip the preflight checks before training."),
 ) -> None:
     """Fine-tune: validate, then train each phase and stage, writing checkpoints, metrics and adapters."""
     from nova.config.load import load_yaml_config
+    from nova.console import quiet_libraries
 
+    quiet_libraries()
     loaded = load_yaml_config(config, set_)
     if dry_run:
         from nova.train.dryrun import dry_run as run_dry
@@ -32,8 +35,25 @@ def train(
             raise typer.Exit(1)
         typer.echo("dry run ok: nothing was trained")
         return
+    if not no_preflight:
+        _preflight_or_stop(loaded)
     from nova.train.plan import run_config
 
     results = run_config(loaded, phase=phase, force=force)
     if not results:
         raise NovaError("nothing to train")
+
+
+def _preflight_or_stop(loaded: object) -> None:
+    """Run preflight (data is validated by training itself right after); stop on a failing verdict."""
+    from nova.preflight import run_preflight
+
+    report = run_preflight(loaded, check_data=False)  # type: ignore[arg-type]
+    shown = [c for c in report.checks if c.status in ("warn", "fail")]
+    for check in shown:
+        typer.echo(f"preflight {check.status}: {check.name}: {check.message}")
+        if check.fix:
+            typer.echo(f"  fix: {check.fix}")
+    if report.verdict == "fail":
+        raise NovaError("preflight failed; nothing was trained",
+                        hint="fix the problems above, see 'nova preflight --config ...', or pass --no-preflight")

@@ -70,7 +70,7 @@ class ProgressCallback(transformers.TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         tqdm = require("tqdm.auto").tqdm
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.label, ascii=True,
-                        dynamic_ncols=True, mininterval=1.0)
+                        dynamic_ncols=True, mininterval=1.0, disable=False)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:

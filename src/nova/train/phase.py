@@ -24,7 +24,7 @@ import yaml
 from nova.config.schema import ModelConfig, PhaseConfig, StageConfig
 from nova.errors import NovaError
 from nova.model.adapters import TRAINABLE, AdapterRef, add_trainable, save_trainable, stack_frozen
-from nova.train.console import RunLog, human_seconds
+from nova.console import RunLog, human_seconds
 
 COMPLETE = "COMPLETE"
 STAGE_REF = "stage_start"  # frozen copy of the phase adapter as it was when a later stage began
@@ -185,15 +185,15 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
 
 
 def _prepare_for_training(base: Any, ctx: PhaseContext) -> Any:
-    """Quantized bases need k-bit preparation (input grads for checkpointing); then stack adapters."""
-    from nova.lazy import require
+    """Stack the chain's adapters and add the trainable one.
 
-    peft = require("peft")
-    first = ctx.phase.stage_list[0]
-    if ctx.model_cfg.quantization != "none":
-        base = peft.prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=first.training.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+    PEFT's prepare_model_for_kbit_training is deliberately not used: it upcasts embeddings,
+    lm_head and norms to fp32 (about +2 GiB on an 8B model) and so makes the residual stream
+    fp32, which the preflight memory model (calibrated on bf16 activations) would not expect.
+    Frozen base weights plus input gradients for checkpointing are all QLoRA needs.
+    """
+    if any(stage.training.gradient_checkpointing for stage in ctx.phase.stage_list):
+        base.enable_input_require_grads()
     return add_trainable(base, ctx.phase.lora, ctx.chain)
 
 

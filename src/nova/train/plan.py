@@ -15,7 +15,7 @@ from typing import Any
 from nova.config.load import LoadedConfig
 from nova.config.schema import PhaseConfig, PipelineConfig
 from nova.errors import NovaError
-from nova.train.console import RunLog, human_seconds
+from nova.console import RunLog, human_seconds
 from nova.train.phase import PhaseContext, PhaseResult, chain_refs, is_complete, run_phase, write_json_atomic
 
 

@@ -55,3 +55,27 @@ def human_seconds(s: float) -> str:
     h, rest = divmod(s, 3600)
     m, sec = divmod(rest, 60)
     return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def quiet_libraries(debug: bool = False) -> None:
+    """Keep the console to nova's own lines: no library progress bars (they draw non-ASCII
+    blocks) and no repeated library warnings, unless ``--debug`` asks for everything.
+
+    nova's own progress bar passes ``disable=False`` explicitly, so TQDM_DISABLE spares it.
+    """
+    import logging
+    import os
+    import warnings
+
+    if debug or os.environ.get("NOVA_DEBUG") == "1":
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("bitsandbytes", "transformers", "datasets", "accelerate", "peft", "trl", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
