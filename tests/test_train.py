@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nova.config import load_yaml_config
-from nova.train.console import RunLog
+from nova.console import RunLog
 from nova.train.plan import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,3 +142,33 @@ def test_rerun_skips_a_finished_phase(sft_run: Path, tmp_path: Path) -> None:
     results = run_config(load_yaml_config(config), log=RunLog(tmp_path / "log.txt"))
     assert results[0].skipped
     assert (sft_run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_auto_fit_keeps_the_effective_batch_and_records_the_choice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from nova.config.schema import PhaseConfig
+    from nova.console import RunLog
+    from nova.model.loading import choose_placement
+    from nova.train.phase import PhaseContext, auto_fit_stages
+
+    phase = PhaseConfig.model_validate({
+        "name": "t", "model": {"base": str(tiny_model_dir)},
+        "data": {"datasets": [{"path": str(ROOT / "data" / "doica_ro.jsonl")}], "max_length": 1024},
+        "training": {"micro_batch_size": 8, "gradient_accumulation_steps": 2, "auto_fit": True,
+                     "gradient_checkpointing": False}})
+    ctx = PhaseContext(phase, phase.model, tmp_path / "run", [], RunLog(None))
+    placement = choose_placement("auto")
+    roomy, _ = auto_fit_stages(ctx, str(tiny_model_dir), placement, budget_bytes=8 * 1024**3)
+    assert roomy[0].training.micro_batch_size == 8  # fits as configured: untouched
+    changed = None
+    for budget in range(700, 1400, 20):  # MiB: find a budget where the configured batch does not fit
+        stages, fits = auto_fit_stages(ctx, str(tiny_model_dir), placement, budget_bytes=budget * 1024**2)
+        if fits["sft"]["changed"]:
+            changed = stages[0].training, fits["sft"]
+            break
+    assert changed is not None
+    training, record = changed
+    assert training.micro_batch_size < 8
+    assert training.micro_batch_size * training.gradient_accumulation_steps == 16
+    assert record["fits"] and "same effective batch 16" in record["reason"]
+    with pytest.raises(Exception, match="does not fit"):
+        auto_fit_stages(ctx, str(tiny_model_dir), placement, budget_bytes=10 * 1024**2)

@@ -27,6 +27,7 @@ class Placement:
 
     device: str  # "cuda" or "cpu"
     compute_dtype: torch.dtype
+    gpu_index: int = 0
 
     @property
     def dtype_name(self) -> str:
@@ -42,19 +43,33 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choose_placement(setting: str) -> Placement:
-    """Resolve ``model.compute_dtype`` for the hardware at hand."""
+def pick_gpu(wanted: str | int = "auto") -> int:
+    """The GPU to use: an explicit index, or ('auto') the one with the most free memory right now."""
+    torch = require("torch")
+    count = torch.cuda.device_count()
+    if isinstance(wanted, int):
+        if not 0 <= wanted < count:
+            raise NovaError(f"training.gpu is {wanted} but this machine has {count} GPU(s)",
+                            hint=f"use 0..{count - 1} or 'auto'")
+        return wanted
+    return max(range(count), key=lambda i: torch.cuda.mem_get_info(i)[0])
+
+
+def choose_placement(setting: str, gpu: str | int = "auto") -> Placement:
+    """Resolve ``model.compute_dtype`` (and the GPU) for the hardware at hand."""
     torch = require("torch")
     on_gpu = torch.cuda.is_available()
     names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if setting != "auto":
-        if setting == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
-            raise NovaError("model.compute_dtype is bf16 but this GPU does not support bf16",
-                            hint="set model.compute_dtype: fp16 or auto")
-        return Placement("cuda" if on_gpu else "cpu", names[setting])
-    if on_gpu:
-        return Placement("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return Placement("cpu", torch.float32)
+    if not on_gpu:
+        return Placement("cpu", torch.float32 if setting == "auto" else names[setting])
+    index = pick_gpu(gpu)
+    torch.cuda.set_device(index)
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if setting == "bf16" and not bf16_ok:
+        raise NovaError("model.compute_dtype is bf16 but this GPU does not support bf16",
+                        hint="set model.compute_dtype: fp16 or auto")
+    dtype = names[setting] if setting != "auto" else (torch.bfloat16 if bf16_ok else torch.float16)
+    return Placement("cuda", dtype, index)
 
 
 def resolve_base(model_cfg: ModelConfig) -> str:
@@ -137,14 +152,14 @@ def load_base_model(model_cfg: ModelConfig, placement: Placement, source: str | 
     qconfig = quantization_config(model_cfg, placement.compute_dtype) if quantize else None
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = {"": 0} if placement.device == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = {"": placement.gpu_index} if placement.device == "cuda" else {"": "cpu"}
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise NovaError(f"cannot load model '{source}': {str(exc).splitlines()[0]}",
                         hint="check model.base; offline, a hub id must already be in the local cache") from None
     if qconfig is None and placement.device == "cuda":
-        model = model.to("cuda")
+        model = model.to(f"cuda:{placement.gpu_index}")
     if qconfig is not None and placement.device == "cpu":
         keep_cpu_4bit_differentiable(model)
     return model

@@ -124,6 +124,48 @@ def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
     return prepared
 
 
+def auto_fit_stages(ctx: PhaseContext, source: str, placement: Any,
+                    budget_bytes: int | None = None) -> tuple[list[StageConfig], dict[str, Any]]:
+    """Apply ``training.auto_fit``: per stage, the micro batch, accumulation and checkpointing that fit
+    the GPU's free memory (measured now, before the model loads), same effective batch.
+
+    Returns the stages to run and, per stage name, what was chosen and why (recorded in config.yaml).
+    """
+    stages = list(ctx.phase.stage_list)
+    if not any(s.training.auto_fit for s in stages):
+        return stages, {}
+    if placement.device != "cuda" and budget_bytes is None:
+        ctx.log.say(f"[{ctx.phase.name}] auto_fit: no GPU, keeping the configured batch settings")
+        return stages, {}
+    if budget_bytes is None:
+        from nova.lazy import require
+
+        budget_bytes = int(require("torch").cuda.mem_get_info(placement.gpu_index)[0])
+    from nova.preflight import fit_stage
+
+    model_config = json.loads((Path(source) / "config.json").read_text()) if Path(source).is_dir() else None
+    if model_config is None:
+        ctx.log.say(f"[{ctx.phase.name}] auto_fit: no local config.json for {source}; keeping the batch settings")
+        return stages, {}
+    fits: dict[str, Any] = {}
+    out = []
+    for name, stage in zip(stage_names(ctx.phase), stages, strict=True):
+        if not stage.training.auto_fit:
+            out.append(stage)
+            continue
+        choice = fit_stage(model_config, ctx.model_cfg, ctx.phase.lora, stage, budget_bytes)
+        fits[name] = choice.to_dict()
+        ctx.log.say(f"[{ctx.phase.name}/{name}] auto_fit: {choice.reason}")
+        if not choice.fits:
+            raise NovaError(f"auto_fit: stage {name} does not fit: {choice.reason}")
+        training = stage.training.model_copy(update={
+            "micro_batch_size": choice.micro_batch_size,
+            "gradient_accumulation_steps": choice.gradient_accumulation_steps,
+            "gradient_checkpointing": choice.gradient_checkpointing})
+        out.append(stage.model_copy(update={"training": training}))
+    return out, fits
+
+
 def _write_data_reports(ctx: PhaseContext, datasets: list[Any]) -> None:
     for name, data in zip(stage_names(ctx.phase), datasets, strict=True):
         stage_dir = ctx.run_dir / "stages" / name
@@ -140,9 +182,10 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
 
     started = time.time()
     source = resolve_base(ctx.model_cfg)
-    placement = choose_placement(ctx.model_cfg.compute_dtype)
+    placement = choose_placement(ctx.model_cfg.compute_dtype, ctx.phase.stage_list[0].training.gpu)
     tokenizer = load_tokenizer(ctx.model_cfg, source)
     datasets = prepare_all_data(ctx, tokenizer)
+    stages, fits = auto_fit_stages(ctx, source, placement)
 
     if on_start is not None:
         on_start()
@@ -150,7 +193,8 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / COMPLETE).unlink(missing_ok=True)
     write_resolved_config(ctx.run_dir, ctx.phase, ctx.model_cfg, ctx.chain,
-                          {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source})
+                          {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source,
+                           "auto_fit": fits or None})
     _write_data_reports(ctx, datasets)
 
     ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
@@ -159,8 +203,7 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
     base = load_base_model(ctx.model_cfg, placement, source)
     model = _prepare_for_training(base, ctx)
     results = []
-    for index, (name, stage, data) in enumerate(zip(stage_names(ctx.phase), ctx.phase.stage_list, datasets,
-                                                    strict=True)):
+    for index, (name, stage, data) in enumerate(zip(stage_names(ctx.phase), stages, datasets, strict=True)):
         if index > 0:
             _freeze_stage_start(model, ctx.run_dir / "stages" / stage_names(ctx.phase)[index - 1] / "adapter")
         results.append(_run_stage(ctx, model, tokenizer, placement, name, stage, data, index))
@@ -192,8 +235,7 @@ def _prepare_for_training(base: Any, ctx: PhaseContext) -> Any:
     fp32, which the preflight memory model (calibrated on bf16 activations) would not expect.
     Frozen base weights plus input gradients for checkpointing are all QLoRA needs.
     """
-    if any(stage.training.gradient_checkpointing for stage in ctx.phase.stage_list):
-        base.enable_input_require_grads()
+    base.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     return add_trainable(base, ctx.phase.lora, ctx.chain)
 
 
