@@ -172,3 +172,40 @@ def test_auto_fit_keeps_the_effective_batch_and_records_the_choice(tiny_model_di
     assert record["fits"] and "same effective batch 16" in record["reason"]
     with pytest.raises(Exception, match="does not fit"):
         auto_fit_stages(ctx, str(tiny_model_dir), placement, budget_bytes=10 * 1024**2)
+
+
+def test_prompts_file_matches_per_prompt_greedy_generation(sft_run: Path, tmp_path: Path) -> None:
+    from conftest import run_nova
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Salut"}\n{"messages": [{"role": "user", "content": "Ce mai faci?"}]}\n')
+    out = tmp_path / "answers.jsonl"
+    batch = run_nova("infer", "--model", str(sft_run), "--prompts-file", str(prompts), "--out", str(out),
+                     "--max-new-tokens", "8", "--compare")
+    assert batch.returncode == 0, batch.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Salut", "Ce mai faci?"]
+    assert all("base_answer" in r for r in rows)
+    single = run_nova("infer", "--model", str(sft_run), "--prompt", "Salut", "--max-new-tokens", "8", "--json")
+    assert single.returncode == 0, single.stderr
+    assert json.loads(single.stdout.strip().splitlines()[-1])["answer"] == rows[0]["answer"]
+
+
+def test_eval_reports_holdout_loss_and_perplexity(sft_run: Path) -> None:
+    import math
+
+    from nova.infer import eval_loss, load_model
+
+    rows = eval_loss(load_model(sft_run))
+    assert rows[0]["tokens"] > 0 and math.isclose(rows[0]["perplexity"], math.exp(rows[0]["eval_loss"]))
+    done = json.loads((sft_run / "COMPLETE").read_text())["stages"][0]
+    assert math.isclose(rows[0]["eval_loss"], done["eval_loss_end"], rel_tol=0.05)
+
+
+def test_bad_prompts_file_names_the_line(sft_run: Path, tmp_path: Path) -> None:
+    from conftest import run_nova
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
+    result = run_nova("infer", "--model", str(sft_run), "--prompts-file", str(prompts))
+    assert result.returncode != 0 and f"{prompts}:2" in result.stderr and "Traceback" not in result.stderr

@@ -44,6 +44,14 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     description: str
+    has_adapters: bool = False
+    run_dir: Path | None = None
+
+    def base_view(self) -> Any:
+        """A context in which the model answers as its base (every adapter off), for --compare."""
+        from contextlib import nullcontext
+
+        return self.model.disable_adapter() if self.has_adapters else nullcontext()
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
@@ -52,6 +60,12 @@ def _render(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
         return tokenizer(text, return_tensors="pt").input_ids
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+
+
+def text_streamer(tokenizer: Any) -> Any:
+    """Print tokens as they are generated (the prompt itself is not echoed)."""
+    transformers = require("transformers")
+    return transformers.TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def generate_chat(model: Any, tokenizer: Any, messages: list[dict[str, str]],
@@ -117,5 +131,74 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
 
         activate(model, [n for n, _ in adapters])
     model.eval()
-    names = " + ".join(n for n, _ in adapters) if adapters and not base_only else "no adapter"
-    return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}")
+    stacked = bool(adapters) and not base_only
+    names = " + ".join(n for n, _ in adapters) if stacked else "no adapter"
+    run_dir = path if (path / "config.yaml").exists() else None
+    return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}", stacked, run_dir)
+
+
+def read_prompts_file(path: Path) -> list[list[dict[str, str]]]:
+    """JSONL prompts: each line {"prompt": "..."} (optionally with "system") or {"messages": [...]}."""
+    import json
+
+    from nova.errors import DataError, Problem
+
+    conversations: list[list[dict[str, str]]] = []
+    problems = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            problems.append(Problem(f"{path}:{number}", f"invalid JSON ({exc.msg})"))
+            continue
+        if isinstance(record, dict) and isinstance(record.get("messages"), list):
+            conversations.append(record["messages"])
+        elif isinstance(record, dict) and isinstance(record.get("prompt"), str):
+            system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+            conversations.append([*system, {"role": "user", "content": record["prompt"]}])
+        else:
+            problems.append(Problem(f"{path}:{number}", "expected {\"prompt\": TEXT} or {\"messages\": [...]}"))
+    if problems:
+        raise DataError(f"bad prompts file {path}", problems)
+    if not conversations:
+        raise DataError(f"bad prompts file {path}", [Problem(str(path), "no prompts in the file")])
+    return conversations
+
+
+def eval_loss(loaded: LoadedModel) -> list[dict[str, Any]]:
+    """Holdout loss and perplexity of a run, per SFT stage, on the same eval split training used."""
+    import math
+
+    torch = require("torch")
+    from nova.config.schema import PhaseConfig
+    from nova.data import prepare_stage_data
+
+    if loaded.run_dir is None:
+        raise NovaError("--eval needs a run directory (it re-creates the run's holdout split)")
+    data = yaml.safe_load((loaded.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    phase = PhaseConfig.model_validate({k: v for k, v in data.items() if not k.startswith("_")})
+    results = []
+    for index, stage in enumerate(phase.stage_list):
+        if stage.method != "sft":
+            continue
+        prepared = prepare_stage_data(stage.data, loaded.tokenizer, method="sft", seed=stage.training.seed)
+        if prepared.eval is None or len(prepared.eval) == 0:
+            continue
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for row in prepared.eval:
+                ids = torch.tensor([row["input_ids"]], device=loaded.model.device)
+                labels = torch.tensor([row["labels"]], device=loaded.model.device)
+                n = int((labels[:, 1:] != -100).sum())
+                if n == 0:
+                    continue
+                total += float(loaded.model(input_ids=ids, labels=labels).loss) * n
+                count += n
+        loss = total / max(count, 1)
+        results.append({"stage": index + 1, "method": "sft", "examples": len(prepared.eval), "tokens": count,
+                        "eval_loss": loss, "perplexity": math.exp(loss)})
+    if not results:
+        raise NovaError("the run has no SFT holdout to evaluate", hint="set data.eval_split > 0 in its config")
+    return results

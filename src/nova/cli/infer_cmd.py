@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -15,27 +17,106 @@ def infer(
     model: Path = typer.Option(..., "--model", "-m", help="Run directory, merged model directory, or base model."),
     adapter: Path | None = typer.Option(None, "--adapter", help="LoRA adapter directory to put on --model."),
     prompt: list[str] | None = typer.Option(None, "--prompt", "-p", help="A user message (repeatable)."),
+    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="JSONL of {prompt} or {messages}."),
+    out: Path | None = typer.Option(None, "--out", help="Write the JSONL answers here instead of stdout."),
+    chat: bool = typer.Option(False, "--chat", help="Interactive multi-turn chat (empty line or /exit ends)."),
+    compare: bool = typer.Option(False, "--compare", help="Also answer with the base (adapters off)."),
+    evaluate: bool = typer.Option(False, "--eval", help="Holdout loss and perplexity of a run directory."),
     system: str | None = typer.Option(None, "--system", help="System message."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy decoding."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="0 = off."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come (text mode)."),
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate answers with the chat template; --json prints one JSON object per prompt."""
+    """Generate with the chat template, compare with the base, chat, or evaluate a run's holdout."""
     from nova.console import quiet_libraries
-    from nova.infer import Sampling, generate_chat, load_model
+    from nova.infer import Sampling, eval_loss, load_model, read_prompts_file
 
-    quiet_libraries()
-    if not prompt:
-        raise NovaError("no prompt given", hint="pass --prompt TEXT")
     if not model.exists():
         raise NovaError(f"--model {model} does not exist")
+    if adapter is not None and not adapter.exists():
+        raise NovaError(f"--adapter {adapter} does not exist")
+    if not (prompt or prompts_file or chat or evaluate):
+        raise NovaError("nothing to do", hint="pass --prompt TEXT, --prompts-file FILE, --chat or --eval")
+    conversations = read_prompts_file(prompts_file) if prompts_file else []
+    quiet_libraries()
     loaded = load_model(model, adapter=adapter)
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    for text in prompt:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        answer = generate_chat(loaded.model, loaded.tokenizer, messages, sampling)
-        if as_json:
-            typer.echo(json.dumps({"model": loaded.description, "prompt": text, "answer": answer}))
-        else:
-            typer.echo(f">>> {text}\n{answer}\n")
+    if compare and not loaded.has_adapters:
+        raise NovaError("--compare needs adapters to switch off", hint="pass a run directory or --adapter")
+    if evaluate:
+        for row in eval_loss(loaded):
+            typer.echo(json.dumps(row) if as_json else
+                       f"stage {row['stage']} ({row['method']}): holdout loss {row['eval_loss']:.4f}, "
+                       f"perplexity {row['perplexity']:.2f} over {row['tokens']} tokens")
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                        repetition_penalty=repetition_penalty)
+    head = [{"role": "system", "content": system}] if system else []
+    conversations += [[*head, {"role": "user", "content": p}] for p in prompt or []]
+    if conversations:
+        _answer_all(loaded, conversations, sampling, compare=compare, as_json=as_json or bool(prompts_file),
+                    stream=stream, out=out)
+    if chat:
+        _chat(loaded, head, sampling)
+
+
+def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], sampling: Any, *, compare: bool,
+                as_json: bool, stream: bool, out: Path | None) -> None:
+    from nova.infer import generate_chat
+
+    sink = out.open("w", encoding="utf-8") if out else None
+    try:
+        for messages in conversations:
+            question = messages[-1]["content"]
+            if as_json:
+                record = {"prompt": question, "answer": generate_chat(loaded.model, loaded.tokenizer, messages,
+                                                                      sampling)}
+                if compare:
+                    with loaded.base_view():
+                        record["base_answer"] = generate_chat(loaded.model, loaded.tokenizer, messages, sampling)
+                line = json.dumps(record, ensure_ascii=True)
+                if sink:
+                    sink.write(line + "\n")
+                else:
+                    typer.echo(line)
+                continue
+            typer.echo(f">>> {question}")
+            if compare:
+                typer.echo("--- base:")
+                with loaded.base_view():
+                    _say(loaded, messages, sampling, stream)
+                typer.echo("--- tuned:")
+            _say(loaded, messages, sampling, stream)
+            typer.echo("")
+        if sink:
+            typer.echo(f"wrote {len(conversations)} answers to {out}")
+    finally:
+        if sink:
+            sink.close()
+
+
+def _say(loaded: Any, messages: list[dict[str, str]], sampling: Any, stream: bool) -> str:
+    from nova.infer import generate_chat, text_streamer
+
+    if stream:
+        return generate_chat(loaded.model, loaded.tokenizer, messages, sampling, streamer=text_streamer(
+            loaded.tokenizer))
+    answer = generate_chat(loaded.model, loaded.tokenizer, messages, sampling)
+    typer.echo(answer)
+    return answer
+
+
+def _chat(loaded: Any, head: list[dict[str, str]], sampling: Any) -> None:
+    history = list(head)
+    typer.echo(f"chatting with {loaded.description}; an empty line or /exit ends")
+    while True:
+        typer.echo("you> ", nl=False)
+        line = sys.stdin.readline()
+        if not line or not line.strip() or line.strip() == "/exit":
+            return
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        typer.echo("nova> ", nl=False)
+        answer = _say(loaded, history, sampling, stream=True)
+        history.append({"role": "assistant", "content": answer})

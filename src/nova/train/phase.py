@@ -77,6 +77,9 @@ def write_resolved_config(run_dir: Path, phase: PhaseConfig, model: ModelConfig,
                           chain: list[AdapterRef], extra: dict[str, Any] | None = None) -> None:
     """The config as it ran: defaults and overrides applied, the base model resolved."""
     data = phase.model_dump(mode="json")
+    if phase.stages:  # the single-stage keys are unused defaults then; keep the file loadable as a config
+        for key in ("method", "data", "training", "dpo"):
+            data.pop(key, None)
     data["model"] = model.model_dump(mode="json")
     data["_chain"] = [{"phase": r.name, "adapter": str(r.path)} for r in chain]
     if extra:
