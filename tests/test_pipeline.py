@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nova.config import load_yaml_config
-from nova.train.console import RunLog
+from nova.console import RunLog
 from nova.train.plan import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
