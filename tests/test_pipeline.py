@@ -132,7 +132,7 @@ def test_failed_phase_keeps_earlier_phases_and_resumes(pipeline: Path, tmp_path:
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    import nova.train.phase as phase_mod
+    import nova.train.stage as stage_mod
 
     work = tmp_path / "copy"
     shutil.copytree(pipeline / "out" / "doica", work / "out" / "doica")
@@ -142,12 +142,12 @@ def test_failed_phase_keeps_earlier_phases_and_resumes(pipeline: Path, tmp_path:
     doica_adapter = work / "out" / "doica" / "adapter" / "adapter_model.safetensors"
     before = doica_adapter.read_bytes()
 
-    real_run_stage = phase_mod._run_stage
+    real_run_stage = stage_mod.run_stage
 
     def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("simulated crash in sora")
 
-    monkeypatch.setattr(phase_mod, "_run_stage", crash)
+    monkeypatch.setattr(stage_mod, "run_stage", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_config(load_yaml_config(config), log=RunLog(tmp_path / "log1.txt"))
     state = json.loads((work / "out" / "pipeline.json").read_text())
@@ -156,7 +156,7 @@ def test_failed_phase_keeps_earlier_phases_and_resumes(pipeline: Path, tmp_path:
     assert doica_adapter.read_bytes() == before
     assert not (work / "out" / "sora" / "COMPLETE").exists()
 
-    monkeypatch.setattr(phase_mod, "_run_stage", real_run_stage)
+    monkeypatch.setattr(stage_mod, "run_stage", real_run_stage)
     results = run_config(load_yaml_config(config), log=RunLog(tmp_path / "log2.txt"))
     assert [r.skipped for r in results] == [True, False]
     assert doica_adapter.read_bytes() == before

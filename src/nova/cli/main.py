@@ -12,7 +12,7 @@ import sys
 import typer
 
 from nova import __version__
-from nova.cli import config_cmd, data_cmd, infer_cmd, models_cmd, preflight_cmd, train_cmd
+from nova.cli import config_cmd, data_cmd, infer_cmd, merge_cmd, models_cmd, preflight_cmd, train_cmd
 from nova.errors import NovaError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 app.command("preflight")(preflight_cmd.preflight)
 app.command("train")(train_cmd.train)
+app.command("merge")(merge_cmd.merge)
 app.command("infer")(infer_cmd.infer)
 app.command("config")(config_cmd.config)
 app.add_typer(models_cmd.app, name="models")

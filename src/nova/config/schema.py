@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from nova.config.base import Section
 from nova.config.data_schema import DataConfig
+from nova.config.monitor_schema import MonitorConfig
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
@@ -82,6 +83,9 @@ class TrainingConfig(Section):
     auto_fit: bool = Field(
         False, description="Let preflight choose micro batch, accumulation and checkpointing to fit the GPU, "
         "keeping the effective batch size; the choice is recorded in the run directory.")
+    oom_retries: int = Field(
+        2, ge=0, description="On CUDA out-of-memory: halve micro batch, double accumulation, turn on "
+        "checkpointing and resume from the last checkpoint, up to this many times.")
     gpu: Literal["auto"] | int = Field(
         "auto", description="GPU index to train on; 'auto' picks the one with the most free memory.")
 
@@ -132,6 +136,7 @@ class PhaseConfig(Section):
     output_dir: str | None = Field(
         None, description="Run directory; default checkpoints/<name> (in a pipeline: <pipeline output_dir>/<name>).")
     logs_dir: str = Field("logs", description="Where the console log of each run is copied.")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Alerts, early stopping, plots.")
     smoke_prompts: list[str] = Field(
         default_factory=list, description="Prompts answered by the tuned model at the end of training.")
 

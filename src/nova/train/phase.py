@@ -11,8 +11,9 @@ The order matters and reads top to bottom in ``run_phase``:
 from __future__ import annotations
 
 import json
-import math
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from typing import Any
 import yaml
 
 from nova.config.schema import ModelConfig, PhaseConfig, StageConfig
+from nova.console import RunLog
 from nova.errors import NovaError
 from nova.model.adapters import TRAINABLE, AdapterRef, add_trainable, save_trainable, stack_frozen
-from nova.console import RunLog, human_seconds
+from nova.train.resilience import StopRequest
 
 COMPLETE = "COMPLETE"
 STAGE_REF = "stage_start"  # frozen copy of the phase adapter as it was when a later stage began
@@ -40,6 +42,7 @@ class StageResult:
     eval_loss_start: float | None = None
     eval_loss_end: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +110,10 @@ class PhaseContext:
     run_dir: Path
     chain: list[AdapterRef]
     log: RunLog
+    resume: bool = True
+    stop: StopRequest = field(default_factory=StopRequest)
+    rerun_hint: str = "rerun the same nova train command"
+    extra_callbacks: list[Any] = field(default_factory=list)
 
 
 def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
@@ -181,7 +188,7 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
 
     ``on_start`` is called once the inputs are valid, just before the first write.
     """
-    from nova.model.loading import choose_placement, load_base_model, load_tokenizer, resolve_base
+    from nova.model.loading import choose_placement, load_tokenizer, resolve_base
 
     started = time.time()
     source = resolve_base(ctx.model_cfg)
@@ -195,6 +202,26 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
     ctx.log.attach()
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / COMPLETE).unlink(missing_ok=True)
+    if not ctx.resume:  # --fresh or --force: forget earlier attempts of this phase
+        for old in ("checkpoints", "stages", "metrics.jsonl", "recoveries.jsonl", "alerts.jsonl"):
+            target = ctx.run_dir / old
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+    pid_file = ctx.run_dir / "nova.pid"
+    write_json_atomic(pid_file, {"pid": os.getpid(), "started": time.time(), "host": socket.gethostname()})
+    try:
+        return _train_phase(ctx, tokenizer, placement, source, datasets, stages, fits, started)
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
+def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str, datasets: list[Any],
+                 stages: list[StageConfig], fits: dict[str, Any], started: float) -> PhaseResult:
+    from nova.model.loading import load_base_model
+    from nova.train.stage import run_stage
+
     write_resolved_config(ctx.run_dir, ctx.phase, ctx.model_cfg, ctx.chain,
                           {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source,
                            "auto_fit": fits or None})
@@ -209,7 +236,7 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
     for index, (name, stage, data) in enumerate(zip(stage_names(ctx.phase), stages, datasets, strict=True)):
         if index > 0:
             _freeze_stage_start(model, ctx.run_dir / "stages" / stage_names(ctx.phase)[index - 1] / "adapter")
-        results.append(_run_stage(ctx, model, tokenizer, placement, name, stage, data, index))
+        results.append(run_stage(ctx, model, tokenizer, placement, name, stage, data, index))
 
     final = ctx.run_dir / "adapter"
     last_stage_adapter = ctx.run_dir / "stages" / stage_names(ctx.phase)[-1] / "adapter"
@@ -257,61 +284,6 @@ def _reference_adapters(ctx: PhaseContext, index: int) -> list[str]:
     """The DPO reference: earlier phases, plus this phase's adapter as it was when the stage began."""
     names = [r.name for r in ctx.chain]
     return [*names, STAGE_REF] if index > 0 else names
-
-
-def _run_stage(ctx: PhaseContext, model: Any, tokenizer: Any, placement: Any, name: str, stage: StageConfig,
-               data: Any, index: int) -> StageResult:
-    from nova.train.trainers import build_dpo_trainer, build_sft_trainer
-
-    stage_dir = ctx.run_dir / "stages" / name
-    label = f"{ctx.phase.name}/{name}"
-    common = {"output_dir": ctx.run_dir / "checkpoints" / name, "placement": placement,
-              "metrics_path": ctx.run_dir / "metrics.jsonl", "stage_name": name, "label": label}
-    if stage.method == "dpo":
-        trainer = build_dpo_trainer(model, tokenizer, stage, data, reference_adapters=_reference_adapters(ctx, index),
-                                    **common)
-    else:
-        trainer = build_sft_trainer(model, tokenizer, stage, data, **common)
-    result = StageResult(name=name, method=stage.method)
-    t = stage.training
-    ctx.log.say(f"[{label}] {len(data.train)} train / {len(data.eval) if data.eval is not None else 0} eval "
-                f"examples, micro batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps} "
-                f"= {t.effective_batch_size} per step, lr {t.learning_rate:g} {t.lr_scheduler}")
-    if data.eval is not None:
-        result.eval_loss_start = trainer.evaluate().get("eval_loss")
-    started = time.time()
-    output = trainer.train()
-    result.seconds = time.time() - started
-    result.steps = trainer.state.global_step
-    result.train_loss = _finite(output.training_loss)
-    if data.eval is not None:
-        final_eval = _last_eval_at(trainer.state.log_history, result.steps) or trainer.evaluate()
-        result.eval_loss_end = final_eval.get("eval_loss")
-        result.metrics = {k: v for k, v in final_eval.items() if isinstance(v, int | float)}
-    save_adapter_atomic(model, stage_dir / "adapter")
-    _say_stage_summary(ctx.log, label, result, stage_dir / "adapter")
-    return result
-
-
-def _last_eval_at(history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
-    """The evaluation logged at ``step`` if the schedule already ran one there (no second eval pass)."""
-    for record in reversed(history):
-        if "eval_loss" in record and record.get("step") == step:
-            return record
-    return None
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _say_stage_summary(log: RunLog, label: str, r: StageResult, adapter: Path) -> None:
-    parts = [f"{r.steps} steps in {human_seconds(r.seconds)}"]
-    if r.train_loss is not None:
-        parts.append(f"train loss {r.train_loss:.4f}")
-    if r.eval_loss_start is not None and r.eval_loss_end is not None:
-        parts.append(f"eval loss {r.eval_loss_start:.4f} -> {r.eval_loss_end:.4f}")
-    log.say(f"[{label}] done: {', '.join(parts)}; adapter: {adapter}")
 
 
 def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:

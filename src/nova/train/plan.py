@@ -7,6 +7,7 @@ A finished phase (``adapter/`` plus a ``COMPLETE`` marker) is skipped on a re-ru
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 
 from nova.config.load import LoadedConfig
 from nova.config.schema import PhaseConfig, PipelineConfig
-from nova.errors import NovaError
 from nova.console import RunLog, human_seconds
+from nova.errors import NovaError, TrainingStopped
 from nova.train.phase import PhaseContext, PhaseResult, chain_refs, is_complete, run_phase, write_json_atomic
+from nova.train.resilience import NonFiniteLoss, StopRequest, signal_handling
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,8 @@ class PipelineState:
         if path is not None and path.exists():
             import json
 
-            try:
+            with contextlib.suppress(ValueError):
                 self.data = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError:
-                pass
         for p in planned:
             entry = self.data["phases"].setdefault(p.phase.name, {"status": "pending"})
             entry.update({"run_dir": str(p.run_dir), "adapter": str(p.run_dir / "adapter"),
@@ -83,13 +83,31 @@ class PipelineState:
             write_json_atomic(self.path, self.data)
 
 
-def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = False,
-               log: RunLog | None = None) -> list[PhaseResult]:
-    """Train every selected phase in order; returns the results of phases that ran or were skipped."""
+def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = False, fresh: bool = False,
+               log: RunLog | None = None, rerun_hint: str | None = None,
+               extra_callbacks: list[Any] | None = None) -> list[PhaseResult]:
+    """Train every selected phase in order; returns the results of phases that ran or were skipped.
+
+    Interrupted phases resume from their newest complete checkpoint unless ``fresh``; SIGINT and
+    SIGTERM save a checkpoint and stop cleanly (TrainingStopped).
+    """
+    stop = StopRequest()
+    log = log or RunLog(Path(_phases_of(loaded)[0].logs_dir) / f"{_log_name(loaded)}.log")
+    with signal_handling(stop, log.say):
+        return _run_phases(loaded, phase=phase, force=force, fresh=fresh, log=log, stop=stop,
+                           rerun_hint=rerun_hint or f"nova train --config {loaded.path}",
+                           extra_callbacks=extra_callbacks or [])
+
+
+def _phases_of(loaded: LoadedConfig) -> list[PhaseConfig]:
+    return list(loaded.config.phases) if isinstance(loaded.config, PipelineConfig) else [loaded.config]
+
+
+def _run_phases(loaded: LoadedConfig, *, phase: str | None, force: bool, fresh: bool, log: RunLog,
+                stop: StopRequest, rerun_hint: str, extra_callbacks: list[Any]) -> list[PhaseResult]:
     pipeline, is_pipeline = as_pipeline(loaded)
     single_dir = None if is_pipeline else pipeline.phases[0].run_dir
     planned = select(plan_phases(pipeline, single_dir), phase)
-    log = log or RunLog(Path(pipeline.phases[0].logs_dir) / f"{_log_name(loaded)}.log")
     state = PipelineState(Path(pipeline.output_dir) / "pipeline.json" if is_pipeline else None, planned)
     results = []
     for item in planned:
@@ -106,11 +124,16 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
             began = True
             state.update(name, status="running", started=time.time(), ended=None, error=None)
 
+        ctx = PhaseContext(item.phase, pipeline.model_for(name), item.run_dir, chain, log,
+                           resume=not (fresh or force), stop=stop, rerun_hint=rerun_hint,
+                           extra_callbacks=extra_callbacks)
         try:
-            result = run_phase(PhaseContext(item.phase, pipeline.model_for(name), item.run_dir, chain, log), on_start)
+            result = run_phase(ctx, on_start)
         except BaseException as exc:
             if began:  # a phase that failed its input checks wrote nothing and stays as it was
-                state.update(name, status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}"[:500])
+                status = "stopped" if isinstance(exc, TrainingStopped) and not isinstance(exc, NonFiniteLoss) \
+                    else "failed"
+                state.update(name, status=status, ended=time.time(), error=f"{type(exc).__name__}: {exc}"[:500])
             raise
         state.update(name, status="done", ended=time.time(), seconds=round(result.seconds, 1))
         log.say(f"[{name}] finished in {human_seconds(result.seconds)}; adapter: {result.adapter_dir}")

@@ -7,6 +7,7 @@ counted), so both trainers receive pre-tokenized datasets and skip TRL's own pre
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from nova.lazy import require
 from nova.model.adapters import active_adapters
 from nova.model.loading import Placement
 from nova.train.callbacks import MetricsCallback, ProgressCallback
+from nova.train.resilience import NovaTrainerMixin, StopRequest, stop_callback
 
 
 def common_args(stage: StageConfig, output_dir: Path, placement: Placement, has_eval: bool) -> dict[str, Any]:
@@ -53,30 +55,50 @@ def common_args(stage: StageConfig, output_dir: Path, placement: Placement, has_
         "include_num_input_tokens_seen": "non_padding",
         "dataloader_num_workers": 0,
         "remove_unused_columns": False,
+        "logging_nan_inf_filter": False,  # the HF default hides NaN losses in the logs; nova stops on them
     }
 
 
-def _attach_callbacks(trainer: Any, metrics_path: Path, stage_name: str, label: str) -> Any:
+@dataclass
+class TrainerHooks:
+    """Where a trainer writes and what it listens to, besides the stage config."""
+
+    output_dir: Path
+    placement: Placement
+    metrics_path: Path
+    stage_name: str
+    label: str
+    stop: StopRequest
+    extra_callbacks: Sequence[Any] = ()
+
+
+def _attach_callbacks(trainer: Any, hooks: TrainerHooks) -> Any:
     transformers = require("transformers")
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
-    trainer.add_callback(MetricsCallback(metrics_path, stage_name))
-    trainer.add_callback(ProgressCallback(label))
+    for callback in hooks.extra_callbacks:
+        trainer.add_callback(callback)
+    trainer.add_callback(MetricsCallback(hooks.metrics_path, hooks.stage_name))
+    trainer.add_callback(ProgressCallback(hooks.label))
+    trainer.add_callback(stop_callback(hooks.stop))
     return trainer
 
 
-def build_sft_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, *, output_dir: Path,
-                      placement: Placement, metrics_path: Path, stage_name: str, label: str) -> Any:
+def build_sft_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, hooks: TrainerHooks) -> Any:
     trl = require("trl")
     args = trl.SFTConfig(
-        **common_args(stage, output_dir, placement, data.eval is not None),
+        **common_args(stage, hooks.output_dir, hooks.placement, data.eval is not None),
         max_length=None,  # nova.data already applied data.max_length (truncate or drop, counted)
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
     )
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+
+    class NovaSFTTrainer(NovaTrainerMixin, trl.SFTTrainer):
+        pass
+
+    trainer = NovaSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                              processing_class=tokenizer)
-    return _attach_callbacks(trainer, metrics_path, stage_name, label)
+    return _attach_callbacks(trainer, hooks)
 
 
 def _nova_dpo_trainer_class() -> type:
@@ -93,7 +115,7 @@ def _nova_dpo_trainer_class() -> type:
     torch = require("torch")
     from trl.models.utils import disable_gradient_checkpointing
 
-    class NovaDPOTrainer(trl.DPOTrainer):
+    class NovaDPOTrainer(NovaTrainerMixin, trl.DPOTrainer):
         reference_adapters: Sequence[str] = ()
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
@@ -119,13 +141,12 @@ def _nova_dpo_trainer_class() -> type:
     return NovaDPOTrainer
 
 
-def build_dpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, *, output_dir: Path,
-                      placement: Placement, metrics_path: Path, stage_name: str, label: str,
+def build_dpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, hooks: TrainerHooks,
                       reference_adapters: Sequence[str]) -> Any:
     trl = require("trl")
     d = stage.dpo
     args = trl.DPOConfig(
-        **common_args(stage, output_dir, placement, data.eval is not None),
+        **common_args(stage, hooks.output_dir, hooks.placement, data.eval is not None),
         beta=d.beta,
         loss_type=[d.loss_type],
         label_smoothing=d.label_smoothing,
@@ -137,4 +158,4 @@ def build_dpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
     cls.reference_adapters = tuple(reference_adapters)
     trainer = cls(model=model, ref_model=None, args=args, train_dataset=data.train, eval_dataset=data.eval,
                   processing_class=tokenizer)
-    return _attach_callbacks(trainer, metrics_path, stage_name, label)
+    return _attach_callbacks(trainer, hooks)

@@ -1,0 +1,233 @@
+"""Runs that survive: sealed checkpoints, exact resume, clean stops on signals, NaN and OOM handling.
+
+- A checkpoint is written into ``.tmp-checkpoint-N``, sealed with ``nova_checkpoint.json`` and
+  renamed to ``checkpoint-N`` only when complete, so a kill at any moment never leaves a
+  checkpoint that resume would take. Resume takes the newest sealed checkpoint whose files are
+  all there, moves broken ones aside with a message, and retention never deletes the newest.
+- The HF Trainer's own PEFT resume switches a stacked composition down to one adapter (it
+  activates only the first active adapter), so nova loads the trained adapter's weights itself.
+- SIGINT / SIGTERM ask for a checkpoint at the end of the current step and a clean exit; a
+  second signal exits at once.
+- A non-finite loss stops the run before the optimizer step can spread it into the weights;
+  the last good checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nova.errors import NovaError, TrainingStopped
+from nova.lazy import require
+
+SEAL = "nova_checkpoint.json"
+REQUIRED_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+class NonFiniteLoss(TrainingStopped):
+    """The loss became NaN or infinite."""
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None for a complete, sealed checkpoint; otherwise what is wrong with it."""
+    if not (path / SEAL).exists():
+        return "not sealed (written partially, e.g. killed while saving)"
+    missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+        with (path / "adapter_model.safetensors").open("rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            json.loads(fh.read(header_len))
+    except (ValueError, OSError) as exc:
+        return f"corrupted ({type(exc).__name__})"
+    return None
+
+
+def latest_checkpoint(stage_dir: Path, say: Any = None) -> Path | None:
+    """The newest complete checkpoint under ``stage_dir``; broken newer ones are moved aside."""
+    if not stage_dir.is_dir():
+        return None
+    for path in sorted(stage_dir.glob("checkpoint-*"), key=checkpoint_step, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        aside = path.with_name(f"broken-{path.name}-{int(time.time())}")
+        path.rename(aside)
+        if say:
+            say(f"skipping {path.name}: {problem}; moved to {aside.name}")
+    return None
+
+
+def rotate(stage_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` sealed checkpoints (never the newest one) and drop stale temp dirs."""
+    sealed = sorted((p for p in stage_dir.glob("checkpoint-*") if (p / SEAL).exists()), key=checkpoint_step)
+    for old in sealed[:-max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class NovaTrainerMixin:
+    """Overrides of the HF Trainer shared by nova's SFT and DPO trainers (transformers 5.x)."""
+
+    nova_stop: StopRequest | None = None
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Like Trainer._save_checkpoint (single process), but into a temp dir, sealed, then renamed."""
+        from transformers.trainer_callback import ExportableState
+
+        run_dir = Path(self._get_output_dir(trial=trial))  # type: ignore[attr-defined]
+        step = self.state.global_step  # type: ignore[attr-defined]
+        final = run_dir / f"checkpoint-{step}"
+        tmp = run_dir / f".tmp-checkpoint-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.store_flos()  # type: ignore[attr-defined]
+        self.save_model(str(tmp), _internal_call=True)  # type: ignore[attr-defined]
+        self._save_optimizer_and_scheduler(str(tmp))  # type: ignore[attr-defined]
+        self._save_scaler(str(tmp))  # type: ignore[attr-defined]
+        self._save_rng_state(str(tmp))  # type: ignore[attr-defined]
+        callbacks = [*self.callback_handler.callbacks, self.control]  # type: ignore[attr-defined]
+        for cb in [c for c in callbacks if isinstance(c, ExportableState)]:
+            self.state.stateful_callbacks[cb.__class__.__name__] = cb.state()  # type: ignore[attr-defined]
+        self.state.save_to_json(str(tmp / "trainer_state.json"))  # type: ignore[attr-defined]
+        (tmp / SEAL).write_text(json.dumps({"step": step, "time": time.time()}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        rotate(run_dir, self.args.save_total_limit or 1)  # type: ignore[attr-defined]
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load only the trained adapter's weights, keeping the stacked composition active."""
+        peft = require("peft")
+        safetensors = require("safetensors.torch")
+        model = model or self.model  # type: ignore[attr-defined]
+        weights = safetensors.load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors"))
+        result = peft.set_peft_model_state_dict(model, weights, adapter_name="default")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise NovaError(f"checkpoint {resume_from_checkpoint} does not match this adapter "
+                            f"({len(unexpected)} unexpected weights)", hint="resume with the same lora settings")
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        loss = super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
+        torch = require("torch")
+        if not bool(torch.isfinite(loss).all()):
+            step = self.state.global_step + 1  # type: ignore[attr-defined]
+            raise NonFiniteLoss(f"the loss became {float(loss)} at step {step}: training stopped before the "
+                                "optimizer could write it into the weights",
+                                hint="lower training.learning_rate, check the data, or resume from the last "
+                                "checkpoint")
+        return loss
+
+
+@dataclass
+class StopRequest:
+    """Set by a signal handler; read at the end of each training step."""
+
+    signal_name: str | None = None
+    at_step: int | None = None
+    hard_exit: bool = True
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+def stop_callback(request: StopRequest) -> Any:
+    """A TrainerCallback that saves a checkpoint and stops training when a stop was requested."""
+    transformers = require("transformers")
+
+    class StopOnSignal(transformers.TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if request.requested:
+                request.at_step = state.global_step
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopOnSignal()
+
+
+@contextmanager
+def signal_handling(request: StopRequest, say: Any) -> Iterator[StopRequest]:
+    """SIGINT/SIGTERM: first one asks for a checkpoint and a clean stop; a second one exits at once."""
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if request.requested:
+            say(f"{name} again: exiting now without saving")
+            os._exit(128 + signum)
+        request.signal_name = name
+        say(f"{name} received: saving a checkpoint at the end of this step, then stopping "
+            "(send it again to quit at once)")
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in previous:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread (e.g. a test runner thread): run without handlers
+        previous = {}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Recovery:
+    """What OOM recovery changed, for the console and <run>/recoveries.jsonl."""
+
+    step: int
+    before: tuple[int, int, bool]
+    after: tuple[int, int, bool]
+    checkpoint: str | None
+    message: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        (mb0, ga0, gc0), (mb1, ga1, gc1) = self.before, self.after
+        parts = [f"micro batch {mb0} -> {mb1}", f"grad accumulation {ga0} -> {ga1}"]
+        if gc1 and not gc0:
+            parts.append("gradient checkpointing on")
+        where = f"resuming from {Path(self.checkpoint).name}" if self.checkpoint else "restarting the stage"
+        self.message = f"OOM at step {self.step}: {', '.join(parts)}; {where}"
+
+
+def smaller_batch(training: Any) -> Any | None:
+    """Halve the micro batch and double accumulation (same effective batch); None when already 1."""
+    if training.micro_batch_size <= 1:
+        return None
+    micro = training.micro_batch_size // 2
+    effective = training.micro_batch_size * training.gradient_accumulation_steps
+    return training.model_copy(update={"micro_batch_size": micro,
+                                       "gradient_accumulation_steps": max(1, effective // micro),
+                                       "gradient_checkpointing": True})
+
+
+def is_oom(exc: BaseException) -> bool:
+    torch = require("torch")
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def free_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = require("torch")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
