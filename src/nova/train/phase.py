@@ -231,6 +231,9 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
                 f"{placement.device})" + (f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}"
                                           if ctx.chain else ""))
     base = load_base_model(ctx.model_cfg, placement, source)
+    from nova.lazy import require
+
+    require("transformers").set_seed(stages[0].training.seed)  # the new adapter's initial weights
     model = _prepare_for_training(base, ctx)
     results = []
     for index, (name, stage, data) in enumerate(zip(stage_names(ctx.phase), stages, datasets, strict=True)):

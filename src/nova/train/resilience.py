@@ -52,8 +52,11 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"missing {', '.join(missing)}"
     try:
         json.loads((path / "trainer_state.json").read_text())
-        with (path / "adapter_model.safetensors").open("rb") as fh:
+        weights = path / "adapter_model.safetensors"
+        with weights.open("rb") as fh:
             header_len = int.from_bytes(fh.read(8), "little")
+            if header_len + 8 > weights.stat().st_size:
+                raise ValueError("safetensors header longer than the file")
             json.loads(fh.read(header_len))
     except (ValueError, OSError) as exc:
         return f"corrupted ({type(exc).__name__})"
