@@ -32,7 +32,9 @@ class RunLog:
         self._pending = []
 
     def say(self, line: str = "") -> None:
-        self.stream.write(line + "\n")
+        from tqdm import tqdm  # write above an active progress bar instead of into it
+
+        tqdm.write(line, file=self.stream)
         self.stream.flush()
         stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
         if not self._attached:

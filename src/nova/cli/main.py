@@ -12,7 +12,17 @@ import sys
 import typer
 
 from nova import __version__
-from nova.cli import config_cmd, data_cmd, infer_cmd, merge_cmd, models_cmd, preflight_cmd, train_cmd
+from nova.cli import (
+    config_cmd,
+    data_cmd,
+    infer_cmd,
+    merge_cmd,
+    models_cmd,
+    plot_cmd,
+    preflight_cmd,
+    status_cmd,
+    train_cmd,
+)
 from nova.errors import NovaError
 
 app = typer.Typer(
@@ -27,6 +37,8 @@ app.command("preflight")(preflight_cmd.preflight)
 app.command("train")(train_cmd.train)
 app.command("merge")(merge_cmd.merge)
 app.command("infer")(infer_cmd.infer)
+app.command("status")(status_cmd.status)
+app.command("plot")(plot_cmd.plot)
 app.command("config")(config_cmd.config)
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")

@@ -6,6 +6,7 @@ root schema in ``nova.config.schema`` only embeds them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -13,28 +14,35 @@ from pydantic import Field, field_validator, model_validator
 
 from nova.config.base import Section
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?<!\.jsonl)(?<!\.json)(?<!\.csv)(?<!\.parquet)$")
+
 DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference", "text"]
 
 
 class DatasetSpec(Section):
     """One data source: a file or a directory of files, read with one format."""
 
-    path: str = Field(description="A .jsonl, .json, .csv or .parquet file, or a directory of such files. "
-                      "Relative paths are relative to the config file.")
+    path: str = Field(description="A .jsonl, .json, .csv or .parquet file, a directory of such files, or a "
+                      "hub dataset id (owner/name; needs network). Relative paths are relative to the directory "
+                      "nova runs in.")
     format: DataFormat = Field("auto", description="Record shape; 'auto' detects it per file from the fields.")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Map the file's field names to nova's, e.g. {prompt: question, chosen: response_j}.",
     )
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many records of this source.")
+    max_samples: int | None = Field(
+        None, gt=0, description="Use at most this many records of this source (the first valid ones).")
     weight: float | None = Field(
-        None, gt=0, description="Relative share of this source in the mix (repeats or subsamples records).")
+        None, gt=0, description="Relative share of this source in the training mix: repeats or samples its "
+        "records (seeded); when any source has a weight, a source without one counts as 1.")
 
     @field_validator("path")
     @classmethod
     def _path_exists(cls, value: str) -> str:
         # Checked here so a typo'd path fails at config time, naming the key, not 40 minutes in.
-        if not Path(value).expanduser().exists():
+        # A hub id (owner/name, no data-file suffix) is checked when it is read, where offline gets
+        # its own clear message.
+        if not Path(value).expanduser().exists() and not _HUB_ID.match(value):
             raise ValueError(f"data file or directory not found: {value}")
         return value
 

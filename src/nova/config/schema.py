@@ -86,6 +86,9 @@ class TrainingConfig(Section):
     oom_retries: int = Field(
         2, ge=0, description="On CUDA out-of-memory: halve micro batch, double accumulation, turn on "
         "checkpointing and resume from the last checkpoint, up to this many times.")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Also log to TensorBoard and/or Weights & Biases (optional extras: "
+        "pip install 'nova-tune[tensorboard]' or '[wandb]'); metrics.jsonl is always written.")
     gpu: Literal["auto"] | int = Field(
         "auto", description="GPU index to train on; 'auto' picks the one with the most free memory.")
 

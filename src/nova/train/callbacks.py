@@ -42,6 +42,17 @@ class MetricsCallback(transformers.TrainerCallback):
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
 
+    def _restart_clock(self, state: Any) -> None:
+        """Evaluation and checkpoint pauses are not training time: restart the throughput clock after them."""
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_clock(state)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_clock(state)
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or not state.is_world_process_zero:
             return

@@ -86,8 +86,12 @@ def _train_once(ctx: PhaseContext, model: Any, tokenizer: Any, placement: Any, n
 
     label = f"{ctx.phase.name}/{name}"
     metrics = ctx.run_dir / "metrics.jsonl"
+    from nova.monitor import MonitorCallback
+
+    gpu = placement.gpu_index if placement.device == "cuda" else None
+    monitor = MonitorCallback(ctx.run_dir, ctx.phase.monitor, ctx.log, name, gpu)  # per attempt: it holds state
     hooks = TrainerHooks(ctx.run_dir / "checkpoints" / name, placement, metrics, name, label, ctx.stop,
-                         ctx.extra_callbacks)
+                         [monitor, *ctx.extra_callbacks])
     if stage.method == "dpo":
         trainer = build_dpo_trainer(model, tokenizer, stage, data, hooks, _reference_adapters(ctx, index))
     else:

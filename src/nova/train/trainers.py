@@ -19,6 +19,20 @@ from nova.train.callbacks import MetricsCallback, ProgressCallback
 from nova.train.resilience import NovaTrainerMixin, StopRequest, stop_callback
 
 
+def _report_to(targets: Sequence[str]) -> list[str] | str:
+    """TensorBoard / W&B when asked for and installed (a missing one is an error, not a silent skip)."""
+    import importlib.util
+
+    from nova.errors import NovaError
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}
+    for target in targets:
+        if importlib.util.find_spec(package[target]) is None:
+            raise NovaError(f"training.report_to includes '{target}' but it is not installed",
+                            hint=f"pip install '.[{target}]' or remove it from report_to")
+    return list(targets) or "none"
+
+
 def common_args(stage: StageConfig, output_dir: Path, placement: Placement, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments shared by SFT and DPO, from the stage's ``training:`` section."""
     t = stage.training
@@ -50,7 +64,7 @@ def common_args(stage: StageConfig, output_dir: Path, placement: Placement, has_
         "bf16": placement.compute_dtype == torch.bfloat16,
         "fp16": placement.compute_dtype == torch.float16,
         "use_cpu": placement.device == "cpu",
-        "report_to": "none",
+        "report_to": _report_to(t.report_to),
         "disable_tqdm": True,
         "include_num_input_tokens_seen": "non_padding",
         "dataloader_num_workers": 0,

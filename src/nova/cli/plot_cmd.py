@@ -1,0 +1,32 @@
+"""``nova plot RUN_DIR``: redraw <run>/plots/loss.png from metrics.jsonl and print its path.
+
+Given a pipeline output directory, draws every phase that has metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory (has metrics.jsonl), or a pipeline output "
+                                           "directory.", show_default=False)]
+
+
+def plot(run_dir: RunDirArg) -> None:
+    """Draw train and eval loss, learning rate and (DPO) reward margins and accuracy to plots/loss.png."""
+    from nova.errors import NovaError
+    from nova.monitor.files import METRICS
+    from nova.monitor.plot import plot_run
+    from nova.monitor.status import PIPELINE, read_status
+
+    if (run_dir / PIPELINE).exists() and not (run_dir / METRICS).exists():
+        dirs = [Path(p.run_dir) for p in read_status(run_dir).phases if (Path(p.run_dir) / METRICS).exists()]
+        if not dirs:
+            raise NovaError(f"no phase of the pipeline in {run_dir} has metrics yet",
+                            hint="plots appear once a phase has logged its first step")
+        for d in dirs:
+            typer.echo(str(plot_run(d)))
+        return
+    typer.echo(str(plot_run(run_dir)))

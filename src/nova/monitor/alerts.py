@@ -1,0 +1,223 @@
+"""Alert rules, kept free of transformers so they can be tested (and reasoned about) on plain numbers.
+
+Repeat rule: an alert fires when its condition starts to hold ("crossing"). While the condition
+keeps holding it fires again at most once per ``alert_repeat_steps`` steps; once it clears, the
+next crossing fires at once. So a gradient norm of 50 for 1000 steps is 5 lines, not 100.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nova.config.monitor_schema import MonitorConfig
+from nova.console import RunLog
+
+THROUGHPUT_WINDOW = 20  # tokens/s samples in the running median
+THROUGHPUT_MIN_SAMPLES = 3  # samples needed before a drop can be judged
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert: a console line and a record in ``alerts.jsonl``."""
+
+    time: float
+    step: int
+    stage: str
+    kind: str
+    value: float | None
+    threshold: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One reading of the training GPU."""
+
+    temperature_c: float | None
+    utilization_pct: float | None
+    used_bytes: int
+    total_bytes: int
+
+    def as_logs(self) -> dict[str, float]:
+        """The keys added to the trainer's logs (and so to metrics.jsonl)."""
+        out = {"gpu_memory_used": float(self.used_bytes), "gpu_memory_total": float(self.total_bytes)}
+        if self.temperature_c is not None:
+            out["gpu_temperature_c"] = float(self.temperature_c)
+        if self.utilization_pct is not None:
+            out["gpu_utilization"] = float(self.utilization_pct)
+        return out
+
+
+@dataclass(frozen=True)
+class EvalVerdict:
+    alerts: list[Alert]
+    stop: bool
+
+
+class AlertGate:
+    """Applies the repeat rule (module docstring) per alert kind."""
+
+    def __init__(self, repeat_steps: int) -> None:
+        self.repeat_steps = repeat_steps
+        self._fired_at: dict[str, int] = {}
+
+    def allow(self, kind: str, holds: bool, step: int) -> bool:
+        """Whether a condition of ``kind`` that does (or does not) hold at ``step`` should fire now."""
+        if not holds:
+            self._fired_at.pop(kind, None)
+            return False
+        last = self._fired_at.get(kind)
+        if last is None or step - last >= self.repeat_steps or step < last:
+            self._fired_at[kind] = step
+            return True
+        return False
+
+
+def evals(n: int) -> str:
+    return f"{n} eval" if n == 1 else f"{n} evals"
+
+
+def fmt(value: float) -> str:
+    """Short human number: 14.2, 10, 0.001, nan."""
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+class Watcher:
+    """Turns one stage's log values into alerts and the early-stopping decision."""
+
+    def __init__(self, config: MonitorConfig, stage: str) -> None:
+        self.config = config
+        self.stage = stage
+        self.gate = AlertGate(config.alert_repeat_steps)
+        self._tps: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)
+        self._tps_seen = 0
+        self._evals: list[tuple[int, float]] = []
+        self._rises = 0
+        self._best: tuple[int, float] | None = None
+        self._since_best = 0
+        self.stopped = False
+
+    def _alert(self, kind: str, holds: bool, step: int, value: float | None, threshold: float | None,
+               text: str) -> list[Alert]:
+        if not self.gate.allow(kind, holds, step):
+            return []
+        finite = value if value is None or math.isfinite(value) else None  # JSON has no nan
+        return [Alert(time.time(), step, self.stage, kind, finite, threshold,
+                      f"{text} at step {step} ({self.stage})")]
+
+    def observe_train(self, step: int, grad_norm: float | None, tokens_per_second: float | None) -> list[Alert]:
+        """A training log: gradient norm bounds and throughput against its running median."""
+        out: list[Alert] = []
+        c = self.config
+        if grad_norm is not None:
+            high = not math.isfinite(grad_norm) or grad_norm > c.grad_norm_max
+            out += self._alert("grad_norm_high", high, step, grad_norm, c.grad_norm_max,
+                               f"alert: grad_norm {fmt(grad_norm)} > {fmt(c.grad_norm_max)}")
+            low = math.isfinite(grad_norm) and grad_norm < c.grad_norm_min
+            out += self._alert("grad_norm_low", low, step, grad_norm, c.grad_norm_min,
+                               f"alert: grad_norm {fmt(grad_norm)} < {fmt(c.grad_norm_min)} (is anything learning?)")
+        if tokens_per_second is not None:
+            out += self._throughput(step, tokens_per_second)
+        return out
+
+    def _throughput(self, step: int, tps: float) -> list[Alert]:
+        """The first sample is skipped: it carries start-up (CUDA init, first allocations), not speed."""
+        self._tps_seen += 1
+        if self._tps_seen == 1:
+            return []
+        out: list[Alert] = []
+        if len(self._tps) >= THROUGHPUT_MIN_SAMPLES:
+            median = statistics.median(self._tps)
+            floor = median * (1 - self.config.throughput_drop)
+            drop = 1 - tps / median if median > 0 else 0.0
+            out = self._alert("throughput_drop", tps < floor, step, round(tps, 2), round(floor, 2),
+                              f"alert: tokens/s {tps:.0f} < {floor:.0f} ({drop:.0%} below the median {median:.0f})")
+        self._tps.append(tps)
+        return out
+
+    def observe_gpu(self, step: int, gpu: GpuSample) -> list[Alert]:
+        """GPU memory (all processes, as NVML sees it) and temperature."""
+        out: list[Alert] = []
+        c = self.config
+        if gpu.total_bytes > 0:
+            frac = gpu.used_bytes / gpu.total_bytes
+            out += self._alert("gpu_memory", frac > c.memory_fraction, step, round(frac, 4), c.memory_fraction,
+                               f"alert: gpu memory {gpu.used_bytes / GiB:.1f} of {gpu.total_bytes / GiB:.1f} GiB "
+                               f"({frac:.0%}) > {c.memory_fraction:.0%}")
+        if gpu.temperature_c is not None:
+            t = gpu.temperature_c
+            out += self._alert("gpu_temperature", t > c.temperature_c, step, t, c.temperature_c,
+                               f"alert: gpu temperature {t:.0f} C > {fmt(c.temperature_c)} C")
+        return out
+
+    @property
+    def seen_evals(self) -> bool:
+        return bool(self._evals)
+
+    def replay_evals(self, history: list[tuple[int, float]]) -> bool:
+        """Rebuild eval state after a resume, silently; True when early stopping was already due."""
+        for step, loss in history:
+            self.observe_eval(step, loss)
+        return self.stopped
+
+    def observe_eval(self, step: int, eval_loss: float) -> EvalVerdict:
+        """An evaluation: rising-loss alert, and early stopping when patience is set.
+
+        A non-finite eval loss counts as "did not improve" and as a rise.
+        """
+        c = self.config
+        prev = self._evals[-1][1] if self._evals else None
+        self._evals.append((step, eval_loss))
+        rose = prev is not None and (not math.isfinite(eval_loss) or eval_loss > prev)
+        self._rises = self._rises + 1 if rose else 0
+        trail = " -> ".join(fmt(v) for _, v in self._evals[-(self._rises + 1):])
+        alerts = self._alert("eval_loss_rising", self._rises >= c.loss_rising_evals, step, float(self._rises),
+                             float(c.loss_rising_evals),
+                             f"alert: eval_loss rose {evals(self._rises)} in a row ({trail})")
+        improved = math.isfinite(eval_loss) and (
+            self._best is None or eval_loss < self._best[1] - c.early_stopping_min_delta)
+        if improved:
+            self._best, self._since_best = (step, eval_loss), 0
+        else:
+            self._since_best += 1
+        patience = c.early_stopping_patience
+        stop = patience is not None and self._since_best >= patience and not self.stopped
+        if stop:
+            self.stopped = True
+            best = f"best {fmt(self._best[1])} at step {self._best[0]}" if self._best else "no finite eval loss"
+            alerts.append(Alert(time.time(), step, self.stage, "early_stop", eval_loss, float(patience),
+                                f"early stop: eval_loss {fmt(eval_loss)} has not improved for "
+                                f"{evals(self._since_best)} ({best}) at step {step} ({self.stage}); "
+                                "stopping this stage"))
+        return EvalVerdict(alerts, stop)
+
+
+class AlertSink:
+    """Says each alert on the console and appends it to ``alerts.jsonl``; a full disk never stops training."""
+
+    def __init__(self, path: Path, log: RunLog) -> None:
+        self.path = path
+        self.log = log
+        self._write_failed = False
+
+    def emit(self, alert: Alert) -> None:
+        self.log.say(alert.message)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(alert.to_dict(), ensure_ascii=True) + "\n")
+        except OSError as exc:
+            if not self._write_failed:
+                self._write_failed = True
+                self.log.say(f"monitor: cannot write {self.path}: {exc}")

@@ -1,0 +1,143 @@
+"""MonitorCallback: GPU readings into the logs, alerts, early stopping on eval loss, live plots.
+
+Nothing here may fail training: NVML errors switch GPU readings off, plot errors are said once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nova.config.monitor_schema import MonitorConfig
+from nova.console import RunLog
+from nova.lazy import require
+from nova.monitor.alerts import Alert, AlertSink, GpuSample, Watcher
+from nova.monitor.files import ALERTS, METRICS, number, read_jsonl
+
+transformers = require("transformers")
+
+
+class MonitorCallback(transformers.TrainerCallback):
+    """Watches one stage. Register it before MetricsCallback so the GPU keys it adds to ``logs``
+    are written to metrics.jsonl.
+
+    Throughput is measured here between two training logs like MetricsCallback does, but the
+    clock restarts after each evaluation and checkpoint save, so an eval pause is not a "drop".
+    """
+
+    def __init__(self, run_dir: Path, config: MonitorConfig, log: RunLog, stage: str,
+                 gpu_index: int | None) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.log = log
+        self.stage = stage
+        self.watcher = Watcher(config, stage)
+        self.sink = AlertSink(self.run_dir / ALERTS, log)
+        self.sampler: Any = None
+        if gpu_index is not None:
+            from nova.monitor.gpu import GpuSampler
+
+            self.sampler = GpuSampler(gpu_index)
+        self.clock: Callable[[], float] = time.perf_counter  # replaceable in tests
+        self._mark: tuple[float, int] | None = None
+        self._last_plot_step = 0
+        self._plot_due = False
+        self._plot_failed = False
+
+    # -- events -------------------------------------------------------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._mark = (self.clock(), state.num_input_tokens_seen)
+        self._last_plot_step = state.global_step
+        if state.global_step > 0 and not self.watcher.seen_evals:
+            self._replay(state, control)
+
+    def _replay(self, state: Any, control: Any) -> None:
+        """A resumed stage: recover the eval history from metrics.jsonl so early-stopping patience
+        and the rising-loss count carry over the interruption instead of starting again."""
+        history = [(int(r["step"]), float(v)) for r in read_jsonl(self.run_dir / METRICS)
+                   if r.get("stage") == self.stage and isinstance(r.get("step"), int)
+                   and r["step"] <= state.global_step and (v := number(r.get("eval_loss"))) is not None]
+        if self.watcher.replay_evals(history):
+            self.log.say(f"early stop: eval_loss had already stopped improving before the resume at step "
+                         f"{state.global_step} ({self.stage}); stopping this stage")
+            control.should_training_stop = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        step = state.global_step
+        alerts: list[Alert] = []
+        gpu = self._sample_gpu()
+        if gpu is not None:
+            logs.update(gpu.as_logs())
+            alerts += self.watcher.observe_gpu(step, gpu)
+        if "loss" in logs:
+            alerts += self.watcher.observe_train(step, number(logs.get("grad_norm")), self._throughput(state))
+        eval_loss = number(logs.get("eval_loss"))
+        if eval_loss is not None:
+            verdict = self.watcher.observe_eval(step, eval_loss)
+            alerts += verdict.alerts
+            if verdict.stop:
+                control.should_training_stop = True
+        for alert in alerts:
+            self.sink.emit(alert)
+        if step - self._last_plot_step >= self.config.plot_every:
+            self._plot_due = True  # drawn at the next step, once MetricsCallback has written this log
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._plot_due and state.is_world_process_zero:
+            self._plot_due = False
+            self._last_plot_step = state.global_step
+            self.draw()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_clock(state)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_clock(state)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self._plot_due = False
+            self.draw()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def draw(self) -> Path | None:
+        """Redraw plots/loss.png; a failure is said once and never raised."""
+        from nova.monitor.plot import plot_run
+
+        try:
+            return plot_run(self.run_dir)
+        except Exception as exc:
+            if not self._plot_failed:
+                self._plot_failed = True
+                self.log.say(f"monitor: cannot draw {self.run_dir / 'plots' / 'loss.png'}: {exc}")
+            return None
+
+    def _sample_gpu(self) -> GpuSample | None:
+        if self.sampler is None:
+            return None
+        try:
+            sample: GpuSample | None = self.sampler.sample()
+        except Exception:
+            self.sampler = None
+            return None
+        return sample
+
+    def _throughput(self, state: Any) -> float | None:
+        now, seen = self.clock(), int(state.num_input_tokens_seen or 0)
+        previous, self._mark = self._mark, (now, seen)
+        if previous is None:
+            return None
+        elapsed, tokens = now - previous[0], seen - previous[1]
+        return tokens / elapsed if elapsed > 0 and tokens > 0 else None
+
+    def _restart_clock(self, state: Any) -> None:
+        if self._mark is not None:
+            self._mark = (self.clock(), int(state.num_input_tokens_seen or 0))
+
