@@ -194,3 +194,25 @@ def test_partial_and_corrupt_checkpoints_are_skipped_and_retention_keeps_the_new
     assert any("checkpoint-6" in s and "corrupted" in s for s in said)
     rotate(stage, keep=1)
     assert [p.name for p in stage.glob("checkpoint-*")] == ["checkpoint-4"]
+
+
+def test_an_error_mid_training_saves_a_resumable_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    class BreakAtStep3(TrainerCallback):
+        armed = True
+
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 3 and BreakAtStep3.armed:
+                BreakAtStep3.armed = False
+                raise RuntimeError("disk controller on fire (simulated)")
+
+    cfg = config(tmp_path, tiny_model_dir, "err", steps=5, save_steps=100)
+    log = tmp_path / "log.txt"
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_config(load_yaml_config(cfg), log=RunLog(log), extra_callbacks=[BreakAtStep3()])
+    run = tmp_path / "err"
+    assert latest_checkpoint(run / "checkpoints" / "sft").name == "checkpoint-3"
+    assert "saved checkpoint-3 so the run can resume" in log.read_text()
+    run_config(load_yaml_config(cfg), log=RunLog(log))
+    assert "resuming from" in log.read_text() and (run / "COMPLETE").exists()
