@@ -15,6 +15,7 @@ from nova import __version__
 from nova.cli import (
     config_cmd,
     data_cmd,
+    export_cmd,
     infer_cmd,
     merge_cmd,
     models_cmd,
@@ -37,6 +38,7 @@ app.command("preflight")(preflight_cmd.preflight)
 app.command("train")(train_cmd.train)
 app.command("merge")(merge_cmd.merge)
 app.command("infer")(infer_cmd.infer)
+app.command("export")(export_cmd.export)
 app.command("status")(status_cmd.status)
 app.command("plot")(plot_cmd.plot)
 app.command("config")(config_cmd.config)
