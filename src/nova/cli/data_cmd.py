@@ -1,7 +1,193 @@
-"""``nova data``: check and preview training data before any model loads."""
+"""``nova data``: check and preview training data before any model loads.
+
+Only typer and the standard library are imported at module level; the data pipeline (and
+transformers, for the token view) load when a command runs, so ``nova --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
-app = typer.Typer(help="Check and preview training data.", no_args_is_help=True)
+from nova.cli.options import JsonOpt, SetOpt
+
+if TYPE_CHECKING:
+    from nova.config.data_schema import DataConfig
+
+app = typer.Typer(help="Check and preview training data.", no_args_is_help=True, rich_markup_mode=None)
+
+FileArg = Annotated[Path | None, typer.Argument(help="A data file or directory (instead of --config).",
+                                                show_default=False)]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Phase or pipeline YAML file.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="With FILE: auto, messages, prompt_completion, alpaca, "
+                                        "sharegpt, preference or text.")]
+MethodOpt = Annotated[str | None, typer.Option("--method", help="With FILE: sft or dpo (default: dpo for "
+                                               "preference data, else sft).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="With FILE: model directory or hub id whose "
+                                              "tokenizer gives the token view.")]
+MaxLenOpt = Annotated[int, typer.Option("--max-length", help="With FILE: the longest sequence, in tokens.")]
+OnErrorOpt = Annotated[str, typer.Option("--on-error", help="With FILE: fail (default) or skip bad records.")]
+
+
+@dataclass
+class Target:
+    """One stage's data to check, with the model whose tokenizer gives the token view."""
+
+    label: str
+    data: DataConfig
+    method: str
+    model: Any  # ModelConfig | None
+    seed: int = 42
+    dpo: Any = None  # DPOConfig | None
+
+
+def _file_target(file: Path, fmt: str, method: str | None, model: str | None, max_length: int,
+                 on_error: str) -> Target:
+    from pydantic import ValidationError
+
+    from nova.config.data_schema import DataConfig, DatasetSpec
+    from nova.errors import NovaError
+
+    try:
+        data = DataConfig(datasets=[DatasetSpec(path=str(file), format=fmt)],  # type: ignore[arg-type]
+                          max_length=max_length, on_error=on_error)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise NovaError(f"{file}: {err['msg'].removeprefix('Value error, ')}",
+                        hint=f"check the {'/'.join(str(p) for p in err['loc']) or 'arguments'}") from None
+    if method is None:
+        method = "dpo" if fmt == "preference" or (fmt == "auto" and _looks_preference(file)) else "sft"
+    if method not in ("sft", "dpo"):
+        raise NovaError(f"--method must be sft or dpo, got '{method}'")
+    model_cfg = None
+    if model is not None:
+        from nova.config.schema import ModelConfig
+
+        model_cfg = ModelConfig(base=model)
+    return Target(str(file), data, method, model_cfg)
+
+
+def _looks_preference(file: Path) -> bool:
+    """Peek at the first record so `nova data check prefs.jsonl` needs no --method."""
+    from nova.data.records import detect_format
+    from nova.data.sources import FileProblem, list_files, read_file
+
+    try:
+        for path in list_files(file):
+            _, records = read_file(path)
+            for raw in records:
+                if raw.data is not None:
+                    return detect_format(raw.data) == "preference"
+    except FileProblem:
+        return False
+    return False
+
+
+def _config_targets(config: Path, overrides: list[str] | None) -> list[Target]:
+    from nova.config import load_yaml_config
+    from nova.config.schema import PipelineConfig
+
+    loaded = load_yaml_config(config, overrides)
+    cfg = loaded.config
+    phases = cfg.phases if isinstance(cfg, PipelineConfig) else [cfg]
+    targets = []
+    for phase in phases:
+        model = cfg.model_for(phase.name) if isinstance(cfg, PipelineConfig) else phase.model
+        stages = phase.stage_list
+        for i, stage in enumerate(stages, 1):
+            label = phase.name if len(stages) == 1 else f"{phase.name} stage {i}"
+            targets.append(Target(f"{label} ({stage.method})", stage.data, stage.method, model,
+                                  stage.training.seed, stage.dpo))
+    return targets
+
+
+def _targets(file: Path | None, config: Path | None, overrides: list[str] | None, fmt: str,
+             method: str | None, model: str | None, max_length: int, on_error: str) -> list[Target]:
+    from nova.errors import NovaError
+
+    if (file is None) == (config is None):
+        raise NovaError("give either a data FILE or --config FILE", hint="e.g. nova data check --config "
+                        "configs/demo/sft.yaml, or nova data check data/sora_en.jsonl")
+    if config is not None:
+        return _config_targets(config, overrides)
+    assert file is not None
+    return [_file_target(file, fmt, method, model, max_length, on_error)]
+
+
+def _tokenizer_for(model: Any, cache: dict[str, tuple[Any, str | None]]) -> tuple[Any, str | None]:
+    if model is None:
+        return None, "no model given (use --model, or --config with model.base)"
+    if model.base not in cache:
+        from nova.data.tokenizer import load_tokenizer
+
+        cache[model.base] = load_tokenizer(model)
+    return cache[model.base]
+
+
+@app.command("check")
+def check(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = None, fmt: FormatOpt = "auto",
+          method: MethodOpt = None, model: ModelOpt = None, max_length: MaxLenOpt = 1024,
+          on_error: OnErrorOpt = "fail", as_json: JsonOpt = False) -> None:
+    """Validate every record (file:line for each problem) and show the token view of each stage."""
+    from nova.data import check_data
+    from nova.errors import DataError
+
+    tokenizers: dict[str, tuple[Any, str | None]] = {}
+    results: list[dict[str, Any]] = []
+    failed: list[tuple[str, DataError]] = []
+    for target in _targets(file, config, overrides, fmt, method, model, max_length, on_error):
+        tokenizer, note = _tokenizer_for(target.model, tokenizers)
+        try:
+            report = check_data(target.data, method=target.method, tokenizer=tokenizer,  # type: ignore[arg-type]
+                                seed=target.seed, dpo=target.dpo)
+        except DataError as exc:
+            failed.append((target.label, exc))
+            results.append({"stage": target.label, "ok": False, "error": exc.lines()})
+            continue
+        if note:
+            report.token_note = note
+        results.append({"stage": target.label, "ok": True, "report": report.to_dict()})
+        if not as_json:
+            typer.echo(f"== {target.label}")
+            for line in report.lines():
+                typer.echo(line)
+    _finish(results, failed, as_json)
+
+
+def _finish(results: list[dict[str, Any]], failed: list[tuple[str, Any]], as_json: bool) -> None:
+    from nova.errors import DataError
+
+    if as_json:
+        typer.echo(json.dumps({"ok": not failed, "stages": results}, indent=2))
+        if failed:
+            raise typer.Exit(2)
+        return
+    if len(failed) == 1 and len(results) == 1:
+        raise failed[0][1]
+    if failed:
+        label, first = failed[0]
+        others = f" ({len(failed) - 1} more stage(s) failed)" if len(failed) > 1 else ""
+        raise DataError(f"{label}: {first.title}{others}", first.problems)
+
+
+@app.command("preview")
+def preview_cmd(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = None,
+                n: Annotated[int, typer.Option("-n", help="How many examples to show.")] = 3,
+                fmt: FormatOpt = "auto", method: MethodOpt = None, model: ModelOpt = None,
+                max_length: MaxLenOpt = 1024) -> None:
+    """Render the first N examples through the chat template, trained tokens wrapped in [[ ]]."""
+    from nova.data.preview import preview
+    from nova.errors import NovaError
+
+    tokenizers: dict[str, tuple[Any, str | None]] = {}
+    for target in _targets(file, config, overrides, fmt, method, model, max_length, "skip"):
+        tokenizer, note = _tokenizer_for(target.model, tokenizers)
+        if tokenizer is None:
+            raise NovaError(f"{target.label}: cannot preview without a tokenizer: {note}")
+        typer.echo(f"== {target.label}")
+        for line in preview(target.data, tokenizer, method=target.method, n=n):
+            typer.echo(line)

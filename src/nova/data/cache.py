@@ -1,0 +1,99 @@
+"""Cache tokenized stage data, keyed by everything that could change it.
+
+The key hashes the data files' bytes, the data settings, the method, seed and DPO lengths,
+and the tokenizer (its vocabulary and merges, special tokens and chat template). A re-run, or
+the next phase on the same data, then loads Arrow files instead of tokenizing again; any
+edit to a file or setting gives a new key, so a stale cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nova.config.data_schema import DataConfig
+from nova.data.sources import FileProblem, list_files, looks_like_hub_id
+
+PIPELINE_VERSION = "nova-data-1"
+
+
+def _hash_file(path: Path, h: Any) -> None:
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+
+
+def tokenizer_fingerprint(tokenizer: Any, template: str | None) -> str:
+    """What identifies a tokenizer's behaviour (not its name: two paths can hold the same one)."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else type(tokenizer).__name__).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update(str(tokenizer.eos_token_id).encode())
+    h.update((template or "").encode())
+    return h.hexdigest()
+
+
+def cache_key(cfg: DataConfig, *, method: str, seed: int, dpo_lengths: tuple[int, int],
+              tokenizer_id: str) -> str | None:
+    """The content key, or None when a source cannot be hashed (a hub id, a missing file)."""
+    h = hashlib.sha256(PIPELINE_VERSION.encode())
+    settings = cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir"})
+    h.update(json.dumps([settings, method, seed, dpo_lengths, tokenizer_id], sort_keys=True).encode())
+    for spec in [*cfg.datasets, *cfg.eval_datasets]:
+        if looks_like_hub_id(spec.path):
+            return None
+        try:
+            files = list_files(Path(spec.path).expanduser())
+        except FileProblem:
+            return None
+        for file in files:
+            h.update(str(file).encode() + b"\0")
+            try:
+                _hash_file(file, h)
+            except OSError:
+                return None
+    return h.hexdigest()[:32]
+
+
+def load(cache_dir: str, key: str) -> tuple[Any, Any, dict[str, Any]] | None:
+    """(train, eval or None, report dict) from the cache, or None on a miss."""
+    root = Path(cache_dir) / "data" / key
+    if not (root / "report.json").exists():
+        return None
+    from datasets import load_from_disk
+
+    try:
+        report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+        train = load_from_disk(str(root / "train"))
+        evals = load_from_disk(str(root / "eval")) if (root / "eval").exists() else None
+    except (OSError, ValueError, FileNotFoundError):
+        return None  # a half-deleted cache entry is a miss, not an error
+    return train, evals, report
+
+
+def save(cache_dir: str, key: str, train: Any, evals: Any, report: dict[str, Any]) -> None:
+    """Write atomically: into a temp directory renamed into place, so a crash leaves no half entry."""
+    import datasets
+
+    datasets.disable_progress_bars()  # library code does not print; the report says what was saved
+    root = Path(cache_dir) / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        train.save_to_disk(str(tmp / "train"))
+        if evals is not None:
+            evals.save_to_disk(str(tmp / "eval"))
+        (tmp / "report.json").write_text(json.dumps(report), encoding="utf-8")
+        final = root / key
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,173 @@
+"""Read every record of a stage's sources, validate it, and keep the good ones as examples.
+
+Each bad record is counted by reason and remembered as a ``Problem`` naming file:line; the
+caller decides (``on_error``) whether that stops the run. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nova.config.data_schema import DatasetSpec
+from nova.data.records import (
+    DPO_FORMATS,
+    REQUIRED,
+    SFT_FORMATS,
+    RecordProblem,
+    apply_columns,
+    dedup_key,
+    detect_format,
+    normalize,
+)
+from nova.data.report import DataReport, SourceReport
+from nova.data.sources import FileProblem, RawRecord, hub_records, list_files, looks_like_hub_id, read_file
+from nova.errors import Problem
+
+
+@dataclass(frozen=True)
+class Example:
+    """A valid, normalized record and where it came from."""
+
+    where: str
+    example: dict[str, Any]
+    key: str
+    source: int
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What validation depends on besides the record itself."""
+
+    method: str
+    system_prompt: str | None
+    report: DataReport
+
+
+def load_sources(specs: list[DatasetSpec], ctx: LoadContext, *, eval_side: bool = False) -> list[Example]:
+    """All valid examples of the given sources, in source and file order, with per-source caps."""
+    out: list[Example] = []
+    for index, spec in enumerate(specs):
+        source = SourceReport(path=spec.path)
+        (ctx.report.eval_sources if eval_side else ctx.report.sources).append(source)
+        examples = _load_source(spec, index, ctx, source)
+        if spec.max_samples is not None and len(examples) > spec.max_samples:
+            source.over_max_samples = len(examples) - spec.max_samples
+            ctx.report.over_max_samples += source.over_max_samples
+            examples = examples[: spec.max_samples]
+        out += examples
+    return out
+
+
+def _load_source(spec: DatasetSpec, index: int, ctx: LoadContext, source: SourceReport) -> list[Example]:
+    if looks_like_hub_id(spec.path):
+        try:
+            return _load_records(spec, index, ctx, source, None, hub_records(spec.path), spec.path)
+        except FileProblem as exc:
+            _file_problem(ctx.report, exc)
+            return []
+    try:
+        files = list_files(Path(spec.path).expanduser())
+    except FileProblem as exc:
+        _file_problem(ctx.report, exc)
+        return []
+    out: list[Example] = []
+    for file in files:
+        source.files += 1
+        try:
+            header, records = read_file(file)
+            out += _load_records(spec, index, ctx, source, header, records, str(file))
+        except FileProblem as exc:
+            _file_problem(ctx.report, exc)
+    return out
+
+
+def _file_problem(report: DataReport, exc: FileProblem) -> None:
+    report.skipped_files[exc.reason] += 1
+    report.add_file_problem(Problem(exc.where, exc.message, exc.hint))
+
+
+def _allowed(method: str) -> frozenset[str]:
+    return DPO_FORMATS if method == "dpo" else SFT_FORMATS
+
+
+def _check_header(spec: DatasetSpec, header: list[str], where: str) -> str | None:
+    """Tabular files: the columns the format needs must exist (one problem for the file, not per row)."""
+    renamed = spec.columns
+    for ours, theirs in renamed.items():
+        if theirs not in header:
+            raise FileProblem("missing_column", f"{where}:1", f"no column '{theirs}' (mapped to '{ours}' by "
+                              f"columns); the columns are: {', '.join(header)}")
+    names = [next((o for o, t in renamed.items() if t == h), h) for h in header]
+    fmt = spec.format if spec.format != "auto" else detect_format(dict.fromkeys(names))
+    if fmt is None:
+        raise FileProblem("unknown_format", f"{where}:1", f"no known columns ({', '.join(header)})",
+                          "set format: and columns: for this dataset")
+    for need in REQUIRED[fmt]:
+        if need not in names:
+            raise FileProblem("missing_column", f"{where}:1", f"the {fmt} format needs a column '{need}'; "
+                              f"the columns are: {', '.join(header)}", "add it or map it with columns:")
+    return fmt
+
+
+def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: SourceReport,
+                  header: list[str] | None, records: Any, where: str) -> list[Example]:
+    report = ctx.report
+    file_format = _check_header(spec, header, where) if header is not None else None
+    if spec.format != "auto":
+        file_format = spec.format
+    formats: Counter[str] = Counter()
+    out: list[Example] = []
+    for raw in records:
+        source.read += 1
+        report.read += 1
+        try:
+            fmt, example = _validate(raw, spec, file_format, ctx)
+        except RecordProblem as exc:
+            source.skipped += 1
+            report.add_problem(exc.reason, Problem(raw.where, exc.message, exc.hint))
+            if exc.reason == "wrong_method":
+                _skip_rest(records, source, report)
+                break
+            continue
+        file_format = file_format or fmt
+        formats[fmt] += 1
+        out.append(Example(raw.where, example, dedup_key(example), index))
+    source.kept += len(out)
+    for fmt, n in formats.items():
+        source.formats[fmt] = source.formats.get(fmt, 0) + n
+    return out
+
+
+def _skip_rest(records: Any, source: SourceReport, report: DataReport) -> None:
+    """A file in the wrong format for the method: count its remaining records under one problem."""
+    for _ in records:
+        source.read += 1
+        source.skipped += 1
+        report.read += 1
+        report.skipped["wrong_method"] += 1
+
+
+def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
+              ctx: LoadContext) -> tuple[str, dict[str, Any]]:
+    if raw.problem is not None:
+        raise raw.problem
+    assert raw.data is not None
+    record = apply_columns(raw.data, spec.columns)
+    detected = detect_format(record)
+    fmt = spec.format if spec.format != "auto" else detected
+    if fmt is None:
+        fields = ", ".join(sorted(record)) or "none"
+        raise RecordProblem("unknown_format", f"no known fields (found: {fields})",
+                            "expected messages, conversations, prompt+completion, instruction+output, "
+                            "chosen+rejected or text; or set format:/columns:")
+    if spec.format == "auto" and file_format is not None and fmt != file_format:
+        raise RecordProblem("mixed_formats", f"this record is '{fmt}' but the file's first record is "
+                            f"'{file_format}' (two formats in one file)", "split the file or fix the record")
+    if fmt not in _allowed(ctx.method):
+        hint = "use method: dpo for preference data" if ctx.method == "sft" else \
+            "a dpo stage needs prompt/chosen/rejected records"
+        raise RecordProblem("wrong_method", f"'{fmt}' records cannot train a {ctx.method} stage", hint)
+    return fmt, normalize(record, fmt, system_prompt=ctx.system_prompt)

@@ -1,0 +1,245 @@
+"""One stage's data, start to finish: read, validate, dedup, split, mix, tokenize, cache.
+
+``check_data`` runs the same steps without a model (the token view only when a tokenizer is
+given) and never writes the cache; ``prepare_stage_data`` adds tokenization and the cache.
+Both raise ``DataError`` for bad records under ``on_error: fail`` and when nothing is left
+to train on; neither prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from nova.config.data_schema import DataConfig
+from nova.data import cache
+from nova.data.encode import NO_TRAINED, OK, TOO_LONG, TRUNCATED, ChatTemplate, Encoder
+from nova.data.load import Example, LoadContext, load_sources
+from nova.data.mix import dedup, holdout, mix, remove_leakage
+from nova.data.report import DataReport, TokenStats
+from nova.errors import DataError, Problem
+
+Method = Literal["sft", "dpo"]
+_HELPERS = ("where", "length", "trained", "masked", "status", "prompt_cut", "completion_cut")
+# Below this many records, worker processes cost more to start than they save.
+_PARALLEL_MIN_RECORDS = 20_000
+_PARALLEL_MIN_CPUS = 4
+_BATCH = 1000
+
+
+@dataclass
+class PreparedData:
+    """Tokenized train (and eval) datasets for one stage, and what was done to get them."""
+
+    train: Any  # datasets.Dataset
+    eval: Any  # datasets.Dataset | None
+    report: DataReport
+
+
+def check_data(cfg: DataConfig, *, method: Method, tokenizer: Any = None, seed: int = 42,
+               dpo: Any = None) -> DataReport:
+    """Validate a stage's data before any model loads (token view only with a tokenizer)."""
+    report, train, evals = _assemble(cfg, method=method, seed=seed)
+    if tokenizer is None:
+        report.token_note = "no tokenizer given"
+        return report
+    _tokenize_all(cfg, tokenizer, method, dpo, report, train, evals, build=False)
+    return report
+
+
+def prepare_stage_data(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int,
+                       dpo: Any = None) -> PreparedData:
+    """Train/eval datasets ready for the trainer (see the module docstring of nova.data)."""
+    lengths = _dpo_lengths(dpo)
+    template = _template_source(tokenizer)
+    key = cache.cache_key(cfg, method=method, seed=seed, dpo_lengths=lengths,
+                          tokenizer_id=cache.tokenizer_fingerprint(tokenizer, template))
+    if key is not None and (hit := cache.load(cfg.cache_dir, key)) is not None:
+        train, evals, saved = hit
+        report = DataReport.from_dict(saved)
+        report.cache = f"hit ({cfg.cache_dir}/data/{key})"
+        return PreparedData(train, evals, report)
+    report, train_ex, eval_ex = _assemble(cfg, method=method, seed=seed)
+    train, evals = _tokenize_all(cfg, tokenizer, method, dpo, report, train_ex, eval_ex, build=True)
+    if key is not None:
+        report.cache = f"saved ({cfg.cache_dir}/data/{key})"
+        cache.save(cfg.cache_dir, key, train, evals, report.to_dict())
+    return PreparedData(train, evals, report)
+
+
+def _dpo_lengths(dpo: Any) -> tuple[int, int]:
+    if dpo is None:
+        from nova.config.schema import DPOConfig
+
+        dpo = DPOConfig()
+    return dpo.max_prompt_length, dpo.max_completion_length
+
+
+def _template_source(tokenizer: Any) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    return template.get("default") if isinstance(template, dict) else template
+
+
+def _fail_if_bad(report: DataReport, cfg: DataConfig) -> None:
+    if cfg.on_error == "fail" and report.problem_count:
+        raise DataError("bad data (data.on_error: skip would skip these records)", report.problems)
+
+
+def _assemble(cfg: DataConfig, *, method: Method, seed: int) -> tuple[DataReport, list[Example], list[Example]]:
+    """Read and validate every source, then dedup, split, remove leakage and mix."""
+    report = DataReport(method=method, max_length=cfg.max_length, overlong=cfg.overlong)
+    if not cfg.datasets:
+        raise DataError("no training data", [Problem("data.datasets", "the list is empty",
+                                                     "add at least one dataset with a path")])
+    ctx = LoadContext(method=method, system_prompt=cfg.system_prompt, report=report)
+    train = load_sources(list(cfg.datasets), ctx)
+    evals = load_sources(list(cfg.eval_datasets), ctx, eval_side=True)
+    _fail_if_bad(report, cfg)
+    train, report.deduplicated = dedup(train) if cfg.dedup else (train, 0)
+    if cfg.eval_datasets:
+        evals, report.eval_deduplicated = dedup(evals)
+        evals, report.leakage_removed = remove_leakage(train, evals)
+        report.split = f"eval_datasets: {len(evals)} records"
+    else:
+        train, evals, report.split = holdout(train, cfg.eval_split, seed)
+    train = mix(train, cfg, seed, report)
+    _require_some(report, train, cfg)
+    report.train_records, report.eval_records = len(train), len(evals)
+    return report, train, evals
+
+
+def _require_some(report: DataReport, train: list[Example], cfg: DataConfig) -> None:
+    if train:
+        return
+    paths = ", ".join(spec.path for spec in cfg.datasets)
+    dropped = report.dropped_too_long + report.dropped_no_trained
+    why = f", {dropped} too long for max_length {cfg.max_length}" if dropped else ""
+    shown = report.problems[:5] or [Problem(paths, f"read {report.read} records, none usable{why}",
+                                            "raise data.max_length" if dropped else None)]
+    raise DataError(f"no usable training records in {paths} (read {report.read}, skipped "
+                    f"{sum(report.skipped.values())}{why})", shown)
+
+
+def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, report: DataReport,
+                  train: list[Example], evals: list[Example], *, build: bool) -> tuple[Any, Any]:
+    model_name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    needs_template = method == "dpo" or any(ex.example["kind"] == "chat" for ex in [*train, *evals])
+    template = ChatTemplate(tokenizer, model_name) if needs_template else None
+    prompt_len, completion_len = _dpo_lengths(dpo)
+    encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
+                      loss_on=cfg.loss_on, max_prompt_length=prompt_len, max_completion_length=completion_len)
+    report.tokenizer = model_name
+    train_ds, report.tokens, report.train_records = _tokenize(train, encoder, cfg, report, build=build)
+    eval_ds, report.eval_tokens, report.eval_records = (
+        _tokenize(evals, encoder, cfg, report, build=build) if evals else (None, None, 0))
+    _fail_if_bad(report, cfg)
+    if report.train_records == 0:
+        _require_some(report, [], cfg)
+    return train_ds, eval_ds
+
+
+def _num_proc(cfg: DataConfig, n: int) -> int | None:
+    """Worker processes for the map. One process already tokenizes on every core (the Rust
+    tokenizer is multi-threaded; forked workers lose that), so workers pay only where there are
+    cores to spare for the Python side (rendering, masks): measured on 2 cores, 2 workers were
+    1.4x slower than 1 process."""
+    if cfg.num_proc is not None:
+        return cfg.num_proc if cfg.num_proc > 1 else None
+    cpus = os.cpu_count() or 1
+    return min(cpus, 8) if n >= _PARALLEL_MIN_RECORDS and cpus >= _PARALLEL_MIN_CPUS else None
+
+
+def _tokenize(examples: list[Example], encoder: Encoder, cfg: DataConfig, report: DataReport,
+              *, build: bool) -> tuple[Any, TokenStats, int]:
+    """Encode, count what was dropped and why; (the Dataset of kept rows when ``build``, stats, kept)."""
+    num_proc = _num_proc(cfg, len(examples)) if build else None
+    ds = _map(examples, encoder, num_proc) if num_proc else None
+    if ds is not None:
+        # Whole Arrow columns to Python at once (iterating a datasets Column formats row by row).
+        cols = {c: ds.data.column(c).to_pylist() for c in _HELPERS if c in ds.column_names}
+    else:
+        cols, chunks = _encode_lists(examples, encoder, keep_ids=build)
+    status: list[str] = cols["status"]
+    keep = []
+    for i, s in enumerate(status):
+        if s.startswith("error:"):
+            _, reason, message = s.split(":", 2)
+            report.add_problem(reason, Problem(examples[i].where, message))
+        elif s == TOO_LONG:
+            report.dropped_too_long += 1
+        elif s == NO_TRAINED:  # truncation cut off every trained token: as good as too long
+            report.dropped_no_trained += 1
+        else:
+            keep.append(i)
+            report.truncated += s == TRUNCATED
+    stats = _stats(cols, status, keep, cfg.max_length, report)
+    if ds is not None:
+        ds = ds.select(keep).remove_columns([c for c in _HELPERS if c in ds.column_names]).flatten_indices()
+    elif build:
+        ds = _dataset(chunks)
+    return ds, stats, len(keep)
+
+
+def _map(examples: list[Example], encoder: Encoder, num_proc: int) -> Any:
+    """Multi-process batched datasets.map over the examples (as JSON strings)."""
+    import datasets
+
+    datasets.disable_progress_bars()  # library code does not print; the CLI reports counts
+    ds = datasets.Dataset.from_dict({"where": [ex.where for ex in examples],
+                                     "example": [json.dumps(ex.example, ensure_ascii=False) for ex in examples]})
+    return ds.map(encoder, batched=True, batch_size=_BATCH, num_proc=num_proc,
+                  remove_columns=["example"], new_fingerprint=f"nova-{len(examples)}-{id(encoder)}")
+
+
+def _kept(status: str) -> bool:
+    return status in (OK, TRUNCATED)
+
+
+def _encode_lists(examples: list[Example], encoder: Encoder, *,
+                  keep_ids: bool) -> tuple[dict[str, list[Any]], list[Any]]:
+    """Single process: the same batches, called directly (no JSON or Arrow round trip per batch;
+    measured about 10% faster than datasets.map on 2 cores). Token columns of the kept rows go
+    to Arrow batch by batch, so millions of Python ints never pile up; bookkeeping stays lists."""
+    cols: dict[str, list[Any]] = {}
+    chunks: list[Any] = []
+    for start in range(0, len(examples), _BATCH):
+        out = encoder.encode([ex.example for ex in examples[start:start + _BATCH]])
+        for key in _HELPERS:
+            if key in out:
+                cols.setdefault(key, []).extend(out[key])
+        if keep_ids:
+            rows = [i for i, s in enumerate(out["status"]) if _kept(s)]
+            tokens = {k: v for k, v in out.items() if k not in _HELPERS}
+            if len(rows) < len(out["status"]):
+                tokens = {k: [v[i] for i in rows] for k, v in tokens.items()}
+            chunks.append(_arrow(tokens))
+    return cols, chunks
+
+
+def _arrow(columns: dict[str, list[Any]]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({name: pa.array(values, type=pa.list_(pa.int64())) for name, values in columns.items()})
+
+
+def _dataset(chunks: list[Any]) -> Any:
+    """An Arrow-backed datasets.Dataset of int64 token lists (what datasets.map would produce)."""
+    import datasets
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    return datasets.Dataset(InMemoryTable(pa.concat_tables(chunks)))
+
+
+def _stats(cols: dict[str, list[Any]], status: list[str], keep: list[int], max_length: int,
+           report: DataReport) -> TokenStats:
+    lengths, trained, masked = cols["length"], cols["trained"], cols["masked"]
+    measured = [lengths[i] for i, s in enumerate(status) if not s.startswith("error:")]
+    if "prompt_cut" in cols:
+        cut_p, cut_c = cols["prompt_cut"], cols["completion_cut"]
+        report.prompt_truncated += sum(1 for i in keep if cut_p[i])
+        report.completion_truncated += sum(1 for i in keep if cut_c[i])
+    return TokenStats.from_lengths(measured, max_length, sum(trained[i] for i in keep),
+                                   sum(masked[i] for i in keep))

@@ -1,0 +1,76 @@
+"""Show examples exactly as the model will see them, with the trained tokens marked.
+
+The text is the chat template's rendering; every run of tokens that carries loss is wrapped
+in ``[[`` and ``]]`` (ASCII markers, so the output survives any terminal and log file). A
+wrong template, a masked end-of-turn token or a trained system prompt is visible at a glance.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nova.config.data_schema import DataConfig
+from nova.data.encode import IGNORE, ChatTemplate, Encoder
+from nova.data.load import LoadContext, load_sources
+from nova.data.records import RecordProblem
+from nova.data.report import DataReport
+
+OPEN, CLOSE = "[[", "]]"
+
+
+def preview(cfg: DataConfig, tokenizer: Any, *, method: str, n: int = 3) -> list[str]:
+    """Lines showing the first ``n`` valid examples of the stage's training sources."""
+    report = DataReport(method=method)
+    examples = load_sources(list(cfg.datasets), LoadContext(method, cfg.system_prompt, report))[:n]
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    template = ChatTemplate(tokenizer, name) if getattr(tokenizer, "chat_template", None) else None
+    encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
+                      loss_on=cfg.loss_on, max_prompt_length=cfg.max_length, max_completion_length=cfg.max_length)
+    out = [f"{len(examples)} example(s); trained tokens are wrapped in {OPEN} {CLOSE}"]
+    for i, ex in enumerate(examples, 1):
+        out.append(f"--- example {i} ({ex.where}) ---")
+        try:
+            out += _show(ex.example, tokenizer, encoder, method).splitlines()
+        except RecordProblem as exc:
+            out.append(f"cannot render: {exc.message}")
+    if report.problem_count:
+        out.append(f"({report.problem_count} invalid record(s) not shown; run 'nova data check')")
+    return out
+
+
+def _show(example: dict[str, Any], tokenizer: Any, encoder: Encoder, method: str) -> str:
+    if method == "dpo":
+        row = encoder({"example": [json.dumps(example)]})
+        if row["status"][0].startswith("error:"):
+            raise RecordProblem("template_error", row["status"][0].split(":", 2)[2])
+        prompt = tokenizer.decode(row["prompt_ids"][0])
+        chosen = tokenizer.decode(row["chosen_ids"][0])
+        rejected = tokenizer.decode(row["rejected_ids"][0])
+        return f"{prompt}\n=== chosen ===\n{OPEN}{chosen}{CLOSE}\n=== rejected ===\n{OPEN}{rejected}{CLOSE}"
+    if example["kind"] == "text":
+        text = example["text"]
+        return f"{OPEN}{text}{CLOSE} (+ eos)"
+    assert encoder.template is not None
+    full, spans = encoder.template.spans(example["messages"], example["train"])
+    enc = encoder.backend.encode(full, add_special_tokens=False)
+    _, labels = encoder._chat_labels(enc, full, spans)
+    return _mark(full, enc.offsets, labels)
+
+
+def _mark(text: str, offsets: list[tuple[int, int]], labels: list[int]) -> str:
+    """Wrap the characters of each run of trained tokens in the markers."""
+    runs: list[tuple[int, int]] = []
+    for (start, end), label in zip(offsets, labels, strict=True):
+        if label == IGNORE:
+            continue
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(end, runs[-1][1]))
+        else:
+            runs.append((start, end))
+    out, pos = [], 0
+    for start, end in runs:
+        out += [text[pos:start], OPEN, text[start:end], CLOSE]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)

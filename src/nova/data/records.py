@@ -1,0 +1,312 @@
+"""Turn one raw record of any supported shape into nova's normalized example.
+
+Every format ends as one of three shapes (plain JSON-able dicts, so they travel through
+Arrow and worker processes unchanged):
+
+- ``{"kind": "chat", "messages": [...], "train": [bool, ...]}`` for SFT chats,
+- ``{"kind": "text", "text": str}`` for raw text,
+- ``{"kind": "pref", "prompt": [...], "chosen": msg, "rejected": msg}`` for DPO.
+
+A record that cannot be trained on raises ``RecordProblem`` with a reason slug (counted in
+the report) and a message that says what is wrong in the record's own terms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "text")
+SFT_FORMATS = frozenset({"messages", "prompt_completion", "alpaca", "sharegpt", "text"})
+DPO_FORMATS = frozenset({"preference"})
+REQUIRED = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "preference": ("chosen", "rejected"),
+    "text": ("text",),
+}
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool", "observation": "tool", "function": "tool",
+                  "function_call": "assistant"}
+# The roles each role may follow; None is the start of the chat.
+_MAY_FOLLOW: dict[str, tuple[str | None, ...]] = {
+    "system": (None,),
+    "user": (None, "system", "assistant", "tool"),
+    "assistant": ("user", "tool"),
+    "tool": ("assistant", "tool"),
+}
+
+
+class RecordProblem(Exception):
+    """A record that cannot be used, with the reason it is counted under."""
+
+    def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.hint = hint
+
+
+def detect_format(record: dict[str, Any]) -> str | None:
+    """The format a record's fields point to, most specific first; None when nothing fits."""
+    keys = record.keys()
+    if {"chosen", "rejected", "chosen_messages", "rejected_messages"} & keys:
+        return "preference"
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
+    if "prompt" in keys and "completion" in keys:
+        return "prompt_completion"
+    if "instruction" in keys and "output" in keys:
+        return "alpaca"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+def apply_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """Rename the file's fields to nova's (``columns`` maps nova name -> file name)."""
+    if not columns:
+        return record
+    out = dict(record)
+    for ours, theirs in columns.items():
+        if theirs not in out:
+            raise RecordProblem("missing_field", f"missing field '{theirs}' (mapped to '{ours}' by columns)")
+        out[ours] = out.pop(theirs)
+    return out
+
+
+def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = None) -> dict[str, Any]:
+    """Normalize one record of a known format (raises RecordProblem)."""
+    for name in REQUIRED[fmt]:
+        if fmt == "preference":
+            break  # checked with its aliases in _preference
+        _require(record, name)
+    if fmt == "text":
+        return {"kind": "text", "text": _text(record["text"], "text")}
+    if fmt == "preference":
+        return _preference(record, system_prompt)
+    if fmt == "messages":
+        messages = _messages(record["messages"], "messages", sharegpt=False)
+    elif fmt == "sharegpt":
+        messages = _messages(record["conversations"], "conversations", sharegpt=True)
+        if "system" in record and record["system"] and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": _text(record["system"], "system")})
+    elif fmt == "prompt_completion":
+        messages = [*_as_messages(record["prompt"], "prompt", "user"),
+                    *_as_messages(record["completion"], "completion", "assistant")]
+    else:
+        messages = _alpaca(record)
+    return _chat(messages, system_prompt)
+
+
+def dedup_key(example: dict[str, Any]) -> str:
+    """Content hash after whitespace normalization: the identity used by dedup, the leakage check
+    and the holdout split (so it must be stable across runs: sha1, not hash())."""
+    kind = example["kind"]
+    if kind == "text":
+        parts = [_squash(example["text"])]
+    elif kind == "chat":
+        parts = [f"{_message_key(m)}\x1e{int(t)}" for m, t in zip(example["messages"], example["train"],
+                                                                     strict=True)]
+    else:
+        parts = [*map(_message_key, example["prompt"]), "\x1d", _message_key(example["chosen"]), "\x1d",
+                 _message_key(example["rejected"])]
+    return hashlib.sha1(f"{kind}\x1f{chr(31).join(parts)}".encode()).hexdigest()
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _message_key(message: dict[str, Any]) -> str:
+    key = f"{message['role']}\x1e{_squash(message['content'])}"
+    if len(message) > 2:  # tool calls and other pass-through fields are rare: serialize them whole
+        extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+        key += "\x1e" + json.dumps(extra, sort_keys=True, ensure_ascii=False)
+    return key
+
+
+def _require(record: dict[str, Any], name: str) -> Any:
+    if name not in record or record[name] is None:
+        raise RecordProblem("missing_field", f"missing field '{name}'")
+    return record[name]
+
+
+def _text(value: Any, name: str, *, allow_empty: bool = False) -> str:
+    """A string field, or a list of text parts joined (OpenAI and LLaMA-Factory v1 shapes)."""
+    if isinstance(value, list):
+        value = "".join(_part_text(part, name) for part in value)
+    if not isinstance(value, str):
+        raise RecordProblem("non_string_content",
+                            f"'{name}' is {type(value).__name__}, expected a string or a list of text parts")
+    if not allow_empty and not value.strip():
+        raise RecordProblem("empty_field", f"'{name}' is empty")
+    return value
+
+
+def _part_text(part: Any, name: str) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict) and part.get("type", "text") == "text":
+        text = part.get("text", part.get("value"))
+        if isinstance(text, str):
+            return text
+    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+    raise RecordProblem("non_string_content", f"'{name}' has a content part of type '{kind}', expected text")
+
+
+def _message(raw: Any, where: str, *, sharegpt: bool) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise RecordProblem("non_string_content", f"{where} is {type(raw).__name__}, expected an object")
+    role_key = "from" if sharegpt and "from" in raw else "role"
+    content_key = "value" if sharegpt and "value" in raw else "content"
+    role = raw.get(role_key)
+    if role is None:
+        raise RecordProblem("missing_field", f"{where} has no '{role_key}'")
+    mapped = SHAREGPT_ROLES.get(role) if sharegpt else (role if role in ROLES else None)
+    if mapped is None:
+        known = sorted(SHAREGPT_ROLES) if sharegpt else list(ROLES)
+        raise RecordProblem("unknown_role", f"{where} has unknown role '{role}'", f"use one of {', '.join(known)}")
+    has_calls = bool(raw.get("tool_calls"))
+    if content_key not in raw and not has_calls:
+        raise RecordProblem("missing_field", f"{where} has no '{content_key}'")
+    content = raw.get(content_key)
+    message: dict[str, Any] = {k: v for k, v in raw.items()
+                               if k not in (role_key, content_key, "loss_weight", "from", "value")}
+    message["role"] = mapped
+    message["content"] = _text("" if content is None else content, f"{where}.{content_key}",
+                               allow_empty=has_calls or mapped in ("system", "tool"))
+    if "loss_weight" in raw:
+        weight = raw["loss_weight"]
+        if not isinstance(weight, int | float) or weight not in (0, 1):
+            raise RecordProblem("bad_loss_weight", f"{where}.loss_weight is {weight!r}, expected 0 or 1",
+                                "labels can only mark a token as trained or not")
+        message["_train"] = bool(weight)
+    return message
+
+
+def _messages(value: Any, name: str, *, sharegpt: bool) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise RecordProblem("non_string_content", f"'{name}' is {type(value).__name__}, expected a list of messages")
+    if not value:
+        raise RecordProblem("empty_field", f"'{name}' is empty")
+    return [_message(m, f"{name}[{i}]", sharegpt=sharegpt) for i, m in enumerate(value)]
+
+
+def _as_messages(value: Any, name: str, role: str) -> list[dict[str, Any]]:
+    """A prompt or completion given as a string, one message object, or a list of messages."""
+    if isinstance(value, dict):
+        sharegpt = "from" in value
+        return [_message(value, name, sharegpt=sharegpt)]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and ("role" in m or "from" in m)
+                                                 for m in value):
+        return _messages(value, name, sharegpt=any("from" in m for m in value))
+    return [{"role": role, "content": _text(value, name)}]
+
+
+def _alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """instruction + input (joined by a newline, as LLaMA-Factory does), optional system and history."""
+    messages: list[dict[str, Any]] = []
+    if record.get("system"):
+        messages.append({"role": "system", "content": _text(record["system"], "system")})
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise RecordProblem("non_string_content", "'history' must be a list of [user, assistant] pairs")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise RecordProblem("non_string_content", f"history[{i}] must be a [user, assistant] pair")
+        messages += [{"role": "user", "content": _text(pair[0], f"history[{i}][0]")},
+                     {"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")}]
+    instruction = _text(record["instruction"], "instruction")
+    extra = record.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise RecordProblem("non_string_content", f"'input' is {type(extra).__name__}, expected a string")
+    user = f"{instruction}\n{extra}" if extra and extra.strip() else instruction
+    messages += [{"role": "user", "content": user},
+                 {"role": "assistant", "content": _text(record["output"], "output")}]
+    return messages
+
+
+def _with_system(messages: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+    if system_prompt and messages and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def check_order(messages: list[dict[str, Any]]) -> None:
+    """System first if at all, then a user turn, then replies in a sensible order."""
+    previous: str | None = None
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if previous not in _MAY_FOLLOW[role]:
+            after = f"after '{previous}'" if previous else "as the first message"
+            raise RecordProblem("roles_out_of_order", f"message {i} is '{role}' {after}",
+                                "chats go [system], user, assistant, user, assistant, ...")
+        previous = role
+
+
+def _chat(messages: list[dict[str, Any]], system_prompt: str | None) -> dict[str, Any]:
+    messages = _with_system(messages, system_prompt)
+    check_order(messages)
+    if messages[-1]["role"] != "assistant":
+        raise RecordProblem("roles_out_of_order", f"the chat ends with a '{messages[-1]['role']}' turn",
+                            "the last message should be the assistant reply to learn")
+    train = [bool(m.pop("_train", m["role"] == "assistant")) for m in messages]
+    if not any(t for t, m in zip(train, messages, strict=True) if m["role"] == "assistant"):
+        raise RecordProblem("no_assistant_turn", "every assistant message has loss_weight 0")
+    return {"kind": "chat", "messages": messages, "train": train}
+
+
+def _preference(record: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
+    chosen_raw = record.get("chosen", record.get("chosen_messages"))
+    rejected_raw = record.get("rejected", record.get("rejected_messages"))
+    for name, value in (("chosen", chosen_raw), ("rejected", rejected_raw)):
+        if value is None:
+            raise RecordProblem("missing_field", f"missing field '{name}'", "preference data needs prompt, "
+                                "chosen and rejected")
+    chosen = _as_messages(chosen_raw, "chosen", "assistant")
+    rejected = _as_messages(rejected_raw, "rejected", "assistant")
+    for m in (*chosen, *rejected):
+        m.pop("_train", None)
+    prompt = _preference_prompt(record, chosen, rejected)
+    chosen, rejected = chosen[-1:], rejected[-1:]
+    for name, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if msgs[0]["role"] != "assistant":
+            raise RecordProblem("roles_out_of_order", f"'{name}' is a '{msgs[0]['role']}' message, "
+                                "expected the assistant reply")
+    prompt = _with_system(prompt, system_prompt)
+    check_order([*prompt, chosen[0]])
+    if " ".join(chosen[0]["content"].split()) == " ".join(rejected[0]["content"].split()):
+        raise RecordProblem("chosen_equals_rejected", "chosen and rejected are identical",
+                            "a pair with no difference teaches nothing")
+    return {"kind": "pref", "prompt": prompt, "chosen": chosen[0], "rejected": rejected[0]}
+
+
+def _preference_prompt(record: dict[str, Any], chosen: list[dict[str, Any]],
+                       rejected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shared prompt: explicit (prompt / ShareGPT conversations) or the common prefix of
+    chosen and rejected full conversations (TRL's implicit-prompt form)."""
+    if "prompt" in record and record["prompt"] is not None:
+        prompt = _as_messages(record["prompt"], "prompt", "user")
+    elif "conversations" in record:
+        prompt = _messages(record["conversations"], "conversations", sharegpt=True)
+    elif len(chosen) > 1 or len(rejected) > 1:
+        prompt = chosen[:-1]
+        if [(m["role"], m["content"]) for m in prompt] != [(m["role"], m["content"]) for m in rejected[:-1]]:
+            raise RecordProblem("missing_field", "no 'prompt', and chosen and rejected do not share their "
+                                "conversation before the last reply")
+    else:
+        raise RecordProblem("missing_field", "missing field 'prompt'")
+    if record.get("system") and (not prompt or prompt[0]["role"] != "system"):
+        prompt.insert(0, {"role": "system", "content": _text(record["system"], "system")})
+    for m in prompt:
+        m.pop("_train", None)
+    if not prompt:
+        raise RecordProblem("empty_field", "'prompt' is empty")
+    return prompt

@@ -1,0 +1,207 @@
+"""What the data pipeline did to the data, as counts a person can check.
+
+Every record that is read ends up in exactly one bucket (kept, skipped by reason,
+deduplicated, leaked, over a cap, dropped as too long), so "where did my 2,000 rows go?"
+always has an answer. The same object prints for the console and serializes for ``--json``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nova.errors import Problem
+
+REASONS = {
+    "invalid_json": "invalid JSON",
+    "truncated_line": "truncated last line",
+    "not_utf8": "not UTF-8",
+    "not_an_object": "record is not an object",
+    "unknown_format": "no known fields",
+    "mixed_formats": "two formats in one file",
+    "missing_field": "missing field",
+    "empty_field": "empty field",
+    "non_string_content": "content is not text",
+    "unknown_role": "unknown role",
+    "roles_out_of_order": "roles out of order",
+    "no_assistant_turn": "no assistant turn to learn from",
+    "chosen_equals_rejected": "chosen identical to rejected",
+    "bad_loss_weight": "bad loss_weight",
+    "wrong_method": "format does not fit the stage method",
+    "template_error": "chat template failed",
+    "template_not_prefix_consistent": "chat template not prefix-consistent",
+    "empty_file": "empty file",
+    "unreadable": "unreadable file",
+    "missing_column": "missing column",
+    "not_records": "not a list of records",
+}
+
+
+@dataclass
+class SourceReport:
+    """Counts for one dataset entry of the config (a file or a directory)."""
+
+    path: str
+    formats: dict[str, int] = field(default_factory=dict)
+    read: int = 0
+    kept: int = 0
+    skipped: int = 0
+    over_max_samples: int = 0
+    files: int = 0
+
+
+@dataclass
+class TokenStats:
+    """Token lengths before truncation, and how many tokens carry loss after it."""
+
+    sequences: int = 0
+    min: int = 0
+    median: int = 0
+    p95: int = 0
+    max: int = 0
+    over_max_length: int = 0
+    trained_tokens: int = 0
+    masked_tokens: int = 0
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], max_length: int, trained: int, masked: int) -> TokenStats:
+        if not lengths:
+            return cls()
+        ordered = sorted(lengths)
+        n = len(ordered)
+        return cls(sequences=n, min=ordered[0], median=ordered[n // 2], p95=ordered[min(n - 1, (n * 95) // 100)],
+                   max=ordered[-1], over_max_length=sum(1 for x in ordered if x > max_length),
+                   trained_tokens=trained, masked_tokens=masked)
+
+
+@dataclass
+class DataReport:
+    """The outcome of reading, checking, splitting and (optionally) tokenizing one stage's data."""
+
+    method: str
+    sources: list[SourceReport] = field(default_factory=list)
+    eval_sources: list[SourceReport] = field(default_factory=list)
+    read: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    skipped_files: Counter[str] = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+    problem_count: int = 0
+    over_max_samples: int = 0
+    deduplicated: int = 0
+    eval_deduplicated: int = 0
+    leakage_removed: int = 0
+    split: str = "none"
+    weight_repeated: int = 0
+    weight_subsampled: int = 0
+    capped: int = 0
+    train_records: int = 0
+    eval_records: int = 0
+    max_length: int = 0
+    overlong: str = "truncate"
+    truncated: int = 0
+    dropped_too_long: int = 0
+    dropped_no_trained: int = 0
+    prompt_truncated: int = 0
+    completion_truncated: int = 0
+    tokens: TokenStats | None = None
+    eval_tokens: TokenStats | None = None
+    token_note: str | None = None
+    tokenizer: str | None = None
+    cache: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    MAX_PROBLEMS_JSON = 50
+
+    def add_problem(self, reason: str, problem: Problem) -> None:
+        """Count a skipped record by reason and remember where it is (all of them: a DataError
+        under on_error=fail lists the first few and the total)."""
+        self.skipped[reason] += 1
+        self.add_file_problem(problem)
+
+    def add_file_problem(self, problem: Problem) -> None:
+        self.problem_count += 1
+        self.problems.append(problem)
+
+    @property
+    def kept(self) -> int:
+        """Records that passed validation (before dedup, split and caps)."""
+        return self.read - sum(self.skipped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able view (``nova data check --json``, the run directory's data report)."""
+        out = asdict(self)
+        out["kept"] = self.kept
+        out["skipped"] = dict(self.skipped)
+        out["skipped_files"] = dict(self.skipped_files)
+        out["problems"] = [p.render() for p in self.problems[: self.MAX_PROBLEMS_JSON]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataReport:
+        """Rebuild a report saved with ``to_dict`` (the tokenization cache stores one)."""
+        data = dict(data)
+        data.pop("kept", None)
+        report = cls(method=data.pop("method"))
+        report.sources = [SourceReport(**s) for s in data.pop("sources")]
+        report.eval_sources = [SourceReport(**s) for s in data.pop("eval_sources")]
+        report.skipped = Counter(data.pop("skipped"))
+        report.skipped_files = Counter(data.pop("skipped_files"))
+        report.problems = [Problem(*p.split(": ", 1)) if ": " in p else Problem("", p)
+                           for p in data.pop("problems")]
+        for key in ("tokens", "eval_tokens"):
+            value = data.pop(key)
+            setattr(report, key, TokenStats(**value) if value else None)
+        for key, value in data.items():
+            setattr(report, key, value)
+        return report
+
+    def lines(self) -> list[str]:
+        """Console lines, most important first; ASCII only."""
+        out = [f"data ({self.method}): read {self.read}, kept {self.kept}, skipped {sum(self.skipped.values())}"
+               + (f" -> train {self.train_records}, eval {self.eval_records}" if self.split != "none" or
+                  self.train_records else "")]
+        out += [f"  source {s.path}: {s.read} read, {s.kept} kept, {s.skipped} skipped"
+                + (f", {s.over_max_samples} over max_samples" if s.over_max_samples else "")
+                + f" [{', '.join(f'{k} x{v}' for k, v in sorted(s.formats.items()))}]"
+                for s in [*self.sources, *self.eval_sources]]
+        for reason, count in sorted(self.skipped.items()):
+            out.append(f"  skipped {count}: {REASONS.get(reason, reason)}")
+        for reason, count in sorted(self.skipped_files.items()):
+            out.append(f"  skipped {count} file(s): {REASONS.get(reason, reason)}")
+        out += self._mix_lines()
+        out += [f"  problem {p.render()}".rstrip() for p in self.problems[:5]]
+        if self.problem_count > 5:
+            out.append(f"  ... {self.problem_count - 5} more problem(s) (see --json)")
+        out += self._token_lines()
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+    def _mix_lines(self) -> list[str]:
+        counts = [("deduplicated (train)", self.deduplicated), ("deduplicated (eval)", self.eval_deduplicated),
+                  ("removed from eval (also in train)", self.leakage_removed),
+                  ("over per-source max_samples", self.over_max_samples),
+                  ("repeated by weight", self.weight_repeated), ("left out by weight", self.weight_subsampled),
+                  ("over max_samples", self.capped)]
+        out = [f"  {label}: {n}" for label, n in counts if n]
+        out.append(f"  holdout: {self.split}")
+        return out
+
+    def _token_lines(self) -> list[str]:
+        if self.tokens is None:
+            return [f"  tokens: not computed ({self.token_note or 'no tokenizer'})"]
+        t = self.tokens
+        out = [f"  tokens ({self.tokenizer}): min {t.min}, median {t.median}, p95 {t.p95}, max {t.max}; "
+               f"{t.over_max_length} of {t.sequences} over max_length {self.max_length} ({self.overlong}): "
+               f"train+eval: {self.truncated} truncated, {self.dropped_too_long} dropped"
+               + (f", {self.dropped_no_trained} dropped (no trained token left after truncation)"
+                  if self.dropped_no_trained else "")]
+        if self.prompt_truncated or self.completion_truncated:
+            out.append(f"  dpo: {self.prompt_truncated} prompts truncated (start cut), "
+                       f"{self.completion_truncated} completions truncated (end cut)")
+        total = t.trained_tokens + t.masked_tokens
+        share = 100.0 * t.trained_tokens / total if total else 0.0
+        out.append(f"  trained tokens {t.trained_tokens} ({share:.1f}%), masked {t.masked_tokens}")
+        if self.cache:
+            out.append(f"  cache: {self.cache}")
+        return out

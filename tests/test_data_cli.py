@@ -1,0 +1,70 @@
+"""``nova data check`` and ``nova data preview`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_nova
+from data_fixtures import chat, write_jsonl
+
+
+def _config(tmp_path: Path, base: str, data: Path, method: str = "sft") -> Path:
+    path = tmp_path / "phase.yaml"
+    path.write_text(f"name: demo\nmodel:\n  base: {base}\nmethod: {method}\ndata:\n  datasets:\n"
+                    f"    - path: {data}\n  eval_split: 0\n  cache_dir: {tmp_path / 'cache'}\n", encoding="utf-8")
+    return path
+
+
+def test_check_bad_file_exits_non_zero_with_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(chat("a", "b")) + "\n" + '{"messages": [', encoding="utf-8")
+    result = run_nova("data", "check", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad data") and f"{path}:2: the last line is cut off" \
+        in lines[0]
+
+
+def test_check_config_json_has_token_view_from_model_base(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [chat("hi", "hello"), chat("hi", "hello"), chat("q", "a")])
+    result = run_nova("data", "check", "--config", str(_config(tmp_path, str(tiny_model_dir), data)), "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    report = out["stages"][0]["report"]
+    assert out["ok"] and report["read"] == 3 and report["deduplicated"] == 1
+    assert report["tokens"]["trained_tokens"] > 0 and report["tokens"]["masked_tokens"] > 0
+    assert not (tmp_path / "cache").exists()  # a check never writes the cache
+
+
+def test_check_with_gguf_base_gives_the_record_level_report(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [chat("hi", "hello")])
+    result = run_nova("data", "check", "--config", str(_config(tmp_path, str(tmp_path / "m.gguf"), data)))
+    assert result.returncode == 0, result.stderr
+    assert "read 1, kept 1" in result.stdout
+    assert "tokens: not computed (the base is a .gguf file not imported yet" in result.stdout
+
+
+def test_preview_marks_trained_tokens(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [chat("Who are you?", "I am Nova."), chat("x", "y")])
+    result = run_nova("data", "preview", "--config", str(_config(tmp_path, str(tiny_model_dir), data)), "-n", "1")
+    assert result.returncode == 0, result.stderr
+    assert "<|im_start|>user\nWho are you?<|im_end|>" in result.stdout
+    assert "<|im_start|>assistant\n[[I am Nova.<|im_end|>]]" in result.stdout
+    assert "example 2" not in result.stdout
+
+
+def test_check_needs_a_file_or_a_config() -> None:
+    result = run_nova("data", "check")
+    assert result.returncode == 2 and "give either a data FILE or --config FILE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_cli_imports_no_heavy_packages() -> None:
+    code = ("import sys, nova.cli.main; heavy = [m for m in ('torch', 'transformers', 'datasets', 'pyarrow') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
