@@ -42,7 +42,10 @@ class DatasetSpec(Section):
         # Checked here so a typo'd path fails at config time, naming the key, not 40 minutes in.
         # A hub id (owner/name, no data-file suffix) is checked when it is read, where offline gets
         # its own clear message.
-        if not Path(value).expanduser().exists() and not _HUB_ID.match(value):
+        path = Path(value).expanduser()
+        # "data/doica" where ./data exists is a mistyped local path, not a hub id.
+        looks_local = not _HUB_ID.match(value) or path.parent.is_dir()
+        if not path.exists() and looks_local:
             raise ValueError(f"data file or directory not found: {value}")
         return value
 

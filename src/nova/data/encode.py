@@ -127,15 +127,25 @@ class Encoder:
         return self.encode([json.loads(e) for e in batch["example"]])
 
     def encode(self, examples: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return self.finish(self.prepare(examples))
+
+    def prepare(self, examples: list[dict[str, Any]]) -> Any:
+        """The Python half: render chats and locate trained spans (holds the GIL)."""
         if self.method == "dpo":
-            return self._dpo(examples)
-        return self._sft(examples)
+            return self._render_dpo(examples)
+        return self._render_sft(examples)
+
+    def finish(self, prepared: Any) -> dict[str, list[Any]]:
+        """The Rust half: tokenize (releases the GIL, so it overlaps the next batch's prepare)."""
+        if self.method == "dpo":
+            return self._dpo(prepared)
+        return self._sft(prepared)
 
     # ---- SFT -------------------------------------------------------------------------
-    def _sft(self, examples: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def _sft(self, prepared: Any) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "length", "trained", "masked",
                                                      "status")}
-        chats, texts, early = self._render_sft(examples)
+        n, chats, texts, early = prepared
         rows: dict[int, tuple[list[int], list[int]]] = {}
         encs = self.backend.encode_batch([c[1] for c in chats], add_special_tokens=False) if chats else []
         for (i, full, spans), enc in zip(chats, encs, strict=True):
@@ -145,16 +155,16 @@ class Encoder:
         for (i, _), enc in zip(texts, encs, strict=True):
             ids = self._with_eos(enc.ids)
             rows[i] = (ids, list(ids))
-        for i in range(len(examples)):
+        for i in range(n):
             if i in early:
                 self._emit(out, [], [], self.max_length + 1 if early[i] == TOO_LONG else 0, early[i], 0)
             else:
                 self._finish(out, *rows[i])
         return out
 
-    def _render_sft(self, examples: list[dict[str, Any]]) -> tuple[list[tuple[int, str, list[tuple[int, int]]]],
-                                                                   list[tuple[int, str]], dict[int, str]]:
-        """(chats with their trained spans, raw texts, statuses decided before tokenizing)."""
+    def _render_sft(self, examples: list[dict[str, Any]]) -> tuple[
+            int, list[tuple[int, str, list[tuple[int, int]]]], list[tuple[int, str]], dict[int, str]]:
+        """(count, chats with their trained spans, raw texts, statuses decided before tokenizing)."""
         chats: list[tuple[int, str, list[tuple[int, int]]]] = []
         texts: list[tuple[int, str]] = []
         early: dict[int, str] = {}
@@ -178,7 +188,7 @@ class Encoder:
                 full = full[: self.char_cap]
                 spans = [(a, min(b, self.char_cap)) for a, b in spans if a < self.char_cap]
             chats.append((i, full, spans))
-        return chats, texts, early
+        return len(examples), chats, texts, early
 
     def _chat_labels(self, enc: Any, full: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
         ids = enc.ids
@@ -216,10 +226,8 @@ class Encoder:
         out["status"].append(status)
 
     # ---- DPO -------------------------------------------------------------------------
-    def _dpo(self, examples: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        keys = ("prompt_ids", "chosen_ids", "rejected_ids", "length", "trained", "masked", "status",
-                "prompt_cut", "completion_cut")
-        out: dict[str, list[Any]] = {k: [] for k in keys}
+    def _render_dpo(self, examples: list[dict[str, Any]]) -> tuple[int, list[tuple[int, str, str, str]],
+                                                                   dict[int, str]]:
         texts: list[tuple[int, str, str, str]] = []
         errors: dict[int, str] = {}
         for i, ex in enumerate(examples):
@@ -227,10 +235,17 @@ class Encoder:
                 texts.append((i, *self._dpo_texts(ex)))
             except RecordProblem as exc:
                 errors[i] = f"error:{exc.reason}:{exc.message}"
+        return len(examples), texts, errors
+
+    def _dpo(self, prepared: Any) -> dict[str, list[Any]]:
+        keys = ("prompt_ids", "chosen_ids", "rejected_ids", "length", "trained", "masked", "status",
+                "prompt_cut", "completion_cut")
+        out: dict[str, list[Any]] = {k: [] for k in keys}
+        n, texts, errors = prepared
         flat = [t for _, p, c, r in texts for t in (p, c, r)]
         encs = self.backend.encode_batch(flat, add_special_tokens=False) if flat else []
         encoded = {texts[j][0]: [encs[3 * j + k].ids for k in range(3)] for j in range(len(texts))}
-        for i in range(len(examples)):
+        for i in range(n):
             if i in errors:
                 self._emit_dpo(out, [], [], [], 0, errors[i], False, False)
             else:
