@@ -9,11 +9,17 @@ from nova.model.adapters import add_trainable
 from nova.model.loading import choose_placement, load_base_model, load_tokenizer
 
 
-def test_auto_dtype_on_cpu_is_fp32() -> None:
+def test_auto_dtype_on_cpu_follows_native_bf16_support(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import torch
 
+    import nova.model.loading as loading
+
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert choose_placement("auto").compute_dtype == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
     placement = choose_placement("auto")
     assert placement.device == "cpu" and placement.compute_dtype == torch.float32
+    assert choose_placement("fp32").compute_dtype == torch.float32
 
 
 def test_missing_pad_token_becomes_eos(tiny_model_dir: Path, tmp_path: Path) -> None:

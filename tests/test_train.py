@@ -73,7 +73,9 @@ def test_resolved_config_records_defaults_and_device(sft_run: Path) -> None:
     resolved = yaml.safe_load((sft_run / "config.yaml").read_text())
     assert resolved["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
                                 "use_rslora": False}
-    assert resolved["_resolved"]["compute_dtype"] == "float32"  # auto on a CPU
+    from nova.model.loading import cpu_has_native_bf16
+
+    assert resolved["_resolved"]["compute_dtype"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert resolved["model"]["quantization"] == "nf4"
 
 

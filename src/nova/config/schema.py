@@ -35,8 +35,8 @@ class ModelConfig(Section):
         "nf4", description="Base weights: 4-bit nf4 or fp4 (QLoRA), 8-bit, or 'none' for plain LoRA.")
     double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (QLoRA).")
     compute_dtype: ComputeDtype = Field(
-        "auto", description="Matmul dtype: 'auto' picks bf16 on GPUs that support it, fp16 on older GPUs, "
-        "fp32 on CPUs (measured: bf16 on a CPU without native bf16 is ~40x slower).")
+        "auto", description="Matmul dtype: 'auto' picks bf16 on GPUs that support it, fp16 on older GPUs; on "
+        "CPUs bf16 with native bf16 instructions (AVX512-BF16/AMX), else fp32 (see docs/benchmarks.md).")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="Attention kernel; 'auto' lets transformers choose (sdpa where available).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (only for models you trust).")

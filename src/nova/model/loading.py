@@ -1,9 +1,9 @@
 """Load the tokenizer and the base model the way nova trains it.
 
 Device and dtype choices live here so training, merge and infer agree on them:
-- compute dtype ``auto``: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs
-  (measured on this project's CPU machine: bf16 without native support is ~40x slower, see
-  docs/benchmarks.md);
+- compute dtype ``auto``: bf16 on GPUs that support it, fp16 on older GPUs; on a CPU, bf16 when
+  it has native bf16 instructions (AVX512-BF16 or AMX) and fp32 otherwise, chosen from the
+  measurements in docs/benchmarks.md;
 - 4-bit nf4 with double quantization through bitsandbytes unless ``quantization: none``.
 """
 
@@ -61,7 +61,9 @@ def choose_placement(setting: str, gpu: str | int = "auto") -> Placement:
     on_gpu = torch.cuda.is_available()
     names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if not on_gpu:
-        return Placement("cpu", torch.float32 if setting == "auto" else names[setting])
+        if setting == "auto":  # measured: docs/benchmarks.md (bf16 ~1.6x fp32 with AVX512-BF16, ~25x slower without)
+            return Placement("cpu", torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+        return Placement("cpu", names[setting])
     index = pick_gpu(gpu)
     torch.cuda.set_device(index)
     bf16_ok = torch.cuda.is_bf16_supported()
