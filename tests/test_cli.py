@@ -35,7 +35,8 @@ def _good_data(tmp_path: Path) -> Path:
 BAD_CONFIGS = {
     "malformed": "name: t\nmodel: [oops\n",
     "unknown_key": "name: t\nmodel:\n  base: x/y\n  quantisation: nf4\ndata:\n  datasets:\n    - path: {data}\n",
-    "wrong_type": "name: t\nmodel:\n  base: x/y\ntraining:\n  max_steps: many\ndata:\n  datasets:\n    - path: {data}\n",
+    "wrong_type": ("name: t\nmodel:\n  base: x/y\ntraining:\n  max_steps: many\n"
+                   "data:\n  datasets:\n    - path: {data}\n"),
     "missing_data": "name: t\nmodel:\n  base: x/y\ndata:\n  datasets:\n    - path: {missing}\n",
     "empty_data": "name: t\nmodel:\n  base: {model}\ndata:\n  datasets:\n    - path: {empty}\n",
 }

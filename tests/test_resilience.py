@@ -75,7 +75,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     """The uninterrupted run, in a subprocess with the same settings as the interrupted one."""
     tmp = tmp_path_factory.mktemp("reference")
     proc = start(config(tmp, tiny_model_dir, "ref"))
-    out, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     return tmp / "ref"
 

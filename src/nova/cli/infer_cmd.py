@@ -32,7 +32,6 @@ def infer(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with the chat template, compare with the base, chat, or evaluate a run's holdout."""
-    from nova.console import quiet_libraries
     from nova.infer import Sampling, eval_loss, load_model, read_prompts_file
 
     if not model.exists():
@@ -42,7 +41,6 @@ def infer(
     if not (prompt or prompts_file or chat or evaluate):
         raise NovaError("nothing to do", hint="pass --prompt TEXT, --prompts-file FILE, --chat or --eval")
     conversations = read_prompts_file(prompts_file) if prompts_file else []
-    quiet_libraries()
     loaded = load_model(model, adapter=adapter)
     if compare and not loaded.has_adapters:
         raise NovaError("--compare needs adapters to switch off", hint="pass a run directory or --adapter")

@@ -60,6 +60,9 @@ def main(
     """Config-driven QLoRA fine-tuning: preflight, train, merge, infer, export."""
     if debug:
         os.environ["NOVA_DEBUG"] = "1"
+    from nova.console import quiet_libraries
+
+    quiet_libraries(debug)  # before any command imports torch or transformers
 
 
 def run() -> None:

@@ -21,9 +21,7 @@ def train(
 ) -> None:
     """Fine-tune: validate, then train each phase and stage, writing checkpoints, metrics and adapters."""
     from nova.config.load import load_yaml_config
-    from nova.console import quiet_libraries
 
-    quiet_libraries()
     loaded = load_yaml_config(config, set_)
     if dry_run:
         from nova.train.dryrun import dry_run as run_dry
