@@ -72,7 +72,9 @@ def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     config = {
         "output_dir": str(work / "out"),
         "phases": [
-            _phase("first", work, data, eval_data, model={"base": str(tiny_model_dir), "quantization": "nf4"}),
+            # fp32 compute, so "the trained model" is exact enough to compare the merge against
+            _phase("first", work, data, eval_data,
+                   model={"base": str(tiny_model_dir), "quantization": "nf4", "compute_dtype": "fp32"}),
             _phase("second", work, data, eval_data, start_from="first", lora={"r": 4, "alpha": 8}),
         ],
     }
@@ -390,7 +392,8 @@ def test_real_model_merge(real_model_dir: Path, tmp_path: Path) -> None:
     from nova.train.plan import run_config
 
     data = _write_chat(tmp_path / "train.jsonl", SFT_ROWS)
-    phase = _phase("real", tmp_path, data, data, model={"base": str(real_model_dir), "quantization": "nf4"},
+    phase = _phase("real", tmp_path, data, data, model={"base": str(real_model_dir), "quantization": "nf4",
+                                                                  "compute_dtype": "fp32"},
                    output_dir=str(tmp_path / "run"))
     phase["training"] = {**phase["training"], "max_steps": 1, "learning_rate": 0.001}  # type: ignore[dict-item]
     (tmp_path / "phase.yaml").write_text(yaml.safe_dump(phase))
