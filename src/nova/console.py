@@ -44,14 +44,6 @@ class RunLog:
                 fh.write(stamped)
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def human_seconds(s: float) -> str:
     s = round(s)
     h, rest = divmod(s, 3600)

@@ -65,6 +65,7 @@ import yaml
 
 from nova.config.schema import ModelConfig
 from nova.errors import NovaError
+from nova.files import human_bytes, replace_path
 from nova.lazy import require
 from nova.model.adapters import AdapterRef
 
@@ -167,15 +168,6 @@ class MergeResult:
 
 
 # ---------------------------------------------------------------- reading and checking the inputs
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
 
 
 def tree_bytes(path: Path) -> int:
@@ -608,21 +600,6 @@ def _restore_padding_side(tokenizer: Any, source: str) -> None:
         tokenizer.padding_side = config["padding_side"]
 
 
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (only with --force) is moved aside first, then removed."""
-    old = temp_sibling(out, "old") if out.exists() else None
-    if old is not None:
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- the whole merge
 
 
@@ -727,7 +704,7 @@ def write_verified(plan: MergePlan, model: Any, tokenizer: Any, batches: list[An
             raise NovaError(f"the written model reloads with logits {parity.saved_vs_merged_cast:.3g} away from "
                             f"the merged weights (tolerance {tolerance:g}); nothing was kept")
         _write_info(tmp / MERGE_INFO, plan, parity)
-        replace_dir(tmp, plan.out)
+        replace_path(tmp, plan.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,7 +29,7 @@ def export(
 ) -> None:
     """Export a merged model for llama.cpp (GGUF) or Ollama (Modelfile + weights)."""
     from nova.errors import NovaError
-    from nova.model.gguf import human_size
+    from nova.files import human_bytes
 
     if fmt not in FORMATS:
         raise NovaError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
@@ -44,13 +44,13 @@ def export(
         typer.echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
         result = export_gguf(model, out, outtype=outtype or "f16", force=force)
         types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
-        detail = f"{human_size(result.size_bytes)}; tensors: {types}"
+        detail = f"{human_bytes(result.size_bytes)}; tensors: {types}"
     else:
         from nova.export.ollama import export_ollama
 
         typer.echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
         result = export_ollama(model, out, outtype=outtype, force=force)
-        detail = human_size(result.size_bytes)
+        detail = human_bytes(result.size_bytes)
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"wrote {result.path} ({detail}, {time.monotonic() - start:.1f} s)")

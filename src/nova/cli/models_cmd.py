@@ -34,7 +34,8 @@ def import_gguf_cmd(
 ) -> None:
     """Convert a GGUF file into a Hugging Face model directory that nova can train."""
     from nova.errors import NovaError
-    from nova.model.gguf import check_gguf_file, default_import_dir, dir_size, human_size, import_gguf
+    from nova.files import dir_size, human_bytes
+    from nova.model.gguf import check_gguf_file, default_import_dir, import_gguf
 
     if dtype not in DTYPE_CHOICES:
         raise NovaError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{dtype}'")
@@ -43,5 +44,5 @@ def import_gguf_cmd(
     typer.echo(f"importing {gguf_file} -> {dest} ({dtype})")
     start = time.monotonic()
     result = import_gguf(gguf_file, dest, dtype=dtype, force=force)
-    size = human_size(dir_size(result))
+    size = human_bytes(dir_size(result))
     typer.echo(f"imported {gguf_file.name} -> {result} ({size}, {time.monotonic() - start:.1f} s)")

@@ -489,7 +489,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "
     The file is written next to ``out_file`` under a temporary name and renamed at the end; an
     existing ``out_file`` is replaced only with ``force``.
     """
-    from nova.model.gguf import replace_path
+    from nova.files import replace_path
 
     if outtype not in OUTTYPES:
         raise NovaError(f"unknown GGUF outtype '{outtype}'", hint=f"use one of: {', '.join(OUTTYPES)}")

@@ -373,7 +373,7 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
     ``nova merge --force`` rewrites its files in place and must not change an export.
     """
     from nova.export.gguf_export import check_merged_dir, export_gguf
-    from nova.model.gguf import atomic_dir, check_output_dir, dir_size
+    from nova.files import atomic_dir, check_output_dir, dir_size
 
     src = Path(model_dir).expanduser()
     out = Path(out_dir).expanduser()

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 from nova import __version__
 from nova.errors import NovaError
+from nova.files import atomic_dir, check_output_dir
 from nova.lazy import require
 
 GGUF_MAGIC = b"GGUF"
@@ -134,73 +133,6 @@ def import_is_current(model_dir: Path, gguf_path: Path, dtype: str = "float32") 
         return False
     new = provenance_for(gguf_path, dtype)
     return all(old.get(k) == new[k] for k in _IDENTITY_KEYS)
-
-
-def dir_size(path: Path) -> int:
-    """Total size in bytes of the files under ``path``."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def human_size(n: int) -> str:
-    """``n`` bytes as a short human-readable string (ASCII, powers of 1024)."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"  # pragma: no cover
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic output directories
-# ---------------------------------------------------------------------------------------------
-
-
-def check_output_dir(out_dir: Path, force: bool) -> None:
-    """Refuse to overwrite a non-empty directory (or any file) unless ``force``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NovaError(f"output exists and is not a directory: {out_dir}", hint="choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise NovaError(f"output directory is not empty: {out_dir}",
-                        hint="choose another --out, or pass --force to replace it")
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir`` and move it into place only if the block succeeds.
-
-    A crash or Ctrl-C leaves the old output (or nothing) in place, never a half-written model that
-    a later run would mistake for a good one.
-    """
-    check_output_dir(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        replace_path(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_path(src: Path, dest: Path) -> None:
-    """Move ``src`` to ``dest``, replacing what is there with as short a gap as rename allows."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}-{int(time.time() * 1000)}"
-        dest.rename(old)
-    try:
-        src.rename(dest)
-    except OSError:
-        if old is not None:
-            old.rename(dest)
-        raise
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import yaml
 from nova.config.schema import ModelConfig, PhaseConfig, StageConfig
 from nova.console import RunLog
 from nova.errors import NovaError
+from nova.files import replace_path, write_json_atomic
 from nova.model.adapters import TRAINABLE, AdapterRef, add_trainable, save_trainable, stack_frozen
 from nova.train.resilience import StopRequest
 
@@ -70,12 +71,6 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / COMPLETE).exists() and (run_dir / "adapter" / "adapter_config.json").exists()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_resolved_config(run_dir: Path, phase: PhaseConfig, model: ModelConfig,
                           chain: list[AdapterRef], extra: dict[str, Any] | None = None) -> None:
     """The config as it ran: defaults and overrides applied, the base model resolved."""
@@ -96,9 +91,7 @@ def save_adapter_atomic(peft_model: Any, dest: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     save_trainable(peft_model, tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    replace_path(tmp, dest)
 
 
 @dataclass
@@ -247,9 +240,7 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(last_stage_adapter, tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    replace_path(tmp, final)
     seconds = time.time() - started
     result = PhaseResult(ctx.phase.name, ctx.run_dir, final, results, seconds)
     _smoke_prompts(ctx, model, tokenizer)
