@@ -105,7 +105,9 @@ def resolve_model(base: str, *, revision: str | None = None, models_dir: str = "
             return ModelSource("missing", base, path, None, f"{base} exists but has no readable config.json")
         return ModelSource("local", base, path, cfg, f"local directory {base}")
     if base.endswith(".gguf"):
-        imported = Path(models_dir) / path.stem
+        from nova.model.gguf import default_import_dir
+
+        imported = default_import_dir(base, models_dir)
         if not path.is_file():
             return ModelSource("missing", base, None, None, f"GGUF file {base} does not exist")
         cfg = _read_config(imported) if imported.is_dir() else None
@@ -119,8 +121,29 @@ def resolve_model(base: str, *, revision: str | None = None, models_dir: str = "
         return ModelSource("hub_cached", base, snapshot, _read_config(snapshot),
                            f"hub model {base} found in the local cache ({state})")
     if offline() or not allow_network:
-        return ModelSource("missing", base, None, None,
-                           f"hub model {base} is not in the local cache ({hub_cache_dir()}) and HF_HUB_OFFLINE is set")
+        return _with_known_architecture(ModelSource(
+            "missing", base, None, None,
+            f"hub model {base} is not in the local cache ({hub_cache_dir()}) and HF_HUB_OFFLINE is set"))
     answer = _hub_reachable(base)
     kind: Kind = "hub_remote" if answer.startswith("reachable") else "missing"
-    return ModelSource(kind, base, None, None, f"hub model {base} is not cached locally; {answer}")
+    return _with_known_architecture(ModelSource(kind, base, None, None, f"hub model {base} is not cached locally; "
+                                                f"{answer}"))
+
+
+def known_architecture(base: str) -> dict[str, Any] | None:
+    """config.json facts of a popular hub model, shipped with nova, for estimates before a download."""
+    from importlib import resources
+
+    table = json.loads(resources.files("nova").joinpath("resources/architectures.json").read_text())
+    entry = table.get(base)
+    return dict(entry) if isinstance(entry, dict) else None
+
+
+def _with_known_architecture(source: ModelSource) -> ModelSource:
+    if source.config is not None:
+        return source
+    known = known_architecture(source.base)
+    if known is None:
+        return source
+    return ModelSource(source.kind, source.base, source.path, known,
+                       source.message + "; memory estimated from nova's table of known architectures")

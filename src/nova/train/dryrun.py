@@ -47,10 +47,15 @@ def model_access(model: ModelConfig) -> str | None:
             "(the demo model comes from scripts/setup.sh)")
 
 
-def dry_run(loaded: LoadedConfig, phase: str | None = None) -> DryRun:
-    pipeline, is_pipeline = as_pipeline(loaded)
-    single_dir = None if is_pipeline else pipeline.phases[0].run_dir
+def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool = True) -> DryRun:
     out = DryRun()
+    try:
+        pipeline, is_pipeline = as_pipeline(loaded)
+    except NovaError as exc:  # e.g. a phase file with start_from, which needs its pipeline
+        out.lines.append(f"config {loaded.path}: a valid phase config that cannot run on its own")
+        out.missing.extend(exc.lines())
+        return out
+    single_dir = None if is_pipeline else pipeline.phases[0].run_dir
     kind = "pipeline" if is_pipeline else "phase"
     out.lines.append(f"config {loaded.path}: {kind} with {len(pipeline.phases)} phase(s), valid")
     for item in select(plan_phases(pipeline, single_dir), phase):
@@ -70,7 +75,22 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None) -> DryRun:
                              f"{t.gradient_accumulation_steps} = {t.effective_batch_size}, lr {t.learning_rate:g} "
                              f"{t.lr_scheduler}, {len(stage.data.datasets)} data source(s)")
             out.lines.extend(_data_lines(stage, out))
+    if preflight:
+        _preflight_lines(loaded, out)
     return out
+
+
+def _preflight_lines(loaded: LoadedConfig, out: DryRun) -> None:
+    """The hardware side of the plan: GPUs, memory, environment (data was checked above)."""
+    from nova.preflight import run_preflight
+
+    report = run_preflight(loaded, check_data=False)
+    out.lines.append(f"preflight: {report.verdict}")
+    for check in report.checks:
+        if check.status == "warn":
+            out.lines.append(f"  warn {check.name}: {check.message}")
+        elif check.status == "fail":
+            out.missing.append(f"{check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else ""))
 
 
 def _data_lines(stage, out: DryRun) -> list[str]:  # type: ignore[no-untyped-def]
