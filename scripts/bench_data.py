@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--model", default=None, help="model directory whose tokenizer is used")
     parser.add_argument("--num-proc", type=int, default=None, help="data.num_proc (default: nova's choice)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the best is kept")
     args = parser.parse_args()
 
     from nova.config.data_schema import DataConfig, DatasetSpec

@@ -161,3 +161,27 @@ def test_failed_phase_keeps_earlier_phases_and_resumes(pipeline: Path, tmp_path:
     assert [r.skipped for r in results] == [True, False]
     assert doica_adapter.read_bytes() == before
     assert (work / "out" / "sora" / "COMPLETE").exists()
+
+
+def test_interrupted_between_stages_resumes_to_the_same_result(pipeline: Path, tmp_path: Path) -> None:
+    """Sora stopped after its SFT stage: the re-run skips Doica and Sora's SFT and redoes DPO identically."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    work = tmp_path / "out"
+    shutil.copytree(pipeline / "out", work)
+    sora = work / "sora"
+    for leftover in ("COMPLETE", "adapter", "stages/dpo", "checkpoints/dpo"):
+        target = sora / leftover
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    config = tmp_path / "pipeline.yaml"
+    config.write_text((pipeline / "pipeline.yaml").read_text().replace(str(pipeline / "out"), str(work)))
+    log = tmp_path / "log.txt"
+    results = run_config(load_yaml_config(config), log=RunLog(log))
+    assert [r.skipped for r in results] == [True, False]
+    assert "[sora/sft] already done" in log.read_text()
+    first = load_file(str(pipeline / "out" / "sora" / "adapter" / "adapter_model.safetensors"))
+    again = load_file(str(sora / "adapter" / "adapter_model.safetensors"))
+    for key in first:
+        assert (first[key] - again[key]).abs().max() < 1e-6, key

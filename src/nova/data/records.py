@@ -196,7 +196,25 @@ def _messages(value: Any, name: str, *, sharegpt: bool) -> list[dict[str, Any]]:
         raise RecordProblem("non_string_content", f"'{name}' is {type(value).__name__}, expected a list of messages")
     if not value:
         raise RecordProblem("empty_field", f"'{name}' is empty")
-    return [_message(m, f"{name}[{i}]", sharegpt=sharegpt) for i, m in enumerate(value)]
+    out = []
+    for i, m in enumerate(value):
+        plain = None if sharegpt else _plain_message(m)
+        out.append(plain if plain is not None else _message(m, f"{name}[{i}]", sharegpt=sharegpt))
+    return out
+
+
+def _plain_message(raw: Any) -> dict[str, Any] | None:
+    """The common message, exactly {"role": known role, "content": usable string}, read without
+    the general path's checks (which would give the same result); None for anything else."""
+    if type(raw) is not dict or len(raw) != 2:
+        return None
+    role = raw.get("role")
+    content = raw.get("content")
+    if type(role) is not str or role not in ROLES or type(content) is not str:
+        return None
+    if not content.strip() and role not in ("system", "tool"):
+        return None  # empty: the general path reports it
+    return {"role": role, "content": content}
 
 
 def _as_messages(value: Any, name: str, role: str) -> list[dict[str, Any]]:

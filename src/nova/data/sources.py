@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from nova.data.records import RecordProblem
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -25,6 +27,8 @@ BOM = b"\xef\xbb\xbf"
 _JSON_FIELDS = frozenset({"messages", "conversations", "chosen", "rejected", "prompt", "completion", "history",
                           "chosen_messages", "rejected_messages"})
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DIGITS = bytes(48 if 48 <= b <= 57 else 46 for b in range(256))  # bytes.translate: digit -> '0', else '.'
+_LONG_RUN = b"0" * 19
 
 
 class FileProblem(Exception):
@@ -95,13 +99,42 @@ def _bad_utf8(exc: UnicodeDecodeError, line: bytes) -> RecordProblem:
                          "save the file as UTF-8")
 
 
+def _long_number_lines(data: bytes) -> set[int]:
+    """Line numbers (1-based) holding a run of 19 or more digits. orjson reads an integer beyond 64
+    bits as a float where json keeps it exact, so those lines are parsed by json; a run inside a
+    string is harmless (json gives the same result, only slower). One pass in C over the whole
+    file: digits become '0', everything else '.', then a substring search."""
+    digits = data.translate(_DIGITS)
+    lines: set[int] = set()
+    pos = digits.find(_LONG_RUN)
+    while pos != -1:
+        line = data.count(b"\n", 0, pos) + 1
+        lines.add(line)
+        end = data.find(b"\n", pos)
+        if end == -1:
+            break
+        pos = digits.find(_LONG_RUN, end)
+    return lines
+
+
 def _read_jsonl(path: Path, data: bytes) -> Iterator[RawRecord]:
     lines = data.split(b"\n")
     last = len(lines) if lines[-1].strip() else len(lines) - 1
+    exact = _long_number_lines(data)
     for number, raw in enumerate(lines, 1):
         where = f"{path}:{number}"
         if not raw.strip():
             continue
+        if number not in exact:
+            # The fast parser first; what it refuses (invalid JSON or UTF-8, a BOM, NaN, lone
+            # surrogates) goes the exact way below, so problems and their messages are json's.
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                yield _as_record(where, record)
+                continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -135,6 +168,11 @@ def _read_json(path: Path, data: bytes) -> Iterator[RawRecord]:
         line = data.count(b"\n", 0, exc.start) + 1
         raise FileProblem("not_utf8", f"{path}:{line}", f"not UTF-8: byte 0x{data[exc.start]:02x}",
                           "save the file as UTF-8") from None
+    if not _long_number_lines(data):  # see _long_number_lines
+        try:
+            return _json_records(path, orjson.loads(data))
+        except orjson.JSONDecodeError:
+            pass  # json's reading below decides, with json's message
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
