@@ -161,13 +161,18 @@ def _as_record(where: str, record: Any) -> RawRecord:
                                                 "expected an object with fields"))
 
 
-def _read_json(path: Path, data: bytes) -> Iterator[RawRecord]:
+def _decode_utf8(path: Path, data: bytes) -> str:
+    """The file's text, or a problem naming the line of the first byte that is not UTF-8."""
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise FileProblem("not_utf8", f"{path}:{line}", f"not UTF-8: byte 0x{data[exc.start]:02x}",
                           "save the file as UTF-8") from None
+
+
+def _read_json(path: Path, data: bytes) -> Iterator[RawRecord]:
+    text = _decode_utf8(path, data)
     if not _long_number_lines(data):  # see _long_number_lines
         try:
             return _json_records(path, orjson.loads(data))
@@ -208,12 +213,7 @@ def _cell(name: str, value: Any) -> Any:
 
 def _read_csv(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
     data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise FileProblem("not_utf8", f"{path}:{line}", f"not UTF-8: byte 0x{data[exc.start]:02x}",
-                          "save the file as UTF-8") from None
+    text = _decode_utf8(path, data)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = list(reader.fieldnames or [])
 
