@@ -35,6 +35,9 @@ def export(
         raise NovaError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if outtype is not None and outtype not in OUTTYPES:
         raise NovaError(f"--outtype must be one of {', '.join(OUTTYPES)}, got '{outtype}'")
+    if not (model / "config.json").is_file():
+        raise NovaError(f"model directory not found: {model}" if not model.exists() else
+                        f"{model} has no config.json", hint="pass the directory written by 'nova merge'")
     start = time.monotonic()
     if fmt == "gguf":
         from nova.export.gguf_export import export_gguf
