@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,43 @@ def run_nova(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "nova", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def spawn(*argv: str) -> subprocess.Popen[bytes]:
+    """A sleeping Python process whose command line carries ``argv`` (e.g. 'nova').
+
+    Right after a vfork+exec the kernel can show an empty /proc/<pid>/cmdline for a moment
+    (as it does for a zombie), so wait until the new command line is visible.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.fixture
+def nova_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process whose command line says nova train (what a training run looks like)."""
+    proc = spawn("nova", "train")
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def other_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that is not nova (a pid reused by something else)."""
+    proc = spawn("not-the-trainer")
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = spawn()
+    proc.kill()
+    proc.wait()
+    return proc.pid

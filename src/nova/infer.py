@@ -6,37 +6,15 @@ with every phase's adapter of the chain stacked in order (see nova.model.adapter
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nova.config.schema import ModelConfig
 from nova.errors import NovaError
 from nova.lazy import require
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-
-    def generate_kwargs(self, tokenizer: Any) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
-                                  "pad_token_id": tokenizer.pad_token_id,
-                                  "repetition_penalty": self.repetition_penalty}
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-            if self.top_k:
-                kwargs["top_k"] = self.top_k
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
+from nova.runs.layout import is_run_dir
+from nova.runs.record import AdapterRef, RunRecord, read_run
 
 
 @dataclass
@@ -45,7 +23,7 @@ class LoadedModel:
     tokenizer: Any
     description: str
     has_adapters: bool = False
-    run_dir: Path | None = None
+    run: RunRecord | None = None
 
     def base_view(self) -> Any:
         """A context in which the model answers as its base (every adapter off), for --compare."""
@@ -54,87 +32,33 @@ class LoadedModel:
         return self.model.disable_adapter() if self.has_adapters else nullcontext()
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
-    if not getattr(tokenizer, "chat_template", None):
-        text = "\n".join(m["content"] for m in messages)
-        return tokenizer(text, return_tensors="pt").input_ids
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-
-
-def text_streamer(tokenizer: Any) -> Any:
-    """Print tokens as they are generated (the prompt itself is not echoed)."""
-    transformers = require("transformers")
-    return transformers.TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-
-def generate_chat(model: Any, tokenizer: Any, messages: list[dict[str, str]],
-                  sampling: Sampling | None = None, streamer: Any = None) -> str:
-    """Answer one conversation; returns the assistant's new text."""
-    torch = require("torch")
-    sampling = sampling or Sampling()
-    input_ids = _render(tokenizer, messages).to(model.device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-                             **sampling.generate_kwargs(tokenizer))
-    if was_training:
-        model.train()
-    return tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
-
-
-def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 128,
-                     sampling: Sampling | None = None) -> list[str]:
-    sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
-    return [generate_chat(model, tokenizer, [{"role": "user", "content": p}], sampling) for p in prompts]
-
-
-def _run_chain(run_dir: Path) -> tuple[ModelConfig, list[tuple[str, Path]]]:
-    """Read a run directory's resolved config: its base model and the adapters to stack, in order."""
-    config_file = run_dir / "config.yaml"
-    if not config_file.exists():
-        raise NovaError(f"{run_dir} is not a nova run directory (no config.yaml)",
-                        hint="pass a run directory written by nova train, a model directory, or --adapter")
-    data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    model_cfg = ModelConfig.model_validate(data["model"])
-    adapters = [(c["phase"], Path(c["adapter"])) for c in data.get("_chain", [])]
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise NovaError(f"run directory {run_dir} has no adapter (training did not finish)",
-                        hint="finish or resume training first")
-    adapters.append((data["name"], adapter))
-    return model_cfg, adapters
-
-
 def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only: bool = False,
                quantization: str | None = None) -> LoadedModel:
     """Load a run directory (as trained), a plain model directory, or a base plus ``adapter``."""
-    from nova.model.adapters import AdapterRef, stack_frozen
+    from nova.model.adapters import activate, stack_frozen
     from nova.model.loading import choose_placement, load_base_model, load_tokenizer, resolve_base
 
     path = Path(path)
-    if (path / "config.yaml").exists() and not (path / "config.json").exists():
-        model_cfg, adapters = _run_chain(path)
+    record: RunRecord | None = None
+    if is_run_dir(path):
+        record = read_run(path)
+        model_cfg, adapters = record.model, record.require_adapters()
     else:
         model_cfg = ModelConfig(base=str(path), quantization="none")
-        adapters = [("adapter", Path(adapter))] if adapter else []
+        adapters = [AdapterRef("adapter", Path(adapter))] if adapter else []
     if quantization is not None:
-        model_cfg = model_cfg.model_copy(update={"quantization": quantization})
+        model_cfg = model_cfg.changed(quantization=quantization)
     source = resolve_base(model_cfg)
     placement = choose_placement(model_cfg.compute_dtype)
     tokenizer = load_tokenizer(model_cfg, source)
     model = load_base_model(model_cfg, placement, source)
-    if adapters and not base_only:
-        model = stack_frozen(model, [AdapterRef(n, p) for n, p in adapters])
-        from nova.model.adapters import activate
-
-        activate(model, [n for n, _ in adapters])
-    model.eval()
     stacked = bool(adapters) and not base_only
-    names = " + ".join(n for n, _ in adapters) if stacked else "no adapter"
-    run_dir = path if (path / "config.yaml").exists() else None
-    return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}", stacked, run_dir)
+    if stacked:
+        model = stack_frozen(model, adapters)
+        activate(model, [r.name for r in adapters])
+    model.eval()
+    names = " + ".join(r.name for r in adapters) if stacked else "no adapter"
+    return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}", stacked, record)
 
 
 def read_prompts_file(path: Path) -> list[list[dict[str, str]]]:
@@ -172,15 +96,12 @@ def eval_loss(loaded: LoadedModel) -> list[dict[str, Any]]:
     import math
 
     torch = require("torch")
-    from nova.config.schema import PhaseConfig
     from nova.data import prepare_stage_data
 
-    if loaded.run_dir is None:
+    if loaded.run is None:
         raise NovaError("--eval needs a run directory (it re-creates the run's holdout split)")
-    data = yaml.safe_load((loaded.run_dir / "config.yaml").read_text(encoding="utf-8"))
-    phase = PhaseConfig.model_validate({k: v for k, v in data.items() if not k.startswith("_")})
     results = []
-    for index, stage in enumerate(phase.stage_list):
+    for index, stage in enumerate(loaded.run.phase.stage_list):
         if stage.method != "sft":
             continue
         prepared = prepare_stage_data(stage.data, loaded.tokenizer, method="sft", seed=stage.training.seed)

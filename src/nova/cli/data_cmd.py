@@ -89,20 +89,19 @@ def _looks_preference(file: Path) -> bool:
 
 def _config_targets(config: Path, overrides: list[str] | None) -> list[Target]:
     from nova.config import load_yaml_config
-    from nova.config.schema import PipelineConfig
+    from nova.config.schema import PhaseConfig
+    from nova.plan import make_plan, planned_stages
 
     loaded = load_yaml_config(config, overrides)
     cfg = loaded.config
-    phases = cfg.phases if isinstance(cfg, PipelineConfig) else [cfg]
-    targets = []
-    for phase in phases:
-        model = cfg.model_for(phase.name) if isinstance(cfg, PipelineConfig) else phase.model
-        stages = phase.stage_list
-        for i, stage in enumerate(stages, 1):
-            label = phase.name if len(stages) == 1 else f"{phase.name} stage {i}"
-            targets.append(Target(f"{label} ({stage.method})", stage.data, stage.method, model,
-                                  stage.training.seed, stage.dpo))
-    return targets
+    if isinstance(cfg, PhaseConfig) and cfg.start_from is not None and cfg.model is None:
+        # A later phase's own file (its base comes from the pipeline): its records can be
+        # checked without the pipeline; the token view needs the model, so it is left out.
+        pairs = [(stage, None) for stage in planned_stages(cfg)]
+    else:
+        pairs = [(stage, phase.model) for phase in make_plan(loaded).phases for stage in phase.stages]
+    return [Target(f"{stage.label} ({stage.method})", stage.config.data, stage.method, model,
+                   stage.config.training.seed, stage.config.dpo) for stage, model in pairs]
 
 
 def _targets(file: Path | None, config: Path | None, overrides: list[str] | None, fmt: str,
@@ -122,9 +121,9 @@ def _tokenizer_for(model: Any, cache: dict[str, tuple[Any, str | None]]) -> tupl
     if model is None:
         return None, "no model given (use --model, or --config with model.base)"
     if model.base not in cache:
-        from nova.data.tokenizer import load_tokenizer
+        from nova.model.loading import tokenizer_for_check
 
-        cache[model.base] = load_tokenizer(model)
+        cache[model.base] = tokenizer_for_check(model)
     return cache[model.base]
 
 

@@ -1,7 +1,8 @@
 """``nova export``: a merged model as a GGUF file (llama.cpp) or an Ollama model directory.
 
-Registered by ``nova.cli.main`` with ``app.command("export")(export_cmd.export)``. Only typer and
-the standard library are imported here; the exporters load torch and transformers when they run.
+Registered by ``nova.cli.main`` with ``app.command("export")(export_cmd.export)``. Only typer, the
+standard library and the GGUF weight types (``nova.export.gguf_export`` imports no torch, gguf or
+numpy at import time) are imported here; the exporters load torch and transformers when they run.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Annotated
 
 import typer
 
+from nova.export.gguf_export import OUTTYPES
+
 FORMATS = ("gguf", "ollama")
-OUTTYPES = ("f16", "q8_0", "f32")
 
 
 def export(

@@ -32,7 +32,8 @@ def infer(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with the chat template, compare with the base, chat, or evaluate a run's holdout."""
-    from nova.infer import Sampling, eval_loss, load_model, read_prompts_file
+    from nova.infer import eval_loss, load_model, read_prompts_file
+    from nova.model.generate import Sampling
 
     if not model.exists():
         raise NovaError(f"--model {model} does not exist")
@@ -62,7 +63,7 @@ def infer(
 
 def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], sampling: Any, *, compare: bool,
                 as_json: bool, stream: bool, out: Path | None) -> None:
-    from nova.infer import generate_chat
+    from nova.model.generate import generate_chat
 
     sink = out.open("w", encoding="utf-8") if out else None
     try:
@@ -96,7 +97,7 @@ def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], sampling
 
 
 def _say(loaded: Any, messages: list[dict[str, str]], sampling: Any, stream: bool) -> str:
-    from nova.infer import generate_chat, text_streamer
+    from nova.model.generate import generate_chat, text_streamer
 
     if stream:
         return generate_chat(loaded.model, loaded.tokenizer, messages, sampling, streamer=text_streamer(

@@ -1,6 +1,7 @@
 """``nova merge``: bake a run's adapter chain into a standalone Hugging Face model directory.
 
-Heavy imports (torch, transformers, peft) happen inside the command, so ``nova --help`` stays fast.
+Heavy imports (torch, transformers, peft) happen inside the command, so ``nova --help`` stays fast;
+``nova.merge`` itself is light (no torch, no config schema), so its defaults are imported here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ from pathlib import Path
 import typer
 
 from nova.cli.options import JsonOpt
-
-# Kept equal to nova.merge.DEFAULT_TOLERANCE / DEFAULT_SOURCE without importing it (tests check).
-DEFAULT_TOLERANCE = 1e-2
-DEFAULT_SOURCE = "dequantized"
+from nova.merge import DEFAULT_SOURCE, DEFAULT_TOLERANCE
 
 
 class Dtype(str, Enum):
@@ -52,7 +50,8 @@ def merge(
     as_json: JsonOpt = False,
 ) -> None:
     """Merge base + every phase's adapter into one model loadable by plain transformers (no PEFT, no nova)."""
-    from nova.merge import MergeRequest, merge_run
+    from nova.merge.inputs import MergeRequest
+    from nova.merge.run import merge_run
 
     say = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
     result = merge_run(MergeRequest(run_dir=run, out=out, dtype=dtype.value, source=source.value, force=force,

@@ -17,12 +17,12 @@ RunDirArg = Annotated[Path, typer.Argument(help="A run directory (has metrics.js
 def plot(run_dir: RunDirArg) -> None:
     """Draw train and eval loss, learning rate and (DPO) reward margins and accuracy to plots/loss.png."""
     from nova.errors import NovaError
-    from nova.monitor.files import METRICS
     from nova.monitor.plot import plot_run
-    from nova.monitor.status import PIPELINE, read_status
+    from nova.monitor.status import read_status
+    from nova.runs.layout import PIPELINE, RunDir
 
-    if (run_dir / PIPELINE).exists() and not (run_dir / METRICS).exists():
-        dirs = [Path(p.run_dir) for p in read_status(run_dir).phases if (Path(p.run_dir) / METRICS).exists()]
+    if (run_dir / PIPELINE).exists() and not RunDir(run_dir).metrics.exists():
+        dirs = [Path(p.run_dir) for p in read_status(run_dir).phases if RunDir(Path(p.run_dir)).metrics.exists()]
         if not dirs:
             raise NovaError(f"no phase of the pipeline in {run_dir} has metrics yet",
                             hint="plots appear once a phase has logged its first step")

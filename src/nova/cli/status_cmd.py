@@ -20,7 +20,8 @@ PathArg = Annotated[Path, typer.Argument(help="A run directory, or a pipeline ou
 
 def status(path: PathArg, json_out: JsonOpt = False) -> None:
     """Show each phase: status, stage and step, losses, tokens/s, ETA, checkpoint, alerts, process."""
-    from nova.monitor.status import read_status, status_lines
+    from nova.monitor.render import status_lines
+    from nova.monitor.status import read_status
 
     result = read_status(path)
     if json_out:

@@ -15,8 +15,6 @@ def train(
     force: bool = typer.Option(False, "--force", help="Retrain phases that already finished."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate config, data and model access; print the plan."),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip the preflight checks before training."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint "
-                                "(the default whenever checkpoints exist)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints of unfinished phases."),
 ) -> None:
     """Fine-tune: validate, then train each phase and stage, writing checkpoints, metrics and adapters."""
@@ -38,10 +36,8 @@ def train(
         return
     if not no_preflight:
         _preflight_or_stop(loaded)
-    from nova.train.plan import run_config
+    from nova.train.pipeline import run_config
 
-    if resume and fresh:
-        raise NovaError("--resume and --fresh contradict each other", hint="pass one of them")
     hint = " ".join(["nova train --config", str(config), *[f"--set {s}" for s in set_ or []],
                      *(["--phase", phase] if phase else [])])
     results = run_config(loaded, phase=phase, force=force, fresh=fresh, rerun_hint=hint)

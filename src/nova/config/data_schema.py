@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from nova.config.base import Section
 
@@ -38,8 +38,11 @@ class DatasetSpec(Section):
 
     @field_validator("path")
     @classmethod
-    def _path_exists(cls, value: str) -> str:
+    def _path_exists(cls, value: str, info: ValidationInfo) -> str:
         # Checked here so a typo'd path fails at config time, naming the key, not 40 minutes in.
+        # Not for a config read back from a run directory: it trained, and may have moved since.
+        if info.context and info.context.get("recorded"):
+            return value
         # A hub id (owner/name, no data-file suffix) is checked when it is read, where offline gets
         # its own clear message.
         path = Path(value).expanduser()
@@ -73,8 +76,10 @@ class DataConfig(Section):
     cache_dir: str = Field(".nova-cache", description="Where tokenized datasets are cached (by content hash).")
 
     @model_validator(mode="after")
-    def _eval_source_is_single(self) -> DataConfig:
-        # Both set would silently ignore one of them; make the user choose.
-        if self.eval_datasets and "eval_split" in self.model_fields_set and self.eval_split > 0:
+    def _eval_source_is_single(self, info: ValidationInfo) -> DataConfig:
+        # Both set would silently ignore one of them; make the user choose. A run's recorded
+        # config.yaml lists every key (eval_split too), so there it is not a user's choice.
+        recorded = bool(info.context and info.context.get("recorded"))
+        if self.eval_datasets and "eval_split" in self.model_fields_set and self.eval_split > 0 and not recorded:
             raise ValueError("set either eval_datasets or eval_split, not both")
         return self

@@ -49,7 +49,8 @@ def _line_index(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, i
     return lines
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """A YAML mapping and the line of each key path; every way it can be unreadable is a ConfigError."""
     if not path.exists():
         raise ConfigError("config not found", [Problem(str(path), "no such file", "check the --config path")])
     if path.is_dir():
@@ -183,7 +184,7 @@ def _describe(err: dict[str, Any], root: type[BaseModel], loc: KeyPath) -> tuple
 def load_yaml_config(path: str | Path, overrides: list[str] | None = None) -> LoadedConfig:
     """Load a phase or pipeline config (a file with a top-level ``phases:`` is a pipeline)."""
     path = Path(path)
-    data, lines = _read_yaml(path)
+    data, lines = read_yaml(path)
     for item in overrides or []:
         parts, value = _parse_override(item)
         _apply_override(data, parts, value, item)
@@ -211,7 +212,7 @@ def _load_pipeline(path: Path, data: dict[str, Any], lines: dict[KeyPath, int]) 
         if isinstance(entry, str):
             phase_path = (path.parent / entry) if not Path(entry).is_absolute() else Path(entry)
             try:
-                phase_data, phase_lines = _read_yaml(phase_path)
+                phase_data, phase_lines = read_yaml(phase_path)
                 if "output_dir" in phase_data:
                     problems.append(Problem(f"{phase_path} output_dir", "a phase inside a pipeline writes to "
                                             "<pipeline output_dir>/<name>", "remove it from the phase file"))

@@ -159,7 +159,10 @@ class PhaseConfig(Section):
         """The stages to run, in order (a single-stage phase is one stage)."""
         if self.stages:
             return list(self.stages)
-        return [StageConfig(method=self.method, data=self.data, training=self.training, dpo=self.dpo)]
+        # The parts were validated with this phase: build without validating them a second time
+        # (which, outside the context the phase was read in, could judge them differently).
+        return [StageConfig.model_construct(method=self.method, data=self.data, training=self.training,
+                                            dpo=self.dpo)]
 
     @property
     def run_dir(self) -> Path:

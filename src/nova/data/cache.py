@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from nova.config.data_schema import DataConfig
 from nova.data.sources import FileProblem, list_files, looks_like_hub_id
+from nova.files import atomic_dir
 
 PIPELINE_VERSION = "nova-data-1"
 
@@ -82,18 +80,8 @@ def save(cache_dir: str, key: str, train: Any, evals: Any, report: dict[str, Any
     import datasets
 
     datasets.disable_progress_bars()  # library code does not print; the report says what was saved
-    root = Path(cache_dir) / "data"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
+    with atomic_dir(Path(cache_dir) / "data" / key, check=False) as tmp:
         train.save_to_disk(str(tmp / "train"))
         if evals is not None:
             evals.save_to_disk(str(tmp / "eval"))
         (tmp / "report.json").write_text(json.dumps(report), encoding="utf-8")
-        final = root / key
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -81,6 +81,51 @@ def read_file(path: Path) -> tuple[list[str] | None, Iterator[RawRecord]]:
     if suffix == ".json":
         return None, _read_json(path, data)
     return None, _read_jsonl(path, data)
+
+
+def peek_record(path: Path) -> dict[str, Any] | None:
+    """The fields of a file's first record as ``read_file`` reads them; None if it cannot be read.
+
+    JSON Lines are read only up to the first non-blank line, so a caller that needs the shape
+    of the data (preflight) answers at once on a file of any size; other formats are read whole.
+    """
+    if path.suffix.lower() != ".jsonl":
+        raw = next(read_file(path)[1], None)
+        return raw.data if raw else None
+    with _open(path) as fh:
+        lines = (line.removeprefix(BOM) if i == 0 else line for i, line in enumerate(fh))
+        first = next((line for line in lines if line.strip()), None)
+    raw = next(_read_jsonl(path, first), None) if first is not None else None
+    return raw.data if raw else None
+
+
+def count_records(path: Path) -> int:
+    """How many records ``read_file`` yields for a file (good or bad), parsing as little as it can.
+
+    Preflight counts records for the schedule check in well under a second: JSON Lines by their
+    non-blank lines (no JSON parsed), Parquet from its footer; JSON and CSV are read whole.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with _open(path) as fh:
+            head = fh.readline().removeprefix(BOM)
+            return int(bool(head.strip())) + sum(1 for line in fh if line.strip())
+    if suffix == ".parquet":
+        from nova.lazy import require
+
+        pq = require("pyarrow.parquet")
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception as exc:  # pyarrow raises ArrowInvalid for corrupt files
+            raise FileProblem("unreadable", str(path), f"not a readable Parquet file: {exc}") from None
+    return sum(1 for _ in read_file(path)[1])
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise FileProblem("unreadable", str(path), f"cannot read: {exc.strerror or exc}") from None
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -26,9 +26,11 @@ from typing import Any
 
 from nova import __version__
 from nova.errors import NovaError
-from nova.export.gguf_export import ExportResult
+from nova.export.gguf_export import ExportResult, check_merged_dir, export_gguf
+from nova.export.gguf_vocab import adds_bos
 from nova.export.gotemplate import quote_literal
 from nova.export.gotemplate import render as render_go
+from nova.files import atomic_dir, check_output_dir, dir_size
 from nova.lazy import require
 
 # Files Ollama reads when it imports a safetensors directory (those that exist are copied).
@@ -140,8 +142,6 @@ def derive_chat_format(tok: Any) -> ChatFormat:
     A leading bos token is cut when the tokenizer adds bos on its own (Llama 3, Mistral): HF
     renders it and tokenizes without special tokens, Ollama tokenizes with them.
     """
-    from nova.export.gguf_export import adds_bos
-
     fmt = _derive(tok)
     bos = tok.bos_token or ""
     if not bos or not adds_bos(tok):
@@ -372,9 +372,6 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
     ``model-<outtype>.gguf`` instead and the Modelfile points at it. Copies, not hard links: a later
     ``nova merge --force`` rewrites its files in place and must not change an export.
     """
-    from nova.export.gguf_export import check_merged_dir, export_gguf
-    from nova.files import atomic_dir, check_output_dir, dir_size
-
     src = Path(model_dir).expanduser()
     out = Path(out_dir).expanduser()
     check_output_dir(out, force)

@@ -5,7 +5,7 @@ frozen, on the same (quantized) base, and trains a new adapter beside them. We d
 the earlier adapter into the base before re-quantizing: nf4(base + delta) is not
 nf4(base) + delta, so the next phase would start from a model slightly different from the one
 the earlier phase was trained and evaluated as. Stacked, the starting point is exactly
-"base + earlier adapters" (tests/test_pipeline.py checks logits are equal), and merge later
+"base + earlier adapters" (tests/train/test_pipeline.py checks logits are equal), and merge later
 adds every delta in the same order, in full precision.
 
 The adapter being trained is always named "default" (so PEFT and the HF Trainer save and
@@ -16,23 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nova.config.schema import LoraConfig
 from nova.errors import NovaError
 from nova.lazy import require
+from nova.runs.layout import ADAPTER_WEIGHTS, has_adapter
+from nova.runs.record import AdapterRef
 
 TRAINABLE = "default"
-
-
-@dataclass(frozen=True)
-class AdapterRef:
-    """A saved adapter in the chain: its name in the composed model and its directory."""
-
-    name: str
-    path: Path
 
 
 def peft_lora_config(lora: LoraConfig) -> Any:
@@ -49,7 +42,7 @@ def peft_lora_config(lora: LoraConfig) -> Any:
 
 
 def _check_adapter_dir(ref: AdapterRef) -> None:
-    if not (ref.path / "adapter_config.json").exists():
+    if not has_adapter(ref.path):
         raise NovaError(f"adapter of '{ref.name}' not found at {ref.path} (no adapter_config.json)",
                         hint="train that phase first, or check the run directory")
 
@@ -77,20 +70,6 @@ def add_trainable(model: Any, lora: LoraConfig, chain: Sequence[AdapterRef]) -> 
         peft_model.add_adapter(TRAINABLE, config)
     else:
         peft_model = peft.get_peft_model(peft_model, config, adapter_name=TRAINABLE)
-    activate(peft_model, [*[r.name for r in chain], TRAINABLE], trainable=[TRAINABLE])
-    return peft_model
-
-
-def load_trainable(model: Any, adapter_dir: Path, chain: Sequence[AdapterRef]) -> Any:
-    """Base + frozen chain + an existing adapter (from an earlier stage) as the trainable "default"."""
-    peft = require("peft")
-    peft_model = stack_frozen(model, chain)
-    _check_adapter_dir(AdapterRef(TRAINABLE, adapter_dir))
-    if isinstance(peft_model, peft.PeftModel):
-        peft_model.load_adapter(str(adapter_dir), adapter_name=TRAINABLE, is_trainable=True)
-    else:
-        peft_model = peft.PeftModel.from_pretrained(peft_model, str(adapter_dir), adapter_name=TRAINABLE,
-                                                    is_trainable=True)
     activate(peft_model, [*[r.name for r in chain], TRAINABLE], trainable=[TRAINABLE])
     return peft_model
 
@@ -128,3 +107,25 @@ def active_adapters(peft_model: Any, names: Sequence[str]) -> Iterator[None]:
 def save_trainable(peft_model: Any, out_dir: Path) -> None:
     """Save only the trainable adapter as a standard PEFT adapter directory at ``out_dir``."""
     peft_model.save_pretrained(str(out_dir), selected_adapters=[TRAINABLE])
+
+
+def trainable_weights(peft_model: Any) -> dict[str, Any]:
+    """A detached copy of the trainable adapter's weights (to restart a stage cleanly)."""
+    peft = require("peft")
+    state = peft.get_peft_model_state_dict(peft_model, adapter_name=TRAINABLE)
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def load_trainable_weights(peft_model: Any, source: Path | dict[str, Any]) -> None:
+    """Put weights (a dict, or a saved adapter directory or checkpoint) into the trainable adapter.
+
+    Raises NovaError when they do not fit it (another rank or target modules).
+    """
+    peft = require("peft")
+    if isinstance(source, Path):
+        source = require("safetensors.torch").load_file(str(source / ADAPTER_WEIGHTS))
+    result = peft.set_peft_model_state_dict(peft_model, source, adapter_name=TRAINABLE)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise NovaError(f"saved adapter weights do not match this adapter ({len(unexpected)} unexpected weights)",
+                        hint="resume with the same lora settings, or start the stage again with --fresh")

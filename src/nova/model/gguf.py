@@ -30,14 +30,13 @@ from typing import Any
 
 from nova import __version__
 from nova.errors import NovaError
-from nova.files import atomic_dir, check_output_dir
+from nova.files import MiB, atomic_dir, check_output_dir
 from nova.lazy import require
 
 GGUF_MAGIC = b"GGUF"
 PROVENANCE_FILE = "nova_import.json"
 PROVENANCE_FORMAT = 1
 DTYPES = ("float32", "bfloat16", "float16")
-_MIB = 1 << 20
 
 # GGUF architectures that are encoder-decoder or encoder-only: transformers reads them, but nova
 # trains causal language models only.
@@ -93,11 +92,11 @@ def fingerprint(path: Path) -> str:
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as fh:
-        digest.update(fh.read(_MIB))
-        if size > 2 * _MIB:
-            fh.seek(size - _MIB)
-            digest.update(fh.read(_MIB))
-        elif size > _MIB:
+        digest.update(fh.read(MiB))
+        if size > 2 * MiB:
+            fh.seek(size - MiB)
+            digest.update(fh.read(MiB))
+        elif size > MiB:
             digest.update(fh.read())
     return digest.hexdigest()
 

@@ -9,6 +9,7 @@ Device and dtype choices live here so training, merge and infer agree on them:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,11 +93,16 @@ def resolve_base(model_cfg: ModelConfig) -> str:
     return base
 
 
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE",
+                                                                                "TRANSFORMERS_OFFLINE"))
+
+
 def _hub_kwargs(model_cfg: ModelConfig, source: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": model_cfg.trust_remote_code}
-    if Path(source).exists():
+    if Path(source).exists() or _offline():  # a hub id offline: only the local cache can answer
         kwargs["local_files_only"] = True
-    elif model_cfg.revision:
+    if model_cfg.revision and not Path(source).exists():
         kwargs["revision"] = model_cfg.revision
     return kwargs
 
@@ -106,24 +112,46 @@ def load_tokenizer(model_cfg: ModelConfig, source: str | None = None) -> Any:
 
     A missing pad token becomes eos. Pad equal to eos is fine for nova: labels are built
     from the chat template before padding and the collator pads labels with -100, so the eos
-    that ends each assistant turn is still learned (tests/test_train.py checks this).
+    that ends each assistant turn is still learned (tests check this).
     """
     transformers = require("transformers")
     source = source or resolve_base(model_cfg)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **_hub_kwargs(model_cfg, source))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise NovaError(f"cannot load the tokenizer of '{source}': {str(exc).splitlines()[0]}",
                         hint="check model.base; offline, a hub id must already be in the local cache") from None
     if model_cfg.chat_template:
-        template_path = Path(model_cfg.chat_template)
-        if not template_path.exists():
-            raise NovaError(f"model.chat_template file not found: {template_path}")
-        tokenizer.chat_template = template_path.read_text(encoding="utf-8")
+        template_path = Path(model_cfg.chat_template).expanduser()
+        try:
+            tokenizer.chat_template = template_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NovaError(f"cannot read model.chat_template {template_path}: {exc}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def tokenizer_for_check(model_cfg: ModelConfig) -> tuple[Any | None, str | None]:
+    """The tokenizer for a data check, or (None, why not): never imports a GGUF or needs weights.
+
+    A data check must not need the model weights, a GPU, or the network; when the tokenizer is
+    not at hand the caller gives the record-level report instead.
+    """
+    source = model_cfg.base
+    if source.lower().endswith(".gguf"):
+        from nova.model.gguf import default_import_dir
+
+        imported = default_import_dir(source, model_cfg.models_dir)
+        if not (imported / "tokenizer_config.json").exists():
+            return None, (f"the base is a .gguf file not imported yet (no {imported}); run 'nova models "
+                          "import-gguf' for the token view")
+        source = str(imported)
+    try:
+        return load_tokenizer(model_cfg, source), None
+    except NovaError as exc:
+        return None, exc.message
 
 
 def quantization_config(model_cfg: ModelConfig, compute_dtype: torch.dtype) -> Any | None:
@@ -175,7 +203,7 @@ def keep_cpu_4bit_differentiable(model: Any) -> int:
     with no autograd support, also in training. Gradients then stop flowing through the frozen
     base layers and every adapter below the last one learns from a wrong signal, silently
     (torch only warns "an autograd kernel was not registered"). Training evaluates every
-    ``eval_steps``, so nova turns the repacking off. tests/test_model.py checks the gradients.
+    ``eval_steps``, so nova turns the repacking off. tests/model/test_model.py checks the gradients.
     """
     count = 0
     for module in model.modules():

@@ -7,7 +7,6 @@ next crossing fires at once. So a gradient norm of 50 for 1000 steps is 5 lines,
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -18,10 +17,11 @@ from typing import Any
 
 from nova.config.monitor_schema import MonitorConfig
 from nova.console import RunLog
+from nova.files import GiB
+from nova.runs.jsonl import append_jsonl
 
 THROUGHPUT_WINDOW = 20  # tokens/s samples in the running median
 THROUGHPUT_MIN_SAMPLES = 3  # samples needed before a drop can be judged
-GiB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,7 @@ class AlertSink:
         self.log.say(alert.message)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(alert.to_dict(), ensure_ascii=True) + "\n")
+            append_jsonl(self.path, alert.to_dict())
         except OSError as exc:
             if not self._write_failed:
                 self._write_failed = True

@@ -14,7 +14,8 @@ from nova.config.monitor_schema import MonitorConfig
 from nova.console import RunLog
 from nova.lazy import require
 from nova.monitor.alerts import Alert, AlertSink, GpuSample, Watcher
-from nova.monitor.files import ALERTS, METRICS, number, read_jsonl
+from nova.runs.jsonl import number, read_jsonl
+from nova.runs.layout import RunDir
 
 transformers = require("transformers")
 
@@ -34,7 +35,7 @@ class MonitorCallback(transformers.TrainerCallback):
         self.log = log
         self.stage = stage
         self.watcher = Watcher(config, stage)
-        self.sink = AlertSink(self.run_dir / ALERTS, log)
+        self.sink = AlertSink(RunDir(self.run_dir).alerts, log)
         self.sampler: Any = None
         if gpu_index is not None:
             from nova.monitor.gpu import GpuSampler
@@ -57,7 +58,7 @@ class MonitorCallback(transformers.TrainerCallback):
     def _replay(self, state: Any, control: Any) -> None:
         """A resumed stage: recover the eval history from metrics.jsonl so early-stopping patience
         and the rising-loss count carry over the interruption instead of starting again."""
-        history = [(int(r["step"]), float(v)) for r in read_jsonl(self.run_dir / METRICS)
+        history = [(int(r["step"]), float(v)) for r in read_jsonl(RunDir(self.run_dir).metrics)
                    if r.get("stage") == self.stage and isinstance(r.get("step"), int)
                    and r["step"] <= state.global_step and (v := number(r.get("eval_loss"))) is not None]
         if self.watcher.replay_evals(history):

@@ -9,13 +9,14 @@ written to a temporary file and renamed, so a reader never sees half a PNG.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nova.errors import NovaError
-from nova.monitor.files import METRICS, PLOT, number, read_jsonl
+from nova.files import temp_sibling
+from nova.runs.jsonl import number, read_jsonl
+from nova.runs.layout import RunDir
 
 Points = list[tuple[float, float]]
 DPO_KEYS = ("rewards/margins", "rewards/accuracies")
@@ -80,21 +81,21 @@ def build_curves(records: list[dict[str, Any]]) -> Curves:
 
 def plot_run(run_dir: Path) -> Path:
     """Redraw ``<run_dir>/plots/loss.png`` from ``<run_dir>/metrics.jsonl`` and return its path."""
-    run_dir = Path(run_dir)
-    metrics = run_dir / METRICS
+    run = RunDir(run_dir)
+    metrics = run.metrics
     if not metrics.is_file():
-        raise NovaError(f"{run_dir} has no {METRICS}",
+        raise NovaError(f"{run.path} has no {metrics.name}",
                         hint="give a run directory that has started training (it writes metrics.jsonl)")
     records = read_jsonl(metrics)
     if not records:
         raise NovaError(f"{metrics} has no metrics yet", hint="wait for the first logged step")
     curves = build_curves(records)
-    dest = run_dir / PLOT
+    dest = run.plot
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = Path(f"{temp_sibling(dest)}.png")  # the suffix tells matplotlib the format
     try:
-        _draw(curves, run_dir.name, tmp)
-        os.replace(tmp, dest)
+        _draw(curves, run.path.name, tmp)
+        tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest

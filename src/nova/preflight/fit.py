@@ -12,9 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nova.preflight.estimate import Constants, Estimate, ModelShape, Settings, estimate_for_shape, with_batch
+from nova.files import GiB
+from nova.preflight.estimate import (
+    CALIBRATED,
+    Constants,
+    Estimate,
+    ModelShape,
+    Settings,
+    estimate_for_shape,
+    with_batch,
+)
 
-GiB = 1024**3
 DEFAULT_MARGIN = 0.10  # keep 10% of the budget free: allocator spikes, data with longer batches
 
 
@@ -50,8 +58,6 @@ def fit_batch(shape: ModelShape, settings: Settings, accumulation: int, budget_b
     ``settings`` carries the configured micro batch and checkpointing; ``accumulation`` the
     configured gradient_accumulation_steps. The effective batch size never changes.
     """
-    from nova.preflight.calibration import CALIBRATED
-
     c = constants or CALIBRATED
     effective = settings.micro_batch_size * accumulation
     limit = int(budget_bytes * (1 - margin))

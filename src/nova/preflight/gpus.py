@@ -12,7 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-GiB = 1024**3
+from nova.errors import NovaError
+from nova.files import GiB, MiB
 
 
 @dataclass(frozen=True)
@@ -157,13 +158,11 @@ def _nvml_text(exc: Exception) -> str:
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": GiB, "B": 1, "K": 1024, "M": 1024**2, "G": GiB, "T": 1024**4}
+_UNITS = {"": GiB, "B": 1, "K": 1024, "M": MiB, "G": GiB, "T": 1024**4}
 
 
 def parse_size(text: str) -> int:
     """'24GiB', '24G', '24 GB' or '24' (GiB) -> bytes. GB is read as GiB, as GPU makers mean it."""
-    from nova.errors import NovaError
-
     m = _SIZE.match(text)
     if not m:
         raise NovaError(f"cannot read memory size '{text}'", hint="e.g. --gpu-memory 24GiB")

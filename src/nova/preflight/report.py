@@ -11,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nova.files import GiB, MiB
+
 Status = Literal["pass", "warn", "fail", "skip"]
 Verdict = Literal["pass", "warn", "fail"]
 SCHEMA_VERSION = 1
-GiB = 1024**3
+TIGHT = 0.90  # a resource used above 90% is a warning: allocator spikes, longer batches, log growth
+
+
+def gib(n: float) -> str:
+    """GiB with one decimal; MiB below 1 GiB so tiny models do not read '0.0 GiB'."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class PreflightReport:
                 out.append(f"       {' ' * width}  fix: {c.fix}")
         if self.estimate:
             total = self.estimate["total_bytes"]
-            unit, div = ("GiB", GiB) if total >= GiB else ("MiB", 1024**2)
+            unit, div = ("GiB", GiB) if total >= GiB else ("MiB", MiB)
             parts = ", ".join(f"{k} {v / div:.2f}" for k, v in self.estimate["breakdown"].items() if v)
             out.append(f"estimate: {total / div:.1f} {unit} peak ({parts} {unit})")
         out.append(f"verdict: {self.verdict}")

@@ -1,7 +1,9 @@
 """``run_preflight``: every check of a phase or pipeline config, in the order a run meets them.
 
 Environment and GPUs first (they decide the precision and the memory budget), then the
-model, then each stage's memory, data, learning rate and schedule, then the disk.
+model, then each stage's memory, data, learning rate and schedule, then the disk. The phases
+and stages come from ``nova.plan.make_plan``, so preflight names a stage as training does
+(``memory[doica/sft]``); a config with a single stage keeps the plain names (``memory``).
 """
 
 from __future__ import annotations
@@ -11,32 +13,35 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.load import LoadedConfig
-from nova.config.schema import ModelConfig, PhaseConfig, PipelineConfig, StageConfig
+from nova.config.schema import LoraConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
-from nova.preflight import checks as ck
+from nova.plan import Plan, PlannedPhase, PlannedStage, make_plan
+from nova.preflight.checks_disk import check_disk, checkpoint_bytes
+from nova.preflight.checks_env import check_environment, check_gpus, check_precision, select_gpu
+from nova.preflight.checks_inputs import (
+    check_chat_template,
+    check_data,
+    check_learning_rate,
+    check_model,
+    check_schedule,
+    count_records,
+)
+from nova.preflight.checks_memory import MemoryContext, check_memory, stage_settings
 from nova.preflight.environment import Environment, environment
 from nova.preflight.estimate import Estimate, ModelShape, model_shape
+from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuProbe, GpuSnapshot, HypotheticalProbe, NvmlProbe, parse_size
 from nova.preflight.model_source import ModelSource, resolve_model
 from nova.preflight.report import Check, PreflightReport
 
 
 @dataclass(frozen=True)
-class _Phase:
-    phase: PhaseConfig
-    model: ModelConfig
-    run_dir: Path
+class _Peak:
+    """The stage with the largest estimate so far: the one the report's ``estimate`` describes."""
 
-
-def _phases(loaded: LoadedConfig) -> list[_Phase]:
-    cfg = loaded.config
-    if isinstance(cfg, PipelineConfig):
-        return [_Phase(p, cfg.model_for(p.name), cfg.phase_dir(p.name)) for p in cfg.phases]
-    assert isinstance(cfg, PhaseConfig)
-    if cfg.model is None:
-        raise NovaError(f"phase '{cfg.name}' starts from '{cfg.start_from}' and names no model",
-                        hint="run preflight on the pipeline file that holds both phases")
-    return [_Phase(cfg, cfg.model, cfg.run_dir)]
+    estimate: Estimate
+    label: str
+    auto_fit: dict[str, Any] | None
 
 
 def gpu_snapshot(gpu_memory: str | None, gpus: int | None, probe: GpuProbe | None) -> GpuSnapshot:
@@ -62,117 +67,138 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
 
     ``gpu_memory``/``gpus`` answer for hypothetical GPUs; ``probe`` replaces NVML and ``env`` the
     package/CPU facts (tests).
-    Raises NovaError only for bad arguments (an unreadable --gpu-memory).
+    Raises NovaError only for bad arguments (an unreadable --gpu-memory) and for a config that
+    has no plan (a lone phase file with ``start_from``).
     """
     env = env or environment()
     snap = gpu_snapshot(gpu_memory, gpus, probe)
-    phases = _phases(loaded)
+    plan = make_plan(loaded)
     report = PreflightReport(gpus=[g.to_dict() for g in snap.gpus],
                              environment={**env.to_dict(), "gpu_status": snap.status, "gpu_message": snap.message,
                                           "driver_version": snap.driver_version,
                                           "cuda_driver_version": snap.cuda_driver_version})
-    report.add(ck.check_environment(env, snap, phases[0].model.quantization))
-    report.add(ck.check_gpus(snap, env))
-    sources: dict[str, ModelSource] = {}
-    for ph in phases:
-        key = ph.model.base
-        if key not in sources:
-            sources[key] = resolve_model(ph.model.base, revision=ph.model.revision, models_dir=ph.model.models_dir)
-            report.add(ck.check_model(sources[key]))
-        report.add(_named(ck.check_chat_template(ph.model, sources[key], ph.phase.stage_list), ph, phases))
-    worst: tuple[int, Estimate, str, dict[str, Any] | None] | None = None
+    report.add(check_environment(env, snap, plan.phases[0].model.quantization))
+    report.add(check_gpus(snap, env))
+    sources = _model_checks(report, plan)
+    peak: _Peak | None = None
     disk: list[tuple[Path, int]] = []
-    for ph in phases:
-        source = sources[ph.model.base]
-        shape = _shape(source, report, ph, phases)
+    for ph in plan.phases:
+        shape = _shape(sources[ph.model.base], report, plan, ph)
         lora_params = 0
-        for i, stage in enumerate(ph.phase.stage_list):
-            label = _label(ph, i, stage, phases)
-            gpu, bad = ck.select_gpu(snap, stage.training.gpu)
-            if bad is not None:
-                report.add(bad)
-            if i == 0:
-                report.add(_named(ck.check_precision(ph.model, gpu, env.cpu.bf16), ph, phases))
-            if report.selected_gpu is None and gpu is not None:
-                report.selected_gpu = gpu.index
-            if shape is not None:
-                est, auto = _memory(report, label, shape, ph, i, stage, snap, gpu, env)
+        for stage in ph.stages:
+            est, auto = _stage_checks(report, plan, ph, stage, shape, snap, env, with_data=check_data)
+            if est is not None:
                 lora_params = max(lora_params, est.lora_params)
-                if worst is None or est.total_bytes > worst[0]:
-                    worst = (est.total_bytes, est, label, auto)
-            records = _data(report, label, stage, check_data)
-            report.add(ck.check_learning_rate(f"learning_rate{label}", stage))
-            report.add(ck.check_schedule(f"schedule{label}", stage, records))
+                if peak is None or est.total_bytes > peak.estimate.total_bytes:
+                    peak = _Peak(est, stage.label, auto)
         if shape is not None:
-            t = ph.phase.stage_list[-1].training
-            per_ckpt = ck.checkpoint_bytes(lora_params, t.optimizer)
-            disk.append((ph.run_dir, per_ckpt * t.save_total_limit + lora_params * 4))
+            t = ph.stages[-1].config.training
+            per_ckpt = checkpoint_bytes(lora_params, t.optimizer)
+            disk.append((ph.run.path, per_ckpt * t.save_total_limit + lora_params * 4))
     if disk:
-        report.add(ck.check_disk(disk))
+        report.add(check_disk(disk))
     else:
         report.add(Check("disk", "skip", "cannot size checkpoints without the model's config.json"))
-    if worst is not None:
-        report.estimate = {**worst[1].to_dict(), "stage": worst[2].strip("[]") or "train"}
-        report.auto_fit = worst[3]
+    if peak is not None:
+        report.estimate = {**peak.estimate.to_dict(), "stage": peak.label}
+        report.auto_fit = peak.auto_fit
     return report
 
 
-def _label(ph: _Phase, index: int, stage: StageConfig, phases: list[_Phase]) -> str:
-    if len(phases) == 1 and len(ph.phase.stage_list) == 1:
-        return ""
-    return f"[{ph.phase.name}/{index + 1}:{stage.method}]"
+def _model_checks(report: PreflightReport, plan: Plan) -> dict[str, ModelSource]:
+    """Each base model once (phases usually share one), then each phase's chat template."""
+    sources: dict[str, ModelSource] = {}
+    for ph in plan.phases:
+        key = ph.model.base
+        if key not in sources:
+            sources[key] = resolve_model(ph.model.base, revision=ph.model.revision, models_dir=ph.model.models_dir)
+            report.add(check_model(sources[key]))
+        stages = [s.config for s in ph.stages]
+        report.add(_named(check_chat_template(ph.model, sources[key], stages), plan, ph))
+    return sources
 
 
-def _named(check: Check, ph: _Phase, phases: list[_Phase]) -> Check:
-    if len(phases) == 1:
+def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: PlannedStage,
+                  shape: ModelShape | None, snap: GpuSnapshot, env: Environment, *,
+                  with_data: bool) -> tuple[Estimate | None, dict[str, Any] | None]:
+    """One stage's GPU, precision (first stage of a phase), memory, data, learning rate and schedule."""
+    suffix = _suffix(plan, stage)
+    cfg = stage.config
+    gpu, bad = select_gpu(snap, cfg.training.gpu)
+    if bad is not None:
+        report.add(bad)
+    if stage.index == 0:
+        report.add(_named(check_precision(ph.model, gpu, env.cpu.bf16), plan, ph))
+    if report.selected_gpu is None and gpu is not None:
+        report.selected_gpu = gpu.index
+    est: Estimate | None = None
+    auto: dict[str, Any] | None = None
+    if shape is not None:
+        ctx = MemoryContext(snap, gpu, env.cpu.ram_available_bytes)
+        est, auto = _memory(report, f"memory{suffix}", shape, ph, stage, ctx)
+    records = _data(report, f"data{suffix}", cfg, with_data)
+    report.add(check_learning_rate(f"learning_rate{suffix}", cfg))
+    report.add(check_schedule(f"schedule{suffix}", cfg, records))
+    return est, auto
+
+
+def _suffix(plan: Plan, stage: PlannedStage) -> str:
+    """``[phase/stage]`` after a per-stage check's name; nothing when the plan has one stage."""
+    return "" if plan.stage_count == 1 else f"[{stage.label}]"
+
+
+def _named(check: Check, plan: Plan, ph: PlannedPhase) -> Check:
+    """A per-phase check named ``name[phase]`` when the plan has more than one phase."""
+    if len(plan.phases) == 1:
         return check
-    return Check(f"{check.name}[{ph.phase.name}]", check.status, check.message, check.fix)
+    return Check(f"{check.name}[{ph.name}]", check.status, check.message, check.fix)
 
 
-def _shape(source: ModelSource, report: PreflightReport, ph: _Phase, phases: list[_Phase]) -> ModelShape | None:
+def _shape(source: ModelSource, report: PreflightReport, plan: Plan, ph: PlannedPhase) -> ModelShape | None:
+    """The model's shape from its config.json, or a warning saying why memory cannot be estimated."""
     if source.config is None:
         report.add(_named(Check("memory", "warn", f"cannot estimate without config.json ({source.message})",
                                 "make model.base a local directory with config.json, or download the hub model "
-                                "into the local cache"), ph, phases))
+                                "into the local cache"), plan, ph))
         return None
     try:
         return model_shape(source.config)
     except NovaError as exc:
-        report.add(_named(Check("memory", "warn", f"cannot estimate: {exc.message}", exc.hint or ""), ph, phases))
+        report.add(_named(Check("memory", "warn", f"cannot estimate: {exc.message}", exc.hint or ""), plan, ph))
         return None
 
 
-def _memory(report: PreflightReport, label: str, shape: ModelShape, ph: _Phase, index: int, stage: StageConfig,
-            snap: GpuSnapshot, gpu: Any, env: Environment) -> tuple[Estimate, dict[str, Any] | None]:
+def _memory(report: PreflightReport, name: str, shape: ModelShape, ph: PlannedPhase, stage: PlannedStage,
+            ctx: MemoryContext) -> tuple[Estimate, dict[str, Any] | None]:
+    """The memory check of one stage; returns its estimate and the auto-fit choice (when on)."""
+    cfg = stage.config
     # a DPO stage after another stage of the same phase keeps the adapter's starting copy as reference
-    ref = stage.method == "dpo" and index > 0
-    settings = ck.stage_settings(ph.model, ph.phase.lora, stage, on_gpu=gpu is not None, reference_adapter=ref)
-    ctx = ck.MemoryContext(snap, gpu, env.cpu.ram_available_bytes)
-    check, est, auto = ck.check_memory(f"memory{label}", shape, settings, stage, ctx)
+    ref = cfg.method == "dpo" and stage.index > 0
+    settings = stage_settings(ph.model, ph.phase.lora, cfg, on_gpu=ctx.gpu is not None, reference_adapter=ref)
+    check, est, auto = check_memory(name, shape, settings, cfg, ctx)
     report.add(check)
     return est, auto
 
 
-def _data(report: PreflightReport, label: str, stage: StageConfig, enabled: bool) -> int | None:
+def _data(report: PreflightReport, name: str, stage: StageConfig, enabled: bool) -> int | None:
+    """The data check (or its skip); returns the training record count for the schedule check."""
     if not enabled:
-        report.add(Check(f"data{label}", "skip", "data check turned off"))
-        return ck.count_records(stage.data) if stage.data.datasets else None
-    check, records = ck.check_data(f"data{label}", stage)
+        report.add(Check(name, "skip", "data check turned off"))
+        return count_records(stage.data) if stage.data.datasets else None
+    check, records = check_data(name, stage)
     report.add(check)
     if records is None and stage.data.datasets:
-        records = ck.count_records(stage.data)
+        records = count_records(stage.data)
     return records
 
 
-def fit_stage(model_config: dict[str, Any], model: ModelConfig, lora: Any, stage: StageConfig,
-              budget_bytes: int, *, margin: float = 0.10) -> Any:
+def fit_stage(model_config: dict[str, Any], model: ModelConfig, lora: LoraConfig, stage: StageConfig,
+              budget_bytes: int, *, margin: float = 0.10) -> FitChoice:
     """Auto-fit for one stage from its config objects (what ``nova train`` calls with the GPU's free bytes).
 
     Returns a ``FitChoice``: micro_batch_size, gradient_accumulation_steps, gradient_checkpointing,
     fits, changed and a one-line reason to record in the run directory.
     """
-    from nova.preflight.fit import fit_batch
-
-    settings = ck.stage_settings(model, lora, stage, on_gpu=True)
+    settings = stage_settings(model, lora, stage, on_gpu=True)
     return fit_batch(model_shape(model_config), settings, stage.training.gradient_accumulation_steps,
                      budget_bytes, margin=margin)

@@ -9,8 +9,7 @@ from pathlib import Path
 from nova.config.load import LoadedConfig
 from nova.config.schema import ModelConfig
 from nova.errors import NovaError
-from nova.train.phase import is_complete, stage_names
-from nova.train.plan import as_pipeline, plan_phases, select
+from nova.plan import PlannedStage, make_plan
 
 
 @dataclass
@@ -50,30 +49,29 @@ def model_access(model: ModelConfig) -> str | None:
 def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool = True) -> DryRun:
     out = DryRun()
     try:
-        pipeline, is_pipeline = as_pipeline(loaded)
+        plan = make_plan(loaded).select(phase)
     except NovaError as exc:  # e.g. a phase file with start_from, which needs its pipeline
         out.lines.append(f"config {loaded.path}: a valid phase config that cannot run on its own")
         out.missing.extend(exc.lines())
         return out
-    single_dir = None if is_pipeline else pipeline.phases[0].run_dir
-    kind = "pipeline" if is_pipeline else "phase"
-    out.lines.append(f"config {loaded.path}: {kind} with {len(pipeline.phases)} phase(s), valid")
-    for item in select(plan_phases(pipeline, single_dir), phase):
-        model = pipeline.model_for(item.phase.name)
-        status = "finished, would be skipped" if is_complete(item.run_dir) else "would train"
+    kind = "pipeline" if plan.is_pipeline else "phase"
+    out.lines.append(f"config {loaded.path}: {kind} with {len(plan.pipeline.phases)} phase(s), valid")
+    for item in plan.phases:
+        model = item.model
+        status = "finished, would be skipped" if item.run.is_complete else "would train"
         start = f"from phase {item.phase.start_from}" if item.phase.start_from else f"from base {model.base}"
-        out.lines.append(f"phase {item.phase.name} ({status}) -> {item.run_dir}")
+        out.lines.append(f"phase {item.name} ({status}) -> {item.run_dir}")
         out.lines.append(f"  starts {start}; {model.quantization} base, LoRA r={item.phase.lora.r} "
                          f"alpha={item.phase.lora.alpha} dropout={item.phase.lora.dropout}")
         problem = model_access(model)
         if problem:
-            out.missing.append(f"phase {item.phase.name}: {problem}")
-        for name, stage in zip(stage_names(item.phase), item.phase.stage_list, strict=True):
-            t = stage.training
+            out.missing.append(f"phase {item.name}: {problem}")
+        for stage in item.stages:
+            t = stage.config.training
             steps = f"{t.max_steps} steps" if t.max_steps else f"{t.num_epochs:g} epoch(s)"
-            out.lines.append(f"  stage {name}: {steps}, micro batch {t.micro_batch_size} x accumulation "
+            out.lines.append(f"  stage {stage.label}: {steps}, micro batch {t.micro_batch_size} x accumulation "
                              f"{t.gradient_accumulation_steps} = {t.effective_batch_size}, lr {t.learning_rate:g} "
-                             f"{t.lr_scheduler}, {len(stage.data.datasets)} data source(s)")
+                             f"{t.lr_scheduler}, {len(stage.config.data.datasets)} data source(s)")
             out.lines.extend(_data_lines(stage, out))
     if preflight:
         _preflight_lines(loaded, out)
@@ -93,16 +91,15 @@ def _preflight_lines(loaded: LoadedConfig, out: DryRun) -> None:
             out.missing.append(f"{check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else ""))
 
 
-def _data_lines(stage, out: DryRun) -> list[str]:  # type: ignore[no-untyped-def]
-    try:
-        from nova.data import check_data
-    except ImportError:
-        return ["    data: not checked (nova.data unavailable)"]
-    if not stage.data.datasets:
-        out.missing.append("a stage has no data.datasets")
+def _data_lines(stage: PlannedStage, out: DryRun) -> list[str]:
+    from nova.data import check_data
+
+    cfg = stage.config
+    if not cfg.data.datasets:
+        out.missing.append(f"stage {stage.label} has no data.datasets")
         return ["    data: none configured"]
     try:
-        report = check_data(stage.data, method=stage.method)
+        report = check_data(cfg.data, method=cfg.method, dpo=cfg.dpo)
     except NovaError as exc:
         out.missing.extend(exc.lines())
         return ["    data: INVALID (see below)"]

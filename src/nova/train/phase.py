@@ -11,102 +11,21 @@ The order matters and reads top to bottom in ``run_phase``:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from nova.config.schema import ModelConfig, PhaseConfig, StageConfig
-from nova.console import RunLog
+from nova.config.schema import StageConfig
 from nova.errors import NovaError
-from nova.files import replace_path, write_json_atomic
-from nova.model.adapters import TRAINABLE, AdapterRef, add_trainable, save_trainable, stack_frozen
-from nova.train.resilience import StopRequest
-
-COMPLETE = "COMPLETE"
-STAGE_REF = "stage_start"  # frozen copy of the phase adapter as it was when a later stage began
-
-
-@dataclass
-class StageResult:
-    name: str
-    method: str
-    steps: int = 0
-    seconds: float = 0.0
-    train_loss: float | None = None
-    eval_loss_start: float | None = None
-    eval_loss_end: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PhaseResult:
-    name: str
-    run_dir: Path
-    adapter_dir: Path
-    stages: list[StageResult]
-    seconds: float
-    skipped: bool = False
-
-
-def stage_names(phase: PhaseConfig) -> list[str]:
-    """Directory names of a phase's stages: the method, numbered when it repeats (sft, dpo, sft-2)."""
-    names: list[str] = []
-    for stage in phase.stage_list:
-        base, n = stage.method, 1
-        while (base if n == 1 else f"{base}-{n}") in names:
-            n += 1
-        names.append(base if n == 1 else f"{base}-{n}")
-    return names
-
-
-def is_complete(run_dir: Path) -> bool:
-    return (run_dir / COMPLETE).exists() and (run_dir / "adapter" / "adapter_config.json").exists()
-
-
-def write_resolved_config(run_dir: Path, phase: PhaseConfig, model: ModelConfig,
-                          chain: list[AdapterRef], extra: dict[str, Any] | None = None) -> None:
-    """The config as it ran: defaults and overrides applied, the base model resolved."""
-    data = phase.model_dump(mode="json")
-    if phase.stages:  # the single-stage keys are unused defaults then; keep the file loadable as a config
-        for key in ("method", "data", "training", "dpo"):
-            data.pop(key, None)
-    data["model"] = model.model_dump(mode="json")
-    data["_chain"] = [{"phase": r.name, "adapter": str(r.path)} for r in chain]
-    if extra:
-        data["_resolved"] = extra
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-
-
-def save_adapter_atomic(peft_model: Any, dest: Path) -> None:
-    """Save the trainable adapter to a temporary sibling and rename it into place."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_trainable(peft_model, tmp)
-    replace_path(tmp, dest)
-
-
-@dataclass
-class PhaseContext:
-    """Everything a phase run needs that is not in its config."""
-
-    phase: PhaseConfig
-    model_cfg: ModelConfig
-    run_dir: Path
-    chain: list[AdapterRef]
-    log: RunLog
-    resume: bool = True
-    stop: StopRequest = field(default_factory=StopRequest)
-    rerun_hint: str = "rerun the same nova train command"
-    extra_callbacks: list[Any] = field(default_factory=list)
+from nova.files import atomic_dir, write_json_atomic, write_text_atomic
+from nova.model.adapters import TRAINABLE, add_trainable
+from nova.plan import PlannedPhase
+from nova.runs.layout import ATTEMPT_STATE
+from nova.runs.process import training_process
+from nova.runs.record import resolved_config, write_run_config
+from nova.train.context import STAGE_REF, PhaseContext, PhaseResult, StageRun
 
 
 def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
@@ -114,13 +33,12 @@ def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
     from nova.data import prepare_stage_data
 
     prepared = []
-    for name, stage in zip(stage_names(ctx.phase), ctx.phase.stage_list, strict=True):
-        if not stage.data.datasets:
-            raise NovaError(f"phase '{ctx.phase.name}' stage '{name}' has no data.datasets",
-                            hint="add at least one data source")
-        data = prepare_stage_data(stage.data, tokenizer, method=stage.method, seed=stage.training.seed,
-                                  dpo=stage.dpo)
-        ctx.log.say(f"[{ctx.phase.name}/{name}] data:")
+    for stage in ctx.planned.stages:
+        cfg = stage.config
+        if not cfg.data.datasets:
+            raise NovaError(f"stage {stage.label} has no data.datasets", hint="add at least one data source")
+        data = prepare_stage_data(cfg.data, tokenizer, method=cfg.method, seed=cfg.training.seed, dpo=cfg.dpo)
+        ctx.log.say(f"[{stage.label}] data:")
         for line in data.report.lines():
             ctx.log.say(f"  {line}")
         prepared.append(data)
@@ -128,18 +46,19 @@ def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
 
 
 def auto_fit_stages(ctx: PhaseContext, source: str, placement: Any,
-                    budget_bytes: int | None = None) -> tuple[list[StageConfig], dict[str, Any]]:
+                    budget_bytes: int | None = None) -> tuple[PlannedPhase, dict[str, Any]]:
     """Apply ``training.auto_fit``: per stage, the micro batch, accumulation and checkpointing that fit
     the GPU's free memory (measured now, before the model loads), same effective batch.
 
-    Returns the stages to run and, per stage name, what was chosen and why (recorded in config.yaml).
+    Returns the phase with the stages to run and, per stage name, what was chosen and why (recorded
+    in config.yaml). The changed settings are validated like a user's config.
     """
-    stages = list(ctx.phase.stage_list)
-    if not any(s.training.auto_fit for s in stages):
-        return stages, {}
+    planned = ctx.planned
+    if not any(s.config.training.auto_fit for s in planned.stages):
+        return planned, {}
     if placement.device != "cuda" and budget_bytes is None:
-        ctx.log.say(f"[{ctx.phase.name}] auto_fit: no GPU, keeping the configured batch settings")
-        return stages, {}
+        ctx.log.say(f"[{planned.name}] auto_fit: no GPU, keeping the configured batch settings")
+        return planned, {}
     if budget_bytes is None:
         from nova.lazy import require
 
@@ -148,32 +67,40 @@ def auto_fit_stages(ctx: PhaseContext, source: str, placement: Any,
 
     model_config = json.loads((Path(source) / "config.json").read_text()) if Path(source).is_dir() else None
     if model_config is None:
-        ctx.log.say(f"[{ctx.phase.name}] auto_fit: no local config.json for {source}; keeping the batch settings")
-        return stages, {}
+        ctx.log.say(f"[{planned.name}] auto_fit: no local config.json for {source}; keeping the batch settings")
+        return planned, {}
     fits: dict[str, Any] = {}
-    out = []
-    for name, stage in zip(stage_names(ctx.phase), stages, strict=True):
-        if not stage.training.auto_fit:
-            out.append(stage)
+    configs: list[StageConfig] = []
+    for stage in planned.stages:
+        cfg = stage.config
+        if not cfg.training.auto_fit:
+            configs.append(cfg)
             continue
-        choice = fit_stage(model_config, ctx.model_cfg, ctx.phase.lora, stage, budget_bytes)
-        fits[name] = choice.to_dict()
-        ctx.log.say(f"[{ctx.phase.name}/{name}] auto_fit: {choice.reason}")
+        choice = fit_stage(model_config, planned.model, planned.phase.lora, cfg, budget_bytes)
+        fits[stage.name] = choice.to_dict()
+        ctx.log.say(f"[{stage.label}] auto_fit: {choice.reason}")
         if not choice.fits:
-            raise NovaError(f"auto_fit: stage {name} does not fit: {choice.reason}")
-        training = stage.training.model_copy(update={
-            "micro_batch_size": choice.micro_batch_size,
-            "gradient_accumulation_steps": choice.gradient_accumulation_steps,
-            "gradient_checkpointing": choice.gradient_checkpointing})
-        out.append(stage.model_copy(update={"training": training}))
-    return out, fits
+            raise NovaError(f"auto_fit: stage {stage.label} does not fit: {choice.reason}")
+        training = cfg.training.changed(micro_batch_size=choice.micro_batch_size,
+                                        gradient_accumulation_steps=choice.gradient_accumulation_steps,
+                                        gradient_checkpointing=choice.gradient_checkpointing)
+        configs.append(cfg.changed(training=training))
+    return planned.with_stage_configs(configs), fits
 
 
 def _write_data_reports(ctx: PhaseContext, datasets: list[Any]) -> None:
-    for name, data in zip(stage_names(ctx.phase), datasets, strict=True):
-        stage_dir = ctx.run_dir / "stages" / name
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(stage_dir / "data_report.json", data.report.to_dict())
+    for stage, data in zip(ctx.planned.stages, datasets, strict=True):
+        write_json_atomic(ctx.run.data_report(stage.name), data.report.to_dict())
+
+
+def _forget_earlier_attempt(ctx: PhaseContext) -> None:
+    """--fresh or --force: remove what an earlier attempt of this phase left."""
+    for name in ATTEMPT_STATE:
+        target = ctx.run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> PhaseResult:
@@ -185,66 +112,52 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
 
     started = time.time()
     source = resolve_base(ctx.model_cfg)
-    placement = choose_placement(ctx.model_cfg.compute_dtype, ctx.phase.stage_list[0].training.gpu)
+    placement = choose_placement(ctx.model_cfg.compute_dtype, ctx.planned.stages[0].config.training.gpu)
     tokenizer = load_tokenizer(ctx.model_cfg, source)
     datasets = prepare_all_data(ctx, tokenizer)
-    stages, fits = auto_fit_stages(ctx, source, placement)
+    planned, fits = auto_fit_stages(ctx, source, placement)
+    ctx.planned = planned
 
     if on_start is not None:
         on_start()
     ctx.log.attach()
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.run_dir / COMPLETE).unlink(missing_ok=True)
-    if not ctx.resume:  # --fresh or --force: forget earlier attempts of this phase
-        for old in ("checkpoints", "stages", "metrics.jsonl", "recoveries.jsonl", "alerts.jsonl"):
-            target = ctx.run_dir / old
-            if target.is_dir():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                target.unlink(missing_ok=True)
-    pid_file = ctx.run_dir / "nova.pid"
-    write_json_atomic(pid_file, {"pid": os.getpid(), "started": time.time(), "host": socket.gethostname()})
-    try:
-        return _train_phase(ctx, tokenizer, placement, source, datasets, stages, fits, started)
-    finally:
-        pid_file.unlink(missing_ok=True)
+    ctx.run.complete_marker.unlink(missing_ok=True)
+    if not ctx.resume:
+        _forget_earlier_attempt(ctx)
+    with training_process(ctx.run):
+        return _train_phase(ctx, tokenizer, placement, source, datasets, fits, started)
 
 
 def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str, datasets: list[Any],
-                 stages: list[StageConfig], fits: dict[str, Any], started: float) -> PhaseResult:
+                 fits: dict[str, Any], started: float) -> PhaseResult:
+    from nova.lazy import require
     from nova.model.loading import load_base_model
     from nova.train.stage import run_stage
 
-    write_resolved_config(ctx.run_dir, ctx.phase, ctx.model_cfg, ctx.chain,
-                          {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source,
-                           "auto_fit": fits or None})
+    write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain, {
+        "device": placement.device, "compute_dtype": placement.dtype_name, "base": source,
+        "auto_fit": fits or None}))
     _write_data_reports(ctx, datasets)
-
+    frozen = f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}" if ctx.chain else ""
     ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
-                f"{placement.device})" + (f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}"
-                                          if ctx.chain else ""))
+                f"{placement.device}){frozen}")
     base = load_base_model(ctx.model_cfg, placement, source)
-    from nova.lazy import require
-
-    require("transformers").set_seed(stages[0].training.seed)  # the new adapter's initial weights
+    require("transformers").set_seed(ctx.planned.stages[0].config.training.seed)  # the new adapter's init
     model = _prepare_for_training(base, ctx)
     results = []
-    for index, (name, stage, data) in enumerate(zip(stage_names(ctx.phase), stages, datasets, strict=True)):
-        if index > 0:
-            _freeze_stage_start(model, ctx.run_dir / "stages" / stage_names(ctx.phase)[index - 1] / "adapter")
-        results.append(run_stage(ctx, model, tokenizer, placement, name, stage, data, index))
+    for stage, data in zip(ctx.planned.stages, datasets, strict=True):
+        if stage.index > 0:
+            _freeze_stage_start(model, ctx.run.stage_adapter(ctx.planned.stages[stage.index - 1].name))
+        results.append(run_stage(StageRun(ctx, stage, model, tokenizer, placement, data)))
 
-    final = ctx.run_dir / "adapter"
-    last_stage_adapter = ctx.run_dir / "stages" / stage_names(ctx.phase)[-1] / "adapter"
-    tmp = final.with_name("adapter.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(last_stage_adapter, tmp)
-    replace_path(tmp, final)
+    final = ctx.run.adapter
+    with atomic_dir(final, check=False) as tmp:
+        shutil.copytree(ctx.run.stage_adapter(ctx.planned.stages[-1].name), tmp, dirs_exist_ok=True)
     seconds = time.time() - started
     result = PhaseResult(ctx.phase.name, ctx.run_dir, final, results, seconds)
     _smoke_prompts(ctx, model, tokenizer)
-    write_json_atomic(ctx.run_dir / COMPLETE, {
+    write_json_atomic(ctx.run.complete_marker, {
         "phase": ctx.phase.name, "finished": time.time(), "seconds": round(seconds, 1),
         "stages": [r.__dict__ for r in results], "adapter": str(final),
     })
@@ -274,34 +187,15 @@ def _freeze_stage_start(model: Any, adapter_dir: Path) -> None:
     activate(model, active, trainable=[TRAINABLE])
 
 
-def _reference_adapters(ctx: PhaseContext, index: int) -> list[str]:
-    """The DPO reference: earlier phases, plus this phase's adapter as it was when the stage began."""
-    names = [r.name for r in ctx.chain]
-    return [*names, STAGE_REF] if index > 0 else names
-
-
 def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
     """Answer the config's smoke prompts with the tuned model and save them beside the adapter."""
     if not ctx.phase.smoke_prompts:
         return
-    from nova.infer import generate_answers
+    from nova.model.generate import generate_answers
 
     answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
-    with (ctx.run_dir / "smoke.jsonl").open("w", encoding="utf-8") as fh:
-        for prompt, answer in zip(ctx.phase.smoke_prompts, answers, strict=True):
-            fh.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
-            ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r} -> {answer[:200]!r}")
-
-
-def chain_refs(run_dirs: list[tuple[str, Path]]) -> list[AdapterRef]:
-    """Adapter references for the earlier phases of a chain (their run directories must be complete)."""
-    refs = []
-    for name, run_dir in run_dirs:
-        if not is_complete(run_dir):
-            raise NovaError(f"phase '{name}' has not finished: no complete adapter in {run_dir}",
-                            hint=f"train it first (nova train --config PIPELINE --phase {name})")
-        refs.append(AdapterRef(name, run_dir / "adapter"))
-    return refs
-
-
-__all__ = ["COMPLETE", "PhaseContext", "PhaseResult", "chain_refs", "is_complete", "run_phase", "stack_frozen"]
+    lines = []
+    for prompt, answer in zip(ctx.phase.smoke_prompts, answers, strict=True):
+        lines.append(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+        ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r} -> {answer[:200]!r}")
+    write_text_atomic(ctx.run.smoke, "".join(lines))

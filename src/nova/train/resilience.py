@@ -1,9 +1,7 @@
 """Runs that survive: sealed checkpoints, exact resume, clean stops on signals, NaN and OOM handling.
 
 - A checkpoint is written into ``.tmp-checkpoint-N``, sealed with ``nova_checkpoint.json`` and
-  renamed to ``checkpoint-N`` only when complete, so a kill at any moment never leaves a
-  checkpoint that resume would take. Resume takes the newest sealed checkpoint whose files are
-  all there, moves broken ones aside with a message, and retention never deletes the newest.
+  renamed to ``checkpoint-N`` only when complete (the format and its checks: nova.runs.checkpoints).
 - The HF Trainer's own PEFT resume switches a stacked composition down to one adapter (it
   activates only the first active adapter), so nova loads the trained adapter's weights itself.
 - SIGINT / SIGTERM ask for a checkpoint at the end of the current step and a clean exit; a
@@ -25,64 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nova.errors import NovaError, TrainingStopped
+from nova.errors import TrainingStopped
 from nova.lazy import require
-
-SEAL = "nova_checkpoint.json"
-REQUIRED_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+from nova.runs.checkpoints import SEAL, TMP_PREFIX, checkpoint_name, rotate
 
 
 class NonFiniteLoss(TrainingStopped):
     """The loss became NaN or infinite."""
-
-
-def checkpoint_step(path: Path) -> int:
-    try:
-        return int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """None for a complete, sealed checkpoint; otherwise what is wrong with it."""
-    if not (path / SEAL).exists():
-        return "not sealed (written partially, e.g. killed while saving)"
-    missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-        weights = path / "adapter_model.safetensors"
-        with weights.open("rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            if header_len + 8 > weights.stat().st_size:
-                raise ValueError("safetensors header longer than the file")
-            json.loads(fh.read(header_len))
-    except (ValueError, OSError) as exc:
-        return f"corrupted ({type(exc).__name__})"
-    return None
-
-
-def latest_checkpoint(stage_dir: Path, say: Any = None) -> Path | None:
-    """The newest complete checkpoint under ``stage_dir``; broken newer ones are moved aside."""
-    if not stage_dir.is_dir():
-        return None
-    for path in sorted(stage_dir.glob("checkpoint-*"), key=checkpoint_step, reverse=True):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        aside = path.with_name(f"broken-{path.name}-{int(time.time())}")
-        path.rename(aside)
-        if say:
-            say(f"skipping {path.name}: {problem}; moved to {aside.name}")
-    return None
-
-
-def rotate(stage_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` sealed checkpoints (never the newest one) and drop stale temp dirs."""
-    sealed = sorted((p for p in stage_dir.glob("checkpoint-*") if (p / SEAL).exists()), key=checkpoint_step)
-    for old in sealed[:-max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class NovaTrainerMixin:
@@ -96,8 +43,8 @@ class NovaTrainerMixin:
 
         run_dir = Path(self._get_output_dir(trial=trial))  # type: ignore[attr-defined]
         step = self.state.global_step  # type: ignore[attr-defined]
-        final = run_dir / f"checkpoint-{step}"
-        tmp = run_dir / f".tmp-checkpoint-{step}"
+        final = run_dir / checkpoint_name(step)
+        tmp = run_dir / f"{TMP_PREFIX}{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         self.store_flos()  # type: ignore[attr-defined]
         self.save_model(str(tmp), _internal_call=True)  # type: ignore[attr-defined]
@@ -116,15 +63,9 @@ class NovaTrainerMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load only the trained adapter's weights, keeping the stacked composition active."""
-        peft = require("peft")
-        safetensors = require("safetensors.torch")
-        model = model or self.model  # type: ignore[attr-defined]
-        weights = safetensors.load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors"))
-        result = peft.set_peft_model_state_dict(model, weights, adapter_name="default")
-        unexpected = getattr(result, "unexpected_keys", None)
-        if unexpected:
-            raise NovaError(f"checkpoint {resume_from_checkpoint} does not match this adapter "
-                            f"({len(unexpected)} unexpected weights)", hint="resume with the same lora settings")
+        from nova.model.adapters import load_trainable_weights
+
+        load_trainable_weights(model or self.model, Path(resume_from_checkpoint))  # type: ignore[attr-defined]
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         loss = super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
@@ -216,9 +157,8 @@ def smaller_batch(training: Any) -> Any | None:
         return None
     micro = training.micro_batch_size // 2
     effective = training.micro_batch_size * training.gradient_accumulation_steps
-    return training.model_copy(update={"micro_batch_size": micro,
-                                       "gradient_accumulation_steps": max(1, effective // micro),
-                                       "gradient_checkpointing": True})
+    return training.changed(micro_batch_size=micro, gradient_accumulation_steps=max(1, effective // micro),
+                            gradient_checkpointing=True)
 
 
 def is_oom(exc: BaseException) -> bool:

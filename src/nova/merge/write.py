@@ -1,0 +1,124 @@
+"""Writing the merged model: generation config, weights in the output dtype, the reload check, provenance.
+
+Everything is written into a temporary sibling of the output (``nova.files.atomic_dir``) and
+renamed into place only after the written directory reloads with plain transformers and gives
+the logits of the merged weights; any failure leaves no output and no temporary directory.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nova.errors import NovaError
+from nova.files import atomic_dir
+from nova.lazy import require
+from nova.merge.inputs import check_disk
+from nova.merge.parity import Parity, check_saved, compute_logits, max_abs_diff
+from nova.merge.weights import Say, round_parameters
+
+if TYPE_CHECKING:
+    from nova.merge.inputs import MergePlan
+
+MERGE_INFO = "nova_merge.json"
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template puts after an assistant message (e.g. <|im_end|>), if any."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "NOVAMERGEMARKER"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template may reject this conversation; then there is nothing to learn from it
+        return None
+    if marker not in text:
+        return None
+    tail = text.split(marker, 1)[1].lstrip()
+    ids = tokenizer(tail, add_special_tokens=False).input_ids if tail else []
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    return int(ids[0]) if ids and ids[0] in special else None
+
+
+def as_id_list(value: Any) -> list[int]:
+    """A token id setting (None, one id or several) as a list, as generation configs allow all three."""
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
+
+
+def generation_config(source: str, model: Any, tokenizer: Any) -> Any:
+    """The base's generation config with eos = base eos + tokenizer eos + the end-of-turn token."""
+    transformers = require("transformers")
+    try:
+        gen = transformers.GenerationConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        gen = transformers.GenerationConfig.from_model_config(model.config)
+    ids: list[int] = []
+    eos = [*as_id_list(gen.eos_token_id), *as_id_list(tokenizer.eos_token_id), *as_id_list(end_of_turn_id(tokenizer))]
+    for i in eos:
+        if i not in ids:
+            ids.append(i)
+    gen.eos_token_id = ids[0] if len(ids) == 1 else ids
+    if tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
+        gen.bos_token_id = tokenizer.bos_token_id
+    return gen
+
+
+def restore_padding_side(tokenizer: Any, source: str) -> None:
+    """nova trains with right padding; the shipped tokenizer keeps the base's own setting."""
+    try:
+        config = json.loads((Path(source) / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if config.get("padding_side") in ("left", "right"):
+        tokenizer.padding_side = config["padding_side"]
+
+
+def write_model(model: Any, tokenizer: Any, gen: Any, tmp: Path) -> None:
+    """Save weights (safetensors shards), config, generation config and tokenizer (with chat template)."""
+    model.generation_config = gen
+    model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="5GB")
+    tokenizer.save_pretrained(str(tmp))
+
+
+def write_info(path: Path, plan: MergePlan, parity: Parity) -> None:
+    """Provenance beside the weights: which base and adapters, how, and the parity figures."""
+    cfg = plan.inputs.model_cfg
+    data = {"run_dir": str(plan.inputs.run_dir.resolve()), "base": cfg.base, "base_source": plan.source,
+            "quantization": cfg.quantization, "double_quant": cfg.double_quant,
+            "adapters": [{"name": r.name, "path": str(r.path.resolve())} for r in plan.inputs.adapters],
+            "from": plan.source_kind, "dtype": plan.dtype_name, "parity": parity.__dict__,
+            "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")  # inside the temporary directory
+
+
+def write_verified(plan: MergePlan, model: Any, tokenizer: Any, batches: list[Any], merged: list[Any], parity: Parity,
+                   tolerance: float, say: Say) -> Any:
+    """Write to a temporary sibling, reload it with plain transformers, check it, rename it into place."""
+    torch = require("torch")
+    if plan.estimate is None:
+        check_disk(plan.out, sum(p.numel() for p in model.parameters()) * (4 if plan.dtype_name == "float32" else 2))
+    gen = generation_config(plan.source, model, tokenizer)
+    round_parameters(model, plan.dtype_name)
+    cast = compute_logits(model, batches)
+    parity.dtype_cost = max_abs_diff(cast, merged)
+    # check=False: plan_merge already refused an output that --force may not replace.
+    with atomic_dir(plan.out, check=False) as tmp:
+        say(f"writing {plan.dtype_name} weights to {tmp}")
+        write_model(model.to(getattr(torch, plan.dtype_name)), tokenizer, gen, tmp)
+        del model
+        gc.collect()
+        say("reloading the written model with plain transformers")
+        parity.saved_vs_merged_cast = check_saved(tmp, batches, cast, bool(getattr(tokenizer, "chat_template", None)))
+        if parity.saved_vs_merged_cast > tolerance:
+            raise NovaError(f"the written model reloads with logits {parity.saved_vs_merged_cast:.3g} away from "
+                            f"the merged weights (tolerance {tolerance:g}); nothing was kept")
+        write_info(tmp / MERGE_INFO, plan, parity)
+    return gen

@@ -1,0 +1,95 @@
+"""``nova status`` as text: one block per phase, one fact per line, ASCII only."""
+
+from __future__ import annotations
+
+import time
+
+from nova.console import human_seconds
+from nova.monitor.status import PhaseStatus, RunStatus
+from nova.runs.jsonl import number
+
+
+def _ago(seconds: float) -> str:
+    return f"{human_seconds(max(seconds, 0))} ago"
+
+
+def _where(ps: PhaseStatus) -> str:
+    where = f"{ps.stage}"
+    if ps.stage in ps.stages and len(ps.stages) > 1:
+        where += f" (stage {ps.stages.index(ps.stage) + 1} of {len(ps.stages)}: {', '.join(ps.stages)})"
+    if ps.step is not None:
+        total = "" if ps.total_steps is None else f" of {'' if ps.total_exact else '~'}{ps.total_steps}"
+        pct = f" ({100 * ps.step / ps.total_steps:.0f}%)" if ps.total_steps else ""
+        where += f", step {ps.step}{total}{pct}"
+    return where
+
+
+def _numbers(ps: PhaseStatus) -> list[str]:
+    out = []
+    losses = []
+    if ps.train_loss is not None:
+        losses.append(f"train {ps.train_loss:.4f}")
+    if ps.eval_loss is not None:
+        losses.append(f"eval {ps.eval_loss:.4f} (step {ps.eval_step})")
+    if losses:
+        out.append(f"  loss:       {', '.join(losses)}")
+    speed = []
+    if ps.tokens_per_second is not None:
+        speed.append(f"{ps.tokens_per_second:.0f} tokens/s")
+    if ps.seconds_per_step is not None:
+        speed.append(f"{ps.seconds_per_step:.2f} s/step")
+    if speed:
+        out.append(f"  speed:      {', '.join(speed)}")
+    if ps.eta_seconds is not None:
+        out.append(f"  eta:        {human_seconds(ps.eta_seconds)} to the end of stage {ps.stage}")
+    return out
+
+
+def _alerts(ps: PhaseStatus) -> list[str]:
+    if not ps.alert_count:
+        return ["  alerts:     none"]
+    out = [f"  alerts:     {ps.alert_count}, latest:"]
+    for a in ps.last_alerts:
+        t = number(a.get("time"))
+        stamp = time.strftime("%H:%M:%S", time.localtime(t)) if t is not None else "?"
+        out.append(f"    {stamp} {a.get('message', a.get('kind', '?'))}")
+    return out
+
+
+def phase_lines(ps: PhaseStatus, now: float) -> list[str]:
+    """The text block of one phase: one fact per line, missing facts left out."""
+    head = f"{ps.name}: {ps.status}"
+    if ps.process.state != "none" or ps.status in ("running", "stopped"):
+        head += f" - process {ps.process.describe()}"
+    out = [head, f"  run dir:    {ps.run_dir}"]
+    if ps.note:
+        out.append(f"  note:       {ps.note}")
+    if ps.stage is not None:
+        out.append(f"  stage:      {_where(ps)}")
+    out += _numbers(ps)
+    if ps.checkpoint:
+        out.append(f"  checkpoint: {ps.checkpoint}")
+    if ps.last_update is not None:
+        out.append(f"  updated:    {_ago(now - ps.last_update)} (last metrics line)")
+    if ps.started is not None:
+        took = f", took {human_seconds(ps.ended - ps.started)}" if ps.ended and ps.ended >= ps.started else ""
+        out.append(f"  started:    {_ago(now - ps.started)}{took}")
+    if ps.recoveries:
+        out.append(f"  recoveries: {ps.recoveries} (out-of-memory retries with a smaller batch; see recoveries.jsonl)")
+    if ps.error:
+        out.append(f"  error:      {ps.error}")
+    return out + _alerts(ps)
+
+
+def status_lines(status: RunStatus) -> list[str]:
+    """All of ``nova status`` as ASCII lines."""
+    out = []
+    if status.kind == "pipeline":
+        counts: dict[str, int] = {}
+        for p in status.phases:
+            counts[p.status] = counts.get(p.status, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+        out.append(f"pipeline {status.path}: {len(status.phases)} phases ({summary})")
+    for p in status.phases:
+        out.extend(phase_lines(p, status.checked))
+    return [line.encode("ascii", "replace").decode("ascii") for line in out]

@@ -1,0 +1,124 @@
+"""The plan: which phases and stages a config runs, with which model, run directory and chain.
+
+``make_plan`` is the one place a loaded config becomes that list. Training, ``--dry-run``,
+preflight and ``nova data`` all read it, so they agree on run directories and on how a stage
+is named: ``<phase>/<stage>`` (``doica/sft``, ``sora/dpo``, ``sora/sft-2``) everywhere.
+
+A single phase file runs as a one-phase pipeline writing to the phase's own run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nova.config.load import LoadedConfig
+from nova.config.schema import ModelConfig, PhaseConfig, PipelineConfig, StageConfig
+from nova.errors import NovaError
+from nova.runs.layout import PIPELINE, RunDir, stage_label, stage_names
+from nova.runs.record import AdapterRef
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of a phase: its directory name, its label, its config."""
+
+    index: int
+    name: str  # sft, dpo, sft-2: names stages/<name>/ and checkpoints/<name>/
+    label: str  # <phase>/<name>
+    config: StageConfig
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+
+@dataclass(frozen=True)
+class PlannedPhase:
+    """One phase to run: its config, base model, run directory and the earlier phases it stacks on."""
+
+    phase: PhaseConfig
+    model: ModelConfig
+    run: RunDir
+    chain: tuple[tuple[str, RunDir], ...]  # earlier phases of its chain, oldest first
+    stages: tuple[PlannedStage, ...]
+
+    @property
+    def name(self) -> str:
+        return self.phase.name
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    def chain_refs(self) -> list[AdapterRef]:
+        """The earlier phases' adapters (their run directories must be complete)."""
+        refs = []
+        for name, run in self.chain:
+            if not run.is_complete:
+                raise NovaError(f"phase '{name}' has not finished: no complete adapter in {run.path}",
+                                hint=f"train it first (nova train --config PIPELINE --phase {name})")
+            refs.append(AdapterRef(name, run.adapter))
+        return refs
+
+    def with_stage_configs(self, configs: list[StageConfig]) -> PlannedPhase:
+        """The same phase with changed stage configs (auto-fit), names and labels kept."""
+        stages = tuple(replace(s, config=c) for s, c in zip(self.stages, configs, strict=True))
+        return replace(self, stages=stages)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every phase a config runs, in order."""
+
+    config_path: Path
+    pipeline: PipelineConfig
+    is_pipeline: bool
+    phases: tuple[PlannedPhase, ...]
+
+    @property
+    def state_path(self) -> Path | None:
+        """pipeline.json of a pipeline run (a single phase has none)."""
+        return Path(self.pipeline.output_dir) / PIPELINE if self.is_pipeline else None
+
+    @property
+    def stage_count(self) -> int:
+        return sum(len(p.stages) for p in self.phases)
+
+    def select(self, only: str | None) -> Plan:
+        """Only the phase named ``only`` (None: all)."""
+        if only is None:
+            return self
+        names = [p.name for p in self.phases]
+        if only not in names:
+            raise NovaError(f"no phase named '{only}' in this config", hint=f"phases: {', '.join(names)}")
+        return replace(self, phases=tuple(p for p in self.phases if p.name == only))
+
+
+def planned_stages(phase: PhaseConfig) -> tuple[PlannedStage, ...]:
+    stages = phase.stage_list
+    names = stage_names([s.method for s in stages])
+    return tuple(PlannedStage(i, n, stage_label(phase.name, n), s)
+                 for i, (n, s) in enumerate(zip(names, stages, strict=True)))
+
+
+def as_pipeline(loaded: LoadedConfig) -> tuple[PipelineConfig, bool]:
+    """A pipeline config as it is; a phase config as a one-phase pipeline (is_pipeline False)."""
+    if isinstance(loaded.config, PipelineConfig):
+        return loaded.config, True
+    phase = loaded.config
+    if phase.start_from is not None:
+        raise NovaError(f"phase '{phase.name}' sets start_from, which only works inside a pipeline config",
+                        hint="list both phases under 'phases:' in a pipeline file, and use that file")
+    return PipelineConfig(output_dir=str(phase.run_dir.parent), phases=[phase]), False
+
+
+def make_plan(loaded: LoadedConfig) -> Plan:
+    """The phases and stages of a loaded config, with their models, run directories and chains."""
+    pipeline, is_pipeline = as_pipeline(loaded)
+    phases = []
+    for phase in pipeline.phases:
+        run = RunDir(pipeline.phase_dir(phase.name) if is_pipeline else phase.run_dir)
+        chain = tuple((p.name, RunDir(pipeline.phase_dir(p.name))) for p in pipeline.chain(phase.name)[:-1])
+        phases.append(PlannedPhase(phase, pipeline.model_for(phase.name), run, chain, planned_stages(phase)))
+    return Plan(loaded.path, pipeline, is_pipeline, tuple(phases))

@@ -1,0 +1,209 @@
+"""Checks of what a run reads: the model, its chat template, the data, learning rate and schedule.
+
+The data is read through ``nova.data.sources`` (``list_files``, ``peek_record``, ``count_records``)
+and ``detect_format``, the reader training uses, so preflight sees the same files, formats and
+record counts; it reads only as much of each file as answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from nova.config.data_schema import DataConfig, DatasetSpec
+from nova.config.schema import ModelConfig, StageConfig
+from nova.data import sources
+from nova.data.records import RecordProblem, apply_columns, detect_format
+from nova.errors import NovaError, ProblemList
+from nova.files import MiB
+from nova.preflight.model_source import ModelSource
+from nova.preflight.report import Check
+
+LR_RANGE = {"sft": (1e-5, 1e-3), "dpo": (1e-6, 1e-4)}
+EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
+# The largest file preflight reads, by suffix (others: READ_WHOLE). JSON and CSV are parsed whole;
+# JSON Lines are peeked at by their first line and counted by lines; Parquet counted from its footer.
+READ_WHOLE = 64 * MiB
+PEEK_LIMITS = {".jsonl": math.inf}
+COUNT_LIMITS = {".jsonl": 512 * MiB, ".parquet": math.inf}
+
+
+def check_model(source: ModelSource) -> Check:
+    """The model is reachable: a directory with config.json (weights optional for preflight), a .gguf, a hub id."""
+    if source.kind == "local" and source.path is not None:
+        if not any(any(source.path.glob(g)) for g in WEIGHT_GLOBS):
+            return Check("model", "warn", f"{source.message} has config.json but no weight files: enough for "
+                         "preflight, not for training", "put the model's weights (*.safetensors) next to config.json")
+        return Check("model", "pass", source.message)
+    if source.kind in ("gguf", "hub_cached"):
+        return Check("model", "pass", source.message)
+    if source.kind == "hub_remote":
+        return Check("model", "warn", f"{source.message}; it will be downloaded on the first run",
+                     f"download it ahead: huggingface-cli download {source.base}")
+    return Check("model", "fail", source.message,
+                 "check model.base (a local directory with config.json, a .gguf file, or a hub id); for a hub id "
+                 f"run 'huggingface-cli download {source.base}' while online")
+
+
+def needs_chat_template(data: DataConfig) -> bool | None:
+    """Whether the data is chat-shaped (so the tokenizer's template renders it); None if unknown."""
+    answers = [_spec_needs_template(s) for s in [*data.datasets, *data.eval_datasets]]
+    if any(a is True for a in answers):
+        return True
+    return None if any(a is None for a in answers) else False
+
+
+def _spec_needs_template(spec: DatasetSpec) -> bool | None:
+    """nova.data renders every format but plain text as a chat, through the template."""
+    fmt = spec.format if spec.format != "auto" else _detected_format(spec)
+    return None if fmt is None else fmt != "text"
+
+
+def _detected_format(spec: DatasetSpec) -> str | None:
+    """The format nova.data detects from the source's first record; None when that is not cheap to see."""
+    files = _source_files(spec)
+    if not files or not _small_enough(files[0], PEEK_LIMITS):
+        return None
+    try:
+        record = sources.peek_record(files[0])
+        return detect_format(apply_columns(record, spec.columns)) if record is not None else None
+    except (sources.FileProblem, RecordProblem):
+        return None
+
+
+def _source_files(spec: DatasetSpec) -> list[Path] | None:
+    """The files nova.data reads for a source; None for a hub dataset or a path that holds none."""
+    if sources.looks_like_hub_id(spec.path):
+        return None
+    try:
+        return sources.list_files(Path(spec.path).expanduser())
+    except sources.FileProblem:
+        return None
+
+
+def _small_enough(path: Path, limits: dict[str, float]) -> bool:
+    """Whether reading ``path`` this way stays within preflight's second (see PEEK_LIMITS, COUNT_LIMITS)."""
+    return path.stat().st_size <= limits.get(path.suffix.lower(), READ_WHOLE)
+
+
+def check_chat_template(model: ModelConfig, source: ModelSource, stages: list[StageConfig]) -> Check:
+    """Chat-shaped data needs a template: the configured file, or the tokenizer's own."""
+    need = [needs_chat_template(s.data) for s in stages]
+    if not any(n is True for n in need):
+        if all(n is False for n in need):
+            return Check("chat_template", "pass", "not needed (plain text data)")
+        return Check("chat_template", "skip", "could not tell whether the data is chat-shaped")
+    if model.chat_template:
+        path = Path(model.chat_template).expanduser()
+        if path.is_file():
+            return Check("chat_template", "pass", f"model.chat_template {model.chat_template}")
+        return Check("chat_template", "fail", f"model.chat_template {model.chat_template} does not exist",
+                     "fix the path, or remove it to use the tokenizer's own template")
+    if source.path is None:
+        return Check("chat_template", "skip", f"cannot read the tokenizer of {source.base} yet ({source.kind})")
+    if not any((source.path / f).is_file() for f in TOKENIZER_FILES):
+        return Check("chat_template", "skip", f"no tokenizer files in {source.path}; the template is checked when "
+                     "they are there")
+    found = tokenizer_chat_template(source.path)
+    if found:
+        return Check("chat_template", "pass", f"the data is chat-shaped; the tokenizer has a template ({found})")
+    return Check("chat_template", "fail", f"the data is chat-shaped but {source.path} has no chat template "
+                 "(tokenizer_config.json, chat_template.jinja)",
+                 "set model.chat_template to a Jinja file (e.g. ChatML), or use an instruct model")
+
+
+def tokenizer_chat_template(directory: Path) -> str | None:
+    """Which file of a tokenizer directory holds a chat template (read as JSON, not through transformers)."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        if (directory / name).is_file():
+            return name
+    try:
+        cfg = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "tokenizer_config.json" if isinstance(cfg, dict) and cfg.get("chat_template") else None
+
+
+def check_data(label: str, stage: StageConfig) -> tuple[Check, int | None]:
+    """nova.data's own validation; the record count feeds the schedule check."""
+    if not stage.data.datasets:
+        return Check(label, "fail", "data.datasets is empty", "add at least one training file under "
+                     "data.datasets"), None
+    from nova.data import check_data as data_check
+
+    try:
+        report = data_check(stage.data, method=stage.method)
+    except ProblemList as exc:
+        shown = "; ".join(p.render() for p in exc.problems[:3])
+        more = f" (+{len(exc.problems) - 3} more)" if len(exc.problems) > 3 else ""
+        return Check(label, "fail", f"{exc.title}: {shown}{more}",
+                     "run 'nova data check' for the full list, or set data.on_error: skip"), None
+    except NovaError as exc:
+        return Check(label, "fail", exc.message, exc.hint or "run 'nova data check'"), None
+    count = report.train_records if report.train_records > 0 else None
+    return Check(label, "pass", f"{count} training records" if count else "data is valid"), count
+
+
+def check_learning_rate(label: str, stage: StageConfig) -> Check:
+    """LoRA wants a larger LR than full fine-tuning: 5e-6 barely moves an adapter; DPO wants less."""
+    lr = stage.training.learning_rate
+    low, high = LR_RANGE[stage.method]
+    if lr < low:
+        return Check(label, "warn", f"learning_rate {lr:g} is low for LoRA {stage.method} (typical "
+                     f"{low:g}..{high:g}); the adapter will barely learn",
+                     f"raise training.learning_rate to about {2e-4 if stage.method == 'sft' else 5e-6:g}")
+    if lr > high:
+        return Check(label, "warn", f"learning_rate {lr:g} is high for LoRA {stage.method} (typical "
+                     f"{low:g}..{high:g}); expect loss spikes or divergence",
+                     f"lower training.learning_rate to about {2e-4 if stage.method == 'sft' else 5e-6:g}")
+    return Check(label, "pass", f"learning_rate {lr:g} (typical {low:g}..{high:g})")
+
+
+def check_schedule(label: str, stage: StageConfig, records: int | None) -> Check:
+    """Epochs implied by steps x effective batch vs the data: too many overfit, too few undertrain."""
+    t = stage.training
+    if t.max_steps is None:
+        epochs = t.num_epochs
+        basis = f"num_epochs {epochs:g}"
+    else:
+        if not records:
+            return Check(label, "skip", f"max_steps {t.max_steps}: cannot tell epochs without a record count")
+        epochs = t.max_steps * t.effective_batch_size / records
+        basis = f"{t.max_steps} steps x {t.effective_batch_size} sequences over {records} records"
+    msg = f"{basis} = {epochs:.2f} epochs"
+    if epochs > EPOCHS_HIGH:
+        return Check(label, "warn", f"{msg}: likely to overfit (memorizes the data)",
+                     f"lower training.max_steps/num_epochs to about {EPOCHS_HIGH:g} epochs or fewer, or add data")
+    if epochs < EPOCHS_LOW:
+        return Check(label, "warn", f"{msg}: under a third of the data is seen",
+                     "raise training.max_steps (or use num_epochs: 1)")
+    return Check(label, "pass", msg)
+
+
+def count_records(data: DataConfig) -> int | None:
+    """Training records from cheap counts (None when a source cannot be counted in well under a second)."""
+    total = 0
+    for spec in data.datasets:
+        n = _count_source(spec)
+        if n is None:
+            return None
+        total += min(n, spec.max_samples) if spec.max_samples else n
+    if data.max_samples:
+        total = min(total, data.max_samples)
+    if not data.eval_datasets:
+        total = int(total * (1 - data.eval_split))
+    return total
+
+
+def _count_source(spec: DatasetSpec) -> int | None:
+    """Records in every file of a source as nova.data reads them, or None if one is too large or unreadable."""
+    files = _source_files(spec)
+    if files is None or not all(_small_enough(f, COUNT_LIMITS) for f in files):
+        return None
+    try:
+        return sum(sources.count_records(f) for f in files)
+    except sources.FileProblem:
+        return None

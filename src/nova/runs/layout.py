@@ -1,0 +1,152 @@
+"""The names of everything ``nova train`` writes, and a run directory that spells its paths.
+
+One place owns the layout, so train, monitor, status, merge, infer and export agree on it::
+
+    <pipeline output_dir>/pipeline.json         each phase's status, times and paths
+    <run_dir>/config.yaml                       the resolved config (what the weights were trained with)
+    <run_dir>/metrics.jsonl, alerts.jsonl, recoveries.jsonl, smoke.jsonl, nova.pid, plots/loss.png
+    <run_dir>/checkpoints/<stage>/checkpoint-N/ sealed checkpoints
+    <run_dir>/stages/<stage>/adapter/, DONE, data_report.json
+    <run_dir>/adapter/                          the phase's final adapter
+    <run_dir>/COMPLETE                          written last: the phase is finished
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+COMPLETE = "COMPLETE"
+ADAPTER = "adapter"
+STAGES = "stages"
+CHECKPOINTS = "checkpoints"
+DONE = "DONE"
+DATA_REPORT = "data_report.json"
+METRICS = "metrics.jsonl"
+ALERTS = "alerts.jsonl"
+RECOVERIES = "recoveries.jsonl"
+SMOKE = "smoke.jsonl"
+PID_FILE = "nova.pid"
+RUN_MARKER = "nova_run.json"  # written when nova makes a run directory: --fresh deletes only in these
+PLOT = "plots/loss.png"
+PIPELINE = "pipeline.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# What --fresh forgets of an earlier attempt of a phase.
+ATTEMPT_STATE = (CHECKPOINTS, STAGES, METRICS, RECOVERIES, ALERTS)
+
+
+def has_adapter(path: Path) -> bool:
+    """True when ``path`` is a saved PEFT adapter directory (its adapter_config.json is there)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def stage_names(methods: Sequence[str]) -> list[str]:
+    """Directory names of a phase's stages from their methods: numbered when one repeats (sft, dpo, sft-2)."""
+    names: list[str] = []
+    for method in methods:
+        n = 1
+        while (method if n == 1 else f"{method}-{n}") in names:
+            n += 1
+        names.append(method if n == 1 else f"{method}-{n}")
+    return names
+
+
+def stage_label(phase: str, stage: str) -> str:
+    """How a stage is named in the console, metrics, status and preflight: ``phase/stage``."""
+    return f"{phase}/{stage}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One phase's run directory; every path in it comes from here."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / ADAPTER
+
+    @property
+    def complete_marker(self) -> Path:
+        return self.path / COMPLETE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def alerts(self) -> Path:
+        return self.path / ALERTS
+
+    @property
+    def recoveries(self) -> Path:
+        return self.path / RECOVERIES
+
+    @property
+    def smoke(self) -> Path:
+        return self.path / SMOKE
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / PID_FILE
+
+    @property
+    def plot(self) -> Path:
+        return self.path / PLOT
+
+    @property
+    def checkpoints_root(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def stages_root(self) -> Path:
+        return self.path / STAGES
+
+    def checkpoints(self, stage: str) -> Path:
+        """Where a stage's checkpoint-N directories go."""
+        return self.path / CHECKPOINTS / stage
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / STAGES / stage
+
+    def stage_adapter(self, stage: str) -> Path:
+        return self.stage_dir(stage) / ADAPTER
+
+    def stage_done(self, stage: str) -> Path:
+        return self.stage_dir(stage) / DONE
+
+    def data_report(self, stage: str) -> Path:
+        return self.stage_dir(stage) / DATA_REPORT
+
+    def stage_is_done(self, stage: str) -> bool:
+        return self.stage_done(stage).is_file() and has_adapter(self.stage_adapter(stage))
+
+    @property
+    def is_complete(self) -> bool:
+        """A finished phase: its adapter is saved and COMPLETE (written last) is there."""
+        return self.complete_marker.exists() and has_adapter(self.adapter)
+
+    @property
+    def looks_like_run(self) -> bool:
+        """Something nova train wrote is here (for ``nova status`` on an arbitrary path)."""
+        return any((self.path / n).exists() for n in (METRICS, CONFIG, COMPLETE, PID_FILE, CHECKPOINTS, STAGES))
+
+
+def is_complete(run_dir: Path) -> bool:
+    return RunDir(run_dir).is_complete
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory (config.yaml, no config.json) rather than a model directory."""
+    run = RunDir(path)
+    return run.config.is_file() and not (run.path / "config.json").exists()

@@ -1,0 +1,84 @@
+"""The training process of a run directory: ``nova.pid`` while it trains, and whether it is alive."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from nova.files import write_json_atomic
+from nova.runs.jsonl import number, read_json
+from nova.runs.layout import RunDir
+
+
+@dataclass
+class ProcessInfo:
+    """The training process named in ``nova.pid``; state: running, stale, none, other_host."""
+
+    state: str
+    pid: int | None = None
+    host: str | None = None
+    started: float | None = None
+
+    def describe(self) -> str:
+        if self.state == "running":
+            return f"running (pid {self.pid})"
+        if self.state == "stale":
+            return "not running (stale pid file)"
+        if self.state == "other_host":
+            return f"pid {self.pid} on host {self.host} (cannot check from here)"
+        return "not running"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is a nova process (its command line mentions nova).
+
+    The command-line check guards against pid reuse: a crashed run's pid may belong to
+    an unrelated process by now.
+    """
+    if pid <= 0:  # os.kill(0, ...) would address our own process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no procfs (macOS): trust os.kill
+    except OSError:
+        return False
+    return b"nova" in cmdline.lower()  # a zombie (exited, not yet reaped) has an empty command line
+
+
+def read_process(run_dir: Path) -> ProcessInfo:
+    run = RunDir(run_dir)
+    data = read_json(run.pid_file)
+    if data is None:
+        return ProcessInfo("stale" if run.pid_file.exists() else "none")
+    pid = data.get("pid")
+    host = data.get("host") if isinstance(data.get("host"), str) else None
+    started = number(data.get("started"))
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return ProcessInfo("stale", None, host, started)
+    if host and host != socket.gethostname():
+        return ProcessInfo("other_host", pid, host, started)
+    return ProcessInfo("running" if pid_alive(pid) else "stale", pid, host, started)
+
+
+@contextmanager
+def training_process(run: RunDir) -> Iterator[None]:
+    """Name this process in ``nova.pid`` while the block runs (``nova status`` reads it)."""
+    write_json_atomic(run.pid_file, {"pid": os.getpid(), "started": time.time(), "host": socket.gethostname()})
+    try:
+        yield
+    finally:
+        run.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,78 @@
+"""Run a config: a single phase, or a pipeline of phases where each may start from an earlier one.
+
+A finished phase (``adapter/`` plus a ``COMPLETE`` marker) is skipped on a re-run unless
+``force``; a failing phase leaves earlier phases untouched and is marked failed in
+``pipeline.json``, so the next run starts again from it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from nova.config.load import LoadedConfig
+from nova.console import RunLog, human_seconds
+from nova.errors import TrainingStopped
+from nova.plan import Plan, PlannedPhase, make_plan
+from nova.runs.state import PhaseEntry, PipelineState
+from nova.train.context import PhaseContext, PhaseResult
+from nova.train.phase import run_phase
+from nova.train.resilience import NonFiniteLoss, StopRequest, signal_handling
+
+
+def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = False, fresh: bool = False,
+               log: RunLog | None = None, rerun_hint: str | None = None,
+               extra_callbacks: list[Any] | None = None) -> list[PhaseResult]:
+    """Train every selected phase in order; returns the results of phases that ran or were skipped.
+
+    Interrupted phases resume from their newest complete checkpoint unless ``fresh``; SIGINT and
+    SIGTERM save a checkpoint and stop cleanly (TrainingStopped).
+    """
+    plan = make_plan(loaded).select(phase)
+    stop = StopRequest()
+    log = log or RunLog(Path(plan.phases[0].phase.logs_dir) / f"{_log_name(loaded)}.log")
+    with signal_handling(stop, log.say):
+        return _run_phases(plan, force=force, fresh=fresh, log=log, stop=stop,
+                           rerun_hint=rerun_hint or f"nova train --config {loaded.path}",
+                           extra_callbacks=extra_callbacks or [])
+
+
+def _run_phases(plan: Plan, *, force: bool, fresh: bool, log: RunLog, stop: StopRequest, rerun_hint: str,
+                extra_callbacks: list[Any]) -> list[PhaseResult]:
+    state = PipelineState(plan.state_path, [PhaseEntry(p.name, p.run, p.phase.start_from) for p in plan.phases])
+    results = []
+    for item in plan.phases:
+        if item.run.is_complete and not force:
+            log.say(f"[{item.name}] already finished ({item.run.adapter}); skipping (use --force to retrain)")
+            results.append(PhaseResult(item.name, item.run_dir, item.run.adapter, [], 0.0, skipped=True))
+            continue
+        ctx = PhaseContext(item, item.chain_refs(), log, resume=not (fresh or force), stop=stop,
+                           rerun_hint=rerun_hint, extra_callbacks=extra_callbacks)
+        results.append(_run_one(ctx, item, state, log))
+    return results
+
+
+def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: RunLog) -> PhaseResult:
+    began = False
+
+    def on_start() -> None:
+        nonlocal began
+        began = True
+        state.update(item.name, status="running", started=time.time(), ended=None, error=None)
+
+    try:
+        result = run_phase(ctx, on_start)
+    except BaseException as exc:
+        if began:  # a phase that failed its input checks wrote nothing and stays as it was
+            stopped = isinstance(exc, TrainingStopped) and not isinstance(exc, NonFiniteLoss)
+            state.update(item.name, status="stopped" if stopped else "failed", ended=time.time(),
+                         error=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    state.update(item.name, status="done", ended=time.time(), seconds=round(result.seconds, 1))
+    log.say(f"[{item.name}] finished in {human_seconds(result.seconds)}; adapter: {result.adapter_dir}")
+    return result
+
+
+def _log_name(loaded: LoadedConfig) -> str:
+    return f"{loaded.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"

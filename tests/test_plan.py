@@ -1,0 +1,61 @@
+"""The plan: one derivation of phases, run directories, chains and stage labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nova.config import load_yaml_config
+from nova.errors import NovaError
+from nova.plan import make_plan
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    path = tmp_path / "c.yaml"
+    path.write_text(text.replace("DATA", str(data)))
+    return path
+
+
+def test_pipeline_plan_has_run_dirs_chains_and_one_label_scheme(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"""
+output_dir: {tmp_path / "out"}
+phases:
+  - name: doica
+    model: {{base: some/model}}
+    data: {{datasets: [{{path: DATA}}]}}
+  - name: sora
+    start_from: doica
+    stages:
+      - {{method: sft, data: {{datasets: [{{path: DATA}}]}}}}
+      - {{method: dpo, data: {{datasets: [{{path: DATA}}]}}}}
+      - {{method: sft, data: {{datasets: [{{path: DATA}}]}}}}
+""")
+    plan = make_plan(load_yaml_config(path))
+    assert plan.is_pipeline and plan.state_path == tmp_path / "out" / "pipeline.json"
+    doica, sora = plan.phases
+    assert doica.run_dir == tmp_path / "out" / "doica" and doica.chain == ()
+    assert [name for name, _ in sora.chain] == ["doica"] and sora.chain[0][1].path == doica.run_dir
+    assert sora.model.base == "some/model"
+    assert [s.label for s in sora.stages] == ["sora/sft", "sora/dpo", "sora/sft-2"]
+    with pytest.raises(NovaError, match="has not finished"):
+        sora.chain_refs()
+    assert [p.name for p in plan.select("sora").phases] == ["sora"]
+    with pytest.raises(NovaError, match="no phase named 'x'"):
+        plan.select("x")
+
+
+def test_a_single_phase_writes_to_its_own_run_dir(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"name: solo\noutput_dir: {tmp_path / 'r'}\nmodel: {{base: m}}\n"
+                            "data: {datasets: [{path: DATA}]}\n")
+    plan = make_plan(load_yaml_config(path))
+    assert not plan.is_pipeline and plan.state_path is None
+    assert plan.phases[0].run_dir == tmp_path / "r" and [s.label for s in plan.phases[0].stages] == ["solo/sft"]
+
+
+def test_a_phase_file_with_start_from_needs_its_pipeline(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: b\nstart_from: a\ndata: {datasets: [{path: DATA}]}\n")
+    with pytest.raises(NovaError, match="only works inside a pipeline"):
+        make_plan(load_yaml_config(path))
