@@ -16,6 +16,10 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate config, data and model access; print the plan."),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip the preflight checks before training."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints of unfinished phases."),
+    resume_with_changes: bool = typer.Option(
+        False, "--resume-with-changes", help="Resume although training.learning_rate or training.max_steps "
+        "differ from the checkpoint's: the new values are applied from the resumed step on and recorded in "
+        "the run's config.yaml. Any other change still needs --fresh."),
 ) -> None:
     """Fine-tune: validate, then train each phase and stage, writing checkpoints, metrics and adapters."""
     from nova.config.load import load_yaml_config
@@ -40,7 +44,8 @@ def train(
 
     hint = " ".join(["nova train --config", str(config), *[f"--set {s}" for s in set_ or []],
                      *(["--phase", phase] if phase else [])])
-    results = run_config(loaded, phase=phase, force=force, fresh=fresh, rerun_hint=hint)
+    results = run_config(loaded, phase=phase, force=force, fresh=fresh, resume_with_changes=resume_with_changes,
+                         rerun_hint=hint)
     if not results:
         raise NovaError("nothing to train")
 

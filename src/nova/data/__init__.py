@@ -5,7 +5,7 @@ The trainer calls ``prepare_stage_data``; ``nova preflight``, ``nova train --dry
 transformers and pyarrow are imported only by the functions that use them.
 """
 
-from nova.data.pipeline import PreparedData, check_data, prepare_stage_data
+from nova.data.pipeline import PreparedData, check_data, data_key, prepare_stage_data
 from nova.data.report import DataReport
 
-__all__ = ["DataReport", "PreparedData", "check_data", "prepare_stage_data"]
+__all__ = ["DataReport", "PreparedData", "check_data", "data_key", "prepare_stage_data"]

@@ -57,10 +57,7 @@ def check_data(cfg: DataConfig, *, method: Method, tokenizer: Any = None, seed: 
 def prepare_stage_data(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int,
                        dpo: Any = None) -> PreparedData:
     """Train/eval datasets ready for the trainer (see the module docstring of nova.data)."""
-    lengths = _dpo_lengths(dpo)
-    template = _template_source(tokenizer)
-    key = cache.cache_key(cfg, method=method, seed=seed, dpo_lengths=lengths,
-                          tokenizer_id=cache.tokenizer_fingerprint(tokenizer, template))
+    key = data_key(cfg, tokenizer, method=method, seed=seed, dpo=dpo)
     if key is not None and (hit := cache.load(cfg.cache_dir, key)) is not None:
         train, evals, saved = hit
         report = DataReport.from_dict(saved)
@@ -72,6 +69,15 @@ def prepare_stage_data(cfg: DataConfig, tokenizer: Any, *, method: Method, seed:
         report.cache = f"saved ({cfg.cache_dir}/data/{key})"
         cache.save(cfg.cache_dir, key, train, evals, report.to_dict())
     return PreparedData(train, evals, report)
+
+
+def data_key(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int, dpo: Any = None) -> str | None:
+    """What identifies a stage's prepared data: file contents, data settings, method, seed and
+    tokenizer, hashed (None when a source cannot be hashed, e.g. a hub dataset). The cache is keyed
+    by it, and a run's fingerprint carries it, so a resume notices changed data."""
+    template = _template_source(tokenizer)
+    return cache.cache_key(cfg, method=method, seed=seed, dpo_lengths=_dpo_lengths(dpo),
+                           tokenizer_id=cache.tokenizer_fingerprint(tokenizer, template))
 
 
 def _dpo_lengths(dpo: Any) -> tuple[int, int]:

@@ -8,6 +8,7 @@ sealed checkpoint whose files are all there and moves broken ones aside with a m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -16,13 +17,60 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nova.files import MiB, fsync_tree, write_json_atomic
 from nova.runs.layout import ADAPTER_WEIGHTS
 
 SEAL = "nova_checkpoint.json"
 TRAINER_STATE = "trainer_state.json"
 REQUIRED_FILES = (ADAPTER_WEIGHTS, "optimizer.pt", "scheduler.pt", TRAINER_STATE)
 TMP_PREFIX = ".tmp-checkpoint-"
+BROKEN_PREFIX = "broken-"
+KEEP_BROKEN = 2  # checkpoints moved aside are kept for a look, but not without limit
+HASHED_MAX = 64 * MiB  # files up to this size get a sha256 in the seal (adapters, states); larger: size only
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def seal(directory: Path, step: int, fingerprint: dict[str, Any] | None) -> None:
+    """Seal a fully written checkpoint: its files made durable, then a record of each file's size
+    (and a hash of the small ones) and the stage's fingerprint, itself written durably last."""
+    fsync_tree(directory)
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != SEAL):
+        size = path.stat().st_size
+        entry: dict[str, Any] = {"size": size}
+        if size <= HASHED_MAX:
+            entry["sha256"] = _sha256(path)
+        files[str(path.relative_to(directory))] = entry
+    write_json_atomic(directory / SEAL, {"step": step, "time": time.time(), "files": files,
+                                         "fingerprint": fingerprint})
+
+
+def read_seal(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((path / SEAL).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _files_problem(path: Path, files: dict[str, Any], deep: bool) -> str | None:
+    for name, entry in files.items():
+        target = path / name
+        if not isinstance(entry, dict) or not target.is_file():
+            return f"missing {name}"
+        if target.stat().st_size != entry.get("size"):
+            return f"{name} has {target.stat().st_size} bytes, the seal says {entry.get('size')} (truncated?)"
+        if deep and "sha256" in entry and _sha256(target) != entry["sha256"]:
+            return f"{name} does not match its hash in the seal (damaged)"
+    return None
 
 
 def checkpoint_name(step: int) -> str:
@@ -37,13 +85,22 @@ def checkpoint_step(path: Path | None) -> int:
     return int(m.group(1)) if m else -1
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """None for a complete, sealed checkpoint; otherwise what is wrong with it."""
-    if not (path / SEAL).exists():
+def checkpoint_problem(path: Path, *, deep: bool = False) -> str | None:
+    """None for a complete, sealed checkpoint; otherwise what is wrong with it.
+
+    Sizes are checked against the seal always; ``deep`` also checks the hashes (what resume does
+    for the checkpoint it takes; ``nova status`` lists checkpoints without reading them whole).
+    """
+    record = read_seal(path)
+    if record is None:
         return "not sealed (written partially, e.g. killed while saving)"
     missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
     if missing:
         return f"missing {', '.join(missing)}"
+    if isinstance(record.get("files"), dict):
+        problem = _files_problem(path, record["files"], deep)
+        if problem:
+            return problem
     try:
         json.loads((path / TRAINER_STATE).read_text())
         weights = path / ADAPTER_WEIGHTS
@@ -57,6 +114,13 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+def seal_fingerprint(path: Path) -> dict[str, Any] | None:
+    """The fingerprint a checkpoint was sealed with (None: none recorded)."""
+    record = read_seal(path)
+    value = record.get("fingerprint") if record else None
+    return value if isinstance(value, dict) else None
+
+
 def _candidates(stage_dir: Path) -> list[Path]:
     try:
         entries = list(stage_dir.iterdir())
@@ -65,16 +129,22 @@ def _candidates(stage_dir: Path) -> list[Path]:
     return sorted((p for p in entries if p.is_dir() and _NAME.match(p.name)), key=checkpoint_step)
 
 
+def move_aside(path: Path, problem: str, say: Callable[[str], None] | None = None) -> Path:
+    """Rename a checkpoint that cannot be used to ``broken-...`` (kept for a look) and say so."""
+    aside = path.with_name(f"{BROKEN_PREFIX}{path.name}-{int(time.time() * 1000)}")
+    path.rename(aside)
+    if say:
+        say(f"skipping {path.name}: {problem}; moved to {aside.name}")
+    return aside
+
+
 def latest_checkpoint(stage_dir: Path, say: Callable[[str], None] | None = None) -> Path | None:
-    """The newest complete checkpoint under ``stage_dir``; broken newer ones are moved aside."""
+    """The newest complete checkpoint under ``stage_dir`` (hashes checked); broken newer ones are moved aside."""
     for path in reversed(_candidates(stage_dir)):
-        problem = checkpoint_problem(path)
+        problem = checkpoint_problem(path, deep=True)
         if problem is None:
             return path
-        aside = path.with_name(f"broken-{path.name}-{int(time.time())}")
-        path.rename(aside)
-        if say:
-            say(f"skipping {path.name}: {problem}; moved to {aside.name}")
+        move_aside(path, problem, say)
     return None
 
 
@@ -94,7 +164,24 @@ def list_checkpoints(stage_dir: Path) -> list[tuple[int, Path, dict[str, Any]]]:
 
 
 def rotate(stage_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` sealed checkpoints (never the newest one)."""
+    """Keep the newest ``keep`` sealed checkpoints (never the newest one), the newest KEEP_BROKEN
+    moved-aside ones, and no leftover temporary directory of an interrupted save."""
     sealed = [p for p in _candidates(stage_dir) if (p / SEAL).exists()]
     for old in sealed[:-max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
+    clean_leftovers(stage_dir)
+
+
+def clean_leftovers(stage_dir: Path) -> None:
+    """Remove temporary directories of saves that never finished, and old broken checkpoints."""
+    try:
+        entries = list(stage_dir.iterdir())
+    except OSError:
+        return
+    for path in entries:
+        if path.name.startswith(TMP_PREFIX) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    broken = sorted((p for p in entries if p.name.startswith(BROKEN_PREFIX) and p.is_dir()),
+                    key=lambda p: p.stat().st_mtime)
+    for path in broken[:-KEEP_BROKEN]:
+        shutil.rmtree(path, ignore_errors=True)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nova.files import write_json_atomic
 from nova.runs.jsonl import number, read_json
 from nova.runs.layout import RunDir
 
@@ -72,13 +68,3 @@ def read_process(run_dir: Path) -> ProcessInfo:
     if host and host != socket.gethostname():
         return ProcessInfo("other_host", pid, host, started)
     return ProcessInfo("running" if pid_alive(pid) else "stale", pid, host, started)
-
-
-@contextmanager
-def training_process(run: RunDir) -> Iterator[None]:
-    """Name this process in ``nova.pid`` while the block runs (``nova status`` reads it)."""
-    write_json_atomic(run.pid_file, {"pid": os.getpid(), "started": time.time(), "host": socket.gethostname()})
-    try:
-        yield
-    finally:
-        run.pid_file.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from nova.config.schema import ModelConfig, PhaseConfig
 from nova.console import RunLog
 from nova.plan import PlannedPhase, PlannedStage
+from nova.runs.fingerprint import Fingerprint
 from nova.runs.layout import RunDir
 from nova.runs.record import AdapterRef
 from nova.train.resilience import StopRequest
@@ -54,6 +55,9 @@ class PhaseContext:
     stop: StopRequest = field(default_factory=StopRequest)
     rerun_hint: str = "rerun the same nova train command"
     extra_callbacks: list[Any] = field(default_factory=list)
+    resume_with_changes: bool = False  # the learning rate and max_steps may differ from the checkpoint's
+    fingerprints: list[Fingerprint] = field(default_factory=list)  # per stage, set before anything trains
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage: applied --resume-with-changes
 
     @property
     def phase(self) -> PhaseConfig:
@@ -87,6 +91,16 @@ class StageRun:
     @property
     def label(self) -> str:
         return self.stage.label
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.ctx.fingerprints[self.stage.index]
+
+    @property
+    def lr_override(self) -> float | None:
+        """The new peak learning rate when this stage resumes with --resume-with-changes."""
+        change = self.ctx.changes.get(self.stage.name, {}).get("training.learning_rate")
+        return float(change[1]) if change else None
 
     @property
     def reference_adapters(self) -> list[str]:

@@ -23,7 +23,7 @@ from nova.files import atomic_dir, write_json_atomic, write_text_atomic
 from nova.model.adapters import TRAINABLE, add_trainable
 from nova.plan import PlannedPhase
 from nova.runs.layout import ATTEMPT_STATE
-from nova.runs.process import training_process
+from nova.runs.lock import check_run_dir, locked, mark_run_dir
 from nova.runs.record import resolved_config, write_run_config
 from nova.train.context import STAGE_REF, PhaseContext, PhaseResult, StageRun
 
@@ -94,26 +94,51 @@ def _write_data_reports(ctx: PhaseContext, datasets: list[Any]) -> None:
 
 
 def _forget_earlier_attempt(ctx: PhaseContext) -> None:
-    """--fresh or --force: remove what an earlier attempt of this phase left."""
+    """--fresh or --force: remove what an earlier attempt of this phase left (in nova's own directory,
+    under its lock); a delete that fails is an error, never ignored."""
     for name in ATTEMPT_STATE:
         target = ctx.run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            target.unlink(missing_ok=True)
+        try:
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise NovaError(f"cannot delete {target} of an earlier attempt: {exc.strerror or exc}",
+                            hint="remove it by hand, then run again") from None
+
+
+def phase_fingerprints(ctx: PhaseContext) -> tuple[str, Any, Any, list[Any]]:
+    """(source, placement, tokenizer, fingerprints): what a phase is, before any weights load."""
+    from nova.model.loading import choose_placement, load_tokenizer, resolve_base
+    from nova.train.fingerprint import compute_fingerprints
+
+    source = resolve_base(ctx.model_cfg)
+    placement = choose_placement(ctx.model_cfg.compute_dtype, ctx.planned.stages[0].config.training.gpu)
+    tokenizer = load_tokenizer(ctx.model_cfg, source)
+    return source, placement, tokenizer, compute_fingerprints(ctx, source, placement.dtype_name, tokenizer)
 
 
 def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> PhaseResult:
     """Train all stages of one phase and leave ``adapter/`` plus ``COMPLETE`` in its run directory.
 
-    ``on_start`` is called once the inputs are valid, just before the first write.
+    The run directory is locked for the whole phase (a second nova train on it is refused) and
+    must be nova's own. ``on_start`` is called once the inputs are valid, just before the first
+    write. Earlier work is reused only when it was trained with the settings asked for now
+    (nova.train.fingerprint).
     """
-    from nova.model.loading import choose_placement, load_tokenizer, resolve_base
+    with locked(ctx.run_dir, "run directory"):
+        check_run_dir(ctx.run)
+        return _run_locked(ctx, on_start)
+
+
+def _run_locked(ctx: PhaseContext, on_start: Callable[[], None] | None) -> PhaseResult:
+    from nova.train.fingerprint import check_reuse
 
     started = time.time()
-    source = resolve_base(ctx.model_cfg)
-    placement = choose_placement(ctx.model_cfg.compute_dtype, ctx.planned.stages[0].config.training.gpu)
-    tokenizer = load_tokenizer(ctx.model_cfg, source)
+    source, placement, tokenizer, ctx.fingerprints = phase_fingerprints(ctx)
+    if ctx.resume:
+        ctx.changes = check_reuse(ctx)
     datasets = prepare_all_data(ctx, tokenizer)
     planned, fits = auto_fit_stages(ctx, source, placement)
     ctx.planned = planned
@@ -121,12 +146,29 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
     if on_start is not None:
         on_start()
     ctx.log.attach()
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(ctx.run)
     ctx.run.complete_marker.unlink(missing_ok=True)
     if not ctx.resume:
         _forget_earlier_attempt(ctx)
-    with training_process(ctx.run):
-        return _train_phase(ctx, tokenizer, placement, source, datasets, fits, started)
+    return _train_phase(ctx, tokenizer, placement, source, datasets, fits, started)
+
+
+def _resolved(ctx: PhaseContext, placement: Any, source: str, fits: dict[str, Any]) -> dict[str, Any]:
+    """The ``_resolved`` part of config.yaml, keeping the record of earlier resumes with changes."""
+    earlier: list[Any] = []
+    if ctx.resume and ctx.run.config.is_file():
+        from nova.runs.record import read_run
+
+        try:
+            earlier = list(read_run(ctx.run_dir).resolved.get("resumed_with_changes") or [])
+        except NovaError:
+            earlier = []
+    applied = [{"stage": name, **change} for name, change in ctx.changes.items()]
+    for change in applied:
+        ctx.log.say(f"[{ctx.phase.name}/{change['stage']}] resuming with changes: " + ", ".join(
+            f"{k} {v[0]} -> {v[1]}" for k, v in change.items() if isinstance(v, list)))
+    return {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source,
+            "auto_fit": fits or None, "resumed_with_changes": (earlier + applied) or None}
 
 
 def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str, datasets: list[Any],
@@ -135,9 +177,8 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     from nova.model.loading import load_base_model
     from nova.train.stage import run_stage
 
-    write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain, {
-        "device": placement.device, "compute_dtype": placement.dtype_name, "base": source,
-        "auto_fit": fits or None}))
+    write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain,
+                                              _resolved(ctx, placement, source, fits)))
     _write_data_reports(ctx, datasets)
     frozen = f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}" if ctx.chain else ""
     ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
@@ -160,6 +201,7 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     write_json_atomic(ctx.run.complete_marker, {
         "phase": ctx.phase.name, "finished": time.time(), "seconds": round(seconds, 1),
         "stages": [r.__dict__ for r in results], "adapter": str(final),
+        "fingerprints": [f.to_dict() for f in ctx.fingerprints],
     })
     return result
 

@@ -8,6 +8,8 @@ A finished phase (``adapter/`` plus a ``COMPLETE`` marker) is skipped on a re-ru
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,42 +17,65 @@ from nova.config.load import LoadedConfig
 from nova.console import RunLog, human_seconds
 from nova.errors import TrainingStopped
 from nova.plan import Plan, PlannedPhase, make_plan
+from nova.runs.lock import locked
 from nova.runs.state import PhaseEntry, PipelineState
 from nova.train.context import PhaseContext, PhaseResult
 from nova.train.phase import run_phase
 from nova.train.resilience import NonFiniteLoss, StopRequest, signal_handling
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``nova train`` was asked to treat earlier work (its flags)."""
+
+    force: bool = False  # retrain finished phases
+    fresh: bool = False  # ignore checkpoints of unfinished phases
+    resume_with_changes: bool = False  # a resume may change the learning rate and max_steps
+
+
 def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = False, fresh: bool = False,
-               log: RunLog | None = None, rerun_hint: str | None = None,
+               resume_with_changes: bool = False, log: RunLog | None = None, rerun_hint: str | None = None,
                extra_callbacks: list[Any] | None = None) -> list[PhaseResult]:
     """Train every selected phase in order; returns the results of phases that ran or were skipped.
 
     Interrupted phases resume from their newest complete checkpoint unless ``fresh``; SIGINT and
-    SIGTERM save a checkpoint and stop cleanly (TrainingStopped).
+    SIGTERM save a checkpoint and stop cleanly (TrainingStopped). A pipeline's output directory is
+    locked for the run (one pipeline run at a time), each phase's run directory while it trains.
     """
     plan = make_plan(loaded).select(phase)
     stop = StopRequest()
     log = log or RunLog(Path(plan.phases[0].phase.logs_dir) / f"{_log_name(loaded)}.log")
-    with signal_handling(stop, log.say):
-        return _run_phases(plan, force=force, fresh=fresh, log=log, stop=stop,
+    options = RunOptions(force, fresh, resume_with_changes)
+    lock = locked(Path(plan.pipeline.output_dir), "pipeline directory") if plan.is_pipeline else nullcontext()
+    with lock, signal_handling(stop, log.say):
+        return _run_phases(plan, options, log=log, stop=stop,
                            rerun_hint=rerun_hint or f"nova train --config {loaded.path}",
                            extra_callbacks=extra_callbacks or [])
 
 
-def _run_phases(plan: Plan, *, force: bool, fresh: bool, log: RunLog, stop: StopRequest, rerun_hint: str,
+def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopRequest, rerun_hint: str,
                 extra_callbacks: list[Any]) -> list[PhaseResult]:
     state = PipelineState(plan.state_path, [PhaseEntry(p.name, p.run, p.phase.start_from) for p in plan.phases])
     results = []
     for item in plan.phases:
-        if item.run.is_complete and not force:
+        ctx = PhaseContext(item, item.chain_refs(), log, resume=not (options.fresh or options.force), stop=stop,
+                           rerun_hint=rerun_hint, extra_callbacks=extra_callbacks,
+                           resume_with_changes=options.resume_with_changes)
+        if item.run.is_complete and not options.force:
+            _check_finished(ctx)
             log.say(f"[{item.name}] already finished ({item.run.adapter}); skipping (use --force to retrain)")
             results.append(PhaseResult(item.name, item.run_dir, item.run.adapter, [], 0.0, skipped=True))
             continue
-        ctx = PhaseContext(item, item.chain_refs(), log, resume=not (fresh or force), stop=stop,
-                           rerun_hint=rerun_hint, extra_callbacks=extra_callbacks)
         results.append(_run_one(ctx, item, state, log))
     return results
+
+
+def _check_finished(ctx: PhaseContext) -> None:
+    """A finished phase is skipped only when it was trained with the settings asked for now."""
+    from nova.train.fingerprint import check_finished
+    from nova.train.phase import phase_fingerprints
+
+    check_finished(ctx, phase_fingerprints(ctx)[3])
 
 
 def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: RunLog) -> PhaseResult:

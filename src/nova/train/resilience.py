@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from nova.errors import TrainingStopped
+from nova.files import fsync_dir
 from nova.lazy import require
-from nova.runs.checkpoints import SEAL, TMP_PREFIX, checkpoint_name, rotate
+from nova.runs.checkpoints import TMP_PREFIX, TRAINER_STATE, checkpoint_name, rotate, seal
 
 
 class NonFiniteLoss(TrainingStopped):
@@ -36,16 +35,30 @@ class NovaTrainerMixin:
     """Overrides of the HF Trainer shared by nova's SFT and DPO trainers (transformers 5.x)."""
 
     nova_stop: StopRequest | None = None
+    nova_fingerprint: dict[str, Any] | None = None  # sealed into every checkpoint (nova.runs.fingerprint)
+    nova_lr_override: float | None = None  # --resume-with-changes: the new peak learning rate
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """Like Trainer._save_checkpoint (single process), but into a temp dir, sealed, then renamed."""
-        from transformers.trainer_callback import ExportableState
-
         run_dir = Path(self._get_output_dir(trial=trial))  # type: ignore[attr-defined]
         step = self.state.global_step  # type: ignore[attr-defined]
         final = run_dir / checkpoint_name(step)
         tmp = run_dir / f"{TMP_PREFIX}{step}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write_checkpoint_files(tmp)
+            seal(tmp, step, self.nova_fingerprint)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            fsync_dir(run_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no temporary directory
+        rotate(run_dir, self.args.save_total_limit or 1)  # type: ignore[attr-defined]
+
+    def _write_checkpoint_files(self, tmp: Path) -> None:
+        from transformers.trainer_callback import ExportableState
+
         self.store_flos()  # type: ignore[attr-defined]
         self.save_model(str(tmp), _internal_call=True)  # type: ignore[attr-defined]
         self._save_optimizer_and_scheduler(str(tmp))  # type: ignore[attr-defined]
@@ -54,18 +67,20 @@ class NovaTrainerMixin:
         callbacks = [*self.callback_handler.callbacks, self.control]  # type: ignore[attr-defined]
         for cb in [c for c in callbacks if isinstance(c, ExportableState)]:
             self.state.stateful_callbacks[cb.__class__.__name__] = cb.state()  # type: ignore[attr-defined]
-        self.state.save_to_json(str(tmp / "trainer_state.json"))  # type: ignore[attr-defined]
-        (tmp / SEAL).write_text(json.dumps({"step": step, "time": time.time()}))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        rotate(run_dir, self.args.save_total_limit or 1)  # type: ignore[attr-defined]
+        self.state.save_to_json(str(tmp / TRAINER_STATE))  # type: ignore[attr-defined]
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load only the trained adapter's weights, keeping the stacked composition active."""
         from nova.model.adapters import load_trainable_weights
 
         load_trainable_weights(model or self.model, Path(resume_from_checkpoint))  # type: ignore[attr-defined]
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The restored scheduler carries the old peak rate; with --resume-with-changes put in the new
+        one, so the rest of the schedule (and the next step) uses it for real."""
+        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        if checkpoint is not None and self.nova_lr_override is not None:
+            apply_peak_lr(self.optimizer, self.lr_scheduler, self.nova_lr_override)  # type: ignore[attr-defined]
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         loss = super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
@@ -74,9 +89,20 @@ class NovaTrainerMixin:
             step = self.state.global_step + 1  # type: ignore[attr-defined]
             raise NonFiniteLoss(f"the loss became {float(loss)} at step {step}: training stopped before the "
                                 "optimizer could write it into the weights",
-                                hint="lower training.learning_rate, check the data, or resume from the last "
-                                "checkpoint")
+                                hint="check the data, or resume from the last checkpoint with a lower rate: "
+                                "--set training.learning_rate=... --resume-with-changes")
         return loss
+
+
+def apply_peak_lr(optimizer: Any, scheduler: Any, lr: float) -> None:
+    """Give a restored LambdaLR-style schedule a new peak rate at its current step."""
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    step = scheduler.last_epoch
+    lambdas = getattr(scheduler, "lr_lambdas", None) or [lambda _: 1.0] * len(scheduler.base_lrs)
+    for group, fn in zip(optimizer.param_groups, lambdas, strict=False):
+        group["initial_lr"] = lr
+        group["lr"] = lr * fn(step)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from nova.console import human_seconds
 from nova.errors import NovaError, TrainingStopped
 from nova.files import atomic_dir, write_json_atomic
 from nova.model.adapters import load_trainable_weights, save_trainable, trainable_weights
-from nova.runs.checkpoints import checkpoint_step, latest_checkpoint
+from nova.runs.checkpoints import checkpoint_step, clean_leftovers, latest_checkpoint, move_aside
 from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
 from nova.train.context import StageResult, StageRun
 from nova.train.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
@@ -29,15 +29,15 @@ def run_stage(run: StageRun) -> StageResult:
     """Train (or skip, or resume) one stage and leave its adapter and DONE record."""
     ctx, stage = run.ctx, run.stage
     rd = ctx.run
-    if ctx.resume and rd.stage_is_done(stage.name):
+    if ctx.resume and rd.stage_is_done(stage.name):  # its fingerprint was checked before the model loaded
         load_trainable_weights(run.model, rd.stage_adapter(stage.name))
         ctx.log.say(f"[{run.label}] already done; continuing from its adapter")
-        return StageResult(**json.loads(rd.stage_done(stage.name).read_text()))
+        record = json.loads(rd.stage_done(stage.name).read_text())
+        return StageResult(**{k: v for k, v in record.items() if k != "fingerprint"})
     checkpoints = rd.checkpoints(stage.name)
-    if not ctx.resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    say = lambda m: ctx.log.say(f"[{run.label}] {m}")  # noqa: E731
-    resume_from = latest_checkpoint(checkpoints, say) if ctx.resume else None
+    if not ctx.resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    resume_from = _resume_point(run) if ctx.resume else None
     start_weights = trainable_weights(run.model)  # to restart cleanly after an OOM before any checkpoint
     config = stage.config
     retries = 0
@@ -56,9 +56,44 @@ def run_stage(run: StageRun) -> StageResult:
     t = config.training
     result.settings = {"micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps":
                        t.gradient_accumulation_steps, "gradient_checkpointing": t.gradient_checkpointing}
-    write_json_atomic(rd.stage_done(stage.name), asdict(result))
+    write_json_atomic(rd.stage_done(stage.name), {**asdict(result), "fingerprint": run.fingerprint.to_dict()})
     _say_summary(run, result, rd.stage_adapter(stage.name))
     return result
+
+
+def _resume_point(run: StageRun) -> Path | None:
+    """The checkpoint to resume from: the newest one that is complete, loads, and was trained with
+    the settings asked for now; broken ones are moved aside (with a message) for the next older."""
+    from nova.train.fingerprint import check_checkpoint
+
+    root = run.ctx.run.checkpoints(run.stage.name)
+    clean_leftovers(root)
+    say = lambda m: run.ctx.log.say(f"[{run.label}] {m}")  # noqa: E731
+    while (found := latest_checkpoint(root, say)) is not None:
+        problem = _load_problem(found)
+        if problem is None:
+            change = check_checkpoint(run.ctx, run.stage, found)
+            if change:
+                run.ctx.changes[run.stage.name] = change
+            return found
+        move_aside(found, problem, say)
+    return None
+
+
+def _load_problem(checkpoint: Path) -> str | None:
+    """None when the optimizer and scheduler states load (files over 1 GiB: their sealed size is trusted)."""
+    from nova.lazy import require
+
+    torch = require("torch")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        path = checkpoint / name
+        if path.stat().st_size > 1024**3:
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged pickle fails in many ways
+            return f"{name} does not load ({type(exc).__name__})"
+    return None
 
 
 def _recover_from_oom(run: StageRun, config: StageConfig, start_weights: dict[str, Any]) -> StageConfig:
@@ -94,6 +129,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
         trainer = build_dpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
     else:
         trainer = build_sft_trainer(run.model, run.tokenizer, config, run.data, hooks)
+    trainer.nova_fingerprint = run.fingerprint.to_dict()
+    trainer.nova_lr_override = run.lr_override if resume_from is not None else None
     t = config.training
     result = StageResult(name=stage.name, method=config.method)
     evals = len(run.data.eval) if run.data.eval is not None else 0

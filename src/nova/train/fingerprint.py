@@ -1,0 +1,192 @@
+"""Fingerprints of a phase's stages, and the check that a resume continues the same training.
+
+The check runs before any weights load and before data is tokenized (the data part of a
+fingerprint is the data cache key: file contents, data settings and tokenizer, hashed). Every
+reuse of earlier work goes through ``check_resume``: a stage's DONE record and the checkpoint
+a stage would resume from. A difference stops the run with the keys that differ and the two
+ways forward (restart with ``--fresh``, or revert the change).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nova.errors import Problem, ProblemList
+from nova.plan import PlannedPhase, PlannedStage
+from nova.runs.fingerprint import ADJUSTABLE, MUTABLE_TRAINING, Fingerprint, differences, show
+from nova.runs.record import AdapterRef
+
+if TYPE_CHECKING:
+    from nova.train.context import PhaseContext
+
+
+class ResumeMismatch(ProblemList):
+    """Earlier work of a stage was trained with other settings than the config now asks for."""
+
+
+@dataclass(frozen=True)
+class FingerprintInputs:
+    """What a phase's fingerprints are made of, besides its config."""
+
+    model_identity: str
+    compute_dtype: str
+    data_keys: list[str | None]  # per stage, the data cache key (None: not hashable, e.g. a hub dataset)
+    chain: list[AdapterRef]
+
+
+def adapter_digest(adapter_dir: Path) -> str:
+    """sha256 of a saved adapter's weights (adapters are small; the whole file is hashed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with (adapter_dir / "adapter_model.safetensors").open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:24]
+
+
+def stage_fingerprint(planned: PlannedPhase, stage: PlannedStage, inputs: FingerprintInputs,
+                      chain_digests: dict[str, str], previous: str | None) -> Fingerprint:
+    """The fingerprint of one stage: model, LoRA, method, schedule, seed, data, and its starting point."""
+    model = planned.model.model_dump(mode="json", exclude={"models_dir", "trust_remote_code", "compute_dtype"})
+    training = stage.config.training.model_dump(mode="json", exclude=set(MUTABLE_TRAINING))
+    values: dict[str, Any] = {f"model.{k}": v for k, v in model.items()}
+    values["model.identity"] = inputs.model_identity
+    values["model.compute_dtype"] = inputs.compute_dtype
+    values.update({f"lora.{k}": v for k, v in planned.phase.lora.model_dump(mode="json").items()})
+    values["method"] = stage.method
+    if stage.method == "dpo":
+        values.update({f"dpo.{k}": v for k, v in stage.config.dpo.model_dump(mode="json").items()})
+    values.update({f"training.{k}": v for k, v in training.items()})
+    values["training.effective_batch_size"] = stage.config.training.effective_batch_size
+    key = inputs.data_keys[stage.index]
+    values["data.key"] = key if key is not None else json.dumps(
+        stage.config.data.model_dump(mode="json", exclude={"num_proc", "cache_dir"}), sort_keys=True)
+    values.update({f"chain.{name}": digest for name, digest in chain_digests.items()})
+    values["start.previous_stage"] = previous
+    return Fingerprint(values)
+
+
+def phase_fingerprints(planned: PlannedPhase, inputs: FingerprintInputs) -> list[Fingerprint]:
+    """One fingerprint per stage, each stage starting from the one before it."""
+    chain = {ref.name: adapter_digest(ref.path) for ref in inputs.chain}
+    out: list[Fingerprint] = []
+    for stage in planned.stages:
+        out.append(stage_fingerprint(planned, stage, inputs, chain, out[-1].digest if out else None))
+    return out
+
+
+def _describe(key: str, old: Any, new: Any) -> str:
+    if key == "data.key":
+        return "the data (file contents, data settings or tokenizer) changed"
+    if key == "model.identity":
+        return "the base model's weights are not the same files"
+    if key.startswith("chain."):
+        return f"the adapter of earlier phase '{key[6:]}' changed (it was retrained)"
+    if key == "start.previous_stage":
+        return "the stage before this one was trained differently"
+    return f"{show(old)} -> {show(new)}"
+
+
+def mismatch(what: str, where: Path, old: Fingerprint | None, new: Fingerprint, *,
+             allow_adjust: bool, fix: str | None = None) -> ResumeMismatch | None:
+    """None when ``old`` may be reused for ``new``; else the error that says why, key by key.
+
+    ``fix`` replaces the default way forward (restart the stage with --fresh, or revert).
+    """
+    if old is None:
+        return ResumeMismatch(f"{what} {where} has no fingerprint (written by an older nova), so nova cannot "
+                              "tell what it was trained with",
+                              [Problem(str(where), "no fingerprint", fix or "add --fresh to train this stage again")])
+    diffs = differences(old, new)
+    if allow_adjust:
+        diffs = [d for d in diffs if d[0] not in ADJUSTABLE]
+    if not diffs:
+        return None
+    only_adjustable = all(k in ADJUSTABLE for k, _, _ in diffs)
+    if fix is None:
+        fix = ("add --resume-with-changes to continue with the new value, --fresh to restart the stage, or "
+               "revert the change") if only_adjustable else "add --fresh to restart the stage, or revert the change"
+    problems = [Problem(key, _describe(key, a, b)) for key, a, b in diffs]
+    return ResumeMismatch(f"{what} {where} was trained with other settings ({fix})", problems)
+
+
+def changes(old: Fingerprint, new: Fingerprint) -> dict[str, list[Any]]:
+    """The adjustable keys that differ, as {key: [old, new]} (recorded in config.yaml)."""
+    return {k: [a, b] for k, a, b in differences(old, new) if k in ADJUSTABLE}
+
+
+# ---------------------------------------------------------------- the checks on a phase's earlier work
+
+
+def compute_fingerprints(ctx: PhaseContext, source: str, compute_dtype: str, tokenizer: Any) -> list[Fingerprint]:
+    """The fingerprint of every stage of the phase as the config asks for it now (no weights loaded)."""
+    from nova.data import data_key
+    from nova.model.identity import model_identity
+
+    keys = [data_key(s.config.data, tokenizer, method=s.method, seed=s.config.training.seed, dpo=s.config.dpo)
+            for s in ctx.planned.stages]
+    inputs = FingerprintInputs(model_identity(ctx.model_cfg.base, source, ctx.model_cfg.revision), compute_dtype,
+                               keys, ctx.chain)
+    return phase_fingerprints(ctx.planned, inputs)
+
+
+def _recorded(path: Path, key: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_checkpoint(ctx: PhaseContext, stage: PlannedStage, checkpoint: Path) -> dict[str, Any]:
+    """Raise unless ``checkpoint`` continues the stage as configured; returns the allowed changes applied."""
+    from nova.runs.checkpoints import checkpoint_step, seal_fingerprint
+
+    new = ctx.fingerprints[stage.index]
+    old = Fingerprint.from_dict(seal_fingerprint(checkpoint))
+    problem = mismatch(f"stage {stage.label}: checkpoint", checkpoint, old, new,
+                       allow_adjust=ctx.resume_with_changes)
+    if problem is not None:
+        raise problem
+    applied = changes(old, new) if old is not None else {}
+    return {"at_step": checkpoint_step(checkpoint), **applied} if applied else {}
+
+
+def check_reuse(ctx: PhaseContext) -> dict[str, dict[str, Any]]:
+    """Before any weights load: every finished stage and the checkpoint an unfinished one would resume
+    from must have been trained with the settings asked for now. Returns the allowed changes per stage."""
+    from nova.runs.checkpoints import list_checkpoints
+
+    applied: dict[str, dict[str, Any]] = {}
+    for stage in ctx.planned.stages:
+        if ctx.run.stage_is_done(stage.name):
+            old = Fingerprint.from_dict(_recorded(ctx.run.stage_done(stage.name), "fingerprint"))
+            problem = mismatch(f"stage {stage.label}: its finished adapter in", ctx.run.stage_dir(stage.name), old,
+                               ctx.fingerprints[stage.index], allow_adjust=False,
+                               fix="add --fresh to train the phase again, or revert the change")
+            if problem is not None:
+                raise problem
+            continue
+        found = list_checkpoints(ctx.run.checkpoints(stage.name))
+        if found:
+            change = check_checkpoint(ctx, stage, found[-1][1])
+            if change:
+                applied[stage.name] = change
+        break  # later stages have not started: nothing of theirs is reused
+    return applied
+
+
+def check_finished(ctx: PhaseContext, fingerprints: list[Fingerprint]) -> None:
+    """A finished phase is reused (skipped) only when it was trained as the config asks for now."""
+    recorded = _recorded(ctx.run.complete_marker, "fingerprints")
+    olds = [Fingerprint.from_dict(r) for r in recorded] if isinstance(recorded, list) else []
+    if len(olds) != len(fingerprints):
+        olds = [None] * len(fingerprints)
+    for stage, old, new in zip(ctx.planned.stages, olds, fingerprints, strict=True):
+        problem = mismatch(f"phase {ctx.phase.name} finished, but stage {stage.label} in", ctx.run_dir, old, new,
+                           allow_adjust=False, fix="add --force to train it again, or revert the change")
+        if problem is not None:
+            raise problem
