@@ -10,6 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def printable(text: str) -> str:
+    """``text`` with what cannot be printed as ASCII escaped (``\\xff``, ``\\udcff``).
+
+    A file name that is not UTF-8 reaches Python as lone surrogates ('\\udcff'); writing those, or
+    handing them to pydantic (which encodes messages as UTF-8), raises UnicodeEncodeError.
+    """
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 class NovaError(Exception):
     """A user-facing failure: bad config, bad data, missing file, impossible request."""
 

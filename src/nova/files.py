@@ -42,13 +42,38 @@ def human_bytes(n: float) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover
 
 
-def check_output_dir(out_dir: Path, force: bool) -> None:
-    """Refuse to overwrite a non-empty directory (or any file) unless ``force``."""
+def check_output_dir(out_dir: Path, force: bool, *, marker: str | None = None) -> None:
+    """Refuse to overwrite a non-empty directory (or any file) unless ``force``.
+
+    With ``marker`` (the provenance file nova writes into such an output), ``force`` replaces only a
+    directory that holds it: one nova wrote. A typo'd ``--out ~/models --force`` must not delete a
+    directory of someone's own files.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise NovaError(f"output exists and is not a directory: {out_dir}", hint="choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        return
+    if not force:
         raise NovaError(f"output directory is not empty: {out_dir}",
                         hint="choose another --out, or pass --force to replace it")
+    if marker is not None and not (out_dir / marker).is_file():
+        raise NovaError(f"{out_dir} is not empty and was not written by nova (no {marker}); --force replaces "
+                        "only an earlier nova output", hint="choose another --out, or move the directory away")
+
+
+def portable_path(path: str | Path, base: Path) -> str:
+    """``path`` as recorded in a file that travels with the output ``base``: relative to ``base``, or
+    the bare name when the two share nothing below the root (``../../tmp/x`` would spell the
+    absolute path). A model shipped to someone else must not carry this machine's directory names.
+    """
+    target, home = Path(path).expanduser().resolve(), Path(base).expanduser().resolve()
+    try:
+        common = Path(os.path.commonpath([target, home]))
+    except ValueError:  # different drives (Windows)
+        return target.name
+    if common == Path(common.anchor):
+        return target.name
+    return os.path.relpath(target, home)
 
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:

@@ -33,8 +33,13 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only: bool = False,
-               quantization: str | None = None) -> LoadedModel:
-    """Load a run directory (as trained), a plain model directory, or a base plus ``adapter``."""
+               quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a run directory (as trained), a plain model directory, or a base plus ``adapter``.
+
+    ``trust_remote_code`` comes from the caller (the command line) and replaces a run's recorded
+    setting: a run directory may come from someone else, and its config.yaml must not be what lets
+    a model's code run.
+    """
     from nova.model.adapters import activate, stack_frozen
     from nova.model.loading import choose_placement, load_base_model, load_tokenizer, resolve_base
 
@@ -42,9 +47,10 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
     record: RunRecord | None = None
     if is_run_dir(path):
         record = read_run(path)
-        model_cfg, adapters = record.model, record.require_adapters()
+        model_cfg = record.model.changed(trust_remote_code=trust_remote_code)
+        adapters = record.require_adapters()
     else:
-        model_cfg = ModelConfig(base=str(path), quantization="none")
+        model_cfg = ModelConfig(base=str(path), quantization="none", trust_remote_code=trust_remote_code)
         adapters = [AdapterRef("adapter", Path(adapter))] if adapter else []
     if quantization is not None:
         model_cfg = model_cfg.changed(quantization=quantization)
@@ -61,34 +67,81 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
     return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}", stacked, record)
 
 
-def read_prompts_file(path: Path) -> list[list[dict[str, str]]]:
-    """JSONL prompts: each line {"prompt": "..."} (optionally with "system") or {"messages": [...]}."""
-    import json
+MAX_PROMPTS_BYTES = 64 * 1024 * 1024  # prompts are answered one by one: a bigger file is a mistake
+MAX_PROMPT_PROBLEMS = 1000  # enough to see the pattern; reading stops there
+_ROLES = ("system", "user", "assistant", "tool")
 
+Conversation = list[dict[str, str]]
+
+
+def read_prompts_file(path: Path) -> list[Conversation]:
+    """JSONL prompts: each line {"prompt": "..."} (optionally with "system") or {"messages": [...]}.
+
+    Read and checked whole before any model loads, so a bad file costs seconds, not a model load;
+    every bad line is one problem naming file:line (DataError), the file itself a NovaError.
+    """
     from nova.errors import DataError, Problem
 
-    conversations: list[list[dict[str, str]]] = []
-    problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    if not path.exists():
+        raise NovaError(f"--prompts-file {path} does not exist", hint="check the path")
+    if not path.is_file():
+        raise NovaError(f"--prompts-file {path} is not a file", hint="pass a .jsonl file, one prompt per line")
+    if path.stat().st_size > MAX_PROMPTS_BYTES:
+        raise NovaError(f"--prompts-file {path} is larger than {MAX_PROMPTS_BYTES // 2**20} MiB",
+                        hint="split it; prompts are answered one at a time")
+    try:
+        with path.open("rb") as fh:
+            lines = fh.read(MAX_PROMPTS_BYTES + 1).split(b"\n")
+    except OSError as exc:
+        raise NovaError(f"cannot read --prompts-file {path}: {exc.strerror or exc}") from None
+    conversations: list[Conversation] = []
+    problems: list[Problem] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
+            conversations.append(_prompt_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw))
         except ValueError as exc:
-            problems.append(Problem(f"{path}:{number}", f"invalid JSON ({exc.msg})"))
-            continue
-        if isinstance(record, dict) and isinstance(record.get("messages"), list):
-            conversations.append(record["messages"])
-        elif isinstance(record, dict) and isinstance(record.get("prompt"), str):
-            system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-            conversations.append([*system, {"role": "user", "content": record["prompt"]}])
-        else:
-            problems.append(Problem(f"{path}:{number}", "expected {\"prompt\": TEXT} or {\"messages\": [...]}"))
+            problems.append(Problem(f"{path}:{number}", str(exc)))
+            if len(problems) >= MAX_PROMPT_PROBLEMS:
+                problems.append(Problem(str(path), f"stopped reading after {MAX_PROMPT_PROBLEMS} bad lines"))
+                break
     if problems:
         raise DataError(f"bad prompts file {path}", problems)
     if not conversations:
         raise DataError(f"bad prompts file {path}", [Problem(str(path), "no prompts in the file")])
     return conversations
+
+
+def _prompt_line(raw: bytes) -> Conversation:
+    """One line as a conversation; ValueError with a one-line reason when it is not one."""
+    import json
+
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
+    except ValueError:  # Python's int-string limit (sys.get_int_max_str_digits)
+        raise ValueError("a number too long to read") from None
+    if isinstance(record, dict) and "messages" in record:
+        messages = record["messages"]
+        if not (isinstance(messages, list) and messages and all(
+                isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)
+                for m in messages)):
+            raise ValueError('"messages" must be a non-empty list of {"role": ROLE, "content": TEXT} '
+                             f"(roles: {', '.join(_ROLES)})")
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    if isinstance(record, dict) and isinstance(record.get("prompt"), str):
+        system = record.get("system")
+        if system is not None and not isinstance(system, str):
+            raise ValueError('"system" must be text')
+        head = [{"role": "system", "content": system}] if system else []
+        return [*head, {"role": "user", "content": record["prompt"]}]
+    raise ValueError('expected {"prompt": TEXT} or {"messages": [...]}')
 
 
 def eval_loss(loaded: LoadedModel) -> list[dict[str, Any]]:

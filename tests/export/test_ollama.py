@@ -81,11 +81,30 @@ def test_ollama_export_chatml(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_force_replaces_only_an_earlier_export(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from nova.export.ollama import export_ollama
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(NovaError, match=r"not written by nova \(no nova_export.json\)") as err:
+        export_ollama(tiny_model_dir, mine, force=True)
+    assert str(mine) in str(err.value) and (mine / "notes.txt").read_text() == "mine"
+    out = export_ollama(tiny_model_dir, tmp_path / "ollama").path
+    info = json.loads((out / "nova_export.json").read_text())
+    assert info["kind"] == "ollama" and not info["source"].startswith("/") and str(tmp_path) not in str(info)
+    (out / "stale.txt").write_text("old")
+    export_ollama(tiny_model_dir, out, force=True)  # an earlier export: replaced
+    assert not (out / "stale.txt").exists() and (out / "Modelfile").is_file()
+
+
 def test_ollama_export_with_gguf(tiny_model_dir: Path, tmp_path: Path) -> None:
     from nova.export.ollama import export_ollama
 
     out = export_ollama(tiny_model_dir, tmp_path / "ollama-q8", outtype="q8_0").path
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-q8_0.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-q8_0.gguf", "nova_export.json"]
     assert "FROM ./model-q8_0.gguf" in (out / "Modelfile").read_text().splitlines()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,16 +98,41 @@ def test_refuses_non_empty_output_unless_forced(tiny_gguf: Path, tmp_path: Path)
     from nova.model.gguf import import_gguf
 
     out = tmp_path / "out"
-    out.mkdir()
+    import_gguf(tiny_gguf, out)
     (out / "keep.txt").write_text("mine")
     with pytest.raises(NovaError, match="not empty"):
         import_gguf(tiny_gguf, out)
     assert (out / "keep.txt").exists()
-    import_gguf(tiny_gguf, out, dtype="bfloat16", force=True)
+    import_gguf(tiny_gguf, out, dtype="bfloat16", force=True)  # an earlier import: --force replaces it
     assert not (out / "keep.txt").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
     assert json.loads((out / "nova_import.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_force_never_replaces_a_directory_nova_did_not_import(tiny_gguf: Path, tmp_path: Path) -> None:
+    from nova.model.gguf import import_gguf
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(NovaError, match=r"not written by nova \(no nova_import.json\)") as err:
+        import_gguf(tiny_gguf, out, force=True)
+    assert str(out) in str(err.value) and len(err.value.lines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_import_records_no_absolute_path(tiny_gguf: Path, tmp_path: Path) -> None:
+    from nova.model.gguf import import_gguf
+
+    src = tmp_path / "src" / "Tiny.gguf"
+    src.parent.mkdir()
+    shutil.copy(tiny_gguf, src)
+    out = import_gguf(src, tmp_path / "models" / "tiny")
+    text = (out / "nova_import.json").read_text()
+    assert str(tmp_path) not in text and str(Path.home()) not in text
+    assert json.loads(text)["source_path"] == "../../src/Tiny.gguf"
 
 
 def test_bad_inputs_give_one_clear_line(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from nova.cli.options import JsonOpt
+from nova.cli.options import JsonOpt, TrustRemoteCodeOpt
 from nova.errors import NovaError
 
 
@@ -29,6 +29,7 @@ def infer(
     top_k: int = typer.Option(0, "--top-k", min=0, help="0 = off."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come (text mode)."),
+    trust_remote_code: TrustRemoteCodeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with the chat template, compare with the base, chat, or evaluate a run's holdout."""
@@ -42,7 +43,7 @@ def infer(
     if not (prompt or prompts_file or chat or evaluate):
         raise NovaError("nothing to do", hint="pass --prompt TEXT, --prompts-file FILE, --chat or --eval")
     conversations = read_prompts_file(prompts_file) if prompts_file else []
-    loaded = load_model(model, adapter=adapter)
+    loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code)
     if compare and not loaded.has_adapters:
         raise NovaError("--compare needs adapters to switch off", hint="pass a run directory or --adapter")
     if evaluate:

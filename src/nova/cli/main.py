@@ -24,7 +24,7 @@ from nova.cli import (
     status_cmd,
     train_cmd,
 )
-from nova.errors import NovaError
+from nova.errors import NovaError, printable
 
 app = typer.Typer(
     name="nova",
@@ -65,6 +65,37 @@ def main(
     quiet_libraries(debug)  # before any command imports torch or transformers
 
 
+def _say(line: str) -> None:
+    """The one place errors are printed: ASCII only, so a file name that is not UTF-8 (lone
+    surrogates in Python) or a non-ASCII value in a message cannot fail the printing itself."""
+    typer.echo(printable(line), err=True)
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """typer >= 0.29 raises its vendored copy of click's exceptions, older typer raises click's own."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+    except ImportError:  # typer before 0.29
+        pass
+    else:
+        kinds.append(VendoredClickException)
+    return tuple(kinds)
+
+
+def _show_click_error(exc: Exception) -> int:
+    """A usage error (bad option value, missing argument) as click prints it: usage line, then the error."""
+    import io
+
+    buffer = io.StringIO()
+    exc.show(file=buffer)  # type: ignore[attr-defined]
+    for line in buffer.getvalue().rstrip("\n").splitlines():
+        _say(line)
+    return int(getattr(exc, "exit_code", 2))
+
+
 def run() -> None:
     """Console-script entry: run the app, turning errors into one clear message and an exit code."""
     debug = "--debug" in sys.argv or os.environ.get("NOVA_DEBUG") == "1"
@@ -74,28 +105,28 @@ def run() -> None:
         if debug:
             raise
         lines = exc.lines()
-        typer.echo(f"error: {lines[0]}", err=True)
+        _say(f"error: {lines[0]}")
         for line in lines[1:]:
-            typer.echo(line, err=True)
+            _say(line)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        _say("interrupted")
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        typer.echo("aborted", err=True)
+        _say("aborted")
         sys.exit(1)
     except Exception as exc:  # the last line of defence: one line, not a traceback
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if isinstance(exc, _click_exceptions()):
+            sys.exit(_show_click_error(exc))
         if debug:
             raise
-        typer.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                   err=True)
+        try:
+            detail = f"{type(exc).__name__}: {exc}"
+        except Exception:  # str() itself can fail (an int too long to convert, a broken __str__)
+            detail = type(exc).__name__
+        _say(f"error: internal error: {detail} (rerun with --debug for the traceback)")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

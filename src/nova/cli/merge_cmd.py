@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from nova.cli.options import JsonOpt
+from nova.cli.options import JsonOpt, TrustRemoteCodeOpt
 from nova.merge import DEFAULT_SOURCE, DEFAULT_TOLERANCE
 
 
@@ -47,6 +47,7 @@ def merge(
     tolerance: float = typer.Option(DEFAULT_TOLERANCE, "--tolerance", min=0.0, help="Largest max-abs logit "
                                     "difference allowed between the merged model and base + adapters, both fp32 "
                                     "(measured: 2e-4 on SmolLM2-135M)."),
+    trust_remote_code: TrustRemoteCodeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Merge base + every phase's adapter into one model loadable by plain transformers (no PEFT, no nova)."""
@@ -55,7 +56,7 @@ def merge(
 
     say = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
     result = merge_run(MergeRequest(run_dir=run, out=out, dtype=dtype.value, source=source.value, force=force,
-                                    tolerance=tolerance), say=say)
+                                    tolerance=tolerance, trust_remote_code=trust_remote_code), say=say)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

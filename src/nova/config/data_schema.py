@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from nova.config.base import Section
+from nova.config.base import MAX_RECORDS, MAX_TOKENS, Section
+from nova.errors import printable
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?<!\.jsonl)(?<!\.json)(?<!\.csv)(?<!\.parquet)$")
 
@@ -31,10 +32,10 @@ class DatasetSpec(Section):
         description="Map the file's field names to nova's, e.g. {prompt: question, chosen: response_j}.",
     )
     max_samples: int | None = Field(
-        None, gt=0, description="Use at most this many records of this source (the first valid ones).")
+        None, gt=0, le=MAX_RECORDS, description="Use at most this many records of this source (the first valid ones).")
     weight: float | None = Field(
-        None, gt=0, description="Relative share of this source in the training mix: repeats or samples its "
-        "records (seeded); when any source has a weight, a source without one counts as 1.")
+        None, gt=0, le=1_000_000, description="Relative share of this source in the training mix: repeats or "
+        "samples its records (seeded); when any source has a weight, a source without one counts as 1.")
 
     @field_validator("path")
     @classmethod
@@ -49,7 +50,7 @@ class DatasetSpec(Section):
         # "data/doica" where ./data exists is a mistyped local path, not a hub id.
         looks_local = not _HUB_ID.match(value) or path.parent.is_dir()
         if not path.exists() and looks_local:
-            raise ValueError(f"data file or directory not found: {value}")
+            raise ValueError(f"data file or directory not found: {printable(value)}")
         return value
 
 
@@ -62,8 +63,8 @@ class DataConfig(Section):
         default_factory=list, description="Explicit holdout sources; when set, eval_split is not used.")
     eval_split: float = Field(
         0.1, ge=0, lt=1, description="Fraction of the training records held out for eval (fixed seed).")
-    max_samples: int | None = Field(None, gt=0, description="Cap on training records after mixing.")
-    max_length: int = Field(1024, gt=8, description="Longest tokenized sequence, in tokens.")
+    max_samples: int | None = Field(None, gt=0, le=MAX_RECORDS, description="Cap on training records after mixing.")
+    max_length: int = Field(1024, gt=8, le=MAX_TOKENS, description="Longest tokenized sequence, in tokens.")
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="What happens to sequences longer than max_length (always reported).")
     on_error: Literal["fail", "skip"] = Field(
@@ -72,7 +73,7 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="System message added to chats that have none.")
     loss_on: Literal["assistant", "all"] = Field(
         "assistant", description="Train on assistant tokens only (default) or on the whole sequence.")
-    num_proc: int | None = Field(None, gt=0, description="Processes for tokenization; default picks by size.")
+    num_proc: int | None = Field(None, gt=0, le=1024, description="Processes for tokenization; default picks by size.")
     cache_dir: str = Field(".nova-cache", description="Where tokenized datasets are cached (by content hash).")
 
     @model_validator(mode="after")

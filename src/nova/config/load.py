@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from nova.config import safe_yaml
+from nova.config.safe_yaml import MAX_BYTES, KeyPath
 from nova.config.schema import PhaseConfig, PipelineConfig
 from nova.errors import ConfigError, Problem
-
-KeyPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -34,34 +34,25 @@ class LoadedConfig:
         return isinstance(self.config, PipelineConfig)
 
 
-def _line_index(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, int]:
-    """Map each key path of a composed YAML document to its 1-based line."""
-    lines: dict[KeyPath, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = (*prefix, key_node.value)
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_line_index(value_node, path))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[(*prefix, i)] = item.start_mark.line + 1
-            lines.update(_line_index(item, (*prefix, i)))
-    return lines
-
-
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
     """A YAML mapping and the line of each key path; every way it can be unreadable is a ConfigError."""
     if not path.exists():
         raise ConfigError("config not found", [Problem(str(path), "no such file", "check the --config path")])
     if path.is_dir():
         raise ConfigError("config is a directory", [Problem(str(path), "expected a YAML file", "pass a .yaml file")])
+    if not path.is_file():
+        raise ConfigError("config is not a file", [Problem(str(path), "not a regular file", "pass a .yaml file")])
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)  # never more: the path may be a file that keeps growing
+        if len(raw) > MAX_BYTES:
+            raise ConfigError("config too large", [Problem(str(path), f"more than {MAX_BYTES} bytes",
+                                                           "a config is a short YAML file")])
+        text = raw.decode("utf-8")
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigError("cannot read config", [Problem(str(path), str(exc))]) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, lines = safe_yaml.load(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -71,7 +62,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
         raise ConfigError("empty config", [Problem(str(path), "the file holds no settings")])
     if not isinstance(data, dict):
         raise ConfigError("bad config", [Problem(str(path), f"expected a mapping of keys, got {type(data).__name__}")])
-    return data, _line_index(node)
+    return data, lines
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -81,8 +72,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError("bad --set", [Problem(f"--set {item}", "empty key")])
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+    where = f"--set {item if len(item) <= 80 else item[:80] + '...'}"
+    try:  # bounded like a config file: a --set value can be an alias bomb too
+        parsed = safe_yaml.load(value, where, numbered=False)[0] if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     return parts, parsed
@@ -177,8 +169,17 @@ def _describe(err: dict[str, Any], root: type[BaseModel], loc: KeyPath) -> tuple
         message = message[len("Value error, "):]
     got = err.get("input")
     if kind not in ("model_type",) and not isinstance(got, dict | list) and got is not None:
-        message = f"{message} (got {got!r})"
+        message = f"{message} (got {_shown(got)})"
     return message, None
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr`` of a bad value, cut to ``limit`` characters; repr itself can fail (an int of 5,000 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def load_yaml_config(path: str | Path, overrides: list[str] | None = None) -> LoadedConfig:

@@ -13,8 +13,18 @@ from nova.config.schema import PhaseConfig, PipelineConfig
 from nova.errors import NovaError
 
 
+def _bounds(metadata: list[Any]) -> str:
+    """The numeric limits of a field (``>0, <=10000000``), so the reference says what is accepted."""
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    parts = [f"{sign}{getattr(m, name)}" for m in metadata for name, sign in signs.items() if hasattr(m, name)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *metadata = typing.get_args(annotation)
+        return _type_name(base) + _bounds([x for m in metadata for x in getattr(m, "metadata", [m])])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
@@ -53,7 +63,7 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         section = _section_of(field.annotation)
-        type_name = _type_name(field.annotation) if section is None else (
+        type_name = _type_name(field.annotation) + _bounds(field.metadata) if section is None else (
             f"list of {section.__name__}" if typing.get_origin(field.annotation) is list else "section")
         out.append((key, type_name, _default(field), field.description or ""))
         if section is not None and section not in (PhaseConfig,):

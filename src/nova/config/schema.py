@@ -13,13 +13,14 @@ the pipeline file, because they are includes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from nova.config.base import Section
+from nova.config.base import MAX_BATCH, MAX_STEPS, MAX_TOKENS, Section
 from nova.config.data_schema import DataConfig
 from nova.config.monitor_schema import MonitorConfig
+from nova.errors import printable
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
@@ -50,7 +51,8 @@ class LoraConfig(Section):
     """The LoRA adapter trained on top of the (frozen, possibly quantized) base."""
 
     r: int = Field(8, gt=0, le=4096, description="Adapter rank.")
-    alpha: int = Field(16, gt=0, description="Scaling numerator: updates are scaled by alpha / r (usually 2 x r).")
+    alpha: int = Field(
+        16, gt=0, le=MAX_BATCH, description="Scaling numerator: updates are scaled by alpha / r (usually 2 x r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but lm_head).")
@@ -60,36 +62,52 @@ class LoraConfig(Section):
 class TrainingConfig(Section):
     """Optimizer, schedule, batch, evaluation and checkpointing for one stage."""
 
-    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; when unset, num_epochs decides.")
-    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data (used when max_steps is unset).")
-    micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass on one device.")
-    gradient_accumulation_steps: int = Field(4, gt=0, description="Micro batches per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA: 1e-4 to 3e-4 is typical).")
+    max_steps: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="Optimizer steps; when unset, num_epochs decides.")
+    num_epochs: float = Field(
+        1.0, gt=0, le=10_000, description="Passes over the training data (used when max_steps is unset).")
+    micro_batch_size: int = Field(4, gt=0, le=MAX_BATCH, description="Sequences per forward pass on one device.")
+    gradient_accumulation_steps: int = Field(4, gt=0, le=MAX_BATCH, description="Micro batches per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (LoRA: 1e-4 to 3e-4 is typical).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warmup.")
-    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; when unset, warmup_ratio decides.")
+    warmup_steps: int | None = Field(
+        None, ge=0, le=MAX_STEPS, description="Warmup steps; when unset, warmup_ratio decides.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Warmup as a fraction of all steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     optimizer: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
         "adamw_torch", description="Optimizer; the 8-bit and paged ones need bitsandbytes on a GPU.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_grad_norm: float = Field(1.0, gt=0, le=1_000_000, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in backward: much less memory, about 30% slower.")
-    logging_steps: int = Field(10, gt=0, description="Log loss, learning rate and throughput every N steps.")
-    eval_steps: int = Field(100, gt=0, description="Evaluate on the holdout every N steps.")
-    save_steps: int = Field(100, gt=0, description="Write a checkpoint every N steps.")
-    save_total_limit: int = Field(3, gt=0, description="Keep the last K checkpoints (the newest is never deleted).")
-    seed: int = Field(42, description="Seed for weights init, data order and holdout split.")
+    packing: Literal["auto", "padding_free", "pad"] = Field(
+        "auto", description="SFT micro batches: 'padding_free' concatenates a micro batch's sequences into one row "
+        "with attention kept inside each sequence (no compute on padding; checked exact on the model at the start "
+        "of the stage), 'pad' pads them to the longest, 'auto' packs where the check passes and pads otherwise. "
+        "DPO always pads (TRL 1.x).")
+    max_tokens_per_batch: int | None = Field(
+        None, gt=0, le=10_000_000, description="Fill each SFT micro batch up to this many tokens instead of "
+        "micro_batch_size sequences (throughput and memory then do not depend on the longest sample); the loss is "
+        "still normalized by trained tokens, so a step weighs every token the same.")
+    group_by_length: bool = Field(
+        False, description="Padded SFT batches only: put sequences of similar length together (less padding).")
+    logging_steps: int = Field(
+        10, gt=0, le=MAX_STEPS, description="Log loss, learning rate and throughput every N steps.")
+    eval_steps: int = Field(100, gt=0, le=MAX_STEPS, description="Evaluate on the holdout every N steps.")
+    save_steps: int = Field(100, gt=0, le=MAX_STEPS, description="Write a checkpoint every N steps.")
+    save_total_limit: int = Field(
+        3, gt=0, le=10_000, description="Keep the last K checkpoints (the newest is never deleted).")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for weights init, data order and holdout split.")
     auto_fit: bool = Field(
         False, description="Let preflight choose micro batch, accumulation and checkpointing to fit the GPU, "
         "keeping the effective batch size; the choice is recorded in the run directory.")
     oom_retries: int = Field(
-        2, ge=0, description="On CUDA out-of-memory: halve micro batch, double accumulation, turn on "
+        2, ge=0, le=20, description="On CUDA out-of-memory: halve micro batch, double accumulation, turn on "
         "checkpointing and resume from the last checkpoint, up to this many times.")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="Also log to TensorBoard and/or Weights & Biases (optional extras: "
         "pip install 'nova-tune[tensorboard]' or '[wandb]'); metrics.jsonl is always written.")
-    gpu: Literal["auto"] | int = Field(
+    gpu: Literal["auto"] | Annotated[int, Field(ge=0, le=1023)] = Field(
         "auto", description="GPU index to train on; 'auto' picks the one with the most free memory.")
 
     @property
@@ -101,12 +119,14 @@ class TrainingConfig(Section):
 class DPOConfig(Section):
     """Direct Preference Optimization settings (used by a ``dpo`` stage)."""
 
-    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference model.")
+    beta: float = Field(0.1, gt=0, le=1000, description="Strength of the pull toward the reference model.")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair",
                        "apo_zero", "apo_down"] = Field("sigmoid", description="DPO loss variant (TRL names).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing.")
-    max_prompt_length: int = Field(512, gt=0, description="Prompt tokens kept (the end of the prompt is kept).")
-    max_completion_length: int = Field(512, gt=0, description="Chosen/rejected tokens kept (from the start).")
+    max_prompt_length: int = Field(
+        512, gt=0, le=MAX_TOKENS, description="Prompt tokens kept (the end of the prompt is kept).")
+    max_completion_length: int = Field(
+        512, gt=0, le=MAX_TOKENS, description="Chosen/rejected tokens kept (from the start).")
 
 
 class StageConfig(Section):
@@ -184,8 +204,8 @@ class PipelineConfig(Section):
                 raise ValueError(f"phase name '{phase.name}' is used twice")
             if phase.start_from is not None and phase.start_from not in seen:
                 where = f"earlier phases: {', '.join(seen)}" if seen else "it is the first phase"
-                raise ValueError(f"phase '{phase.name}' starts from '{phase.start_from}', which is not an earlier "
-                                 f"phase ({where})")
+                raise ValueError(f"phase '{phase.name}' starts from '{printable(phase.start_from)}', which is not "
+                                 f"an earlier phase ({where})")
             if phase.start_from is not None and phase.model is not None:
                 source = self.model_for(phase.start_from)
                 if phase.model != source:

@@ -17,6 +17,7 @@ REASONS = {
     "invalid_json": "invalid JSON",
     "truncated_line": "truncated last line",
     "not_utf8": "not UTF-8",
+    "too_complex": "nested too deeply, number or line too long",
     "not_an_object": "record is not an object",
     "unknown_format": "no known fields",
     "mixed_formats": "two formats in one file",

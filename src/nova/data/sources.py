@@ -7,11 +7,12 @@ unusable (empty, unreadable, not records, missing columns) raise ``FileProblem``
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ from nova.data.records import RecordProblem
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 BOM = b"\xef\xbb\xbf"
+MiB = 1024 * 1024
+BLOCK = MiB  # JSON Lines are parsed a block at a time: memory near one block, not 2-3x the file
+PARQUET_BATCH = 4096  # rows per record batch read from a Parquet file
+MAX_LINE = 64 * MiB  # one record; a longer line is reported (and skipped) instead of filling memory
 # Fields that hold structure; in CSV and Parquet cells they may be JSON-encoded.
 _JSON_FIELDS = frozenset({"messages", "conversations", "chosen", "rejected", "prompt", "completion", "history",
                           "chosen_messages", "rejected_messages"})
@@ -77,25 +82,28 @@ def read_file(path: Path) -> tuple[list[str] | None, Iterator[RawRecord]]:
         return _read_csv(path)
     if suffix == ".parquet":
         return _read_parquet(path)
-    data = _read_bytes(path)
     if suffix == ".json":
-        return None, _read_json(path, data)
-    return None, _read_jsonl(path, data)
+        return None, _read_json(path, _read_bytes(path))
+    return None, _read_jsonl_file(path, _open(path))
 
 
 def peek_record(path: Path) -> dict[str, Any] | None:
     """The fields of a file's first record as ``read_file`` reads them; None if it cannot be read.
 
-    JSON Lines are read only up to the first non-blank line, so a caller that needs the shape
-    of the data (preflight) answers at once on a file of any size; other formats are read whole.
+    JSON Lines are read only up to the first block holding a non-blank line, so a caller that needs
+    the shape of the data (preflight) answers at once on a file of any size; other formats are read
+    until their first record.
     """
     if path.suffix.lower() != ".jsonl":
         raw = next(read_file(path)[1], None)
         return raw.data if raw else None
-    with _open(path) as fh:
-        lines = (line.removeprefix(BOM) if i == 0 else line for i, line in enumerate(fh))
-        first = next((line for line in lines if line.strip()), None)
-    raw = next(_read_jsonl(path, first), None) if first is not None else None
+    records = _read_jsonl_file(path, _open(path))
+    try:
+        raw = next(records, None)
+    except FileProblem:  # an empty file has no first record
+        return None
+    finally:
+        records.close()
     return raw.data if raw else None
 
 
@@ -103,13 +111,13 @@ def count_records(path: Path) -> int:
     """How many records ``read_file`` yields for a file (good or bad), parsing as little as it can.
 
     Preflight counts records for the schedule check in well under a second: JSON Lines by their
-    non-blank lines (no JSON parsed), Parquet from its footer; JSON and CSV are read whole.
+    non-blank lines (no JSON parsed), Parquet from its footer; JSON is read whole, CSV row by row.
     """
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with _open(path) as fh:
-            head = fh.readline().removeprefix(BOM)
-            return int(bool(head.strip())) + sum(1 for line in fh if line.strip())
+        with _open(path) as fh:  # by blocks: a file of one endless line is never read whole
+            return sum(1 if block is None else sum(1 for line in block.split(b"\n") if line.strip())
+                       for block in _line_blocks(fh))
     if suffix == ".parquet":
         from nova.lazy import require
 
@@ -129,6 +137,7 @@ def _open(path: Path) -> BinaryIO:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """A whole file, for the formats that are parsed whole (a JSON array); JSON Lines and CSV stream."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -139,6 +148,57 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+def _line_blocks(fh: BinaryIO) -> Iterator[bytes | None]:
+    """The file in blocks of whole lines (every block but the last ends with a newline), a BOM at the
+    start dropped; None in place of one line longer than MAX_LINE (skipped up to its newline), so
+    memory stays near one block however large the file, and line numbers stay countable."""
+    pending, skipping, first = b"", False, True
+    while True:
+        chunk = fh.read(max(BLOCK, len(BOM)) if first else BLOCK)
+        eof = not chunk
+        if first:
+            chunk, first = chunk.removeprefix(BOM), False
+        if skipping:
+            if eof:
+                return
+            end = chunk.find(b"\n")
+            if end == -1:
+                continue
+            skipping, chunk = False, chunk[end + 1:]
+        if eof:
+            if pending:
+                yield pending
+            return
+        cut = chunk.rfind(b"\n")
+        if cut == -1:
+            pending += chunk
+            if len(pending) > MAX_LINE:
+                yield None
+                pending, skipping = b"", True
+            continue
+        yield pending + chunk[: cut + 1]
+        pending = chunk[cut + 1:]
+
+
+def _read_jsonl_file(path: Path, fh: BinaryIO) -> Iterator[RawRecord]:
+    """The records of a JSON Lines file, read a block at a time (the file is never in memory whole)."""
+    number, seen = 1, False
+    with fh:
+        for block in _line_blocks(fh):
+            if block is None:
+                seen = True
+                yield RawRecord(f"{path}:{number}", None, RecordProblem(
+                    "too_complex", f"the line is longer than {MAX_LINE // MiB} MiB", "split the record"))
+                number += 1
+                continue
+            for raw in _read_jsonl(path, block, number):
+                seen = True
+                yield raw
+            number += block.count(b"\n")
+    if not seen:
+        raise FileProblem("empty_file", str(path), "the file is empty")
+
+
 def _bad_utf8(exc: UnicodeDecodeError, line: bytes) -> RecordProblem:
     return RecordProblem("not_utf8", f"not UTF-8: byte 0x{line[exc.start]:02x} at column {exc.start + 1}",
                          "save the file as UTF-8")
@@ -147,8 +207,8 @@ def _bad_utf8(exc: UnicodeDecodeError, line: bytes) -> RecordProblem:
 def _long_number_lines(data: bytes) -> set[int]:
     """Line numbers (1-based) holding a run of 19 or more digits. orjson reads an integer beyond 64
     bits as a float where json keeps it exact, so those lines are parsed by json; a run inside a
-    string is harmless (json gives the same result, only slower). One pass in C over the whole
-    file: digits become '0', everything else '.', then a substring search."""
+    string is harmless (json gives the same result, only slower). One pass in C over the block:
+    digits become '0', everything else '.', then a substring search."""
     digits = data.translate(_DIGITS)
     lines: set[int] = set()
     pos = digits.find(_LONG_RUN)
@@ -162,17 +222,20 @@ def _long_number_lines(data: bytes) -> set[int]:
     return lines
 
 
-def _read_jsonl(path: Path, data: bytes) -> Iterator[RawRecord]:
+def _read_jsonl(path: Path, data: bytes, first: int = 1) -> Iterator[RawRecord]:
+    """The records of ``data``, whole lines of a JSON Lines file whose first is line ``first``; a last
+    line without a newline is the end of the file (``_line_blocks`` ends every other block at one)."""
     lines = data.split(b"\n")
-    last = len(lines) if lines[-1].strip() else len(lines) - 1
+    cut_off = not data.endswith(b"\n")
     exact = _long_number_lines(data)
-    for number, raw in enumerate(lines, 1):
-        where = f"{path}:{number}"
+    prefix = f"{path}:"
+    for index, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
-        if number not in exact:
+        where = f"{prefix}{first + index - 1}"
+        if index not in exact:
             # The fast parser first; what it refuses (invalid JSON or UTF-8, a BOM, NaN, lone
-            # surrogates) goes the exact way below, so problems and their messages are json's.
+            # surrogates, deep nesting) goes the exact way below, so problems and messages are json's.
             try:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -180,23 +243,38 @@ def _read_jsonl(path: Path, data: bytes) -> Iterator[RawRecord]:
             else:
                 yield _as_record(where, record)
                 continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield RawRecord(where, None, _bad_utf8(exc, raw))
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if number == last and not data.endswith(b"\n"):
-                problem = RecordProblem("truncated_line", f"the last line is cut off ({exc.msg} at column "
-                                        f"{exc.colno}, no newline at end of file)",
-                                        "the file was probably not written completely")
-            else:
-                problem = RecordProblem("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}")
-            yield RawRecord(where, None, problem)
-            continue
-        yield _as_record(where, record)
+        yield _exact_record(where, raw, cut_off and index == len(lines))
+
+
+def _exact_record(where: str, raw: bytes, last_cut_off: bool) -> RawRecord:
+    """One line parsed by json (exact integers, json's messages), or the problem that stops it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RawRecord(where, None, _bad_utf8(exc, raw))
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if last_cut_off:
+            problem = RecordProblem("truncated_line", f"the last line is cut off ({exc.msg} at column "
+                                    f"{exc.colno}, no newline at end of file)",
+                                    "the file was probably not written completely")
+        else:
+            problem = RecordProblem("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}")
+        return RawRecord(where, None, problem)
+    except (ValueError, RecursionError) as exc:
+        return RawRecord(where, None, too_complex(exc))
+    return _as_record(where, record)
+
+
+def too_complex(exc: ValueError | RecursionError) -> RecordProblem:
+    """A JSON value Python will not build: nested deeper than its recursion limit, or an integer
+    longer than its int-string limit (``sys.get_int_max_str_digits``, 4300 digits by default)."""
+    if isinstance(exc, RecursionError):
+        return RecordProblem("too_complex", "the record is nested too deeply to read",
+                             "flatten the record; no chat needs hundreds of levels")
+    return RecordProblem("too_complex", f"a number longer than {sys.get_int_max_str_digits()} digits",
+                         "write it as a string")
 
 
 def _as_record(where: str, record: Any) -> RawRecord:
@@ -217,6 +295,7 @@ def _decode_utf8(path: Path, data: bytes) -> str:
 
 
 def _read_json(path: Path, data: bytes) -> Iterator[RawRecord]:
+    """A JSON file is one value: parsed whole (JSON Lines is the format for data too big for memory)."""
     text = _decode_utf8(path, data)
     if not _long_number_lines(data):  # see _long_number_lines
         try:
@@ -230,6 +309,9 @@ def _read_json(path: Path, data: bytes) -> Iterator[RawRecord]:
             return _read_jsonl(path, data)
         raise FileProblem("invalid_json", f"{path}:{exc.lineno}", f"invalid JSON: {exc.msg} at column {exc.colno}")\
             from None
+    except (ValueError, RecursionError) as exc:  # one array: no record to blame, the file is the problem
+        problem = too_complex(exc)
+        raise FileProblem(problem.reason, str(path), problem.message, problem.hint) from None
     return _json_records(path, value)
 
 
@@ -251,42 +333,92 @@ def _cell(name: str, value: Any) -> Any:
     if name in _JSON_FIELDS and isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON after all (or too deep, too long): the text as is
             return value
     return value
 
 
+def _check_text(path: Path) -> None:
+    """Refuse a file that is empty or not UTF-8 (naming the line), one block at a time, before any
+    row is read: a CSV with a bad byte is one problem for the file, never half its rows."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with _open(path) as fh:
+        block = fh.read(max(BLOCK, len(BOM)))
+        content = bool(block.removeprefix(BOM).strip())
+        while block:
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                at = exc.start - len(exc.object) + len(block)  # the decoder prepends a split character
+                line += block.count(b"\n", 0, max(at, 0))
+                raise FileProblem("not_utf8", f"{path}:{line}", f"not UTF-8: byte 0x{exc.object[exc.start]:02x}",
+                                  "save the file as UTF-8") from None
+            line += block.count(b"\n")
+            block = fh.read(BLOCK)
+            content = content or bool(block.strip())
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise FileProblem("not_utf8", f"{path}:{line}", "not UTF-8: the file ends inside a character",
+                              "save the file as UTF-8") from None
+    if not content:
+        raise FileProblem("empty_file", str(path), "the file is empty")
+
+
 def _read_csv(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
-    data = _read_bytes(path)
-    text = _decode_utf8(path, data)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = list(reader.fieldnames or [])
+    """Rows streamed through the csv module from the open file (line numbers from the reader)."""
+    _check_text(path)
+    fh = path.open(encoding="utf-8-sig", newline="")  # utf-8-sig: a BOM is dropped
+    csv.field_size_limit(MAX_LINE)  # the default (128 KiB) refuses a long text cell
+    reader = csv.DictReader(fh)
+    try:
+        header = list(reader.fieldnames or [])
+    except csv.Error as exc:
+        fh.close()
+        raise FileProblem("unreadable", f"{path}:{reader.line_num}", f"not valid CSV: {exc}") from None
 
     def rows() -> Iterator[RawRecord]:
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row:
-                yield RawRecord(where, None, RecordProblem("invalid_json", f"the row has {len(row[None])} more "
-                                                           f"cells than the header's {len(header)} columns"))
-                continue
-            yield RawRecord(where, {k: _cell(k, v) for k, v in row.items() if v is not None})
+        with fh:
+            try:
+                for row in reader:
+                    where = f"{path}:{reader.line_num}"
+                    if None in row:
+                        yield RawRecord(where, None, RecordProblem(
+                            "invalid_json", f"the row has {len(row[None])} more cells than the header's "
+                            f"{len(header)} columns"))
+                        continue
+                    yield RawRecord(where, {k: _cell(k, v) for k, v in row.items() if v is not None})
+            except csv.Error as exc:
+                raise FileProblem("unreadable", f"{path}:{reader.line_num}", f"not valid CSV: {exc}") from None
 
     return header, rows()
 
 
 def _read_parquet(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
+    """Rows a record batch at a time (``iter_batches``): memory near one batch, not the whole table."""
     from nova.lazy import require
 
     pq = require("pyarrow.parquet")
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except OSError as exc:
         raise FileProblem("unreadable", str(path), f"cannot read: {exc}") from None
     except Exception as exc:  # pyarrow raises ArrowInvalid for corrupt files
         raise FileProblem("unreadable", str(path), f"not a readable Parquet file: {exc}") from None
-    header = list(table.column_names)
-    rows = table.to_pylist()
-    return header, (RawRecord(f"{path}[{i}]", {k: _cell(k, v) for k, v in r.items()}) for i, r in enumerate(rows))
+    header = list(parquet.schema_arrow.names)
+
+    def rows() -> Iterator[RawRecord]:
+        index = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH):
+                for r in batch.to_pylist():
+                    yield RawRecord(f"{path}[{index}]", {k: _cell(k, v) for k, v in r.items()})
+                    index += 1
+        except (OSError, ValueError) as exc:  # a corrupt row group (ArrowInvalid is a ValueError)
+            raise FileProblem("unreadable", f"{path}[{index}]", f"not a readable Parquet file: {exc}") from None
+
+    return header, rows()
 
 
 def hub_records(name: str) -> Iterator[RawRecord]:

@@ -30,8 +30,11 @@ from nova.export.gguf_export import ExportResult, check_merged_dir, export_gguf
 from nova.export.gguf_vocab import adds_bos
 from nova.export.gotemplate import quote_literal
 from nova.export.gotemplate import render as render_go
-from nova.files import atomic_dir, check_output_dir, dir_size
+from nova.files import atomic_dir, check_output_dir, dir_size, portable_path
 from nova.lazy import require
+
+# Provenance of an export: what it was made from; ``--force`` replaces only a directory holding it.
+EXPORT_INFO = "nova_export.json"
 
 # Files Ollama reads when it imports a safetensors directory (those that exist are copied).
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -374,7 +377,7 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
     """
     src = Path(model_dir).expanduser()
     out = Path(out_dir).expanduser()
-    check_output_dir(out, force)
+    check_output_dir(out, force, marker=EXPORT_INFO)
     transformers = require("transformers")
     check_merged_dir(src)
     tok = transformers.AutoTokenizer.from_pretrained(str(src))
@@ -385,12 +388,15 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
     gguf_name = f"model-{outtype}.gguf" if outtype else None
     text = modelfile_text(src, tok, config, source=f"./{gguf_name}" if gguf_name else ".")
     notes: list[str] = []
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, check=False) as tmp:
         if gguf_name:
             notes += export_gguf(src, tmp / gguf_name, outtype=outtype or "f16").notes
         else:
             _copy_model_files(src, tmp)
         (tmp / "Modelfile").write_text(text)
+        info = {"format": 1, "kind": "ollama", "source": portable_path(src, out), "weights": gguf_name or "safetensors",
+                "nova_version": __version__}
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)
 
 

@@ -46,23 +46,22 @@ class MergeRequest:
     source: str = DEFAULT_SOURCE
     force: bool = False
     tolerance: float = DEFAULT_TOLERANCE
+    trust_remote_code: bool = False  # from the command line only, never from the run's config.yaml
 
 
 @dataclass(frozen=True)
 class MergeInputs:
-    """A finished run: its record, the adapters to merge (oldest first, all on disk), chats to check with."""
+    """A finished run: its record, the adapters to merge (oldest first, all on disk), chats to check with,
+    and the model config every load uses (the run's, with ``trust_remote_code`` from the command line)."""
 
     record: RunRecord
     adapters: list[AdapterRef]
     conversations: list[Conversation]
+    model_cfg: ModelConfig
 
     @property
     def run_dir(self) -> Path:
         return self.record.run.path
-
-    @property
-    def model_cfg(self) -> ModelConfig:
-        return self.record.model
 
 
 @dataclass
@@ -77,12 +76,17 @@ class MergePlan:
     estimate: int | None
 
 
-def read_inputs(run_dir: Path) -> MergeInputs:
-    """Read a run directory written by ``nova train``; fails unless its adapter (and the chain's) exist."""
+def read_inputs(run_dir: Path, *, trust_remote_code: bool = False) -> MergeInputs:
+    """Read a run directory written by ``nova train``; fails unless its adapter (and the chain's) exist.
+
+    ``trust_remote_code`` replaces the recorded setting: a run directory can come from someone else
+    (a shared disk, a download), and its config.yaml must not be what lets a model's code run.
+    """
     from nova.runs import read_run
 
     record = read_run(Path(run_dir))
-    return MergeInputs(record, record.require_adapters(), check_conversations(record))
+    model_cfg = record.model.changed(trust_remote_code=trust_remote_code)
+    return MergeInputs(record, record.require_adapters(), check_conversations(record), model_cfg)
 
 
 def check_conversations(record: RunRecord) -> list[Conversation]:
@@ -136,11 +140,17 @@ def _same_model_dir(a: Path, b: Path) -> bool:
 
 
 def check_adapter_base(ref: AdapterRef, model_cfg: ModelConfig, source: str) -> None:
-    """The adapter must have been trained on the run's base (by name or path; shapes are checked later)."""
+    """The adapter must have been trained on the run's base (by name or path; shapes are checked later).
+
+    nova records a local base by its directory's name when it was configured by an absolute path
+    (``nova.model.adapters.save_trainable``), so a bare name matches the name of the base or source.
+    """
     from nova.runs.layout import ADAPTER_CONFIG
 
     recorded = json.loads((ref.path / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not recorded or recorded in (model_cfg.base, source):
+        return
+    if Path(recorded).name == recorded and recorded in (Path(model_cfg.base).name, Path(source).name):
         return
     if Path(recorded).is_dir() and Path(source).is_dir() and _same_model_dir(Path(recorded), Path(source)):
         return
@@ -236,7 +246,7 @@ def plan_merge(request: MergeRequest) -> MergePlan:
         raise NovaError(f"unknown --from '{request.source}'", hint="use dequantized or original")
     if not request.tolerance > 0:
         raise NovaError("--tolerance must be positive")
-    inputs = read_inputs(request.run_dir)
+    inputs = read_inputs(request.run_dir, trust_remote_code=request.trust_remote_code)
     source = resolve_base(inputs.model_cfg)
     out = Path(request.out).resolve() if request.out else default_out(inputs.run_dir)
     check_output(out, inputs, source, request.force)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nova.errors import NovaError
-from nova.files import atomic_dir
+from nova.files import atomic_dir, portable_path
 from nova.lazy import require
 from nova.merge.inputs import check_disk
 from nova.merge.parity import Parity, check_saved, compute_logits, max_abs_diff
@@ -89,11 +89,20 @@ def write_model(model: Any, tokenizer: Any, gen: Any, tmp: Path) -> None:
 
 
 def write_info(path: Path, plan: MergePlan, parity: Parity) -> None:
-    """Provenance beside the weights: which base and adapters, how, and the parity figures."""
+    """Provenance beside the weights: which base and adapters, how, and the parity figures.
+
+    Local paths are written relative to the output (or as names, see ``portable_path``): the merged
+    model is the file that gets shared, and it must not carry this machine's directory names.
+    """
     cfg = plan.inputs.model_cfg
-    data = {"run_dir": str(plan.inputs.run_dir.resolve()), "base": cfg.base, "base_source": plan.source,
-            "quantization": cfg.quantization, "double_quant": cfg.double_quant,
-            "adapters": [{"name": r.name, "path": str(r.path.resolve())} for r in plan.inputs.adapters],
+
+    def local(name: str) -> str:
+        return portable_path(name, plan.out) if Path(name).expanduser().exists() or Path(name).is_absolute() \
+            else name
+
+    data = {"run_dir": portable_path(plan.inputs.run_dir, plan.out), "base": local(cfg.base),
+            "base_source": local(plan.source), "quantization": cfg.quantization, "double_quant": cfg.double_quant,
+            "adapters": [{"name": r.name, "path": portable_path(r.path, plan.out)} for r in plan.inputs.adapters],
             "from": plan.source_kind, "dtype": plan.dtype_name, "parity": parity.__dict__,
             "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")  # inside the temporary directory

@@ -14,6 +14,7 @@ resume it at the root of a checkpoint); earlier phases' adapters carry their pha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from nova.config.schema import LoraConfig
 from nova.errors import NovaError
 from nova.lazy import require
-from nova.runs.layout import ADAPTER_WEIGHTS, has_adapter
+from nova.runs.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, has_adapter
 from nova.runs.record import AdapterRef
 
 TRAINABLE = "default"
@@ -58,6 +59,11 @@ def stack_frozen(model: Any, chain: Sequence[AdapterRef]) -> Any:
         else:
             peft_model = peft.PeftModel.from_pretrained(peft_model, str(ref.path), adapter_name=ref.name,
                                                         is_trainable=False)
+        # The file names the base portably (see save_trainable); PEFT looks the base up by this field
+        # (is the vocabulary changed?) and would ask the hub about a bare name: point it at the loaded base.
+        base_path = getattr(model, "name_or_path", None)
+        if base_path:
+            peft_model.peft_config[ref.name].base_model_name_or_path = base_path
     return peft_model
 
 
@@ -104,9 +110,34 @@ def active_adapters(peft_model: Any, names: Sequence[str]) -> Iterator[None]:
                 p.requires_grad_(grads[n])
 
 
-def save_trainable(peft_model: Any, out_dir: Path) -> None:
-    """Save only the trainable adapter as a standard PEFT adapter directory at ``out_dir``."""
+def save_trainable(peft_model: Any, out_dir: Path, base: str | None = None) -> None:
+    """Save only the trainable adapter as a standard PEFT adapter directory at ``out_dir``.
+
+    PEFT records the base as the model's ``name_or_path``, which for a local base is the path it was
+    loaded from; an adapter that is shared must not carry this machine's directories. So the record
+    becomes ``base`` (the configured ``model.base``) when that is a hub id or a relative path, else
+    the model directory's name (``nova.merge.inputs.check_adapter_base`` accepts both).
+    """
     peft_model.save_pretrained(str(out_dir), selected_adapters=[TRAINABLE])
+    config_path = Path(out_dir) / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    recorded = config.get("base_model_name_or_path")
+    portable = base_name(base if base is not None else recorded)
+    if portable == recorded:
+        return
+    config["base_model_name_or_path"] = portable
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = Path(out_dir) / "README.md"  # PEFT's model card repeats the base in its metadata
+    if recorded and card.is_file():
+        card.write_text(card.read_text(encoding="utf-8").replace(recorded, str(portable)), encoding="utf-8")
+
+
+def base_name(base: str | None) -> str | None:
+    """A base model as an adapter records it: a hub id or relative path as is, an absolute path
+    (or one under ``~``) by its directory's name."""
+    if not base or not (Path(base).is_absolute() or base.startswith("~")):
+        return base
+    return Path(base).expanduser().name
 
 
 def trainable_weights(peft_model: Any) -> dict[str, Any]:

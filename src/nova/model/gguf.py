@@ -30,8 +30,9 @@ from typing import Any
 
 from nova import __version__
 from nova.errors import NovaError
-from nova.files import MiB, atomic_dir, check_output_dir
+from nova.files import MiB, atomic_dir, check_output_dir, portable_path
 from nova.lazy import require
+from nova.model.gguf_check import check_gguf_structure
 
 GGUF_MAGIC = b"GGUF"
 PROVENANCE_FILE = "nova_import.json"
@@ -65,7 +66,12 @@ END_OF_TURN_TOKENS = (
 
 
 def check_gguf_file(path: str | Path) -> Path:
-    """Return ``path`` as a Path if it exists and starts with the GGUF magic, else raise NovaError."""
+    """Return ``path`` as a Path if it is a GGUF file whose structure fits its size, else raise NovaError.
+
+    Every reader of a GGUF (the import, ``ensure_hf_model``, transformers) comes through here first:
+    ``check_gguf_structure`` refuses a header whose counts claim more than the file holds before
+    ``gguf.GGUFReader`` allocates by them.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise NovaError(f"GGUF file not found: {path}", hint="check the path")
@@ -79,6 +85,7 @@ def check_gguf_file(path: str | Path) -> Path:
     if magic != GGUF_MAGIC:
         raise NovaError(f"not a GGUF file: {path} (starts with {magic!r}, expected b'GGUF')",
                         hint="pass a .gguf model file, e.g. one converted by llama.cpp")
+    check_gguf_structure(path)
     return path
 
 
@@ -106,7 +113,6 @@ def provenance_for(path: Path, dtype: str) -> dict[str, Any]:
     return {
         "format": PROVENANCE_FORMAT,
         "source_name": path.name,
-        "source_path": str(path.resolve()),
         "source_size": path.stat().st_size,
         "source_sha256_head_tail": fingerprint(path),
         "dtype": dtype,
@@ -174,17 +180,20 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
     the tokenizer with its chat template, a generation_config.json whose eos includes the
     end-of-turn token, and ``nova_import.json`` (provenance). It is written to a temporary sibling
     and renamed at the end. Raises NovaError for a missing file, a non-GGUF file, an unsupported
-    architecture, a non-empty ``out_dir`` without ``force``, or an unknown dtype.
+    architecture, a non-empty ``out_dir`` without ``force`` (or, with it, one that is not an earlier import),
+    or an unknown dtype.
     """
     if dtype not in DTYPES:
         raise NovaError(f"unknown dtype '{dtype}'", hint=f"use one of: {', '.join(DTYPES)}")
     src = check_gguf_file(gguf_path)
     out = Path(out_dir).expanduser()
-    check_output_dir(out, force)
+    check_output_dir(out, force, marker=PROVENANCE_FILE)  # --force replaces an earlier import, nothing else
     arch = check_architecture(src)
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, check=False) as tmp:
         _convert(src, tmp, dtype=dtype, arch=arch)
-        record = {**provenance_for(src, dtype), "architecture": arch, "nova_version": __version__,
+        # the source as a path relative to the import (or its name): no absolute path of this machine
+        record = {**provenance_for(src, dtype), "source_path": portable_path(src, out),
+                  "architecture": arch, "nova_version": __version__,
                   "transformers_version": require("transformers").__version__,
                   "created_unix": int(time.time())}
         (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")

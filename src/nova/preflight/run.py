@@ -44,10 +44,13 @@ class _Peak:
     auto_fit: dict[str, Any] | None
 
 
+MAX_GPUS = 1024  # more than any one machine holds
+
+
 def gpu_snapshot(gpu_memory: str | None, gpus: int | None, probe: GpuProbe | None) -> GpuSnapshot:
     """Real GPUs (NVML or an injected probe), or hypothetical ones for ``--gpu-memory``."""
-    if gpus is not None and gpus < 1:
-        raise NovaError(f"--gpus must be at least 1 (got {gpus})")
+    if gpus is not None and not 1 <= gpus <= MAX_GPUS:  # a hypothetical GPU is a record: 1e8 would fill memory
+        raise NovaError(f"--gpus must be between 1 and {MAX_GPUS} (got {gpus})")
     if gpu_memory is not None:
         return HypotheticalProbe(parse_size(gpu_memory), gpus or 1).snapshot()
     snap = (probe or NvmlProbe()).snapshot()

@@ -41,7 +41,7 @@ def locked(directory: Path, what: str) -> Iterator[None]:
     The lock file is verified to still be the one on disk after locking (a releasing process
     unlinks it, and a lock on an unlinked file would protect nothing).
     """
-    created = not directory.exists()
+    created = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / PID_FILE
     while True:
@@ -68,9 +68,11 @@ def locked(directory: Path, what: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        if created:  # a run that stopped before writing anything leaves no empty directory behind
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        for made in created:  # a run that stopped before writing anything leaves no empty directory behind
+            try:
+                made.rmdir()
+            except OSError:
+                break  # not empty: it holds what the run wrote
 
 
 def check_run_dir(run: RunDir) -> None:

@@ -87,6 +87,7 @@ class StageRun:
     placement: Placement
     data: PreparedData
     last_step: int = 0  # the trainer's global step when an attempt ended (for OOM messages)
+    batching: Any = None  # nova.train.trainers.SFTBatching, chosen at the stage's first attempt
 
     @property
     def label(self) -> str:

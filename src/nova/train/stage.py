@@ -52,7 +52,7 @@ def run_stage(run: StageRun) -> StageResult:
             resume_from = latest_checkpoint(checkpoints)
             retries += 1
     with atomic_dir(rd.stage_adapter(stage.name), check=False) as tmp:
-        save_trainable(run.model, tmp)
+        save_trainable(run.model, tmp, base=ctx.model_cfg.base)
     t = config.training
     result.settings = {"micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps":
                        t.gradient_accumulation_steps, "gradient_checkpointing": t.gradient_checkpointing}
@@ -128,7 +128,12 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
     if config.method == "dpo":
         trainer = build_dpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
     else:
-        trainer = build_sft_trainer(run.model, run.tokenizer, config, run.data, hooks)
+        if run.batching is None:  # chosen once per stage (an OOM retry keeps it)
+            from nova.train.trainers import choose_batching
+
+            run.batching = choose_batching(run.model, config, run.data, run.placement)
+            ctx.log.say(f"[{run.label}] {run.batching.note}")
+        trainer = build_sft_trainer(run.model, run.tokenizer, config, run.data, hooks, run.batching)
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = run.lr_override if resume_from is not None else None
     t = config.training

@@ -15,7 +15,9 @@ from nova.config.schema import StageConfig
 from nova.lazy import require
 from nova.model.adapters import active_adapters
 from nova.model.loading import Placement
+from nova.train.batching import SFTCollator, TokenBudgetBatchSampler, packing_is_exact
 from nova.train.callbacks import MetricsCallback, ProgressCallback
+from nova.train.loss import sft_loss
 from nova.train.resilience import NovaTrainerMixin, StopRequest, stop_callback
 
 
@@ -98,21 +100,103 @@ def _attach_callbacks(trainer: Any, hooks: TrainerHooks) -> Any:
     return trainer
 
 
-def build_sft_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, hooks: TrainerHooks) -> Any:
+def _sft_trainer_class() -> type:
+    """SFTTrainer with nova's collation (padding-free where exact), loss and optional token budgets."""
     trl = require("trl")
+
+    class NovaSFTTrainer(NovaTrainerMixin, trl.SFTTrainer):
+        nova_batch_sampler: Any = None
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            """nova.train.loss.sft_loss: the LM head only where the loss is, normalized over the window."""
+            loss = sft_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # DDP averages; the count is over every rank
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+        def get_train_dataloader(self) -> Any:
+            if self.nova_batch_sampler is None:
+                return super().get_train_dataloader()
+            torch = require("torch")
+            loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=self.nova_batch_sampler,
+                                                 collate_fn=self.data_collator, num_workers=0)
+            return self.accelerator.prepare(loader)
+
+    return NovaSFTTrainer
+
+
+def build_sft_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, hooks: TrainerHooks,
+                      batching: SFTBatching) -> Any:
+    trl = require("trl")
+    t = stage.training
     args = trl.SFTConfig(
-        **common_args(stage, hooks.output_dir, hooks.placement, data.eval is not None),
+        **{**common_args(stage, hooks.output_dir, hooks.placement, data.eval is not None),
+           # every token of a padding-free row is real (pad == eos would otherwise not be counted)
+           "include_num_input_tokens_seen": "all" if batching.padding_free else "non_padding"},
         max_length=None,  # nova.data already applied data.max_length (truncate or drop, counted)
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not batching.padding_free
+        and batching.sampler is None else "random",
+        prediction_loss_only=True,
     )
-
-    class NovaSFTTrainer(NovaTrainerMixin, trl.SFTTrainer):
-        pass
-
-    trainer = NovaSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                             processing_class=tokenizer)
+    collator = SFTCollator(tokenizer.pad_token_id, batching.padding_free)
+    trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                                   processing_class=tokenizer, data_collator=collator)
+    trainer.nova_batch_sampler = batching.sampler
+    trainer.model_accepts_loss_kwargs = True  # sft_loss takes num_items_in_batch: the Trainer counts the window
+    trainer._loss_shifts_labels = True  # and counts labels[..., 1:], the positions sft_loss predicts
     return _attach_callbacks(trainer, hooks)
+
+
+@dataclass(frozen=True)
+class SFTBatching:
+    """How a stage's SFT micro batches are built (chosen once per stage, see choose_batching)."""
+
+    padding_free: bool
+    sampler: Any = None  # TokenBudgetBatchSampler when training.max_tokens_per_batch is set
+    note: str = ""
+
+
+def choose_batching(model: Any, stage: StageConfig, data: Any, placement: Placement) -> SFTBatching:
+    """Padding-free where the model provably isolates packed sequences (training.packing: auto), else pad."""
+    from nova.errors import NovaError
+
+    t = stage.training
+    padding_free = False
+    note = "padded batches (training.packing: pad)"
+    if t.packing != "pad":
+        exact, diff = packing_is_exact(model, model.config.vocab_size, placement.dtype_name)
+        if exact:
+            padding_free, note = True, "padding-free packing (checked exact on this model)"
+        elif t.packing == "padding_free":
+            raise NovaError(f"training.packing is padding_free, but this model does not keep packed sequences "
+                            f"apart (logits differ by {diff:.3g})", hint="set training.packing: auto or pad")
+        else:
+            note = f"padded batches: this model does not keep packed sequences apart (logits differ by {diff:.3g})"
+    sampler = None
+    if t.max_tokens_per_batch is not None:
+        lengths = [len(ids) for ids in data.train["input_ids"]]
+        sampler = TokenBudgetBatchSampler(lengths, t.max_tokens_per_batch, seed=t.seed, padding_free=padding_free)
+        s = sampler.summary()
+        note += (f"; micro batches of up to {t.max_tokens_per_batch} tokens ({s['batches_per_epoch']} per epoch, "
+                 f"{s['sequences_per_batch_mean']} sequences on average)")
+    return SFTBatching(padding_free, sampler, note)
+
+
+def score_trained_positions_only() -> None:
+    """Make TRL's fused LM head (DPO, reference log-probs) project only positions that carry loss.
+
+    TRL 1.x gathers the trained positions on Triton GPUs but scores every position elsewhere (CPU
+    included) so that compilers for other accelerators see static tile shapes; nova never compiles
+    there, so it gathers everywhere: the same log-probs (zeros elsewhere), without the LM head on
+    prompt tokens. Only the gather decision is changed; the kernel choice inside TRL is untouched.
+    """
+    import trl.trainer.utils as trl_utils
+
+    if hasattr(trl_utils, "_use_triton"):
+        trl_utils._use_triton = lambda device: True
 
 
 def _nova_dpo_trainer_class() -> type:
@@ -168,6 +252,7 @@ def build_dpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
         precompute_ref_log_probs=True,
         disable_dropout=True,
     )
+    score_trained_positions_only()
     cls = _nova_dpo_trainer_class()
     cls.reference_adapters = tuple(reference_adapters)
     trainer = cls(model=model, ref_model=None, args=args, train_dataset=data.train, eval_dataset=data.eval,
