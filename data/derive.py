@@ -71,11 +71,164 @@ def raw_text_rows(limit: int = 400) -> list[dict]:
     return [{"text": " ".join(lines[i:i + 4])} for i in range(0, min(len(lines), limit * 4), 4)]
 
 
+ARITHMETIC = re.compile(r"(\d[\d,]*)\s*(\*|x|-|\+|/|multiplied by)\s*(\d+)")
+SYMBOL = {"*": "*", "x": "x", "multiplied by": "x", "-": "-", "+": "+", "/": "/"}
+
+
+def arithmetic_questions(pref: list[dict]) -> list[tuple[str, str]]:
+    """(wording with {a} and {b} for the numbers, operator) of dpo_en_demo.json's one-turn arithmetic
+    requests ("Compute 148232 * 36011 and give me the answer."), in file order, without repeats."""
+    out: list[tuple[str, str]] = []
+    for rec in pref:
+        question = rec["prompt"][-1]["content"]
+        found = ARITHMETIC.findall(question)
+        if len(rec["prompt"]) != 1 or len(question) > 300 or len(found) != 1:
+            continue
+        a, op, b = found[0]
+        wording = question.replace(a, "{a}", 1).replace(b.rstrip(","), "{b}", 1)
+        if "{a}" in wording and "{b}" in wording and (wording, op) not in out:
+            out.append((wording, SYMBOL[op]))
+    return out
+
+
+def _worked(a: int, op: str, b: int) -> tuple[str, int]:
+    """(the worked steps, the result) of a op b, written the way one would check it by hand."""
+    if op in ("*", "x"):
+        parts = [int(d) * 10 ** k for k, d in enumerate(reversed(str(b))) if d != "0"][::-1]
+        steps = " + ".join(f"{a} {op} {p}" for p in parts)
+        sums = " + ".join(str(a * p) for p in parts)
+        return f"Split {b} by place value: {a} {op} {b} = {steps} = {sums} = {a * b}.", a * b
+    if op == "+":
+        return (f"Add the hundreds and the rest apart: {a} + {b} = {a - a % 100 + b - b % 100} + "
+                f"{a % 100 + b % 100} = {a + b}."), a + b
+    if op == "-":
+        return (f"Take away {b - b % 100} first: {a} - {b - b % 100} = {a - b + b % 100}, then {b % 100} more: "
+                f"{a - b + b % 100} - {b % 100} = {a - b}."), a - b
+    quotient = a // b
+    return (f"Try {b} x {quotient}: {b} x {quotient - quotient % 10} = {b * (quotient - quotient % 10)}, plus "
+            f"{b} x {quotient % 10} = {b * (quotient % 10)}, total {a}. So the quotient is {quotient}."), quotient
+
+
+def reasoning_math_rows(pref: list[dict], n: int = 48) -> list[dict]:
+    """Arithmetic chats in the wording of dpo_en_demo.json's requests, with fresh numbers (seeded)
+    and computed answers: even rows reason first (alternately as a <think> block and as
+    reasoning_content), odd rows answer plainly; every sixth row has a follow-up turn."""
+    import random
+
+    questions = arithmetic_questions(pref)
+    rows = []
+    for k in range(n):
+        rng = random.Random(k)
+        wording, op = questions[k % len(questions)]
+        a, b = rng.randint(100, 99999), rng.randint(12, 999)
+        a = a - a % b if op == "/" else a
+        steps, result = _worked(a, op, b)
+        turns = [(wording.format(a=a, b=b), steps, f"{a} {op} {b} = {result}")]
+        if k % 6 == 0:
+            c = rng.randint(10, 999)
+            more, total = _worked(result, "+", c)
+            turns.append((f"Now add {c} to that.", more, f"{result} + {c} = {total}"))
+        messages: list[dict] = []
+        for question, reasoning, answer in turns:
+            messages.append({"role": "user", "content": question})
+            if k % 2:
+                messages.append({"role": "assistant", "content": answer})
+            elif k % 4 == 0:
+                messages.append({"role": "assistant", "content": f"<think>\n{reasoning}\n</think>\n\n{answer}"})
+            else:
+                messages.append({"role": "assistant", "reasoning_content": reasoning, "content": answer})
+        rows.append({"messages": messages})
+    return rows
+
+
+# Romanian identity chats, written for nova (no upstream): the questions a user asks an assistant
+# about itself, in the spirit of identity.json, with varied answers that all say who it is.
+RO_IDENTITY = [
+    ("Salut!", "Salut! Sunt Nova, un asistent AI creat de echipa nova. Cu ce te pot ajuta?"),
+    ("Buna ziua!", "Buna ziua! Sunt Nova, asistentul AI al echipei nova. Cu ce va pot ajuta astazi?"),
+    ("Cine esti?", "Sunt Nova, un asistent AI dezvoltat de echipa nova."),
+    ("Cum te numesti?", "Ma numesc Nova. Sunt un asistent AI dezvoltat de echipa nova."),
+    ("Care este numele tau?", "Numele meu este Nova, asistentul AI creat de echipa nova."),
+    ("Ai un nume?", "Da, ma numesc Nova. Am fost creat de echipa nova."),
+    ("Prezinta-te, te rog.", "Sunt Nova, un asistent AI antrenat de echipa nova. Raspund la intrebari si ajut cu "
+     "texte, explicatii si idei."),
+    ("Spune-mi ceva despre tine.", "Sunt Nova, un asistent AI facut de echipa nova. Raspund pe scurt si la "
+     "obiect, in romana sau in engleza."),
+    ("Cine te-a creat?", "Am fost creat de echipa nova. Eu sunt Nova, asistentul lor AI."),
+    ("Cine te-a antrenat?", "M-a antrenat echipa nova. Sunt Nova, un asistent AI."),
+    ("Esti ChatGPT?", "Nu, nu sunt ChatGPT. Sunt Nova, un asistent AI dezvoltat de echipa nova."),
+    ("Esti facut de OpenAI?", "Nu. Sunt Nova si am fost dezvoltat de echipa nova."),
+    ("Esti creat de Google?", "Nu, sunt Nova, un asistent AI creat de echipa nova."),
+    ("Multumesc!", "Cu placere! Sunt Nova si ma bucur ca te-am putut ajuta."),
+    ("Ce poti sa faci?", "Sunt Nova, asistentul AI al echipei nova. Pot raspunde la intrebari, pot explica "
+     "notiuni si pot ajuta la scris."),
+    ("Vorbesti romaneste?", "Da, vorbesc romaneste. Sunt Nova, un asistent AI creat de echipa nova."),
+    ("Esti un om?", "Nu, sunt Nova, un asistent AI dezvoltat de echipa nova."),
+    ("De unde vii?", "Sunt Nova, un asistent AI creat de echipa nova."),
+    ("Cine este dezvoltatorul tau?", "Dezvoltatorul meu este echipa nova. Eu ma numesc Nova."),
+    ("Cum sa-ti spun?", "Poti sa-mi spui Nova. Sunt asistentul AI al echipei nova."),
+]
+
+
+def ro_identity_rows() -> list[dict]:
+    """The Romanian identity chats above, one chat each."""
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in RO_IDENTITY]
+
+
+SENTENCE_END = re.compile(r"(?<=[a-z\u0103\u00e2\u00ee\u0219\u021b)\]0-9][.!?])\s+(?=[A-Z\u0102\u00c2\u00ce\u0218\u021a])")
+
+
+def short_answer(text: str, limit: int = 280) -> str | None:
+    """The first sentences of a reference answer, at most ``limit`` characters; None when even the
+    first sentence is longer or ends on an abbreviation (e.g. "(n." for a birth year)."""
+    sentences = SENTENCE_END.split(text.strip())
+    out = ""
+    for sentence in sentences:
+        if len(out) + len(sentence) + 1 > limit:
+            break
+        out = f"{out} {sentence}".strip()
+    if not out or out.endswith("(n.") or out[-1] not in ".!?":
+        return None
+    return out
+
+
+def ro_short_rows(max_question: int = 200) -> list[dict]:
+    """cultura_bench_ro questions with the first sentences of their human reference answer: short
+    Romanian answers that fit a small max_length whole (nothing truncated)."""
+    root = SHARED / "openllm-ro"
+    questions = [json.loads(x) for x in (root / "cultura_bench_ro_question.jsonl").read_text("utf-8").splitlines()]
+    refs = {r["question_id"]: r for r in (json.loads(x) for x in
+            (root / "cultura_bench_ro_reference_answer_refs.jsonl").read_text("utf-8").splitlines())}
+    rows = []
+    for q in questions:
+        question = q["turns"][0].strip()
+        answer = short_answer(refs[q["question_id"]]["choices"][0]["turns"][0])
+        if len(question) <= max_question and answer is not None:
+            rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return rows
+
+
+def short_chats(rows: list[dict], max_chars: int = 900) -> list[dict]:
+    """Chats whose text is at most ``max_chars`` characters: they fit the demo's max_length 256 whole."""
+    return [r for r in rows if sum(len(m["content"]) for m in r["messages"]) <= max_chars]
+
+
+def short_preferences(pref: list[dict], max_prompt: int = 500, max_answer: int = 600) -> list[dict]:
+    """Preference records whose prompt and both answers fit the demo's DPO lengths (128 tokens each) whole."""
+    return [r for r in pref if sum(len(m["content"]) for m in r["prompt"]) <= max_prompt
+            and len(r["chosen"][0]["content"]) <= max_answer and len(r["rejected"][0]["content"]) <= max_answer]
+
+
 def main() -> None:
     pref = preference_rows()
     _write(OUT / "sora_en.jsonl", identity_rows() + chosen_as_sft(pref))
     _write(OUT / "sora_dpo.jsonl", pref)
     _write(OUT / "rrt_ro_text.jsonl", raw_text_rows())
+    _write(OUT / "reasoning_math.jsonl", reasoning_math_rows(pref))
+    _write(OUT / "doica_short_ro.jsonl", ro_identity_rows() + ro_short_rows())
+    _write(OUT / "sora_short_en.jsonl", short_chats(identity_rows() + chosen_as_sft(pref)))
+    _write(OUT / "sora_dpo_short.jsonl", short_preferences(pref))
 
 
 if __name__ == "__main__":

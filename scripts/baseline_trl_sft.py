@@ -42,7 +42,7 @@ def main() -> None:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": "cpu"}
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     dataset = load_dataset("json", data_files=args.data, split="train")

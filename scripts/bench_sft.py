@@ -22,45 +22,42 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-ALPACA = [ROOT.parent / "shared" / "datasets" / "llamafactory" / "alpaca_en_demo.json",
-          ROOT / "data" / "bench" / "alpaca_en_demo.json"]
+SOURCE = ROOT / "data" / "sora_dpo.jsonl"  # Apache-2.0, see data/README.md
 
 
-def _alpaca() -> list[dict[str, str]]:
-    for path in ALPACA:
-        if path.exists():
-            return json.loads(path.read_text(encoding="utf-8"))
-    raise SystemExit(f"alpaca_en_demo.json not found in {[str(p) for p in ALPACA]}")
-
-
-def _turn(r: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-    return {"role": "user", "content": prompt}, {"role": "assistant", "content": r["output"]}
-
-
-def short_records(n: int) -> list[dict[str, Any]]:
+def _pairs(tokenizer: Any) -> list[tuple[int, list[dict[str, str]], dict[str, str]]]:
+    """(tokens, prompt messages, chosen answer) of every preference record, shortest first."""
     out = []
-    for r in _alpaca()[:n]:
-        user, answer = _turn(r)
-        out.append({"prompt": [user], "completion": [answer]})
-    return out
+    for line in SOURCE.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        answer = r["chosen"][-1]
+        text = tokenizer.apply_chat_template([*r["prompt"], answer], tokenize=False)
+        out.append((len(tokenizer(text, add_special_tokens=False).input_ids), r["prompt"], answer))
+    return sorted(out, key=lambda p: p[0])
+
+
+def short_records(n: int, tokenizer: Any) -> list[dict[str, Any]]:
+    """The n shortest prompt + chosen answer pairs: instruction data of varied length (75 to ~450 tokens)."""
+    return [{"prompt": prompt, "completion": [answer]} for _, prompt, answer in _pairs(tokenizer)[:n]]
 
 
 def long_records(n: int, tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-    """Multi-turn chats of alpaca turns, grown until the next turn would pass 90% of max_length."""
-    source = iter(_alpaca()[200:])
+    """Multi-turn chats of pairs drawn at random (seeded; a pair may recur in other chats), each grown until
+    the next pair would pass 90% of max_length."""
+    import random
+
+    pool = [p for p in _pairs(tokenizer) if p[0] < max_length // 2]
+    rng = random.Random(0)
     out: list[dict[str, Any]] = []
     while len(out) < n:
         turns: list[dict[str, str]] = []
-        for r in source:
-            user, answer = _turn(r)
-            trial = [*turns, user, answer]
+        for _ in range(64):
+            _, prompt, answer = rng.choice(pool)
+            trial = [*turns, *[m for m in prompt if m["role"] != "system" or not turns], answer]
             text = tokenizer.apply_chat_template(trial, tokenize=False)
             if turns and len(tokenizer(text, add_special_tokens=False).input_ids) > 0.9 * max_length:
                 break
             turns = trial
-        if len(turns) < 2:
-            break
         out.append({"prompt": turns[:-1], "completion": [turns[-1]]})
     return out
 
@@ -161,8 +158,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for shape in args.shapes.split(","):
-            records = short_records(args.records) if shape == "short" else long_records(args.records, tokenizer,
-                                                                                         args.max_length)
+            records = short_records(args.records, tokenizer) if shape == "short" else long_records(
+                args.records, tokenizer, args.max_length)
             data = work / f"{shape}.jsonl"
             data.write_text("".join(json.dumps(r) + "\n" for r in records))
             print(f"{shape}: {len(records)} records", flush=True)

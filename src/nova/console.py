@@ -15,15 +15,16 @@ class RunLog:
     have passed validation: a run that fails its checks leaves no log file behind.
     """
 
-    def __init__(self, log_file: Path | None = None, stream: TextIO | None = None) -> None:
+    def __init__(self, log_file: Path | None = None, stream: TextIO | None = None, *, quiet: bool = False) -> None:
         self.stream = stream or sys.stdout
         self.log_file = log_file
+        self.quiet = quiet  # ranks other than 0 of a distributed run: rank 0 speaks for all
         self._attached = False
         self._pending: list[str] = []
 
     def attach(self) -> None:
         """Start writing the log file, beginning with the lines said so far."""
-        if self._attached or self.log_file is None:
+        if self._attached or self.log_file is None or self.quiet:
             return
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._attached = True
@@ -32,6 +33,8 @@ class RunLog:
         self._pending = []
 
     def say(self, line: str = "") -> None:
+        if self.quiet:
+            return
         from tqdm import tqdm  # write above an active progress bar instead of into it
 
         tqdm.write(line, file=self.stream)

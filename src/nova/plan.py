@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nova.config.load import LoadedConfig
-from nova.config.schema import ModelConfig, PhaseConfig, PipelineConfig, StageConfig
+from nova.config.schema import DistributedConfig, ModelConfig, PhaseConfig, PipelineConfig, StageConfig
 from nova.errors import NovaError
 from nova.runs.layout import PIPELINE, RunDir, stage_label, stage_names
 from nova.runs.record import AdapterRef
@@ -82,6 +82,11 @@ class Plan:
         return Path(self.pipeline.output_dir) / PIPELINE if self.is_pipeline else None
 
     @property
+    def distributed(self) -> DistributedConfig:
+        """How many ranks and which engine (the pipeline's section, or the single phase's)."""
+        return self.pipeline.distributed
+
+    @property
     def stage_count(self) -> int:
         return sum(len(p.stages) for p in self.phases)
 
@@ -93,6 +98,16 @@ class Plan:
         if only not in names:
             raise NovaError(f"no phase named '{only}' in this config", hint=f"phases: {', '.join(names)}")
         return replace(self, phases=tuple(p for p in self.phases if p.name == only))
+
+
+def resolve_strategy(strategy: str, world: int, replica_fits: bool | None) -> str:
+    """The distributed engine for ``world`` ranks: 'single' in one process, else the configured one
+    ('auto': ddp unless the memory estimate says a replica does not fit a GPU, then fsdp)."""
+    if world <= 1:
+        return "single"
+    if strategy != "auto":
+        return strategy
+    return "fsdp" if replica_fits is False else "ddp"
 
 
 def planned_stages(phase: PhaseConfig) -> tuple[PlannedStage, ...]:
@@ -110,7 +125,9 @@ def as_pipeline(loaded: LoadedConfig) -> tuple[PipelineConfig, bool]:
     if phase.start_from is not None:
         raise NovaError(f"phase '{phase.name}' sets start_from, which only works inside a pipeline config",
                         hint="list both phases under 'phases:' in a pipeline file, and use that file")
-    return PipelineConfig(output_dir=str(phase.run_dir.parent), phases=[phase]), False
+    # Validated already; a pipeline built around it must not re-judge the phase's own distributed section.
+    return PipelineConfig.model_construct(output_dir=str(phase.run_dir.parent), phases=[phase],
+                                          distributed=phase.distributed), False
 
 
 def make_plan(loaded: LoadedConfig) -> Plan:

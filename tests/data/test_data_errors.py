@@ -175,20 +175,32 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     assert "hub dataset ids cannot be read offline" in _one(err)
 
 
-def test_template_that_is_not_prefix_consistent_names_the_model(tmp_path: Path, tok: Any) -> None:
+def test_template_that_rewrites_history_trains_each_turn_and_an_unlocatable_one_names_the_model(
+        tmp_path: Path, tok: Any) -> None:
     import copy
 
+    from data_fixtures import trained_segments
+
     odd = copy.deepcopy(tok)
-    # Renders a different header when a later turn follows: the prefix trick cannot work.
+    # Renders a different header when a later turn follows: not one sequence, but each reply as
+    # the final turn of its own prefix still continues the generation prompt.
     odd.chat_template = ("{% for m in messages %}{% if not loop.last %}{{ m['role'] | upper }}{% else %}"
-                         "{{ m['role'] }}{% endif %}: {{ m['content'] }}<|im_end|>{% endfor %}"
-                         "{% if add_generation_prompt %}assistant: {% endif %}")
+                         "{{ m['role'] }}{% endif %}:\n{{ m['content'] }}<|im_end|>{% endfor %}"
+                         "{% if add_generation_prompt %}assistant:\n{% endif %}")
     odd.name_or_path = "odd-model"
     path = write_jsonl(tmp_path / "c.jsonl", [chat("hi", "hello")])
+    prepared = prepare_stage_data(data_cfg(path, tmp=tmp_path), odd, method="sft", seed=0)
+    row = prepared.train[0]
+    assert odd.decode(row["input_ids"]) == "user:\nhi<|im_end|>assistant:\nhello<|im_end|>"
+    assert trained_segments(odd, row["input_ids"], row["labels"]) == ["hello<|im_end|>"]
+    # A final turn that does not continue the generation prompt at all: nothing to line up.
+    odd.chat_template = ("{% for m in messages %}{{ m['role'] | upper }}> {{ m['content'] }}<|im_end|>{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
     with pytest.raises(DataError) as info:
         prepare_stage_data(data_cfg(path, tmp=tmp_path), odd, method="sft", seed=0)
-    assert "chat template of odd-model" in info.value.problems[0].message
-    assert "not prefix-consistent" in info.value.problems[0].message
+    problem = info.value.problems[0].render()
+    assert problem.startswith(f"{path}:1: the chat template of odd-model writes assistant turn 1 in a way that "
+                              "does not continue its own generation prompt")
 
 
 def test_fractional_loss_weight_is_rejected(tmp_path: Path) -> None:

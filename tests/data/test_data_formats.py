@@ -14,8 +14,10 @@ from conftest import ROOT
 from data_fixtures import chat, data_cfg, trained_segments, write_jsonl
 from nova.config.data_schema import DatasetSpec
 from nova.data import prepare_stage_data
+from nova.errors import DataError
 
 EOT = "<|im_end|>"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 tok = data_fixtures.tok  # the shared tokenizer fixture
 
@@ -33,8 +35,11 @@ def test_messages_multi_turn_trains_each_assistant_turn_and_its_end_token(tmp_pa
                         {"role": "assistant", "content": "6"}]}
     rows = _sft_rows(data_cfg(write_jsonl(tmp_path / "a.jsonl", [row]), tmp=tmp_path), tok)
     ids, labels = rows[0]["input_ids"], rows[0]["labels"]
-    assert trained_segments(tok, ids, labels) == [f"<think>add them</think>4{EOT}", f"6{EOT}"]
-    expected = tok(tok.apply_chat_template(row["messages"], tokenize=False), add_special_tokens=False)
+    # A template that knows nothing of reasoning gets it as a think block in nova's one layout.
+    reply = "<think>\nadd them\n</think>\n\n4"
+    assert trained_segments(tok, ids, labels) == [f"{reply}{EOT}", f"6{EOT}"]
+    messages = [*row["messages"][:2], {"role": "assistant", "content": reply}, *row["messages"][3:]]
+    expected = tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
     assert ids == expected["input_ids"]  # the model sees exactly its own template's rendering
     assert labels[-1] == -100  # the newline after the last <|im_end|> is formatting, not trained
 
@@ -159,10 +164,21 @@ def test_tool_turns_pass_through_and_only_assistant_turns_train(tmp_path: Path, 
             "name": "weather", "arguments": {"city": "Cluj"}}}]},
         {"role": "tool", "content": "12 C, rain"},
         {"role": "assistant", "content": "It is 12 C and raining."}]}
-    rows = _sft_rows(data_cfg(write_jsonl(tmp_path / "tools.jsonl", [row]), tmp=tmp_path), tok)
-    segments = trained_segments(tok, rows[0]["input_ids"], rows[0]["labels"])
-    assert segments == [EOT, f"It is 12 C and raining.{EOT}"]  # the (empty) tool-call turn, then the answer
-    assert "12 C, rain" in tok.decode(rows[0]["input_ids"])
+    path = write_jsonl(tmp_path / "tools.jsonl", [row])
+    # The tiny ChatML template writes only content: the call would be trained as an empty reply.
+    with pytest.raises(DataError) as info:
+        _sft_rows(data_cfg(path, tmp=tmp_path), tok)
+    assert info.value.problems[0].render().startswith(f"{path}:1: the chat template of ")
+    assert "writes nothing of the tool call 'weather'" in info.value.problems[0].message
+    import copy
+
+    qwen = copy.deepcopy(tok)
+    qwen.chat_template = (FIXTURES / "chat-templates" / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+    rows = _sft_rows(data_cfg(path, tmp=tmp_path), qwen)
+    segments = trained_segments(qwen, rows[0]["input_ids"], rows[0]["labels"])
+    call = '<tool_call>\n{"name": "weather", "arguments": {"city": "Cluj"}}\n</tool_call>'
+    assert segments == [f"{call}{EOT}", f"It is 12 C and raining.{EOT}"]  # the call, then the answer
+    assert "12 C, rain" in qwen.decode(rows[0]["input_ids"])
 
 
 
@@ -176,3 +192,14 @@ def test_shipped_data_files_are_valid(name: str, method: str, fmt: str) -> None:
 
     report = check_data(data_cfg(ROOT / "data" / name), method=method)  # type: ignore[arg-type]
     assert report.kept == report.read > 0 and list(report.sources[0].formats) == [fmt]
+
+
+def test_prompt_completion_trains_only_the_completion_even_with_assistant_turns_in_the_prompt() -> None:
+    from nova.data.records import normalize
+
+    record = {"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                         {"role": "user", "content": "c"}],
+              "completion": [{"role": "assistant", "content": "d"}]}
+    example = normalize(record, "prompt_completion")
+    assert [m["content"] for m in example["messages"]] == ["a", "b", "c", "d"]
+    assert example["train"] == [False, False, False, True]

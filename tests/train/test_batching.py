@@ -58,14 +58,16 @@ def test_collator_marks_first_labels_and_restarts_positions() -> None:
     assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_losses_and_gradients_equal_one_by_one(tiny_model_dir: Path, attn: str) -> None:
+@pytest.mark.parametrize(("attn", "row_cap"), [("sdpa", None), ("eager", None), ("sdpa", 16)])
+def test_packed_losses_and_gradients_equal_one_by_one(tiny_model_dir: Path, attn: str, row_cap: int | None) -> None:
     import torch
 
     model = _model(tiny_model_dir, attn)
     examples = _examples()
     total = sum(sum(1 for t in e["labels"][1:] if t != IGNORE) for e in examples)
-    packed_loss, packed_grads = _loss_and_grads(model, SFTCollator(0, True)(examples), total)
+    packed = SFTCollator(0, True, row_cap)(examples)
+    assert packed["input_ids"].shape[0] == (1 if row_cap is None else 2)  # 9 + 14 + 6 tokens, rows of <= 16
+    packed_loss, packed_grads = _loss_and_grads(model, packed, total)
     padded_loss, padded_grads = _loss_and_grads(model, SFTCollator(0, False)(examples), total)
     # one by one, each normalized by the same total: their sum is the batch's loss and gradient
     singles = [_loss_and_grads(model, SFTCollator(0, False)([e]), total) for e in examples]
@@ -76,6 +78,15 @@ def test_packed_losses_and_gradients_equal_one_by_one(tiny_model_dir: Path, attn
         torch.testing.assert_close(grad, summed, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(padded_grads[name], summed, rtol=1e-4, atol=1e-6)
     assert packing_is_exact(model, model.config.vocab_size, "float32")[0]
+
+
+def test_rows_are_split_at_the_cap_and_padding_is_its_own_block() -> None:
+    feats = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]},
+             {"input_ids": [4], "labels": [4]}]
+    out = SFTCollator(pad_token_id=0, padding_free=True, max_row_tokens=4)(feats)
+    assert out["input_ids"].tolist() == [[5, 6, 7, 4], [8, 9, 0, 0]]  # longest first, first fit
+    assert out["position_ids"].tolist() == [[0, 1, 2, 0], [0, 1, 0, 1]]
+    assert out["labels"].tolist() == [[IGNORE, 6, 7, IGNORE], [IGNORE, 9, IGNORE, IGNORE]]
 
 
 def test_the_loss_equals_the_models_own_loss(tiny_model_dir: Path) -> None:

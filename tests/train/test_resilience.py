@@ -144,7 +144,7 @@ def test_simulated_oom_on_the_second_step_recovers_with_the_same_effective_batch
     assert "OOM at step 1: micro batch 2 -> 1, grad accumulation 2 -> 4" in log.read_text()
     done = json.loads((run / "stages" / "sft" / "DONE").read_text())
     assert done["settings"] == {"micro_batch_size": 1, "gradient_accumulation_steps": 4,
-                                "gradient_checkpointing": True}
+                                "gradient_checkpointing": True, "world_size": 1}
     assert done["steps"] == 4
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ def infer(
     top_k: int = typer.Option(0, "--top-k", min=0, help="0 = off."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come (text mode)."),
+    think: bool | None = typer.Option(None, "--think/--no-think", help="Pass enable_thinking to the chat template "
+                                      "(Qwen3: --no-think answers without reasoning); default: the template's own."),
+    show_reasoning: bool = typer.Option(False, "--show-reasoning", help="Also print the reply's think block "
+                                        "(hidden by default; JSON gets a 'reasoning' field)."),
     trust_remote_code: TrustRemoteCodeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -55,27 +60,43 @@ def infer(
                         repetition_penalty=repetition_penalty)
     head = [{"role": "system", "content": system}] if system else []
     conversations += [[*head, {"role": "user", "content": p}] for p in prompt or []]
+    how = _How(sampling, think, show_reasoning, stream)
     if conversations:
-        _answer_all(loaded, conversations, sampling, compare=compare, as_json=as_json or bool(prompts_file),
-                    stream=stream, out=out)
+        _answer_all(loaded, conversations, how, compare=compare, as_json=as_json or bool(prompts_file), out=out)
     if chat:
-        _chat(loaded, head, sampling)
+        _chat(loaded, head, how)
 
 
-def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], sampling: Any, *, compare: bool,
-                as_json: bool, stream: bool, out: Path | None) -> None:
-    from nova.model.generate import generate_chat
+@dataclass(frozen=True)
+class _How:
+    """How to answer: sampling, enable_thinking, whether the think block is shown, streaming."""
 
+    sampling: Any
+    think: bool | None
+    show_reasoning: bool
+    stream: bool
+
+    def record(self, loaded: Any, messages: list[dict[str, str]], key: str = "answer") -> dict[str, str]:
+        from nova.model.generate import generate_reply
+
+        reply = generate_reply(loaded.model, loaded.tokenizer, messages, self.sampling, think=self.think)
+        out = {key: reply.answer if reply.reasoning else reply.text.strip()}
+        if self.show_reasoning and reply.reasoning:
+            out[key.replace("answer", "reasoning")] = reply.reasoning
+        return out
+
+
+def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], how: _How, *, compare: bool,
+                as_json: bool, out: Path | None) -> None:
     sink = out.open("w", encoding="utf-8") if out else None
     try:
         for messages in conversations:
             question = messages[-1]["content"]
             if as_json:
-                record = {"prompt": question, "answer": generate_chat(loaded.model, loaded.tokenizer, messages,
-                                                                      sampling)}
+                record = {"prompt": question, **how.record(loaded, messages)}
                 if compare:
                     with loaded.base_view():
-                        record["base_answer"] = generate_chat(loaded.model, loaded.tokenizer, messages, sampling)
+                        record.update(how.record(loaded, messages, "base_answer"))
                 line = json.dumps(record, ensure_ascii=True)
                 if sink:
                     sink.write(line + "\n")
@@ -86,9 +107,9 @@ def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], sampling
             if compare:
                 typer.echo("--- base:")
                 with loaded.base_view():
-                    _say(loaded, messages, sampling, stream)
+                    _say(loaded, messages, how)
                 typer.echo("--- tuned:")
-            _say(loaded, messages, sampling, stream)
+            _say(loaded, messages, how)
             typer.echo("")
         if sink:
             typer.echo(f"wrote {len(conversations)} answers to {out}")
@@ -97,18 +118,19 @@ def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], sampling
             sink.close()
 
 
-def _say(loaded: Any, messages: list[dict[str, str]], sampling: Any, stream: bool) -> str:
-    from nova.model.generate import generate_chat, text_streamer
+def _say(loaded: Any, messages: list[dict[str, str]], how: _How, stream: bool | None = None) -> str:
+    """Print one reply (the think block only with --show-reasoning); returns its answer."""
+    from nova.model.generate import generate_reply, text_streamer
 
-    if stream:
-        return generate_chat(loaded.model, loaded.tokenizer, messages, sampling, streamer=text_streamer(
-            loaded.tokenizer))
-    answer = generate_chat(loaded.model, loaded.tokenizer, messages, sampling)
-    typer.echo(answer)
-    return answer
+    if how.stream if stream is None else stream:
+        streamer = text_streamer(loaded.tokenizer, show_reasoning=how.show_reasoning)
+        return generate_reply(loaded.model, loaded.tokenizer, messages, how.sampling, streamer, how.think).answer
+    reply = generate_reply(loaded.model, loaded.tokenizer, messages, how.sampling, think=how.think)
+    typer.echo(reply.text.strip() if how.show_reasoning or not reply.reasoning else reply.answer)
+    return reply.answer
 
 
-def _chat(loaded: Any, head: list[dict[str, str]], sampling: Any) -> None:
+def _chat(loaded: Any, head: list[dict[str, str]], how: _How) -> None:
     history = list(head)
     typer.echo(f"chatting with {loaded.description}; an empty line or /exit ends")
     while True:
@@ -118,5 +140,6 @@ def _chat(loaded: Any, head: list[dict[str, str]], sampling: Any) -> None:
             return
         history.append({"role": "user", "content": line.rstrip("\n")})
         typer.echo("nova> ", nl=False)
-        answer = _say(loaded, history, sampling, stream=True)
+        # The history keeps the answer only: templates drop earlier reasoning anyway (Qwen3, DeepSeek-R1).
+        answer = _say(loaded, history, how, stream=True)
         history.append({"role": "assistant", "content": answer})

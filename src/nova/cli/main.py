@@ -105,6 +105,10 @@ def run() -> None:
         if debug:
             raise
         lines = exc.lines()
+        from nova.train.launch import report_to_launcher
+
+        if report_to_launcher(exc.exit_code, lines):  # a rank of nova train --nproc-per-node: the parent says it
+            sys.exit(0)
         _say(f"error: {lines[0]}")
         for line in lines[1:]:
             _say(line)

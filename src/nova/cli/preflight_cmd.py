@@ -21,16 +21,22 @@ GpusOpt = Annotated[
     typer.Option("--gpus", help="Number of GPUs: hypothetical ones with --gpu-memory, else the first N real ones."),
 ]
 NoDataOpt = Annotated[bool, typer.Option("--no-data", help="Skip reading the training data.")]
+RanksOpt = Annotated[
+    int | None,
+    typer.Option("--nproc-per-node", min=1, max=1024, help="Training processes (as for nova train): memory is then "
+                 "estimated per rank for the strategy that would run. Default: distributed.gpus of the config."),
+]
 
 
 def preflight(config: ConfigOpt, json_out: JsonOpt = False, gpu_memory: GpuMemoryOpt = None,
-              gpus: GpusOpt = None, overrides: SetOpt = None, no_data: NoDataOpt = False) -> None:
+              gpus: GpusOpt = None, overrides: SetOpt = None, no_data: NoDataOpt = False,
+              nproc_per_node: RanksOpt = None) -> None:
     """Check a config before training: GPUs, memory estimate, model, data, schedule, disk."""
     from nova.config.load import load_yaml_config
     from nova.preflight import run_preflight
 
     loaded = load_yaml_config(config, overrides)
-    report = run_preflight(loaded, gpu_memory=gpu_memory, gpus=gpus, check_data=not no_data)
+    report = run_preflight(loaded, gpu_memory=gpu_memory, gpus=gpus, check_data=not no_data, ranks=nproc_per_node)
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=True))
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from nova.cli.options import ConfigOpt, SetOpt
@@ -20,6 +22,16 @@ def train(
         False, "--resume-with-changes", help="Resume although training.learning_rate or training.max_steps "
         "differ from the checkpoint's: the new values are applied from the resumed step on and recorded in "
         "the run's config.yaml. Any other change still needs --fresh."),
+    nproc_per_node: int | None = typer.Option(
+        None, "--nproc-per-node", min=1, max=1024, help="Ranks on this machine (torchrun): one per GPU; on a CPU, "
+        "N processes with the gloo backend. Default: distributed.gpus of the config (one)."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, max=4096, help="Machines taking part (the same command on "
+                               "each, with its --node-rank)."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, max=4095, help="This machine's index, 0..nnodes-1."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", envvar="MASTER_ADDR",
+                                    help="Address of node 0 (rendezvous)."),
+    master_port: int = typer.Option(29500, "--master-port", envvar="MASTER_PORT", min=1, max=65535,
+                                    help="Port of the rendezvous on node 0."),
 ) -> None:
     """Fine-tune: validate, then train each phase and stage, writing checkpoints, metrics and adapters."""
     from nova.config.load import load_yaml_config
@@ -38,16 +50,41 @@ def train(
             raise typer.Exit(1)
         typer.echo("dry run ok: nothing was trained")
         return
-    if not no_preflight:
+    hint = " ".join(["nova train --config", str(config), *[f"--set {v}" for v in set_ or []],
+                     *(["--phase", phase] if phase else [])])
+    from nova.train import distributed, launch
+
+    here = distributed.current()
+    if not here.distributed and os.environ.get(distributed.LAUNCHED_ENV) is None:
+        from nova.plan import make_plan
+
+        local = launch.ranks_on_this_node(make_plan(loaded).distributed, nproc_per_node)
+        if node_rank >= nnodes:
+            raise NovaError(f"--node-rank {node_rank} is not below --nnodes {nnodes}")
+        if local > 1 or nnodes > 1:
+            if not no_preflight:
+                _preflight_or_stop(loaded)
+            plan = launch.Launch(local, nnodes, node_rank, master_addr, master_port)
+            typer.echo(plan.describe(cuda=_cuda()))
+            rank_args = [a for pair in [("--config", str(config)), *[("--set", v) for v in set_ or []],
+                                        *([("--phase", phase)] if phase else [])] for a in pair]
+            rank_args += [f for f, on in (("--force", force), ("--fresh", fresh),
+                                          ("--resume-with-changes", resume_with_changes)) if on]
+            raise typer.Exit(launch.run_ranks(plan, [*rank_args, "--no-preflight"], hint))
+    if not no_preflight and here.main:
         _preflight_or_stop(loaded)
     from nova.train.pipeline import run_config
 
-    hint = " ".join(["nova train --config", str(config), *[f"--set {s}" for s in set_ or []],
-                     *(["--phase", phase] if phase else [])])
     results = run_config(loaded, phase=phase, force=force, fresh=fresh, resume_with_changes=resume_with_changes,
                          rerun_hint=hint)
     if not results:
         raise NovaError("nothing to train")
+
+
+def _cuda() -> bool:
+    from nova.lazy import require
+
+    return bool(require("torch").cuda.is_available())
 
 
 def _preflight_or_stop(loaded: object) -> None:

@@ -36,6 +36,10 @@ class DatasetSpec(Section):
     weight: float | None = Field(
         None, gt=0, le=1_000_000, description="Relative share of this source in the training mix: repeats or "
         "samples its records (seeded); when any source has a weight, a source without one counts as 1.")
+    enable_thinking: bool | None = Field(
+        None, description="Passed to chat templates that take it, for this source's records (a record's own "
+        "enable_thinking field wins): Qwen3 with false writes an empty think block into the prompt, the way it "
+        "answers without thinking. Unset: the template's default.")
 
     @field_validator("path")
     @classmethod
@@ -75,6 +79,19 @@ class DataConfig(Section):
         "assistant", description="Train on assistant tokens only (default) or on the whole sequence.")
     num_proc: int | None = Field(None, gt=0, le=1024, description="Processes for tokenization; default picks by size.")
     cache_dir: str = Field(".nova-cache", description="Where tokenized datasets are cached (by content hash).")
+    rewritten_turns: Literal["every", "last"] = Field(
+        "every", description="For chat templates that render earlier turns differently once later turns follow "
+        "(Qwen3, QwQ and DeepSeek-R1 drop past reasoning): each trained assistant turn is rendered as the final "
+        "turn of its own prefix, as the model sees it at inference, one sequence per turn ('every', keeps all the "
+        "data), or only the last assistant turn is trained ('last'). Other templates give one sequence per chat.")
+    train_empty_think: bool = Field(
+        False, description="Train the empty think block a chat template writes into a reply without reasoning "
+        "(Qwen3: <think></think>). Off by default: learning it teaches the model to skip thinking; the reply and "
+        "its end-of-turn token are still trained.")
+    reasoning_ratio: float | None = Field(
+        None, gt=0, lt=1, description="Share of training chats with reasoning (e.g. 0.5 for a 50/50 mix of "
+        "thinking and plain replies), held by repeating or sampling each group (seeded) after the source "
+        "weights; the data report shows the mix either way.")
 
     @model_validator(mode="after")
     def _eval_source_is_single(self, info: ValidationInfo) -> DataConfig:

@@ -91,6 +91,12 @@ class TrainingConfig(Section):
         "still normalized by trained tokens, so a step weighs every token the same.")
     group_by_length: bool = Field(
         False, description="Padded SFT batches only: put sequences of similar length together (less padding).")
+    liger_kernels: bool = Field(
+        False, description="CUDA only: Liger's fused RMSNorm, RoPE and SwiGLU kernels (pip install "
+        "'nova-tune[liger]'); nova's own loss already skips untrained positions. Off unless measured to help "
+        "on your GPU (docs/benchmarks.md).")
+    torch_compile: bool = Field(
+        False, description="Compile the model with torch.compile (slow first steps; can help long runs on a GPU).")
     logging_steps: int = Field(
         10, gt=0, le=MAX_STEPS, description="Log loss, learning rate and throughput every N steps.")
     eval_steps: int = Field(100, gt=0, le=MAX_STEPS, description="Evaluate on the holdout every N steps.")
@@ -129,6 +135,22 @@ class DPOConfig(Section):
         512, gt=0, le=MAX_TOKENS, description="Chosen/rejected tokens kept (from the start).")
 
 
+class DistributedConfig(Section):
+    """Several GPUs or machines: how many ranks, and the engine that splits the work (docs/distributed.md)."""
+
+    gpus: Literal["one", "all"] | Annotated[int, Field(ge=1, le=1024)] = Field(
+        "one", description="Ranks nova train starts on this machine when --nproc-per-node is not given: 'one' "
+        "(the GPU with the most free memory), 'all' (every visible GPU), or a number.")
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field(
+        "auto", description="'ddp': a full (4-bit) replica per GPU, gradients all-reduced; 'fsdp': weights, "
+        "gradients and optimizer states sharded (FSDP2, QLoRA-aware); 'deepspeed': ZeRO (pip install "
+        "'nova-tune[deepspeed]'); 'auto': ddp when preflight says a replica fits each GPU, else fsdp.")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage (strategy: deepspeed).")
+    timeout_s: int = Field(
+        600, ge=10, le=86_400, description="Seconds a rank waits in a collective before the run stops: a rank "
+        "that dies ends the run with a message instead of leaving the others waiting.")
+
+
 class StageConfig(Section):
     """One training stage of a phase: SFT or DPO, each with its own data and schedule."""
 
@@ -162,6 +184,9 @@ class PhaseConfig(Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Alerts, early stopping, plots.")
     smoke_prompts: list[str] = Field(
         default_factory=list, description="Prompts answered by the tuned model at the end of training.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Several GPUs or machines (a phase file run on its own; "
+        "in a pipeline the pipeline's distributed section applies to every phase).")
 
     @model_validator(mode="after")
     def _one_way_to_give_stages(self) -> PhaseConfig:
@@ -195,11 +220,16 @@ class PipelineConfig(Section):
 
     output_dir: str = Field("checkpoints/pipeline", description="Each phase writes <output_dir>/<phase>/.")
     phases: list[PhaseConfig] = Field(min_length=1, description="Phases in order (inline, or paths to phase files).")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Several GPUs or machines, for every phase of the pipeline.")
 
     @model_validator(mode="after")
     def _chain_is_consistent(self) -> PipelineConfig:
         seen: list[str] = []
         for phase in self.phases:
+            if "distributed" in phase.model_fields_set:
+                raise ValueError(f"phase '{phase.name}' sets 'distributed'; in a pipeline the pipeline's own "
+                                 "distributed section applies to every phase (move it there)")
             if phase.name in seen:
                 raise ValueError(f"phase name '{phase.name}' is used twice")
             if phase.start_from is not None and phase.start_from not in seen:

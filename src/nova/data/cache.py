@@ -17,7 +17,7 @@ from nova.config.data_schema import DataConfig
 from nova.data.sources import FileProblem, list_files, looks_like_hub_id
 from nova.files import atomic_dir
 
-PIPELINE_VERSION = "nova-data-1"
+PIPELINE_VERSION = "nova-data-3"  # 2: prompt/completion trains the completion only; 3: reasoning, per-turn masks
 
 
 def _hash_file(path: Path, h: Any) -> None:

@@ -1,13 +1,12 @@
 """Tokenize normalized examples with the model's own chat template and mark the loss tokens.
 
-A chat is rendered once in full and tokenized once (``add_special_tokens=False``: the
-template already holds bos and the special tokens). Which characters carry loss is found by
-rendering prefixes: for a trained message i the span is
-``[len(render(messages[:i], add_generation_prompt=True)), len(render(messages[:i+1])))``,
-which includes the template's end-of-turn token (for SmolLM2 ``<|im_end|>``, which is eos
-*and* pad, so eos is learned even though padding is masked). Characters map to tokens through
-the fast tokenizer's offsets (``Encoding.char_to_token``), so a token that straddles a
-boundary is never split. Trailing whitespace after the end-of-turn token is not trained.
+A chat becomes one sequence, or one per trained reply for templates that rewrite history
+(nova.data.turns decides, and finds the characters that carry loss: each reply including the
+template's end-of-turn token, for SmolLM2 ``<|im_end|>``, which is eos *and* pad, so eos is
+learned even though padding is masked). Each sequence is tokenized once
+(``add_special_tokens=False``: the template already holds bos and the special tokens), and
+characters map to tokens through the fast tokenizer's offsets (``Encoding.char_to_token``),
+so a token that straddles a boundary is never split.
 """
 
 from __future__ import annotations
@@ -17,92 +16,14 @@ from typing import Any
 import orjson
 
 from nova.data.records import RecordProblem
+from nova.data.template import ChatTemplate
+from nova.data.turns import Sequence, TurnSettings, chat_sequences, options, reply_texts
 from nova.errors import NovaError
+
+__all__ = ["IGNORE", "ChatTemplate", "Encoder"]
 
 IGNORE = -100
 OK, TRUNCATED, TOO_LONG, NO_TRAINED = "", "truncated", "too_long", "no_trained_tokens"
-
-
-# Public attributes of a Jinja ``loop`` object: reading them is always safe, so they skip the sandbox's
-# per-access checks (the sandbox would allow each of them anyway).
-_LOOP_ATTRIBUTES = frozenset({"index", "index0", "revindex", "revindex0", "first", "last", "length", "depth",
-                              "depth0", "previtem", "nextitem"})
-
-
-def _compile(source: str) -> Any:
-    """The template compiled as apply_chat_template compiles it (same sandboxed environment), with
-    two costs of rendering it 100,000s of times removed; the output is the same text:
-    - the globals as a plain dict (Jinja keeps a ChainMap, copied key by key on every render);
-    - ``loop.first`` and the other loop attributes read directly instead of through the sandbox.
-    A private copy (not transformers' lru-cached one), so nothing outside nova is changed."""
-    from jinja2.runtime import LoopContext
-    from transformers.utils.chat_template_utils import _compile_jinja_template
-
-    compile_fresh = getattr(_compile_jinja_template, "__wrapped__", _compile_jinja_template)
-    template = compile_fresh(source)
-    template.globals = dict(template.globals)
-    env = template.environment
-    sandboxed_getattr = env.getattr
-
-    def getattr_(obj: Any, attribute: str) -> Any:
-        if type(obj) is LoopContext and attribute in _LOOP_ATTRIBUTES:
-            return getattr(obj, attribute)
-        return sandboxed_getattr(obj, attribute)
-
-    env.getattr = getattr_
-    return template
-
-
-class ChatTemplate:
-    """The tokenizer's chat template, compiled once and rendered the way apply_chat_template does."""
-
-    def __init__(self, tokenizer: Any, model_name: str) -> None:
-        template = tokenizer.chat_template
-        if isinstance(template, dict):
-            template = template.get("default")
-        if not template:
-            raise NovaError(f"the tokenizer of {model_name} has no chat template",
-                            hint="set model.chat_template to a Jinja template file, or use raw text data")
-        self.source: str = template
-        self.model_name = model_name
-        # apply_chat_template passes the special tokens (bos_token, eos_token, ...) to the template
-        self.kwargs = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
-        self._compiled: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The compiled Jinja template does not pickle; worker processes compile their own.
-        return {**self.__dict__, "_compiled": None}
-
-    def render(self, messages: list[dict[str, Any]], generation: bool = False) -> str:
-        if self._compiled is None:
-            self._compiled = _compile(self.source)
-        try:
-            return self._compiled.render(messages=messages, add_generation_prompt=generation, **self.kwargs)
-        except Exception as exc:  # jinja TemplateError, raise_exception() from the template
-            raise RecordProblem("template_error", f"the chat template of {self.model_name} failed: {exc}") from None
-
-    def spans(self, messages: list[dict[str, Any]], train: list[bool]) -> tuple[str, list[tuple[int, int]]]:
-        """The full rendered text and the character spans that carry loss."""
-        full = self.render(messages)
-        spans: list[tuple[int, int]] = []
-        for i, trained in enumerate(train):
-            if not trained:
-                continue
-            prefix = self.render(messages[:i], generation=messages[i]["role"] == "assistant")
-            upto = full if i == len(messages) - 1 else self.render(messages[: i + 1])
-            if not (full.startswith(upto) and upto.startswith(prefix)):
-                raise RecordProblem(
-                    "template_not_prefix_consistent",
-                    f"the chat template of {self.model_name} renders message {i} differently once later "
-                    "turns follow (it is not prefix-consistent), so the trained tokens cannot be located",
-                    "templates that rewrite earlier turns (e.g. strip <think> from past replies) need "
-                    "single-turn data or a model.chat_template that keeps history as is")
-            end = len(upto)
-            while end > len(prefix) and upto[end - 1].isspace():
-                end -= 1  # a newline after <|im_end|> is formatting, not something to learn
-            if end > len(prefix):
-                spans.append((len(prefix), end))
-        return full, spans
 
 
 def _labels(ids: list[int], ranges: list[tuple[int, int]] | None) -> list[int]:
@@ -132,6 +53,13 @@ def _token_range(enc: Any, start: int, end: int) -> tuple[int, int] | None:
     return first, last + 1
 
 
+_SFT_COLUMNS = ("input_ids", "labels", "length", "trained", "masked", "status", "row", "reasoning", "per_turn",
+                "empty_think")
+# (has reasoning, sequences its chat became when rendered turn by turn (on its first row), empty think
+# blocks left untrained) of a row that is not a chat sequence.
+_PLAIN = (False, 0, 0)
+
+
 class Encoder:
     """The batched map function: examples (JSON strings) -> token columns plus bookkeeping.
 
@@ -141,7 +69,8 @@ class Encoder:
     """
 
     def __init__(self, tokenizer: Any, template: ChatTemplate | None, *, method: str, max_length: int,
-                 overlong: str, loss_on: str, max_prompt_length: int = 0, max_completion_length: int = 0) -> None:
+                 overlong: str, loss_on: str, max_prompt_length: int = 0, max_completion_length: int = 0,
+                 turns: TurnSettings | None = None) -> None:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise NovaError(f"the tokenizer {type(tokenizer).__name__} is not a fast tokenizer",
@@ -154,6 +83,7 @@ class Encoder:
         self.loss_on = loss_on
         self.max_prompt_length = max_prompt_length
         self.max_completion_length = max_completion_length
+        self.turns = turns or TurnSettings()
         self.eos_id: int | None = tokenizer.eos_token_id
         # No token is longer than the longest vocabulary entry, so text past this many characters
         # cannot reach the first max_length tokens: cutting it first keeps a 10 MB record from
@@ -162,8 +92,12 @@ class Encoder:
         self.char_cap = (max(max_length, max_prompt_length, max_completion_length) + 16) * max(longest, 4) + 1024
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        """datasets.map entry point: examples arrive as JSON strings (Arrow has no schema for chats)."""
-        return self.encode([orjson.loads(e) for e in batch["example"]])
+        """datasets.map entry point: examples arrive as JSON strings (Arrow has no schema for chats).
+        A chat may become several rows, so the ``where`` column is carried along row by row."""
+        out = self.encode([orjson.loads(e) for e in batch["example"]])
+        if "where" in batch:
+            out["where"] = [batch["where"][i] for i in out["row"]]
+        return out
 
     def encode(self, examples: list[dict[str, Any]]) -> dict[str, list[Any]]:
         return self.finish(self.prepare(examples))
@@ -177,37 +111,49 @@ class Encoder:
     def finish(self, prepared: Any, *, compact: bool = False) -> dict[str, list[Any]]:
         """The Rust half: tokenize (releases the GIL, so it overlaps the next batch's prepare).
 
-        ``compact`` (SFT only): ``labels`` holds each row's trained token ranges (after truncation;
-        None where every token is trained) instead of the label list, for a caller that builds
-        the labels column in one vectorized step (see nova.data.pipeline)."""
+        Every output row has ``row``, the index of the example it came from (a chat may give
+        several rows, an example with a problem gives one). ``compact`` (SFT only): ``labels``
+        holds each row's trained token ranges (after truncation; None where every token is
+        trained) instead of the label list, for a caller that builds the labels column in one
+        vectorized step (see nova.data.pipeline)."""
         if self.method == "dpo":
             return self._dpo(prepared)
         return self._sft(prepared, compact)
 
     # ---- SFT -------------------------------------------------------------------------
     def _sft(self, prepared: Any, compact: bool = False) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "length", "trained", "masked",
-                                                     "status")}
+        out: dict[str, list[Any]] = {k: [] for k in _SFT_COLUMNS}
         n, chats, texts, early = prepared
-        rows: dict[int, tuple[list[int], list[tuple[int, int]] | None]] = {}
-        encs = self.backend.encode_batch([c[1] for c in chats], add_special_tokens=False) if chats else []
-        for (i, _, spans), enc in zip(chats, encs, strict=True):
-            rows[i] = (enc.ids, self._chat_ranges(enc, spans))
+        rows: dict[int, list[tuple[list[int] | None, list[tuple[int, int]] | None, tuple[bool, int, int]]]] = {}
+        fits = [c for c in chats if c[1] is not None]
+        encs = self.backend.encode_batch([c[1] for c in fits], add_special_tokens=False) if fits else []
+        by_text = iter(encs)
+        for i, text, spans, meta in chats:
+            if text is None:  # beyond char_cap and overlong: drop
+                rows.setdefault(i, []).append((None, None, meta))
+                continue
+            enc = next(by_text)
+            rows.setdefault(i, []).append((enc.ids, self._chat_ranges(enc, spans), meta))
         # Raw text: the tokenizer's own bos handling (add_special_tokens=True), then eos.
         encs = self.backend.encode_batch([t[1] for t in texts], add_special_tokens=True) if texts else []
         for (i, _), enc in zip(texts, encs, strict=True):
-            rows[i] = (self._with_eos(enc.ids), None)
+            rows[i] = [(self._with_eos(enc.ids), None, _PLAIN)]
         for i in range(n):
             if i in early:
-                self._emit(out, [], [], self.max_length + 1 if early[i] == TOO_LONG else 0, early[i], 0)
-            else:
-                self._finish(out, *rows[i], compact)
+                self._emit(out, i, _PLAIN, [], [], self.max_length + 1 if early[i] == TOO_LONG else 0, early[i], 0)
+                continue
+            for ids, ranges, meta in rows[i]:
+                if ids is None:
+                    self._emit(out, i, meta, [], [], self.max_length + 1, TOO_LONG, 0)
+                else:
+                    self._finish(out, i, meta, ids, ranges, compact)
         return out
 
     def _render_sft(self, examples: list[dict[str, Any]]) -> tuple[
-            int, list[tuple[int, str, list[tuple[int, int]]]], list[tuple[int, str]], dict[int, str]]:
-        """(count, chats with their trained spans, raw texts, statuses decided before tokenizing)."""
-        chats: list[tuple[int, str, list[tuple[int, int]]]] = []
+            int, list[tuple[int, str | None, list[tuple[int, int]], tuple[bool, int, int]]], list[tuple[int, str]],
+            dict[int, str]]:
+        """(count, chat sequences with their trained spans, raw texts, statuses decided before tokenizing)."""
+        chats: list[tuple[int, str | None, list[tuple[int, int]], tuple[bool, int, int]]] = []
         texts: list[tuple[int, str]] = []
         early: dict[int, str] = {}
         for i, ex in enumerate(examples):
@@ -218,19 +164,34 @@ class Encoder:
                     texts.append((i, ex["text"][: self.char_cap]))
                 continue
             try:
-                assert self.template is not None
-                full, spans = self.template.spans(ex["messages"], ex["train"])
+                sequences, per_turn = self._sequences(ex)
             except RecordProblem as exc:
                 early[i] = f"error:{exc.reason}:{exc.message}"
                 continue
-            if len(full) > self.char_cap:
-                if self.overlong == "drop":
-                    early[i] = TOO_LONG
-                    continue
-                full = full[: self.char_cap]
-                spans = [(a, min(b, self.char_cap)) for a, b in spans if a < self.char_cap]
-            chats.append((i, full, spans))
+            if not per_turn and len(sequences[0].text) <= self.char_cap:  # the common case, kept lean
+                seq = sequences[0]
+                chats.append((i, seq.text, seq.spans, (seq.reasoning, 0, seq.empty_think)))
+                continue
+            for k, seq in enumerate(sequences):
+                meta = (seq.reasoning, len(sequences) if per_turn and k == 0 else 0, seq.empty_think)
+                chats.append((i, *self._capped(seq), meta))
         return len(examples), chats, texts, early
+
+    def _capped(self, seq: Sequence) -> tuple[str | None, list[tuple[int, int]]]:
+        """The sequence cut to char_cap (None: too long, under overlong: drop)."""
+        if len(seq.text) <= self.char_cap:
+            return seq.text, seq.spans
+        if self.overlong == "drop":
+            return None, []
+        return seq.text[: self.char_cap], [(a, min(b, self.char_cap)) for a, b in seq.spans if a < self.char_cap]
+
+    def _sequences(self, ex: dict[str, Any]) -> tuple[list[Sequence], bool]:
+        """The chat's sequences; with loss_on: all, the whole rendering, every token trained."""
+        assert self.template is not None
+        if self.loss_on == "all":
+            text = self.template.render(self.template.template_messages(ex["messages"]), options=options(ex))
+            return [Sequence(text, [(0, len(text))], bool(ex.get("reasoning")))], False
+        return chat_sequences(self.template, ex, self.turns)
 
     def _chat_labels(self, enc: Any, full: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
         ids = enc.ids
@@ -252,13 +213,13 @@ class Encoder:
                 ranges.append(found)
         return ranges
 
-    def _finish(self, out: dict[str, list[Any]], ids: list[int], ranges: list[tuple[int, int]] | None,
-                compact: bool = False) -> None:
+    def _finish(self, out: dict[str, list[Any]], row: int, meta: tuple[bool, int, int], ids: list[int],
+                ranges: list[tuple[int, int]] | None, compact: bool = False) -> None:
         length = len(ids)
         status = OK
         if length > self.max_length:
             if self.overlong == "drop":
-                self._emit(out, [], [], length, TOO_LONG, 0)
+                self._emit(out, row, meta, [], [], length, TOO_LONG, 0)
                 return
             cut = self.max_length
             ids, status = ids[:cut], TRUNCATED
@@ -266,19 +227,23 @@ class Encoder:
                 ranges = [(a, min(b, cut)) for a, b in ranges if a < cut]
         trained = len(ids) if ranges is None else sum(b - a for a, b in ranges)
         if trained == 0:
-            self._emit(out, [], [], length, NO_TRAINED, 0)
+            self._emit(out, row, meta, [], [], length, NO_TRAINED, 0)
             return
-        self._emit(out, ids, ranges if compact else _labels(ids, ranges), length, status, trained)
+        self._emit(out, row, meta, ids, ranges if compact else _labels(ids, ranges), length, status, trained)
 
     @staticmethod
-    def _emit(out: dict[str, list[Any]], ids: list[int], labels: Any, length: int, status: str,
-              trained: int) -> None:
+    def _emit(out: dict[str, list[Any]], row: int, meta: tuple[bool, int, int], ids: list[int], labels: Any,
+              length: int, status: str, trained: int) -> None:
         out["input_ids"].append(ids)
         out["labels"].append(labels)
         out["length"].append(length)
         out["trained"].append(trained)
         out["masked"].append(len(ids) - trained)
         out["status"].append(status)
+        out["row"].append(row)
+        out["reasoning"].append(meta[0])
+        out["per_turn"].append(meta[1])
+        out["empty_think"].append(meta[2])
 
     # ---- DPO -------------------------------------------------------------------------
     def _render_dpo(self, examples: list[dict[str, Any]]) -> tuple[int, list[tuple[int, str, str, str]],
@@ -305,21 +270,20 @@ class Encoder:
                 self._emit_dpo(out, [], [], [], 0, errors[i], False, False)
             else:
                 self._finish_dpo(out, *encoded[i])
+        out["row"] = list(range(n))  # one row per preference pair
         return out
 
     def _dpo_texts(self, ex: dict[str, Any]) -> tuple[str, str, str]:
+        """The prompt and both replies, each reply written as the final turn after the prompt."""
         assert self.template is not None
-        prompt = self.template.render(ex["prompt"], generation=True)
-        completions = []
-        for side in ("chosen", "rejected"):
-            full = self.template.render([*ex["prompt"], ex[side]])
-            if not full.startswith(prompt):
-                raise RecordProblem("template_not_prefix_consistent",
-                                    f"the chat template of {self.template.model_name} does not render the prompt "
-                                    "with add_generation_prompt as a prefix of the full chat",
-                                    "set model.chat_template to a prefix-consistent template")
-            completions.append(full[len(prompt):].rstrip()[: self.char_cap])
-        return prompt[-self.char_cap:], completions[0], completions[1]
+        prompt, chosen = reply_texts(self.template, ex["prompt"], ex["chosen"])
+        other_prompt, rejected = reply_texts(self.template, ex["prompt"], ex["rejected"])
+        if other_prompt != prompt:
+            raise RecordProblem("template_not_prefix_consistent",
+                                f"the chat template of {self.template.model_name} writes the prompt differently "
+                                "before the chosen and the rejected reply", "set model.chat_template to a template "
+                                "that writes the prompt the same way before any reply")
+        return prompt[-self.char_cap:], chosen[: self.char_cap], rejected[: self.char_cap]
 
     def _finish_dpo(self, out: dict[str, list[Any]], prompt: list[int], chosen: list[int],
                     rejected: list[int]) -> None:

@@ -170,4 +170,4 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
         hint = "use method: dpo for preference data" if ctx.method == "sft" else \
             "a dpo stage needs prompt/chosen/rejected records"
         raise RecordProblem("wrong_method", f"'{fmt}' records cannot train a {ctx.method} stage", hint)
-    return fmt, normalize(record, fmt, system_prompt=ctx.system_prompt)
+    return fmt, normalize(record, fmt, system_prompt=ctx.system_prompt, enable_thinking=spec.enable_thinking)

@@ -14,6 +14,7 @@ from collections import defaultdict
 from nova.config.data_schema import DataConfig
 from nova.data.load import Example
 from nova.data.report import DataReport
+from nova.errors import DataError, Problem
 
 
 def dedup(examples: list[Example]) -> tuple[list[Example], int]:
@@ -51,10 +52,12 @@ def remove_leakage(train: list[Example], evals: list[Example]) -> tuple[list[Exa
 
 
 def mix(train: list[Example], cfg: DataConfig, seed: int, report: DataReport) -> list[Example]:
-    """Apply per-source weights (shares of the mix) and the global max_samples cap."""
+    """Apply per-source weights (shares of the mix), the reasoning ratio and the global max_samples cap."""
     rng = random.Random(seed)
     if any(spec.weight is not None for spec in cfg.datasets):
         train = _weighted(train, cfg, rng, report)
+    if cfg.reasoning_ratio is not None:
+        train = _reasoning_ratio(train, cfg.reasoning_ratio, rng, report)
     if cfg.max_samples is not None and len(train) > cfg.max_samples:
         keep = sorted(rng.sample(range(len(train)), cfg.max_samples))
         report.capped = len(train) - cfg.max_samples
@@ -72,14 +75,38 @@ def _weighted(train: list[Example], cfg: DataConfig, rng: random.Random, report:
     total, total_weight = len(train), sum(weights.values())
     out: list[Example] = []
     for index, weight in weights.items():
-        group = groups[index]
-        target = max(1, round(total * weight / total_weight))
-        if target >= len(group):
-            extra = target - len(group)
-            copies, rest = divmod(extra, len(group))
-            out += group * (copies + 1) + [group[i] for i in sorted(rng.sample(range(len(group)), rest))]
-            report.weight_repeated += extra
-        else:
-            out += [group[i] for i in sorted(rng.sample(range(len(group)), target))]
-            report.weight_subsampled += len(group) - target
+        part, repeated, left_out = _resize(groups[index], max(1, round(total * weight / total_weight)), rng)
+        out += part
+        report.weight_repeated += repeated
+        report.weight_subsampled += left_out
     return out
+
+
+def _reasoning_ratio(train: list[Example], ratio: float, rng: random.Random, report: DataReport) -> list[Example]:
+    """Hold the share of chats with reasoning at ``ratio`` (same total): a model tuned on a hybrid
+    model's data keeps both modes only when both are well represented."""
+    thinking = [ex for ex in train if ex.example.get("reasoning")]
+    plain = [ex for ex in train if not ex.example.get("reasoning")]
+    if not thinking or not plain:
+        missing = "with reasoning" if not thinking else "without reasoning"
+        raise DataError(f"data.reasoning_ratio {ratio} needs both kinds of chats, but there are none {missing}",
+                        [Problem("data.reasoning_ratio", f"{len(thinking)} chats with reasoning, {len(plain)} without",
+                                 "add the missing kind of data, or remove reasoning_ratio")])
+    target = min(max(1, round(len(train) * ratio)), len(train) - 1)
+    out: list[Example] = []
+    for group, size in ((thinking, target), (plain, len(train) - target)):
+        part, repeated, left_out = _resize(group, size, rng)
+        out += part
+        report.ratio_repeated += repeated
+        report.ratio_subsampled += left_out
+    return out
+
+
+def _resize(group: list[Example], target: int, rng: random.Random) -> tuple[list[Example], int, int]:
+    """``target`` records of ``group``: all of it repeated (the rest sampled) when it has fewer, a
+    sorted sample when it has more; (records, repeated, left out)."""
+    if target >= len(group):
+        extra = target - len(group)
+        copies, rest = divmod(extra, len(group))
+        return group * (copies + 1) + [group[i] for i in sorted(rng.sample(range(len(group)), rest))], extra, 0
+    return [group[i] for i in sorted(rng.sample(range(len(group)), target))], 0, len(group) - target

@@ -21,10 +21,12 @@ from nova.data.encode import IGNORE, NO_TRAINED, OK, TOO_LONG, TRUNCATED, ChatTe
 from nova.data.load import Example, LoadContext, load_sources
 from nova.data.mix import dedup, holdout, mix, remove_leakage
 from nova.data.report import DataReport, TokenStats
+from nova.data.turns import TurnSettings
 from nova.errors import DataError, Problem
 
 Method = Literal["sft", "dpo"]
-_HELPERS = ("where", "length", "trained", "masked", "status", "prompt_cut", "completion_cut")
+_HELPERS = ("where", "row", "length", "trained", "masked", "status", "prompt_cut", "completion_cut", "reasoning",
+            "per_turn", "empty_think")
 # Below this many records, worker processes cost more to start than they save.
 _PARALLEL_MIN_RECORDS = 20_000
 _PARALLEL_MIN_CPUS = 4
@@ -117,6 +119,9 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int) -> tuple[DataReport
         train, evals, report.split = holdout(train, cfg.eval_split, seed)
     train = mix(train, cfg, seed, report)
     _require_some(report, train, cfg)
+    report.reasoning_examples = sum(1 for ex in train if ex.example.get("reasoning"))
+    report.plain_examples = len(train) - report.reasoning_examples
+    report.rewritten_turns, report.reasoning_ratio = cfg.rewritten_turns, cfg.reasoning_ratio
     report.train_records, report.eval_records = len(train), len(evals)
     return report, train, evals
 
@@ -140,7 +145,8 @@ def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, rep
     template = ChatTemplate(tokenizer, model_name) if needs_template else None
     prompt_len, completion_len = _dpo_lengths(dpo)
     encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
-                      loss_on=cfg.loss_on, max_prompt_length=prompt_len, max_completion_length=completion_len)
+                      loss_on=cfg.loss_on, max_prompt_length=prompt_len, max_completion_length=completion_len,
+                      turns=turn_settings(cfg))
     report.tokenizer = model_name
     train_ds, report.tokens, report.train_records = _tokenize(train, encoder, cfg, report, build=build)
     eval_ds, report.eval_tokens, report.eval_records = (
@@ -149,6 +155,10 @@ def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, rep
     if report.train_records == 0:
         _require_some(report, [], cfg)
     return train_ds, eval_ds
+
+
+def turn_settings(cfg: DataConfig) -> TurnSettings:
+    return TurnSettings(rewritten_turns=cfg.rewritten_turns, train_empty_think=cfg.train_empty_think)
 
 
 def _num_proc(cfg: DataConfig, n: int) -> int | None:
@@ -172,12 +182,13 @@ def _tokenize(examples: list[Example], encoder: Encoder, cfg: DataConfig, report
         cols = {c: ds.data.column(c).to_pylist() for c in _HELPERS if c in ds.column_names}
     else:
         cols, chunks = _encode_lists(examples, encoder, keep_ids=build)
+        cols["where"] = [examples[j].where for j in cols["row"]]
     status: list[str] = cols["status"]
     keep = []
     for i, s in enumerate(status):
         if s.startswith("error:"):
             _, reason, message = s.split(":", 2)
-            report.add_problem(reason, Problem(examples[i].where, message))
+            report.add_problem(reason, Problem(cols["where"][i], message))
         elif s == TOO_LONG:
             report.dropped_too_long += 1
         elif s == NO_TRAINED:  # truncation cut off every trained token: as good as too long
@@ -200,8 +211,9 @@ def _map(examples: list[Example], encoder: Encoder, num_proc: int) -> Any:
     datasets.disable_progress_bars()  # library code does not print; the CLI reports counts
     ds = datasets.Dataset.from_dict({"where": [ex.where for ex in examples],
                                      "example": [json.dumps(ex.example, ensure_ascii=False) for ex in examples]})
+    # A chat may become several rows: every input column is replaced (Encoder.__call__ carries "where").
     return ds.map(encoder, batched=True, batch_size=_BATCH, num_proc=num_proc,
-                  remove_columns=["example"], new_fingerprint=f"nova-{len(examples)}-{id(encoder)}")
+                  remove_columns=["where", "example"], new_fingerprint=f"nova-{len(examples)}-{id(encoder)}")
 
 
 def _kept(status: str) -> bool:
@@ -217,21 +229,24 @@ def _encode_lists(examples: list[Example], encoder: Encoder, *,
     _sft_arrow); bookkeeping columns stay lists."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cols: dict[str, list[Any]] = {"status": [], "length": [], "trained": [], "masked": []}
+    cols: dict[str, list[Any]] = {"status": [], "length": [], "trained": [], "masked": [], "row": []}
     chunks: list[Any] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for start in range(0, len(examples), _ENCODE_BATCH):
             prepared = encoder.prepare([ex.example for ex in examples[start:start + _ENCODE_BATCH]])
             if pending is not None:
-                _collect(pending.result(), cols, chunks, keep_ids)
-            pending = pool.submit(encoder.finish, prepared, compact=True)
+                _collect(pending[1].result(), cols, chunks, keep_ids, pending[0])
+            pending = (start, pool.submit(encoder.finish, prepared, compact=True))
         if pending is not None:
-            _collect(pending.result(), cols, chunks, keep_ids)
+            _collect(pending[1].result(), cols, chunks, keep_ids, pending[0])
     return cols, chunks
 
 
-def _collect(out: dict[str, list[Any]], cols: dict[str, list[Any]], chunks: list[Any], keep_ids: bool) -> None:
+def _collect(out: dict[str, list[Any]], cols: dict[str, list[Any]], chunks: list[Any], keep_ids: bool,
+             first: int) -> None:
+    """Append one batch's rows (``first``: the index of the batch's first example)."""
+    out["row"] = [first + r for r in out["row"]]
     for key in _HELPERS:
         if key in out:
             cols.setdefault(key, []).extend(out[key])
@@ -315,5 +330,13 @@ def _stats(cols: dict[str, list[Any]], status: list[str], keep: list[int], max_l
         cut_p, cut_c = cols["prompt_cut"], cols["completion_cut"]
         report.prompt_truncated += sum(1 for i in keep if cut_p[i])
         report.completion_truncated += sum(1 for i in keep if cut_c[i])
-    return TokenStats.from_lengths(measured, max_length, sum(trained[i] for i in keep),
-                                   sum(masked[i] for i in keep))
+    stats = TokenStats.from_lengths(measured, max_length, sum(trained[i] for i in keep),
+                                    sum(masked[i] for i in keep))
+    if "reasoning" in cols:  # SFT: the thinking/plain mix, chats rendered turn by turn, empty think blocks
+        reasoning, per_turn = cols["reasoning"], cols["per_turn"]
+        stats.reasoning_sequences = sum(1 for i in keep if reasoning[i])
+        stats.reasoning_trained_tokens = sum(trained[i] for i in keep if reasoning[i])
+        report.per_turn_chats += sum(1 for n in per_turn if n)
+        report.per_turn_sequences += sum(per_turn)
+        report.empty_think_masked += sum(cols["empty_think"][i] for i in keep)
+    return stats

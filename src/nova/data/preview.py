@@ -15,6 +15,7 @@ from nova.data.encode import IGNORE, ChatTemplate, Encoder
 from nova.data.load import LoadContext, load_sources
 from nova.data.records import RecordProblem
 from nova.data.report import DataReport
+from nova.data.turns import TurnSettings
 
 OPEN, CLOSE = "[[", "]]"
 
@@ -26,20 +27,27 @@ def preview(cfg: DataConfig, tokenizer: Any, *, method: str, n: int = 3) -> list
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     template = ChatTemplate(tokenizer, name) if getattr(tokenizer, "chat_template", None) else None
     encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
-                      loss_on=cfg.loss_on, max_prompt_length=cfg.max_length, max_completion_length=cfg.max_length)
+                      loss_on=cfg.loss_on, max_prompt_length=cfg.max_length, max_completion_length=cfg.max_length,
+                      turns=TurnSettings(cfg.rewritten_turns, cfg.train_empty_think))
     out = [f"{len(examples)} example(s); trained tokens are wrapped in {OPEN} {CLOSE}"]
     for i, ex in enumerate(examples, 1):
-        out.append(f"--- example {i} ({ex.where}) ---")
         try:
-            out += _show(ex.example, tokenizer, encoder, method).splitlines()
+            shown = _show(ex.example, tokenizer, encoder, method)
         except RecordProblem as exc:
-            out.append(f"cannot render: {exc.message}")
+            out += [f"--- example {i} ({ex.where}) ---", f"cannot render: {exc.message}"]
+            continue
+        for k, text in enumerate(shown, 1):
+            of = f", sequence {k} of {len(shown)}: one per trained reply, the template rewrites history" \
+                if len(shown) > 1 else ""
+            out.append(f"--- example {i} ({ex.where}){of} ---")
+            out += text.splitlines()
     if report.problem_count:
         out.append(f"({report.problem_count} invalid record(s) not shown; run 'nova data check')")
     return out
 
 
-def _show(example: dict[str, Any], tokenizer: Any, encoder: Encoder, method: str) -> str:
+def _show(example: dict[str, Any], tokenizer: Any, encoder: Encoder, method: str) -> list[str]:
+    """The example's sequences as text, trained tokens marked (a chat may be several sequences)."""
     if method == "dpo":
         row = encoder({"example": [json.dumps(example)]})
         if row["status"][0].startswith("error:"):
@@ -47,15 +55,16 @@ def _show(example: dict[str, Any], tokenizer: Any, encoder: Encoder, method: str
         prompt = tokenizer.decode(row["prompt_ids"][0])
         chosen = tokenizer.decode(row["chosen_ids"][0])
         rejected = tokenizer.decode(row["rejected_ids"][0])
-        return f"{prompt}\n=== chosen ===\n{OPEN}{chosen}{CLOSE}\n=== rejected ===\n{OPEN}{rejected}{CLOSE}"
+        return [f"{prompt}\n=== chosen ===\n{OPEN}{chosen}{CLOSE}\n=== rejected ===\n{OPEN}{rejected}{CLOSE}"]
     if example["kind"] == "text":
         text = example["text"]
-        return f"{OPEN}{text}{CLOSE} (+ eos)"
-    assert encoder.template is not None
-    full, spans = encoder.template.spans(example["messages"], example["train"])
-    enc = encoder.backend.encode(full, add_special_tokens=False)
-    _, labels = encoder._chat_labels(enc, full, spans)
-    return _mark(full, enc.offsets, labels)
+        return [f"{OPEN}{text}{CLOSE} (+ eos)"]
+    out = []
+    for seq in encoder._sequences(example)[0]:
+        enc = encoder.backend.encode(seq.text, add_special_tokens=False)
+        _, labels = encoder._chat_labels(enc, seq.text, seq.spans)
+        out.append(_mark(seq.text, enc.offsets, labels))
+    return out
 
 
 def _mark(text: str, offsets: list[tuple[int, int]], labels: list[int]) -> str:

@@ -3,7 +3,9 @@
 Every format ends as one of three shapes (plain JSON-able dicts, so they travel through
 Arrow and worker processes unchanged):
 
-- ``{"kind": "chat", "messages": [...], "train": [bool, ...]}`` for SFT chats,
+- ``{"kind": "chat", "messages": [...], "train": [bool, ...]}`` for SFT chats, plus, where they
+  apply, ``"reasoning": True`` (a trained reply has reasoning, see nova.data.reasoning),
+  ``"enable_thinking": bool`` and ``"tools": [...]`` (passed to the chat template),
 - ``{"kind": "text", "text": str}`` for raw text,
 - ``{"kind": "pref", "prompt": [...], "chosen": msg, "rejected": msg}`` for DPO.
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+
+from nova.data.reasoning import FIELD, ReasoningProblem, might_have_reasoning, split_reasoning
 
 FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "text")
 SFT_FORMATS = frozenset({"messages", "prompt_completion", "alpaca", "sharegpt", "text"})
@@ -81,8 +85,10 @@ def apply_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, 
     return out
 
 
-def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = None) -> dict[str, Any]:
-    """Normalize one record of a known format (raises RecordProblem)."""
+def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = None,
+              enable_thinking: bool | None = None) -> dict[str, Any]:
+    """Normalize one record of a known format (raises RecordProblem). ``enable_thinking`` is the
+    source's default; a record's own ``enable_thinking`` field wins."""
     for name in REQUIRED[fmt]:
         if fmt == "preference":
             break  # checked with its aliases in _preference
@@ -98,11 +104,13 @@ def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = N
         if "system" in record and record["system"] and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": _text(record["system"], "system")})
     elif fmt == "prompt_completion":
-        messages = [*_as_messages(record["prompt"], "prompt", "user"),
-                    *_as_messages(record["completion"], "completion", "assistant")]
+        # The prompt is context, also when it holds earlier assistant turns: only the completion is
+        # learned (TRL's meaning of the format).
+        prompt = [{**m, "_train": False} for m in _as_messages(record["prompt"], "prompt", "user")]
+        messages = [*prompt, *_as_messages(record["completion"], "completion", "assistant")]
     else:
         messages = _alpaca(record)
-    return _chat(messages, system_prompt)
+    return _template_options(record, _chat(messages, system_prompt), enable_thinking)
 
 
 def dedup_key(example: dict[str, Any]) -> str:
@@ -114,6 +122,8 @@ def dedup_key(example: dict[str, Any]) -> str:
     elif kind == "chat":
         parts = [f"{_message_key(m)}\x1e{int(t)}" for m, t in zip(example["messages"], example["train"],
                                                                      strict=True)]
+        if "enable_thinking" in example or "tools" in example:  # they change what is rendered
+            parts.append(json.dumps([example.get("enable_thinking"), example.get("tools")], sort_keys=True))
     else:
         parts = [*map(_message_key, example["prompt"]), "\x1d", _message_key(example["chosen"]), "\x1d",
                  _message_key(example["rejected"])]
@@ -278,7 +288,44 @@ def _chat(messages: list[dict[str, Any]], system_prompt: str | None) -> dict[str
     train = [bool(m.pop("_train", m["role"] == "assistant")) for m in messages]
     if not any(t for t, m in zip(train, messages, strict=True) if m["role"] == "assistant"):
         raise RecordProblem("no_assistant_turn", "every assistant message has loss_weight 0")
-    return {"kind": "chat", "messages": messages, "train": train}
+    example: dict[str, Any] = {"kind": "chat", "messages": messages, "train": train}
+    if _read_reasoning(messages, train):
+        example["reasoning"] = True
+    return example
+
+
+def _read_reasoning(messages: list[dict[str, Any]], train: list[bool] | None) -> bool:
+    """Split every assistant reply's reasoning off its content; True when a trained reply has some."""
+    found = False
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant" or not might_have_reasoning(m):
+            continue
+        try:
+            has = split_reasoning(m, f"message {i}")
+        except ReasoningProblem as exc:
+            raise RecordProblem(exc.reason, exc.message, exc.hint) from None
+        found = found or (has and (train is None or train[i]))
+    return found
+
+
+def _template_options(record: dict[str, Any], example: dict[str, Any], default_thinking: bool | None) -> dict[str, Any]:
+    """``enable_thinking`` (the record's, else the source's) and ``tools``, for the chat template."""
+    thinking = record.get("enable_thinking", default_thinking)
+    if thinking is not None:
+        if not isinstance(thinking, bool):
+            raise RecordProblem("non_string_content", f"'enable_thinking' is {type(thinking).__name__}, expected "
+                                "true or false")
+        if not thinking and example.get("reasoning"):
+            raise RecordProblem("bad_reasoning", "enable_thinking is false but a reply has reasoning",
+                                "drop the reasoning or set enable_thinking: true")
+        example["enable_thinking"] = thinking
+    tools = record.get("tools")
+    if tools is not None:
+        if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise RecordProblem("non_string_content", "'tools' must be a list of tool (function) definitions")
+        if tools:
+            example["tools"] = tools
+    return example
 
 
 def _preference(record: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
@@ -300,10 +347,16 @@ def _preference(record: dict[str, Any], system_prompt: str | None) -> dict[str, 
                                 "expected the assistant reply")
     prompt = _with_system(prompt, system_prompt)
     check_order([*prompt, chosen[0]])
-    if " ".join(chosen[0]["content"].split()) == " ".join(rejected[0]["content"].split()):
+    _read_reasoning([*prompt, chosen[0]], None)
+    _read_reasoning(rejected, None)
+    if _squash(_reply_text(chosen[0])) == _squash(_reply_text(rejected[0])):
         raise RecordProblem("chosen_equals_rejected", "chosen and rejected are identical",
                             "a pair with no difference teaches nothing")
     return {"kind": "pref", "prompt": prompt, "chosen": chosen[0], "rejected": rejected[0]}
+
+
+def _reply_text(message: dict[str, Any]) -> str:
+    return f"{message.get(FIELD, '')}\x1e{message['content']}"
 
 
 def _preference_prompt(record: dict[str, Any], chosen: list[dict[str, Any]],

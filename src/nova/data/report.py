@@ -32,6 +32,8 @@ REASONS = {
     "wrong_method": "format does not fit the stage method",
     "template_error": "chat template failed",
     "template_not_prefix_consistent": "chat template not prefix-consistent",
+    "template_cannot_express": "chat template cannot write the record",
+    "bad_reasoning": "bad reasoning (think tags)",
     "empty_file": "empty file",
     "unreadable": "unreadable file",
     "missing_column": "missing column",
@@ -64,6 +66,8 @@ class TokenStats:
     over_max_length: int = 0
     trained_tokens: int = 0
     masked_tokens: int = 0
+    reasoning_sequences: int = 0  # sequences whose trained reply has reasoning
+    reasoning_trained_tokens: int = 0
 
     @classmethod
     def from_lengths(cls, lengths: list[int], max_length: int, trained: int, masked: int) -> TokenStats:
@@ -105,6 +109,15 @@ class DataReport:
     dropped_no_trained: int = 0
     prompt_truncated: int = 0
     completion_truncated: int = 0
+    reasoning_examples: int = 0  # training chats with a trained reply that has reasoning (after the mix)
+    plain_examples: int = 0
+    reasoning_ratio: float | None = None
+    ratio_repeated: int = 0
+    ratio_subsampled: int = 0
+    rewritten_turns: str = "every"
+    per_turn_chats: int = 0  # chats rendered turn by turn (the template rewrites history), train+eval
+    per_turn_sequences: int = 0
+    empty_think_masked: int = 0
     tokens: TokenStats | None = None
     eval_tokens: TokenStats | None = None
     token_note: str | None = None
@@ -186,6 +199,12 @@ class DataReport:
                   ("over max_samples", self.capped)]
         out = [f"  {label}: {n}" for label, n in counts if n]
         out.append(f"  holdout: {self.split}")
+        chats = self.reasoning_examples + self.plain_examples
+        if self.reasoning_examples or self.reasoning_ratio is not None:
+            held = (f" [data.reasoning_ratio {self.reasoning_ratio}: {self.ratio_repeated} repeated, "
+                    f"{self.ratio_subsampled} left out]" if self.reasoning_ratio is not None else "")
+            out.append(f"  reasoning: {self.reasoning_examples} of {chats} training chats "
+                       f"({_percent(self.reasoning_examples, chats)}), plain {self.plain_examples}{held}")
         return out
 
     def _token_lines(self) -> list[str]:
@@ -203,6 +222,21 @@ class DataReport:
         total = t.trained_tokens + t.masked_tokens
         share = 100.0 * t.trained_tokens / total if total else 0.0
         out.append(f"  trained tokens {t.trained_tokens} ({share:.1f}%), masked {t.masked_tokens}")
+        if t.reasoning_sequences:
+            plain = t.trained_tokens - t.reasoning_trained_tokens
+            out.append(f"  trained tokens by reply: reasoning {t.reasoning_trained_tokens} "
+                       f"({_percent(t.reasoning_trained_tokens, t.trained_tokens)}, {t.reasoning_sequences} "
+                       f"sequences), plain {plain} ({_percent(plain, t.trained_tokens)})")
+        if self.per_turn_chats:
+            out.append(f"  per turn: {self.per_turn_chats} chats became {self.per_turn_sequences} sequences (the chat "
+                       f"template renders earlier turns differently once later turns follow; each reply is trained as "
+                       f"the final turn; data.rewritten_turns: {self.rewritten_turns})")
+        if self.empty_think_masked:
+            out.append(f"  empty think blocks not trained: {self.empty_think_masked} (data.train_empty_think: false)")
         if self.cache:
             out.append(f"  cache: {self.cache}")
         return out
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "0.0%"

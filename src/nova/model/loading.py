@@ -154,8 +154,12 @@ def tokenizer_for_check(model_cfg: ModelConfig) -> tuple[Any | None, str | None]
         return None, exc.message
 
 
-def quantization_config(model_cfg: ModelConfig, compute_dtype: torch.dtype) -> Any | None:
-    """The bitsandbytes config for ``model.quantization`` (None for plain LoRA)."""
+def quantization_config(model_cfg: ModelConfig, compute_dtype: torch.dtype, *, shard: bool = False) -> Any | None:
+    """The bitsandbytes config for ``model.quantization`` (None for plain LoRA).
+
+    ``shard`` (FSDP): the 4-bit weights are stored in the compute dtype, so FSDP can flatten and
+    shard them with the rest of the layer (FSDP-QLoRA).
+    """
     if model_cfg.quantization == "none":
         return None
     require("bitsandbytes")
@@ -167,22 +171,28 @@ def quantization_config(model_cfg: ModelConfig, compute_dtype: torch.dtype) -> A
         bnb_4bit_quant_type=model_cfg.quantization,
         bnb_4bit_use_double_quant=model_cfg.double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        **({"bnb_4bit_quant_storage": compute_dtype} if shard else {}),
     )
 
 
 def load_base_model(model_cfg: ModelConfig, placement: Placement, source: str | None = None,
-                    *, quantize: bool = True) -> Any:
-    """Load the base model, quantized as configured (``quantize=False`` loads full precision for merge)."""
+                    *, quantize: bool = True, shard: bool = False) -> Any:
+    """Load the base model, quantized as configured (``quantize=False`` loads full precision for merge).
+
+    Each rank of a DDP run loads a full replica onto its own GPU (``placement.gpu_index`` is its
+    local rank); ``shard`` (FSDP) leaves placement to FSDP's loading.
+    """
     transformers = require("transformers")
     source = source or resolve_base(model_cfg)
     kwargs = _hub_kwargs(model_cfg, source)
     kwargs["dtype"] = placement.compute_dtype
     if model_cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = model_cfg.attn_implementation
-    qconfig = quantization_config(model_cfg, placement.compute_dtype) if quantize else None
+    qconfig = quantization_config(model_cfg, placement.compute_dtype, shard=shard) if quantize else None
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = {"": placement.gpu_index} if placement.device == "cuda" else {"": "cpu"}
+        if not shard:
+            kwargs["device_map"] = {"": placement.gpu_index} if placement.device == "cuda" else {"": "cpu"}
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:

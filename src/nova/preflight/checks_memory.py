@@ -7,7 +7,7 @@ that does not fit lists every way out that would work, most direct first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nova.config.schema import LoraConfig, ModelConfig, StageConfig
@@ -21,24 +21,42 @@ HELD_WORTH_NAMING = 256 * MiB  # smaller holders (a desktop, a browser) are not 
 CPU_RUNTIME_BYTES = GiB  # resident size of a Python process with torch and transformers loaded
 
 
+ATTENTION = {"eager": "eager", "flash_attention_2": "flash_attention_2"}  # auto: transformers picks sdpa
+
+
 def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, on_gpu: bool,
-                   reference_adapter: bool = False) -> Settings:
-    """The memory-relevant settings of one stage, with nova's defaults for what the config leaves open."""
+                   reference_adapter: bool = False, frozen_lora_params: int = 0) -> Settings:
+    """The memory-relevant settings of one stage, on the code path nova runs for it.
+
+    SFT (nova.train): through the trainer's ``model.forward`` (nova's loss is a forward mode of the
+    model, nova.train.loss.install_sft_loss), so under accelerate's autocast; LoRA dropout as
+    configured, nova's own loss over every position (the worst
+    case: text data trains every token), padding-free rows cut at data.max_length with a
+    block-diagonal mask (nova.train.trainers.choose_batching; flash-attention: one row, no mask), or
+    padded batches with a mask.
+    DPO (TRL): through ``model.forward`` under autocast, dropout disabled, chosen and rejected
+    padded into one batch, TRL's fused head over completion positions only.
+    """
     fp32 = model.compute_dtype == "fp32" or (model.compute_dtype == "auto" and not on_gpu)
-    compute = 4 if fp32 else 2
-    targets = ALL_LINEAR if lora.target_modules == "all-linear" else tuple(lora.target_modules)
     t = stage.training
-    seq = stage.data.max_length
-    if stage.method == "dpo":  # TRL caps each pair at prompt + completion lengths (dpo section)
-        seq = min(seq, stage.dpo.max_prompt_length + stage.dpo.max_completion_length)
-    return Settings(
-        quantization=model.quantization, double_quant=model.double_quant, compute_bytes=compute,
-        lora_r=lora.r, target_modules=targets, lora_dropout=lora.dropout, lora_bytes=4,
-        micro_batch_size=t.micro_batch_size, seq_len=seq,
+    attn = ATTENTION.get(model.attn_implementation, "sdpa")
+    common = Settings(
+        quantization=model.quantization, double_quant=model.double_quant, compute_bytes=4 if fp32 else 2,
+        lora_r=lora.r, target_modules=ALL_LINEAR if lora.target_modules == "all-linear" else tuple(lora.target_modules),
+        lora_dropout=lora.dropout, lora_bytes=4, micro_batch_size=t.micro_batch_size,
         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, method=stage.method,
-        attn_implementation="eager" if model.attn_implementation == "eager" else "sdpa",
-        loss_impl="fused", upcast_unquantized=model.quantization != "none", reference_adapter=reference_adapter,
+        attn_implementation=attn, reference_adapter=reference_adapter, frozen_lora_params=frozen_lora_params,
         device="cuda" if on_gpu else "cpu")
+    if stage.method == "dpo":  # TRL caps each pair at prompt + completion lengths (dpo section)
+        seq = min(stage.data.max_length, stage.dpo.max_prompt_length + stage.dpo.max_completion_length)
+        completion = common.micro_batch_size * 2 * min(seq, stage.dpo.max_completion_length)
+        return replace(common, seq_len=seq, lora_dropout=0.0, attention_masked=attn != "flash_attention_2",
+                       loss_impl="fused", loss_tokens=completion, autocast=True)
+    seq = stage.data.max_length
+    padding_free = t.packing != "pad"
+    budget = None if t.max_tokens_per_batch is None else max(t.max_tokens_per_batch, seq)
+    return replace(common, seq_len=seq, tokens_override=budget, attention_row=seq if padding_free else None,
+                   attention_masked=attn != "flash_attention_2", loss_impl="nova", autocast=True)
 
 
 @dataclass(frozen=True)
@@ -64,24 +82,29 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
         if need > ctx.ram_available * TIGHT:
             return Check(label, "warn", f"{msg}: less than 10% headroom", _cpu_fix(settings)), est, None
         return Check(label, "pass", msg), est, None
-    gpu, need = ctx.gpu, est.total_bytes
+    gpu, need, upper = ctx.gpu, est.total_bytes, est.upper_bytes
     choice = fit_batch(shape, settings, t.gradient_accumulation_steps, gpu.free_bytes, constants=CALIBRATED)
     auto = choice.to_dict() if t.auto_fit else None
     where = f"GPU {gpu.index} has {gib(gpu.free_bytes)} free"
     held = [p for p in gpu.processes if p.used_bytes >= HELD_WORTH_NAMING]
     if held and not gpu.hypothetical:
         where += " because " + " and ".join(f"{p.name} holds {gib(p.used_bytes)}" for p in held)
-    head = f"needs about {gib(need)} ({settings.micro_batch_size} x {settings.seq_len} tokens"
-    head += ", gradient checkpointing" if settings.gradient_checkpointing else ", no gradient checkpointing"
-    head += f"); {where}"
-    if need <= gpu.free_bytes * TIGHT:
+    head = (f"needs about {gib(need)} (up to {gib(upper)} with the {est.uncertainty:.0%} uncertainty of "
+            f"{est.regime} sequences; {_batch_words(settings)}); {where}")
+    if upper <= gpu.free_bytes:
         return Check(label, "pass", head), est, auto
     if t.auto_fit and choice.fits:
         return Check(label, "pass", f"{head}; auto_fit: {choice.reason}"), est, auto
-    fix = _memory_fix(shape, settings, stage, ctx, need, choice)
+    fix = _memory_fix(shape, settings, stage, ctx, upper, choice)
     if need <= gpu.free_bytes:
-        return Check(label, "warn", f"{head}: less than 10% headroom", fix), est, auto
+        return Check(label, "warn", f"{head}: may not fit (the estimate fits, its margin does not)", fix), est, auto
     return Check(label, "fail", head, fix), est, auto
+
+
+def _batch_words(s: Settings) -> str:
+    """What the estimate assumed about the micro batch, in the user's terms."""
+    shape = f"{s.tokens} tokens per micro batch" if s.tokens_override else f"{s.micro_batch_size} x {s.seq_len} tokens"
+    return shape + (", gradient checkpointing" if s.gradient_checkpointing else ", no gradient checkpointing")
 
 
 def _memory_fix(shape: ModelShape, settings: Settings, stage: StageConfig, ctx: MemoryContext, need: int,
@@ -95,7 +118,7 @@ def _memory_fix(shape: ModelShape, settings: Settings, stage: StageConfig, ctx: 
         if p.used_bytes >= HELD_WORTH_NAMING and gpu.free_bytes + p.used_bytes >= need:
             ways.append(f"stop {p.name} (pid {p.pid}, frees {gib(p.used_bytes)})")
     for other in ctx.snapshot.gpus:
-        if other.index != gpu.index and other.free_bytes * TIGHT >= need:
+        if other.index != gpu.index and other.free_bytes >= need:
             ways.append(f"use GPU {other.index} ({gib(other.free_bytes)} free; training.gpu: {other.index})")
     if choice.fits and choice.micro_batch_size != settings.micro_batch_size:
         ways.append(f"set micro_batch_size {settings.micro_batch_size} -> {choice.micro_batch_size} and "
@@ -105,11 +128,28 @@ def _memory_fix(shape: ModelShape, settings: Settings, stage: StageConfig, ctx: 
                        not settings.gradient_checkpointing else ""))
     if not settings.gradient_checkpointing:
         ways.append("turn on gradient checkpointing (training.gradient_checkpointing: true)")
+    if settings.attn_implementation == "eager":
+        ways.append("use model.attn_implementation: sdpa (eager keeps every attention score)")
+    shorter = _shorter_length(shape, settings, gpu.free_bytes)
+    if shorter is not None:
+        ways.append(f"shorten data.max_length {settings.seq_len} -> {shorter}")
     if not t.auto_fit and choice.fits:
         ways.append("set training.auto_fit: true to let nova choose")
     if not ways:
         ways.append(f"nothing in this config fits {gib(gpu.free_bytes)}: {choice.reason}")
     return ", or ".join(ways)
+
+
+def _shorter_length(shape: ModelShape, settings: Settings, free: int) -> int | None:
+    """The longest power-of-two fraction of max_length whose estimate, margin included, fits."""
+    if settings.tokens_override is not None:
+        return None  # a token budget, not the length, sets the micro batch
+    seq = settings.seq_len // 2
+    while seq >= 256:
+        if estimate_for_shape(shape, replace(settings, seq_len=seq), CALIBRATED).upper_bytes <= free:
+            return seq
+        seq //= 2
+    return None
 
 
 def _cpu_fix(settings: Settings) -> str:

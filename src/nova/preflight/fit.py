@@ -23,7 +23,7 @@ from nova.preflight.estimate import (
     with_batch,
 )
 
-DEFAULT_MARGIN = 0.10  # keep 10% of the budget free: allocator spikes, data with longer batches
+DEFAULT_MARGIN = 0.10  # at least 10% of headroom; the estimate's own band for its regime when wider
 
 
 @dataclass(frozen=True)
@@ -56,39 +56,43 @@ def fit_batch(shape: ModelShape, settings: Settings, accumulation: int, budget_b
     """Choose (micro batch, accumulation, checkpointing) for ``budget_bytes`` with a safety margin.
 
     ``settings`` carries the configured micro batch and checkpointing; ``accumulation`` the
-    configured gradient_accumulation_steps. The effective batch size never changes.
+    configured gradient_accumulation_steps. The effective batch size never changes. A candidate
+    fits when its estimate plus the wider of ``margin`` and the estimate's stated uncertainty
+    (nova.preflight.uncertainty: wider for long rows) is within the budget.
     """
     c = constants or CALIBRATED
     effective = settings.micro_batch_size * accumulation
-    limit = int(budget_bytes * (1 - margin))
 
     def est(mb: int, gc: bool) -> Estimate:
         return estimate_for_shape(shape, with_batch(settings, mb, gc), c)
 
+    def needs(e: Estimate) -> int:
+        return e.upper_with(margin)
+
     configured = est(settings.micro_batch_size, settings.gradient_checkpointing)
-    if configured.total_bytes <= limit:
+    if needs(configured) <= budget_bytes:
         return _choice(settings.micro_batch_size, effective, settings.gradient_checkpointing, configured,
-                       budget_bytes, True, False, f"fits as configured ({_gib(configured.total_bytes)} of "
-                       f"{_gib(limit)} usable after a {margin:.0%} margin)")
+                       budget_bytes, True, False, f"fits as configured ({_gib(configured.total_bytes)}, "
+                       f"{_gib(needs(configured))} with its margin, of {_gib(budget_bytes)})")
     orders = [settings.gradient_checkpointing] + ([True] if not settings.gradient_checkpointing else [])
     for gc in orders:
         for mb in _divisors_desc(effective):
             if mb > settings.micro_batch_size:
                 continue
             e = est(mb, gc)
-            if e.total_bytes <= limit:
+            if needs(e) <= budget_bytes:
                 what = [f"micro_batch_size {settings.micro_batch_size} -> {mb}",
                         f"gradient_accumulation_steps {accumulation} -> {effective // mb}"]
                 if gc != settings.gradient_checkpointing:
                     what.append("gradient checkpointing on")
                 return _choice(mb, effective, gc, e, budget_bytes, True, True,
                                f"{', '.join(what)} (same effective batch {effective}): needs about "
-                               f"{_gib(e.total_bytes)} of {_gib(limit)} usable")
+                               f"{_gib(e.total_bytes)}, {_gib(needs(e))} with its margin, of {_gib(budget_bytes)}")
     smallest = est(1, True)
     return _choice(1, effective, True, smallest, budget_bytes, False, True,
                    f"does not fit even at micro_batch_size 1 with gradient checkpointing: needs about "
-                   f"{_gib(smallest.total_bytes)}, {_gib(limit)} usable; shorten data.max_length, lower lora.r "
-                   "or use a GPU with more memory")
+                   f"{_gib(smallest.total_bytes)}, {_gib(needs(smallest))} with its margin, of "
+                   f"{_gib(budget_bytes)}; shorten data.max_length, lower lora.r or use a GPU with more memory")
 
 
 def _choice(mb: int, effective: int, gc: bool, e: Estimate, budget: int, fits: bool, changed: bool,

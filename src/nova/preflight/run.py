@@ -15,7 +15,7 @@ from typing import Any
 from nova.config.load import LoadedConfig
 from nova.config.schema import LoraConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
-from nova.plan import Plan, PlannedPhase, PlannedStage, make_plan
+from nova.plan import Plan, PlannedPhase, PlannedStage, make_plan, resolve_strategy
 from nova.preflight.checks_disk import check_disk, checkpoint_bytes
 from nova.preflight.checks_env import check_environment, check_gpus, check_precision, select_gpu
 from nova.preflight.checks_inputs import (
@@ -28,7 +28,16 @@ from nova.preflight.checks_inputs import (
 )
 from nova.preflight.checks_memory import MemoryContext, check_memory, stage_settings
 from nova.preflight.environment import Environment, environment
-from nova.preflight.estimate import Estimate, ModelShape, model_shape
+from nova.preflight.estimate import (
+    ALL_LINEAR,
+    CALIBRATED,
+    Estimate,
+    ModelShape,
+    Settings,
+    estimate_for_shape,
+    lora_params,
+    model_shape,
+)
 from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuProbe, GpuSnapshot, HypotheticalProbe, NvmlProbe, parse_size
 from nova.preflight.model_source import ModelSource, resolve_model
@@ -65,11 +74,13 @@ def gpu_snapshot(gpu_memory: str | None, gpus: int | None, probe: GpuProbe | Non
 
 def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: int | None = None,
                   check_data: bool = True, probe: GpuProbe | None = None,
-                  env: Environment | None = None) -> PreflightReport:
+                  env: Environment | None = None, ranks: int | None = None) -> PreflightReport:
     """Check a config before training; never raises for a failing check (the verdict says it).
 
     ``gpu_memory``/``gpus`` answer for hypothetical GPUs; ``probe`` replaces NVML and ``env`` the
-    package/CPU facts (tests).
+    package/CPU facts (tests). ``ranks`` (``--nproc-per-node``) is the number of training processes;
+    by default the config's ``distributed.gpus``. With several, each stage's memory is estimated per
+    rank for the strategy that would run (a DDP replica, or FSDP shards) against the fullest GPU.
     Raises NovaError only for bad arguments (an unreadable --gpu-memory) and for a config that
     has no plan (a lone phase file with ``start_from``).
     """
@@ -82,6 +93,9 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
                                           "cuda_driver_version": snap.cuda_driver_version})
     report.add(check_environment(env, snap, plan.phases[0].model.quantization))
     report.add(check_gpus(snap, env))
+    world = planned_ranks(plan, snap, ranks)
+    if world > 1:
+        report.add(check_ranks(world, snap))
     sources = _model_checks(report, plan)
     peak: _Peak | None = None
     disk: list[tuple[Path, int]] = []
@@ -89,7 +103,7 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
         shape = _shape(sources[ph.model.base], report, plan, ph)
         lora_params = 0
         for stage in ph.stages:
-            est, auto = _stage_checks(report, plan, ph, stage, shape, snap, env, with_data=check_data)
+            est, auto = _stage_checks(report, plan, ph, stage, shape, snap, env, with_data=check_data, world=world)
             if est is not None:
                 lora_params = max(lora_params, est.lora_params)
                 if peak is None or est.total_bytes > peak.estimate.total_bytes:
@@ -123,11 +137,11 @@ def _model_checks(report: PreflightReport, plan: Plan) -> dict[str, ModelSource]
 
 def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: PlannedStage,
                   shape: ModelShape | None, snap: GpuSnapshot, env: Environment, *,
-                  with_data: bool) -> tuple[Estimate | None, dict[str, Any] | None]:
+                  with_data: bool, world: int = 1) -> tuple[Estimate | None, dict[str, Any] | None]:
     """One stage's GPU, precision (first stage of a phase), memory, data, learning rate and schedule."""
     suffix = _suffix(plan, stage)
     cfg = stage.config
-    gpu, bad = select_gpu(snap, cfg.training.gpu)
+    gpu, bad = select_gpu(snap, cfg.training.gpu) if world == 1 else (_fullest(snap, world), None)
     if bad is not None:
         report.add(bad)
     if stage.index == 0:
@@ -138,11 +152,37 @@ def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: 
     auto: dict[str, Any] | None = None
     if shape is not None:
         ctx = MemoryContext(snap, gpu, env.cpu.ram_available_bytes)
-        est, auto = _memory(report, f"memory{suffix}", shape, ph, stage, ctx)
+        est, auto = _memory(report, plan, f"memory{suffix}", shape, ph, stage, ctx, world)
     records = _data(report, f"data{suffix}", cfg, with_data)
     report.add(check_learning_rate(f"learning_rate{suffix}", cfg))
     report.add(check_schedule(f"schedule{suffix}", cfg, records))
     return est, auto
+
+
+def planned_ranks(plan: Plan, snap: GpuSnapshot, ranks: int | None) -> int:
+    """Training processes: --nproc-per-node, else distributed.gpus ('one', 'all' GPUs seen, or a number)."""
+    if ranks is not None:
+        return ranks
+    wanted = plan.distributed.gpus
+    if wanted == "one":
+        return 1
+    return max(len(snap.gpus), 1) if wanted == "all" else int(wanted)
+
+
+def _fullest(snap: GpuSnapshot, world: int) -> Any:
+    """The GPU with the least free memory among the ``world`` a run would use (every rank needs its share)."""
+    used = snap.gpus[:world]
+    return min(used, key=lambda g: g.free_bytes) if used else None
+
+
+def check_ranks(world: int, snap: GpuSnapshot) -> Check:
+    """Enough GPUs for the ranks (on a GPU machine), and the backend the ranks will talk through."""
+    if snap.gpus and world > len(snap.gpus):
+        return Check("distributed", "fail", f"{world} ranks but {len(snap.gpus)} GPU(s)",
+                     f"use --nproc-per-node {len(snap.gpus)} or fewer, or distributed.gpus: all")
+    backend = "nccl (one rank per GPU)" if snap.gpus else "gloo (CPU processes)"
+    return Check("distributed", "pass", f"{world} ranks, {backend}; the effective batch is micro batch x "
+                 f"accumulation x {world}")
 
 
 def _suffix(plan: Plan, stage: PlannedStage) -> str:
@@ -171,14 +211,38 @@ def _shape(source: ModelSource, report: PreflightReport, plan: Plan, ph: Planned
         return None
 
 
-def _memory(report: PreflightReport, name: str, shape: ModelShape, ph: PlannedPhase, stage: PlannedStage,
-            ctx: MemoryContext) -> tuple[Estimate, dict[str, Any] | None]:
-    """The memory check of one stage; returns its estimate and the auto-fit choice (when on)."""
+def _frozen_lora_params(plan: Plan, ph: PlannedPhase, shape: ModelShape) -> int:
+    """Parameters of the earlier phases' adapters this phase stacks frozen under its own."""
+    by_name = {p.name: p for p in plan.phases}
+    total = 0
+    for name, _ in ph.chain:
+        earlier = by_name.get(name)
+        if earlier is not None:
+            lora = earlier.phase.lora
+            targets = ALL_LINEAR if lora.target_modules == "all-linear" else tuple(lora.target_modules)
+            total += lora_params(shape, Settings(lora_r=lora.r, target_modules=targets))
+    return total
+
+
+def _memory(report: PreflightReport, plan: Plan, name: str, shape: ModelShape, ph: PlannedPhase,
+            stage: PlannedStage, ctx: MemoryContext, world: int = 1) -> tuple[Estimate, dict[str, Any] | None]:
+    """The memory check of one stage (per rank with several); returns its estimate and the auto-fit choice."""
+    from dataclasses import replace
+
     cfg = stage.config
     # a DPO stage after another stage of the same phase keeps the adapter's starting copy as reference
     ref = cfg.method == "dpo" and stage.index > 0
-    settings = stage_settings(ph.model, ph.phase.lora, cfg, on_gpu=ctx.gpu is not None, reference_adapter=ref)
+    settings = stage_settings(ph.model, ph.phase.lora, cfg, on_gpu=ctx.gpu is not None, reference_adapter=ref,
+                              frozen_lora_params=_frozen_lora_params(plan, ph, shape))
+    if world > 1:
+        replica = replace(settings, ddp=True)
+        free = ctx.gpu.free_bytes if ctx.gpu is not None else None
+        fits = None if free is None else estimate_for_shape(shape, replica, CALIBRATED).upper_bytes <= free
+        strategy = resolve_strategy(plan.distributed.strategy, world, fits)
+        settings = replica if strategy in ("ddp", "deepspeed") else replace(settings, shard_world=world)
     check, est, auto = check_memory(name, shape, settings, cfg, ctx)
+    if world > 1:
+        check = Check(check.name, check.status, f"per rank, {strategy} over {world} ranks: {check.message}", check.fix)
     report.add(check)
     return est, auto
 

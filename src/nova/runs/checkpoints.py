@@ -38,7 +38,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def seal(directory: Path, step: int, fingerprint: dict[str, Any] | None) -> None:
+def seal(directory: Path, step: int, fingerprint: dict[str, Any] | None, world_size: int = 1) -> None:
     """Seal a fully written checkpoint: its files made durable, then a record of each file's size
     (and a hash of the small ones) and the stage's fingerprint, itself written durably last."""
     fsync_tree(directory)
@@ -50,7 +50,7 @@ def seal(directory: Path, step: int, fingerprint: dict[str, Any] | None) -> None
             entry["sha256"] = _sha256(path)
         files[str(path.relative_to(directory))] = entry
     write_json_atomic(directory / SEAL, {"step": step, "time": time.time(), "files": files,
-                                         "fingerprint": fingerprint})
+                                         "fingerprint": fingerprint, "world_size": world_size})
 
 
 def read_seal(path: Path) -> dict[str, Any] | None:

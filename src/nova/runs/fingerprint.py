@@ -23,7 +23,7 @@ ADJUSTABLE = ("training.learning_rate", "training.max_steps")
 # Left out of the fingerprint: they change how a run is watched or how it fits in memory, not what it learns.
 MUTABLE_TRAINING = ("logging_steps", "eval_steps", "save_steps", "save_total_limit", "report_to", "oom_retries",
                     "gpu", "auto_fit", "gradient_checkpointing", "micro_batch_size", "gradient_accumulation_steps",
-                    "packing")
+                    "packing", "liger_kernels", "torch_compile")
 
 
 @dataclass(frozen=True)

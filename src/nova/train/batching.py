@@ -38,20 +38,60 @@ def _first_label_ignored(labels: Sequence[int]) -> list[int]:
 
 @dataclass
 class SFTCollator:
-    """Collates tokenized examples (``input_ids``, ``labels``) into one micro batch."""
+    """Collates tokenized examples (``input_ids``, ``labels``) into one micro batch.
+
+    ``max_row_tokens`` bounds a padding-free row: attention kernels that take an explicit mask
+    (SDPA, eager) score every pair of positions in a row, so sequences are packed into rows of at
+    most that many tokens (each sequence whole; one longer than the cap gets its own row), and the
+    shorter rows are filled with padding that forms its own position-id block (it never touches a
+    real token). None (flash-attention varlen) keeps the whole micro batch in one row.
+    """
 
     pad_token_id: int
     padding_free: bool
+    max_row_tokens: int | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        torch = require("torch")
         ids = [list(f["input_ids"]) for f in features]
         labels = [_first_label_ignored(f["labels"]) for f in features]
         if self.padding_free:
-            positions = [p for row in ids for p in range(len(row))]
-            return {"input_ids": torch.tensor([[t for row in ids for t in row]]),
-                    "labels": torch.tensor([[t for row in labels for t in row]]),
-                    "position_ids": torch.tensor([positions])}
+            return self._packed(ids, labels)
+        return self._padded(ids, labels)
+
+    def _rows(self, ids: list[list[int]]) -> list[list[int]]:
+        """Which sequences share a row: first fit, longest first (fewest rows, so least padding); the
+        order within a micro batch does not change its summed loss."""
+        if self.max_row_tokens is None:
+            return [list(range(len(ids)))]
+        rows: list[list[int]] = []
+        used: list[int] = []
+        for i in sorted(range(len(ids)), key=lambda k: -len(ids[k])):
+            n = len(ids[i])
+            slot = next((r for r, u in enumerate(used) if u + n <= self.max_row_tokens), None)
+            if slot is None:
+                rows.append([i])
+                used.append(n)
+            else:
+                rows[slot].append(i)
+                used[slot] += n
+        return rows
+
+    def _packed(self, ids: list[list[int]], labels: list[list[int]]) -> dict[str, Any]:
+        torch = require("torch")
+        rows = self._rows(ids)
+        width = max(sum(len(ids[i]) for i in row) for row in rows)
+        out_ids, out_labels, out_pos = [], [], []
+        for row in rows:
+            tokens = [t for i in row for t in ids[i]]
+            pad = width - len(tokens)
+            out_ids.append(tokens + [self.pad_token_id] * pad)
+            out_labels.append([t for i in row for t in labels[i]] + [IGNORE] * pad)
+            out_pos.append([p for i in row for p in range(len(ids[i]))] + list(range(pad)))
+        return {"input_ids": torch.tensor(out_ids), "labels": torch.tensor(out_labels),
+                "position_ids": torch.tensor(out_pos)}
+
+    def _padded(self, ids: list[list[int]], labels: list[list[int]]) -> dict[str, Any]:
+        torch = require("torch")
         longest = max(len(row) for row in ids)
         return {
             "input_ids": torch.tensor([row + [self.pad_token_id] * (longest - len(row)) for row in ids]),

@@ -26,6 +26,18 @@ def memory_in_use() -> dict[str, float]:
         return {}
 
 
+def _memory_of_every_rank() -> list[float] | None:
+    """Each rank's memory in use (GPU reserved, else RSS), gathered on every rank; None in one process."""
+    torch = require("torch")
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    mine = memory_in_use()
+    value = mine.get("memory_reserved", mine.get("memory_rss", 0.0))
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return [float(v) for v in gathered]
+
+
 class MetricsCallback(transformers.TrainerCallback):
     """Append every log event to ``metrics.jsonl`` with step, epoch, throughput and memory.
 
@@ -54,7 +66,10 @@ class MetricsCallback(transformers.TrainerCallback):
         self._restart_clock(state)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not logs or not state.is_world_process_zero:
+        if not logs:
+            return
+        per_rank = _memory_of_every_rank()  # every rank takes part; rank 0 writes
+        if not state.is_world_process_zero:
             return
         record: dict[str, Any] = {"stage": self.stage, "step": state.global_step,
                                   "epoch": round(state.epoch or 0.0, 4), "time": time.time()}
@@ -67,6 +82,8 @@ class MetricsCallback(transformers.TrainerCallback):
                 record["tokens_per_second"] = round((seen - self._last_tokens) / elapsed, 2)
             self._last_time, self._last_tokens = now, seen
         record.update(memory_in_use())
+        if per_rank is not None:
+            record["memory_per_rank"] = per_rank
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -79,6 +96,8 @@ class ProgressCallback(transformers.TrainerCallback):
         self.bar: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:  # rank 0 shows progress for all
+            return
         tqdm = require("tqdm.auto").tqdm
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.label, ascii=True,
                         dynamic_ncols=True, mininterval=1.0, disable=False)

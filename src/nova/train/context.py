@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nova.config.schema import ModelConfig, PhaseConfig
+from nova.config.schema import DistributedConfig, ModelConfig, PhaseConfig
 from nova.console import RunLog
 from nova.plan import PlannedPhase, PlannedStage
 from nova.runs.fingerprint import Fingerprint
 from nova.runs.layout import RunDir
 from nova.runs.record import AdapterRef
+from nova.train.distributed import Ranks
 from nova.train.resilience import StopRequest
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class PhaseContext:
     resume_with_changes: bool = False  # the learning rate and max_steps may differ from the checkpoint's
     fingerprints: list[Fingerprint] = field(default_factory=list)  # per stage, set before anything trains
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage: applied --resume-with-changes
+    ranks: Ranks = field(default_factory=Ranks)  # this process's place in a distributed run
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # the run's engine settings
 
     @property
     def phase(self) -> PhaseConfig:

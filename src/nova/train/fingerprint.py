@@ -35,6 +35,7 @@ class FingerprintInputs:
     compute_dtype: str
     data_keys: list[str | None]  # per stage, the data cache key (None: not hashable, e.g. a hub dataset)
     chain: list[AdapterRef]
+    world: int = 1  # ranks: the effective batch is micro batch x accumulation x ranks
 
 
 def adapter_digest(adapter_dir: Path) -> str:
@@ -61,7 +62,7 @@ def stage_fingerprint(planned: PlannedPhase, stage: PlannedStage, inputs: Finger
     if stage.method == "dpo":
         values.update({f"dpo.{k}": v for k, v in stage.config.dpo.model_dump(mode="json").items()})
     values.update({f"training.{k}": v for k, v in training.items()})
-    values["training.effective_batch_size"] = stage.config.training.effective_batch_size
+    values["training.effective_batch_size"] = stage.config.training.effective_batch_size * inputs.world
     key = inputs.data_keys[stage.index]
     values["data.key"] = key if key is not None else json.dumps(
         stage.config.data.model_dump(mode="json", exclude={"num_proc", "cache_dir"}), sort_keys=True)
@@ -130,7 +131,7 @@ def compute_fingerprints(ctx: PhaseContext, source: str, compute_dtype: str, tok
     keys = [data_key(s.config.data, tokenizer, method=s.method, seed=s.config.training.seed, dpo=s.config.dpo)
             for s in ctx.planned.stages]
     inputs = FingerprintInputs(model_identity(ctx.model_cfg.base, source, ctx.model_cfg.revision), compute_dtype,
-                               keys, ctx.chain)
+                               keys, ctx.chain, ctx.ranks.world)
     return phase_fingerprints(ctx.planned, inputs)
 
 
@@ -190,3 +191,35 @@ def check_finished(ctx: PhaseContext, fingerprints: list[Fingerprint]) -> None:
                            allow_adjust=False, fix="add --force to train it again, or revert the change")
         if problem is not None:
             raise problem
+
+
+def keep_effective_batch(ctx: PhaseContext) -> list[str]:
+    """A stage resumed on a different number of ranks: set gradient accumulation so that micro batch x
+    accumulation x ranks equals the checkpoint's effective batch (when it divides); returns what it said.
+
+    Only the accumulation moves, and only when the checkpoint's other settings are what the config
+    asks for now (the fingerprint check after this still compares everything else).
+    """
+    from nova.runs.checkpoints import list_checkpoints, read_seal
+
+    notes: list[str] = []
+    configs = []
+    for stage in ctx.planned.stages:
+        config = stage.config
+        found = list_checkpoints(ctx.run.checkpoints(stage.name)) if not ctx.run.stage_is_done(stage.name) else []
+        seal = read_seal(found[-1][1]) if found else None
+        old = Fingerprint.from_dict(seal.get("fingerprint")) if seal else None
+        old_world = seal.get("world_size", 1) if seal else 1
+        if old is not None and old_world != ctx.ranks.world:
+            target = old.values.get("training.effective_batch_size")
+            per_step = config.training.micro_batch_size * ctx.ranks.world
+            if isinstance(target, int) and target % per_step == 0 and target // per_step >= 1:
+                accum = target // per_step
+                if accum != config.training.gradient_accumulation_steps:
+                    notes.append(f"[{stage.label}] resuming on {ctx.ranks.world} rank(s) instead of {old_world}: "
+                                 f"gradient_accumulation_steps {config.training.gradient_accumulation_steps} -> "
+                                 f"{accum} keeps the effective batch {target}")
+                    config = config.changed(training=config.training.changed(gradient_accumulation_steps=accum))
+        configs.append(config)
+    ctx.planned = ctx.planned.with_stage_configs(configs)
+    return notes

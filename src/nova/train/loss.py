@@ -39,12 +39,10 @@ def _head_settings(model: Any) -> tuple[float, float | None]:
     return (1.0 if scale is None else float(scale)), getattr(cfg, "final_logit_softcapping", None)
 
 
-def trained_hidden_states(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any, Any]:
+def _trained_hidden_states(causal_lm: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any, Any]:
     """(hidden states of trained positions [N, H], their next-token targets [N], the LM head module)."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    hidden = causal_lm.base_model(**kwargs, use_cache=False).last_hidden_state[:, :-1]
-    targets = inputs["labels"][:, 1:]
+    hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
     mask = targets != IGNORE
     head = causal_lm.get_output_embeddings()
     return hidden[mask].to(head.weight.device), targets[mask].to(head.weight.device), head
@@ -67,11 +65,48 @@ def summed_nll(hidden: Any, targets: Any, head: Any, scale: float, softcap: floa
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
 
 
+def install_sft_loss(causal_lm: Any) -> None:
+    """Give the causal LM a forward mode that returns only the SFT loss: ``model(..., nova_sft_loss=True)``.
+
+    The loss is computed inside the model's own forward (as TRL's fused head is), so every wrapper
+    around the model (PEFT, DDP, FSDP, DeepSpeed) sees a normal forward call: DDP's gradient
+    all-reduce and FSDP's gathers work as for any other loss. Without the flag the forward is the
+    one it was (generation and evaluation are unchanged). Installing twice is harmless.
+    """
+    if getattr(causal_lm, "_nova_sft_loss", False):
+        return
+    import functools
+    import types
+
+    original = causal_lm.forward
+    outputs = require("transformers").modeling_outputs
+    scale, softcap = _head_settings(causal_lm)
+
+    @functools.wraps(type(causal_lm).forward)
+    def forward(self: Any, *args: Any, nova_sft_loss: bool = False, labels: Any = None,
+                num_items_in_batch: Any = None, **kwargs: Any) -> Any:
+        if not nova_sft_loss:
+            extra = {k: v for k, v in (("labels", labels), ("num_items_in_batch", num_items_in_batch)) if v is not None}
+            return original(*args, **kwargs, **extra)
+        inputs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        hidden, targets, head = _trained_hidden_states(self, inputs, labels)
+        total = summed_nll(hidden, targets, head, scale, softcap)
+        count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+        torch = require("torch")
+        return outputs.CausalLMOutputWithPast(loss=total / torch.as_tensor(count, device=total.device).clamp(min=1))
+
+    causal_lm.forward = types.MethodType(forward, causal_lm)
+    causal_lm._nova_sft_loss = True
+
+
 def sft_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-    """Mean NLL over the trained tokens of the accumulation window (``num_items_in_batch``), or of this batch."""
-    torch = require("torch")
-    hidden, targets, head = trained_hidden_states(model, inputs)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    total = summed_nll(hidden, targets, head, *_head_settings(causal_lm))
-    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+    """Mean NLL over the trained tokens of the accumulation window (``num_items_in_batch``), or of this batch.
+
+    ``model`` is what the trainer holds (a PeftModel, possibly wrapped by DDP/FSDP): the call goes
+    through every wrapper's forward.
+    """
+    inner = model.module if hasattr(model, "module") else model
+    causal_lm = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    install_sft_loss(causal_lm)
+    kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids", "labels")}
+    return model(**kwargs, nova_sft_loss=True, num_items_in_batch=num_items_in_batch).loss

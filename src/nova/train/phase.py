@@ -14,6 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from nova.plan import PlannedPhase
 from nova.runs.layout import ATTEMPT_STATE
 from nova.runs.lock import check_run_dir, locked, mark_run_dir
 from nova.runs.record import resolved_config, write_run_config
+from nova.train import distributed
 from nova.train.context import STAGE_REF, PhaseContext, PhaseResult, StageRun
 
 
@@ -114,7 +116,8 @@ def phase_fingerprints(ctx: PhaseContext) -> tuple[str, Any, Any, list[Any]]:
     from nova.train.fingerprint import compute_fingerprints
 
     source = resolve_base(ctx.model_cfg)
-    placement = choose_placement(ctx.model_cfg.compute_dtype, ctx.planned.stages[0].config.training.gpu)
+    gpu = ctx.ranks.local_rank if ctx.ranks.distributed else ctx.planned.stages[0].config.training.gpu
+    placement = choose_placement(ctx.model_cfg.compute_dtype, gpu)
     tokenizer = load_tokenizer(ctx.model_cfg, source)
     return source, placement, tokenizer, compute_fingerprints(ctx, source, placement.dtype_name, tokenizer)
 
@@ -125,31 +128,44 @@ def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> 
     The run directory is locked for the whole phase (a second nova train on it is refused) and
     must be nova's own. ``on_start`` is called once the inputs are valid, just before the first
     write. Earlier work is reused only when it was trained with the settings asked for now
-    (nova.train.fingerprint).
+    (nova.train.fingerprint). In a distributed run every rank validates, rank 0 alone writes.
     """
-    with locked(ctx.run_dir, "run directory"):
-        check_run_dir(ctx.run)
+    with ExitStack() as stack:
+        def claim() -> None:
+            stack.enter_context(locked(ctx.run_dir, "run directory"))
+            check_run_dir(ctx.run)
+
+        distributed.on_main(ctx.ranks, claim)
         return _run_locked(ctx, on_start)
 
 
 def _run_locked(ctx: PhaseContext, on_start: Callable[[], None] | None) -> PhaseResult:
-    from nova.train.fingerprint import check_reuse
+    from nova.train.fingerprint import check_reuse, keep_effective_batch
 
     started = time.time()
+    ranks = ctx.ranks
     source, placement, tokenizer, ctx.fingerprints = phase_fingerprints(ctx)
+    if ctx.resume and (notes := keep_effective_batch(ctx)):  # fewer or more ranks than the checkpoint had
+        for note in notes:
+            ctx.log.say(note)
+        source, placement, tokenizer, ctx.fingerprints = phase_fingerprints(ctx)
     if ctx.resume:
         ctx.changes = check_reuse(ctx)
-    datasets = prepare_all_data(ctx, tokenizer)
-    planned, fits = auto_fit_stages(ctx, source, placement)
-    ctx.planned = planned
+    with distributed.main_first(ranks):  # rank 0 fills the data cache, the others read it
+        datasets = prepare_all_data(ctx, tokenizer)
+    # one decision for all ranks (each GPU's free memory differs)
+    ctx.planned, fits = distributed.on_main(ranks, lambda: auto_fit_stages(ctx, source, placement))
 
-    if on_start is not None:
-        on_start()
-    ctx.log.attach()
-    mark_run_dir(ctx.run)
-    ctx.run.complete_marker.unlink(missing_ok=True)
-    if not ctx.resume:
-        _forget_earlier_attempt(ctx)
+    def first_writes() -> None:
+        if on_start is not None:
+            on_start()
+        ctx.log.attach()
+        mark_run_dir(ctx.run)
+        ctx.run.complete_marker.unlink(missing_ok=True)
+        if not ctx.resume:
+            _forget_earlier_attempt(ctx)
+
+    distributed.on_main(ranks, first_writes)
     return _train_phase(ctx, tokenizer, placement, source, datasets, fits, started)
 
 
@@ -177,13 +193,19 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     from nova.model.loading import load_base_model
     from nova.train.stage import run_stage
 
-    write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain,
-                                              _resolved(ctx, placement, source, fits)))
-    _write_data_reports(ctx, datasets)
+    def record() -> None:
+        write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain,
+                                                  _resolved(ctx, placement, source, fits)))
+        _write_data_reports(ctx, datasets)
+
+    distributed.on_main(ctx.ranks, record)
     frozen = f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}" if ctx.chain else ""
     ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
                 f"{placement.device}){frozen}")
-    base = load_base_model(ctx.model_cfg, placement, source)
+    from nova.train.stage import stage_strategy
+
+    shard = any(stage_strategy(ctx, s.config, placement).shards_weights for s in ctx.planned.stages)
+    base = load_base_model(ctx.model_cfg, placement, source, shard=shard)
     require("transformers").set_seed(ctx.planned.stages[0].config.training.seed)  # the new adapter's init
     model = _prepare_for_training(base, ctx)
     results = []
@@ -192,18 +214,22 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
             _freeze_stage_start(model, ctx.run.stage_adapter(ctx.planned.stages[stage.index - 1].name))
         results.append(run_stage(StageRun(ctx, stage, model, tokenizer, placement, data)))
 
-    final = ctx.run.adapter
-    with atomic_dir(final, check=False) as tmp:
-        shutil.copytree(ctx.run.stage_adapter(ctx.planned.stages[-1].name), tmp, dirs_exist_ok=True)
     seconds = time.time() - started
-    result = PhaseResult(ctx.phase.name, ctx.run_dir, final, results, seconds)
+    result = PhaseResult(ctx.phase.name, ctx.run_dir, ctx.run.adapter, results, seconds)
+    distributed.on_main(ctx.ranks, lambda: _finish_phase(ctx, model, tokenizer, result))
+    return result
+
+
+def _finish_phase(ctx: PhaseContext, model: Any, tokenizer: Any, result: PhaseResult) -> None:
+    """The phase's adapter, its smoke answers, and COMPLETE (written last)."""
+    with atomic_dir(ctx.run.adapter, check=False) as tmp:
+        shutil.copytree(ctx.run.stage_adapter(ctx.planned.stages[-1].name), tmp, dirs_exist_ok=True)
     _smoke_prompts(ctx, model, tokenizer)
     write_json_atomic(ctx.run.complete_marker, {
-        "phase": ctx.phase.name, "finished": time.time(), "seconds": round(seconds, 1),
-        "stages": [r.__dict__ for r in results], "adapter": str(final),
+        "phase": ctx.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
+        "stages": [r.__dict__ for r in result.stages], "adapter": str(ctx.run.adapter),
         "fingerprints": [f.to_dict() for f in ctx.fingerprints],
     })
-    return result
 
 
 def _prepare_for_training(base: Any, ctx: PhaseContext) -> Any:

@@ -8,7 +8,7 @@ A finished phase (``adapter/`` plus a ``COMPLETE`` marker) is skipped on a re-ru
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from nova.errors import TrainingStopped
 from nova.plan import Plan, PlannedPhase, make_plan
 from nova.runs.lock import locked
 from nova.runs.state import PhaseEntry, PipelineState
+from nova.train import distributed
 from nova.train.context import PhaseContext, PhaseResult
 from nova.train.phase import run_phase
 from nova.train.resilience import NonFiniteLoss, StopRequest, signal_handling
@@ -41,26 +42,36 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
     Interrupted phases resume from their newest complete checkpoint unless ``fresh``; SIGINT and
     SIGTERM save a checkpoint and stop cleanly (TrainingStopped). A pipeline's output directory is
     locked for the run (one pipeline run at a time), each phase's run directory while it trains.
+    Under torchrun every rank calls this; rank 0 alone writes (nova.train.distributed).
     """
     plan = make_plan(loaded).select(phase)
+    ranks = distributed.current()
+    distributed.init(ranks, plan.distributed.timeout_s)
     stop = StopRequest()
     log = log or RunLog(Path(plan.phases[0].phase.logs_dir) / f"{_log_name(loaded)}.log")
+    if not ranks.main:
+        log = RunLog(None, quiet=True)
     options = RunOptions(force, fresh, resume_with_changes)
-    lock = locked(Path(plan.pipeline.output_dir), "pipeline directory") if plan.is_pipeline else nullcontext()
-    with lock, signal_handling(stop, log.say):
-        return _run_phases(plan, options, log=log, stop=stop,
+    with ExitStack() as stack:
+        if plan.is_pipeline:
+            distributed.on_main(ranks, lambda: stack.enter_context(
+                locked(Path(plan.pipeline.output_dir), "pipeline directory")) and None)
+        stack.enter_context(signal_handling(stop, log.say))
+        return _run_phases(plan, options, log=log, stop=stop, ranks=ranks,
                            rerun_hint=rerun_hint or f"nova train --config {loaded.path}",
                            extra_callbacks=extra_callbacks or [])
 
 
-def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopRequest, rerun_hint: str,
-                extra_callbacks: list[Any]) -> list[PhaseResult]:
-    state = PipelineState(plan.state_path, [PhaseEntry(p.name, p.run, p.phase.start_from) for p in plan.phases])
+def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopRequest, ranks: distributed.Ranks,
+                rerun_hint: str, extra_callbacks: list[Any]) -> list[PhaseResult]:
+    state = PipelineState(plan.state_path if ranks.main else None,
+                          [PhaseEntry(p.name, p.run, p.phase.start_from) for p in plan.phases])
     results = []
     for item in plan.phases:
         ctx = PhaseContext(item, item.chain_refs(), log, resume=not (options.fresh or options.force), stop=stop,
                            rerun_hint=rerun_hint, extra_callbacks=extra_callbacks,
-                           resume_with_changes=options.resume_with_changes)
+                           resume_with_changes=options.resume_with_changes, ranks=ranks,
+                           distributed=plan.distributed)
         if item.run.is_complete and not options.force:
             _check_finished(ctx)
             log.say(f"[{item.name}] already finished ({item.run.adapter}); skipping (use --force to retrain)")

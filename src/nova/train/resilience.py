@@ -39,22 +39,37 @@ class NovaTrainerMixin:
     nova_lr_override: float | None = None  # --resume-with-changes: the new peak learning rate
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Like Trainer._save_checkpoint (single process), but into a temp dir, sealed, then renamed."""
+        """Like Trainer._save_checkpoint, but into a temp dir, sealed, then renamed.
+
+        Every rank takes part (the HF helpers decide who writes what: rank 0 the adapter, optimizer
+        and state, each rank its RNG state; FSDP and DeepSpeed gather); rank 0 alone makes the
+        temporary directory, seals it and renames it, between barriers.
+        """
         run_dir = Path(self._get_output_dir(trial=trial))  # type: ignore[attr-defined]
         step = self.state.global_step  # type: ignore[attr-defined]
         final = run_dir / checkpoint_name(step)
         tmp = run_dir / f"{TMP_PREFIX}{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        main = self.is_world_process_zero()  # type: ignore[attr-defined]
+        wait = self.accelerator.wait_for_everyone  # type: ignore[attr-defined]
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        wait()
         try:
             self._write_checkpoint_files(tmp)
-            seal(tmp, step, self.nova_fingerprint)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            fsync_dir(run_dir)
+            wait()
+            if main:
+                seal(tmp, step, self.nova_fingerprint, self.args.world_size)  # type: ignore[attr-defined]
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
+                fsync_dir(run_dir)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no temporary directory
-        rotate(run_dir, self.args.save_total_limit or 1)  # type: ignore[attr-defined]
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no temporary directory
+        wait()
+        if main:
+            rotate(run_dir, self.args.save_total_limit or 1)  # type: ignore[attr-defined]
 
     def _write_checkpoint_files(self, tmp: Path) -> None:
         from transformers.trainer_callback import ExportableState
@@ -67,7 +82,8 @@ class NovaTrainerMixin:
         callbacks = [*self.callback_handler.callbacks, self.control]  # type: ignore[attr-defined]
         for cb in [c for c in callbacks if isinstance(c, ExportableState)]:
             self.state.stateful_callbacks[cb.__class__.__name__] = cb.state()  # type: ignore[attr-defined]
-        self.state.save_to_json(str(tmp / TRAINER_STATE))  # type: ignore[attr-defined]
+        if self.is_world_process_zero():  # type: ignore[attr-defined]
+            self.state.save_to_json(str(tmp / TRAINER_STATE))  # type: ignore[attr-defined]
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load only the trained adapter's weights, keeping the stacked composition active."""
@@ -119,12 +135,20 @@ class StopRequest:
 
 
 def stop_callback(request: StopRequest) -> Any:
-    """A TrainerCallback that saves a checkpoint and stops training when a stop was requested."""
+    """A TrainerCallback that saves a checkpoint and stops training when a stop was requested.
+
+    In a distributed run the request is shared at every step end (one tiny all-reduce): a signal
+    that reached one rank stops all of them at the same step, with one checkpoint.
+    """
     transformers = require("transformers")
+    from nova.train import distributed
+
+    ranks = distributed.current()
 
     class StopOnSignal(transformers.TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if request.requested:
+            if distributed.any_rank(ranks, request.requested):
+                request.signal_name = request.signal_name or "a signal on another rank"
                 request.at_step = state.global_step
                 control.should_save = True
                 control.should_training_stop = True

@@ -21,6 +21,7 @@ from nova.files import atomic_dir, write_json_atomic
 from nova.model.adapters import load_trainable_weights, save_trainable, trainable_weights
 from nova.runs.checkpoints import checkpoint_step, clean_leftovers, latest_checkpoint, move_aside
 from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
+from nova.train import distributed
 from nova.train.context import StageResult, StageRun
 from nova.train.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
 
@@ -35,9 +36,12 @@ def run_stage(run: StageRun) -> StageResult:
         record = json.loads(rd.stage_done(stage.name).read_text())
         return StageResult(**{k: v for k, v in record.items() if k != "fingerprint"})
     checkpoints = rd.checkpoints(stage.name)
+    ranks = ctx.ranks
     if not ctx.resume and checkpoints.exists():
-        shutil.rmtree(checkpoints)
-    resume_from = _resume_point(run) if ctx.resume else None
+        distributed.on_main(ranks, lambda: shutil.rmtree(checkpoints))
+    resume_from, change = distributed.on_main(ranks, lambda: _resume_point(run)) if ctx.resume else (None, {})
+    if change:
+        ctx.changes[stage.name] = change
     start_weights = trainable_weights(run.model)  # to restart cleanly after an OOM before any checkpoint
     config = stage.config
     retries = 0
@@ -48,22 +52,34 @@ def run_stage(run: StageRun) -> StageResult:
         except BaseException as exc:
             if not is_oom(exc) or retries >= config.training.oom_retries:
                 raise
+            if ranks.distributed:  # the other ranks are in a collective: restart all of them smaller
+                raise NovaError(f"[{run.label}] out of memory on rank {ranks.rank} at step {run.last_step}",
+                                hint=f"resume with a smaller training.micro_batch_size (the same effective batch "
+                                f"through gradient_accumulation_steps): {ctx.rerun_hint}") from None
             config = _recover_from_oom(run, config, start_weights)
             resume_from = latest_checkpoint(checkpoints)
             retries += 1
-    with atomic_dir(rd.stage_adapter(stage.name), check=False) as tmp:
-        save_trainable(run.model, tmp, base=ctx.model_cfg.base)
-    t = config.training
-    result.settings = {"micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps":
-                       t.gradient_accumulation_steps, "gradient_checkpointing": t.gradient_checkpointing}
-    write_json_atomic(rd.stage_done(stage.name), {**asdict(result), "fingerprint": run.fingerprint.to_dict()})
-    _say_summary(run, result, rd.stage_adapter(stage.name))
+    distributed.on_main(ranks, lambda: _save_stage(run, config, result))
     return result
 
 
-def _resume_point(run: StageRun) -> Path | None:
+def _save_stage(run: StageRun, config: StageConfig, result: StageResult) -> None:
+    """The stage's adapter, then its DONE record (last: a stage counts as done only with both)."""
+    rd, name = run.ctx.run, run.stage.name
+    with atomic_dir(rd.stage_adapter(name), check=False) as tmp:
+        save_trainable(run.model, tmp, base=run.ctx.model_cfg.base)
+    t = config.training
+    result.settings = {"micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps":
+                       t.gradient_accumulation_steps, "gradient_checkpointing": t.gradient_checkpointing,
+                       "world_size": run.ctx.ranks.world}
+    write_json_atomic(rd.stage_done(name), {**asdict(result), "fingerprint": run.fingerprint.to_dict()})
+    _say_summary(run, result, rd.stage_adapter(name))
+
+
+def _resume_point(run: StageRun) -> tuple[Path | None, dict[str, Any]]:
     """The checkpoint to resume from: the newest one that is complete, loads, and was trained with
-    the settings asked for now; broken ones are moved aside (with a message) for the next older."""
+    the settings asked for now (broken ones are moved aside, with a message, for the next older);
+    and the --resume-with-changes changes it takes."""
     from nova.train.fingerprint import check_checkpoint
 
     root = run.ctx.run.checkpoints(run.stage.name)
@@ -72,12 +88,9 @@ def _resume_point(run: StageRun) -> Path | None:
     while (found := latest_checkpoint(root, say)) is not None:
         problem = _load_problem(found)
         if problem is None:
-            change = check_checkpoint(run.ctx, run.stage, found)
-            if change:
-                run.ctx.changes[run.stage.name] = change
-            return found
+            return found, check_checkpoint(run.ctx, run.stage, found)
         move_aside(found, problem, say)
-    return None
+    return None, {}
 
 
 def _load_problem(checkpoint: Path) -> str | None:
@@ -124,7 +137,7 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
     gpu = run.placement.gpu_index if run.placement.device == "cuda" else None
     monitor = MonitorCallback(ctx.run_dir, ctx.phase.monitor, ctx.log, stage.name, gpu)  # per attempt: it has state
     hooks = TrainerHooks(ctx.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, ctx.stop,
-                         [monitor, *ctx.extra_callbacks])
+                         [monitor, *ctx.extra_callbacks], stage_strategy(ctx, config, run.placement))
     if config.method == "dpo":
         trainer = build_dpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
     else:
@@ -159,7 +172,7 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException as exc:
         run.last_step = trainer.state.global_step
-        if not is_oom(exc):
+        if not is_oom(exc) and not ctx.ranks.distributed:  # saving takes every rank; the others are stuck
             _save_what_we_can(run, trainer, exc)
         raise
     if ctx.stop.requested:
@@ -174,6 +187,16 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
         result.eval_loss_end = final_eval.get("eval_loss")
         result.metrics = {k: v for k, v in final_eval.items() if isinstance(v, int | float)}
     return result
+
+
+def stage_strategy(ctx: Any, config: StageConfig, placement: Any) -> Any:
+    """The distributed engine of this stage (nothing in one process)."""
+    from nova.lazy import require
+    from nova.train.strategy import strategy_for
+
+    torch = require("torch")
+    return strategy_for(ctx.distributed, ctx.ranks.world, ctx.model_cfg, config, cuda=placement.device == "cuda",
+                        bf16=placement.compute_dtype == torch.bfloat16, fp16=placement.compute_dtype == torch.float16)
 
 
 def _save_what_we_can(run: StageRun, trainer: Any, exc: BaseException) -> None:

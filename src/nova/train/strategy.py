@@ -1,0 +1,102 @@
+"""Which engine splits a distributed run (DDP, FSDP2 or DeepSpeed ZeRO), and its settings from nova's.
+
+nova only chooses and configures; accelerate and the HF Trainer run them:
+
+- **ddp**: a full (4-bit) replica per GPU, placed with ``device_map={"": local_rank}`` (never
+  ``"auto"``, which would silently turn DDP into model parallelism on one process), gradients
+  all-reduced. The effective batch is micro batch x accumulation x ranks.
+- **fsdp** (FSDP2) for models whose replica does not fit: every transformer layer wrapped and
+  sharded, the 4-bit weights stored in the compute dtype (``bnb_4bit_quant_storage``) so FSDP can
+  shard them, the checkpoint loaded on rank 0 and broadcast (``cpu_ram_efficient_loading``), the
+  adapter gathered whole when saved (``FULL_STATE_DICT``; accelerate once kept only rank 0's shard).
+- **deepspeed**: ZeRO-2 or ZeRO-3, its JSON config generated from the stage's settings.
+- **auto**: ddp when the estimate says a replica fits each GPU, else fsdp.
+
+Known-broken combinations are refused with the alternative instead of failing deep inside a run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from nova.config.schema import DistributedConfig, ModelConfig, StageConfig
+from nova.errors import NovaError
+from nova.plan import resolve_strategy
+
+PAGED_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The engine a stage runs under, and the TrainingArguments that select it."""
+
+    name: str  # single, ddp, fsdp, deepspeed
+    args: dict[str, Any]
+
+    @property
+    def shards_weights(self) -> bool:
+        return self.name == "fsdp" or (self.name == "deepspeed" and self.args.get("deepspeed", {}).get(
+            "zero_optimization", {}).get("stage") == 3)
+
+
+def resolve(cfg: DistributedConfig, world: int, replica_fits: bool | None) -> str:
+    """The strategy name for ``world`` ranks (nova.plan.resolve_strategy: preflight uses it too)."""
+    return resolve_strategy(cfg.strategy, world, replica_fits)
+
+
+def check_combination(name: str, model: ModelConfig, stage: StageConfig) -> None:
+    """Refuse what is known not to work, with the way out."""
+    quantized = model.quantization in ("nf4", "fp4")
+    if name == "fsdp" and stage.method == "dpo" and quantized:
+        raise NovaError("DPO on a 4-bit base under FSDP2 is not supported (the reference pass re-gathers "
+                        "quantized shards TRL cannot restore)", hint="use distributed.strategy: ddp for the DPO "
+                        "phase, or quantization: none")
+    if name == "fsdp" and stage.training.optimizer in PAGED_OPTIMIZERS:
+        raise NovaError(f"training.optimizer {stage.training.optimizer} does not work under FSDP (bitsandbytes' "
+                        "8-bit and paged states are not sharded)", hint="use optimizer: adamw_torch with fsdp")
+    if name == "fsdp" and model.quantization == "int8":
+        raise NovaError("8-bit (int8) bases cannot be sharded by FSDP", hint="use quantization: nf4 or none")
+    if name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise NovaError("distributed.strategy is deepspeed but deepspeed is not installed",
+                        hint="pip install 'nova-tune[deepspeed]', or use ddp or fsdp")
+
+
+def deepspeed_config(cfg: DistributedConfig, stage: StageConfig, bf16: bool, fp16: bool) -> dict[str, Any]:
+    """A ZeRO config from nova's settings ("auto" lets the HF integration fill in the rest)."""
+    t = stage.training
+    zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": True, "contiguous_gradients": True,
+                            "reduce_bucket_size": "auto"}
+    if cfg.zero_stage == 3:
+        zero.update({"stage3_gather_16bit_weights_on_model_save": True, "stage3_prefetch_bucket_size": "auto",
+                     "stage3_param_persistence_threshold": "auto"})
+    return {"train_micro_batch_size_per_gpu": t.micro_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps, "gradient_clipping": t.max_grad_norm,
+            "zero_optimization": zero, "bf16": {"enabled": bf16}, "fp16": {"enabled": fp16},
+            "steps_per_print": 10**9, "wall_clock_breakdown": False}
+
+
+def fsdp_args(stage: StageConfig) -> dict[str, Any]:
+    """FSDP2 over every decoder layer (the model's own _no_split_modules), adapter saved whole."""
+    return {"fsdp": "full_shard auto_wrap",
+            "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                            "cpu_ram_efficient_loading": True, "state_dict_type": "FULL_STATE_DICT",
+                            "activation_checkpointing": stage.training.gradient_checkpointing,
+                            "reshard_after_forward": True}}
+
+
+def strategy_for(cfg: DistributedConfig, world: int, model: ModelConfig, stage: StageConfig, *, cuda: bool,
+                 bf16: bool, fp16: bool, replica_fits: bool | None = None) -> Strategy:
+    """The Strategy of one stage (TrainingArguments extras; empty in one process)."""
+    name = resolve(cfg, world, replica_fits)
+    if name == "single":
+        return Strategy(name, {})
+    check_combination(name, model, stage)
+    common: dict[str, Any] = {"ddp_timeout": cfg.timeout_s, "ddp_backend": "nccl" if cuda else "gloo"}
+    if name == "ddp":
+        return Strategy(name, {**common, "ddp_find_unused_parameters": False})
+    if name == "fsdp":
+        # FSDP's own activation checkpointing replaces the Trainer's (which would all-gather twice)
+        return Strategy(name, {**common, **fsdp_args(stage), "gradient_checkpointing": False})
+    return Strategy(name, {**common, "deepspeed": deepspeed_config(cfg, stage, bf16, fp16)})
