@@ -176,7 +176,8 @@ def ro_identity_rows() -> list[dict]:
             for q, a in RO_IDENTITY]
 
 
-SENTENCE_END = re.compile(r"(?<=[a-z\u0103\u00e2\u00ee\u0219\u021b)\]0-9][.!?])\s+(?=[A-Z\u0102\u00c2\u00ce\u0218\u021a])")
+SENTENCE_END = re.compile(r"(?<=[a-z\u0103\u00e2\u00ee\u0219\u021b)\]0-9][.!?])\s+"
+                          r"(?=[A-Z\u0102\u00c2\u00ce\u0218\u021a])")
 
 
 def short_answer(text: str, limit: int = 280) -> str | None:
@@ -193,9 +194,10 @@ def short_answer(text: str, limit: int = 280) -> str | None:
     return out
 
 
-def ro_short_rows(max_question: int = 200) -> list[dict]:
+def ro_short_rows(max_question: int = 200, keep: int = 30) -> list[dict]:
     """cultura_bench_ro questions with the first sentences of their human reference answer: short
-    Romanian answers that fit a small max_length whole (nothing truncated)."""
+    Romanian answers that fit a small max_length whole (nothing truncated). The ``keep`` shortest
+    chats are kept (in file order), so the CPU demo trains several epochs in a few minutes."""
     root = SHARED / "openllm-ro"
     questions = [json.loads(x) for x in (root / "cultura_bench_ro_question.jsonl").read_text("utf-8").splitlines()]
     refs = {r["question_id"]: r for r in (json.loads(x) for x in
@@ -206,10 +208,12 @@ def ro_short_rows(max_question: int = 200) -> list[dict]:
         answer = short_answer(refs[q["question_id"]]["choices"][0]["turns"][0])
         if len(question) <= max_question and answer is not None:
             rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
-    return rows
+    size = {id(r): sum(len(m["content"]) for m in r["messages"]) for r in rows}
+    shortest = {id(r) for r in sorted(rows, key=lambda r: size[id(r)])[:keep]}
+    return [r for r in rows if id(r) in shortest]
 
 
-def short_chats(rows: list[dict], max_chars: int = 900) -> list[dict]:
+def short_chats(rows: list[dict], max_chars: int = 600) -> list[dict]:
     """Chats whose text is at most ``max_chars`` characters: they fit the demo's max_length 256 whole."""
     return [r for r in rows if sum(len(m["content"]) for m in r["messages"]) <= max_chars]
 
@@ -220,12 +224,18 @@ def short_preferences(pref: list[dict], max_prompt: int = 500, max_answer: int =
             and len(r["chosen"][0]["content"]) <= max_answer and len(r["rejected"][0]["content"]) <= max_answer]
 
 
+def feedback_rows() -> list[dict]:
+    """kto_en_demo.json (a JSON array) as JSON Lines: every record, fields and order unchanged."""
+    return json.loads((SHARED / "llamafactory" / "kto_en_demo.json").read_text(encoding="utf-8"))
+
+
 def main() -> None:
     pref = preference_rows()
     _write(OUT / "sora_en.jsonl", identity_rows() + chosen_as_sft(pref))
     _write(OUT / "sora_dpo.jsonl", pref)
     _write(OUT / "rrt_ro_text.jsonl", raw_text_rows())
     _write(OUT / "reasoning_math.jsonl", reasoning_math_rows(pref))
+    _write(OUT / "kto_en.jsonl", feedback_rows())
     _write(OUT / "doica_short_ro.jsonl", ro_identity_rows() + ro_short_rows())
     _write(OUT / "sora_short_en.jsonl", short_chats(identity_rows() + chosen_as_sft(pref)))
     _write(OUT / "sora_dpo_short.jsonl", short_preferences(pref))

@@ -6,7 +6,7 @@ with every phase's adapter of the chain stacked in order (see nova.model.adapter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class LoadedModel:
     description: str
     has_adapters: bool = False
     run: RunRecord | None = None
+    adapter_names: list[str] = field(default_factory=list)  # the stacked chain, oldest first
 
     def base_view(self) -> Any:
         """A context in which the model answers as its base (every adapter off), for --compare."""
@@ -31,9 +32,32 @@ class LoadedModel:
 
         return self.model.disable_adapter() if self.has_adapters else nullcontext()
 
+    def phase_views(self) -> list[tuple[str, Any]]:
+        """(label, context) for the base and every prefix of the chain: the model as each phase left it
+        (``--compare-phases``). Each phase is its own adapter, so a prefix is the same loaded model
+        with the later adapters switched off."""
+        from nova.model.adapters import active_adapters
+
+        views = [("base", lambda: self.base_view())]
+        for i, name in enumerate(self.adapter_names):
+            views.append((name, lambda upto=i + 1: active_adapters(self.model, self.adapter_names[:upto])))
+        return views
+
+
+def _cut_chain(adapters: list[AdapterRef], upto: str | None) -> list[AdapterRef]:
+    """The chain up to and including phase ``upto`` (``--upto``); all of it when None."""
+    if upto is None:
+        return adapters
+    names = [r.name for r in adapters]
+    if upto not in names:
+        raise NovaError(f"--upto {upto}: no such phase in this run's chain ({', '.join(names)})",
+                        hint=f"pass one of: {', '.join(names)}")
+    return adapters[: names.index(upto) + 1]
+
 
 def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only: bool = False,
-               quantization: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
+               quantization: str | None = None, trust_remote_code: bool = False,
+               upto: str | None = None) -> LoadedModel:
     """Load a run directory (as trained), a plain model directory, or a base plus ``adapter``.
 
     ``trust_remote_code`` comes from the caller (the command line) and replaces a run's recorded
@@ -48,8 +72,10 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
     if is_run_dir(path):
         record = read_run(path)
         model_cfg = record.model.changed(trust_remote_code=trust_remote_code)
-        adapters = record.require_adapters()
+        adapters = _cut_chain(record.require_adapters(), upto)
     else:
+        if upto is not None:
+            raise NovaError("--upto needs a run directory (it names a phase of the run's chain)")
         model_cfg = ModelConfig(base=str(path), quantization="none", trust_remote_code=trust_remote_code)
         adapters = [AdapterRef("adapter", Path(adapter))] if adapter else []
     if quantization is not None:
@@ -64,7 +90,8 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
         activate(model, [r.name for r in adapters])
     model.eval()
     names = " + ".join(r.name for r in adapters) if stacked else "no adapter"
-    return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}", stacked, record)
+    return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}", stacked, record,
+                       [r.name for r in adapters] if stacked else [])
 
 
 MAX_PROMPTS_BYTES = 64 * 1024 * 1024  # prompts are answered one by one: a bigger file is a mistake

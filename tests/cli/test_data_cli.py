@@ -68,3 +68,19 @@ def test_data_cli_imports_no_heavy_packages() -> None:
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_check_maps_columns_from_the_command_line(tmp_path: Path) -> None:
+    rows = [{"question": "Which is larger, 2 or 3?", "response_j": "3 is larger.", "response_k": "2."},
+            {"question": "Capital of France?", "response_j": "Paris.", "response_k": "Lyon."}]
+    path = write_jsonl(tmp_path / "stack_exchange.jsonl", rows)
+    mapped = run_nova("data", "check", str(path), "--columns", "prompt=question,chosen=response_j,rejected=response_k",
+                      "--json")
+    assert mapped.returncode == 0, mapped.stderr
+    report = json.loads(mapped.stdout)["stages"][0]["report"]
+    assert report["method"] == "dpo" and report["read"] == 2 and report["kept"] == 2
+    assert report["sources"][0]["formats"] == {"preference": 2}
+    typo = run_nova("data", "check", str(path), "--columns", "promt=question")
+    assert typo.returncode == 2 and typo.stderr.count("\n") == 1
+    assert "'promt' is not a field nova reads (did you mean 'prompt'?)" in typo.stderr
+    assert run_nova("data", "check", str(path)).returncode == 2  # unmapped: no known fields

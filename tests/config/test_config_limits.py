@@ -105,7 +105,7 @@ def test_no_float_of_the_schema_accepts_inf_or_nan(section: type[Section], value
     for name in _float_fields(section):
         with pytest.raises(ValidationError) as err:
             section.model_validate({name: value}, context={"recorded": True})
-        kinds = {e["type"] for e in err.value.errors() if e["loc"] == (name,)}
+        kinds = {e["type"] for e in err.value.errors() if e["loc"][:1] == (name,)}  # a union adds its branch
         assert "finite_number" in kinds, (section.__name__, name, err.value.errors())
 
 

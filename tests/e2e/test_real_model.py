@@ -37,10 +37,10 @@ phases:
     start_from: doica
     method: dpo
     lora: {{r: 16, alpha: 32, dropout: 0.0}}
-    data: {{datasets: [{{path: {ROOT / "data" / "sora_dpo.jsonl"}, max_samples: 64}}], eval_split: 0.25}}
-    dpo: {{beta: 0.1, max_prompt_length: 96, max_completion_length: 64}}
-    training: {{max_steps: 12, micro_batch_size: 2, gradient_accumulation_steps: 2, learning_rate: 2.0e-4,
-                eval_steps: 12, {common}}}
+    data: {{datasets: [{{path: {ROOT / "data" / "sora_dpo.jsonl"}, max_samples: 40}}], eval_split: 0.25}}
+    dpo: {{beta: 0.1, max_prompt_length: 64, max_completion_length: 48}}
+    training: {{max_steps: 8, micro_batch_size: 2, gradient_accumulation_steps: 2, learning_rate: 3.0e-4,
+                eval_steps: 8, {common}}}
     logs_dir: {tmp / "logs"}
 """
     config = tmp / "pipeline.yaml"

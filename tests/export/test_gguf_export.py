@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -122,8 +121,12 @@ def test_detect_pre_tokenizer() -> None:
 
 @pytest.mark.slow
 def test_real_model_gguf_export(real_model_dir: Path, tmp_path: Path) -> None:
+    """SmolLM2: transformers' GGUF loader and llama.cpp itself agree with the HF model (f16, q8_0), llama.cpp's
+    chat completion with the embedded template answers as transformers does and stops at <|im_end|>, and
+    q4_k_m stays within a stated perplexity gap of f16."""
     import torch
 
+    from nova.export import llama_cpp
     from nova.export.gguf_export import export_gguf
 
     tok, model = _source(real_model_dir)
@@ -132,7 +135,9 @@ def test_real_model_gguf_export(real_model_dir: Path, tmp_path: Path) -> None:
                                   return_dict=True)["input_ids"]
     with torch.no_grad():
         expected = model(input_ids=ids).logits
-    report = {}
+        answer = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                                do_sample=False)[0, ids.shape[1]:].tolist()
+    report: dict[str, object] = {}
     for outtype, atol in (("f16", 0.15), ("q8_0", 1.5)):
         path = export_gguf(real_model_dir, tmp_path / f"smol-{outtype}.gguf", outtype=outtype).path
         got = _gguf_logits(path, ids)
@@ -141,8 +146,63 @@ def test_real_model_gguf_export(real_model_dir: Path, tmp_path: Path) -> None:
         report[outtype] = (diff.max().item(), diff.mean().item(), agree)
         assert diff.max().item() <= atol, report
         assert agree >= 0.9, report
-        path.unlink()
+        if outtype == "q8_0":
+            path.unlink()
+    f16 = tmp_path / "smol-f16.gguf"
+    runner = llama_cpp.load(f16)
+    try:
+        assert runner.tokenize(tok.decode(ids[0])) == ids[0].tolist()
+        assert runner.greedy(ids[0].tolist(), 24) == answer  # ends with <|im_end|> within 24 tokens
+    finally:
+        runner.close()
+    _check_chat_completion(f16, messages, tok.decode(answer, skip_special_tokens=True))
+    report["q4_k_m_gap"] = _perplexity_gap(real_model_dir, f16, tmp_path)
+    assert abs(report["q4_k_m_gap"]) <= Q4_K_M_GAP, report  # type: ignore[arg-type]
     print(json.dumps(report))
+
+
+# SmolLM2-135M, q4_k_m vs f16 perplexity on these 6 chats: measured +5.5% (+9.0% on docs/export.md's larger
+# holdout; this base is itself a Q4_1 import, see there). A wrong block layout or type is far off.
+Q4_K_M_GAP = 0.10
+
+
+def _check_chat_completion(path: Path, messages: list[dict[str, str]], expected: str) -> None:
+    """llama.cpp's own chat path renders the embedded Jinja template and stops at the end-of-turn token."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(path)
+    params.n_ctx = 512
+    params.cpuparams.n_threads = 2
+    params.warmup = False
+    params.verbosity = -1  # llama.cpp logs nothing below errors
+    server = xllamacpp.Server(params)
+    reply = server.handle_chat_completions({"messages": messages, "max_tokens": 48, "temperature": 0})
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"] == expected.strip(), reply
+
+
+def _perplexity_gap(model_dir: Path, f16: Path, tmp_path: Path) -> float:
+    """q4_k_m's perplexity over f16's on held-out chats of data/sora_en.jsonl, both run by llama.cpp."""
+    from transformers import AutoTokenizer
+
+    from conftest import ROOT
+    from nova.export import llama_cpp
+    from nova.export.gguf_export import export_gguf
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    chats = [json.loads(line)["messages"] for line in (ROOT / "data" / "sora_en.jsonl").read_text().splitlines()]
+    holdout = [tok(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False).input_ids[:256]
+               for c in chats[-6:]]
+    q4 = export_gguf(model_dir, tmp_path / "smol-q4_k_m.gguf", outtype="q4_k_m").path
+    ppl = {}
+    for path in (f16, q4):
+        runner = llama_cpp.load(path, n_ctx=256)
+        try:
+            ppl[path.name] = llama_cpp.perplexity(runner, holdout)
+        finally:
+            runner.close()
+    return ppl[q4.name] / ppl[f16.name] - 1
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])
@@ -257,25 +317,18 @@ def test_gguf_sentencepiece_style_vocabulary(tmp_path: Path) -> None:
     assert torch.allclose(_gguf_logits(path, ids), expected, atol=1e-5, rtol=0)
 
 
-LLAMA_CPP_BIN = os.environ.get("NOVA_LLAMA_CPP_BIN", "")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not LLAMA_CPP_BIN, reason="set NOVA_LLAMA_CPP_BIN to a llama.cpp build/bin with "
-                                              "llama-tokenize and llama-simple to run it")
 def test_llama_cpp_runs_the_export_like_transformers(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The real consumer: llama.cpp tokenizes like the HF tokenizer and greedy-decodes the same text."""
-    import subprocess
-
+    """The real consumer (llama.cpp from the xllamacpp wheel): it tokenizes like the HF tokenizer, byte-level
+    BPE and SentencePiece-style alike, and greedy-decodes the same tokens."""
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from nova.export import llama_cpp
     from nova.export.gguf_export import export_gguf
 
     cases = [(tiny_model_dir, "The capital of France is Paris.")]
     spm_dir = tmp_path / "spm"
     _build_sentencepiece_style_tokenizer(spm_dir)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     spm_tok = AutoTokenizer.from_pretrained(str(spm_dir))
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.for_model(
@@ -285,16 +338,13 @@ def test_llama_cpp_runs_the_export_like_transformers(tiny_model_dir: Path, tmp_p
     for model_dir, text in cases:
         path = export_gguf(model_dir, tmp_path / f"{model_dir.name}.gguf", outtype="f32").path
         tok = AutoTokenizer.from_pretrained(str(model_dir))
-        run = subprocess.run([str(Path(LLAMA_CPP_BIN) / "llama-tokenize"), "-m", str(path), "-p", text, "--ids",
-                              "--log-disable"], capture_output=True, text=True, errors="replace", timeout=120,
-                             check=True)
-        assert json.loads(run.stdout.strip().splitlines()[-1]) == tok(text)["input_ids"]
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        ids = tok(text, return_tensors="pt")["input_ids"]
-        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                   do_sample=False)
-        # A random model emits stray byte tokens; compare the text before the first broken character.
-        expected = tok.decode(generated[0, ids.shape[1]:]).split("\ufffd")[0]
-        run = subprocess.run([str(Path(LLAMA_CPP_BIN) / "llama-simple"), "-m", str(path), "-n", "64", text],
-                             capture_output=True, text=True, errors="replace", timeout=120, check=True)
-        assert len(expected) >= 4 and expected in run.stdout
+        ids = tok(text)["input_ids"]
+        runner = llama_cpp.load(path)
+        try:
+            assert runner.tokenize(text, add_special=True) == ids
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+            generated = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
+                                       dtype=torch.long), max_new_tokens=8, do_sample=False, eos_token_id=None)
+            assert runner.greedy(ids, 8) == generated[0, len(ids):].tolist()
+        finally:
+            runner.close()

@@ -104,7 +104,7 @@ def test_ollama_export_with_gguf(tiny_model_dir: Path, tmp_path: Path) -> None:
     from nova.export.ollama import export_ollama
 
     out = export_ollama(tiny_model_dir, tmp_path / "ollama-q8", outtype="q8_0").path
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-q8_0.gguf", "nova_export.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "model-q8_0.gguf", "nova_export.json"]
     assert "FROM ./model-q8_0.gguf" in (out / "Modelfile").read_text().splitlines()
 
 

@@ -189,8 +189,38 @@ def test_output_is_a_standalone_model_without_training_state(merged_chain: tuple
     assert tok.convert_tokens_to_ids("<|im_end|>") in eos
     model = _load_plain(out)
     assert not any("lora" in n for n, _ in model.named_parameters())  # type: ignore[attr-defined]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card and "first -> second" in card
     assert not (out.parent / (out.name + ".tmp")).exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_training_leaves_cards_and_a_marked_chain_that_exports_standalone(
+        runs: dict[str, Path], merged_chain: tuple[Path, object], tiny_model_dir: Path, tmp_path: Path) -> None:
+    """PEFT's empty card is replaced, the chained adapter says what it needs, an export of the merged model
+    carries the run's card, and the standalone export of the trained (nf4) chain equals both adapters
+    stacked on the fp32 base."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from nova.export.peft_chain import export_peft
+
+    first, second = (runs[n] / "adapter" for n in ("first", "second"))
+    assert "[More Information Needed]" not in (first / "README.md").read_text()
+    assert "## Requires" not in (first / "README.md").read_text()
+    assert "## Requires the earlier adapters" in (second / "README.md").read_text()
+    assert "after its stage sft" in (runs["second"] / "stages" / "sft" / "adapter" / "README.md").read_text()
+    assert json.loads((second / "adapter_config.json").read_text())["nova_requires_adapters"]["adapters"] == ["first"]
+    from nova.export.ollama import export_ollama
+
+    ollama = export_ollama(merged_chain[0], tmp_path / "ollama").path
+    assert "first -> second" in (ollama / "README.md").read_text()  # found through nova_merge.json
+    out = export_peft(runs["second"], tmp_path / "standalone").path
+    inputs = _inputs(tiny_model_dir)
+    expected = _logits(_plain_composition(tiny_model_dir, [("first", first), ("second", second)]), inputs)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    assert _diff(_logits(PeftModel.from_pretrained(base, str(out)).eval(), inputs), expected) <= TIGHT
 
 
 def test_dequantized_reproduces_the_trained_model(runs: dict[str, Path], merged_chain: tuple[Path, object]) -> None:

@@ -51,10 +51,13 @@ class Feeder:
         return logs
 
     def train(self, step: int, grad_norm: float = 1.0, tps: float | None = None, loss: float = 1.0) -> dict[str, Any]:
-        """A training log; with ``tps`` the fake clock advances one second and the tokens seen by tps."""
+        """A training log; with ``tps`` one optimizer step runs first (on_step_begin, one second on the
+        fake clock, on_step_end, as the Trainer calls them) and the tokens seen grow by tps."""
         if tps is not None:
+            self.cb.on_step_begin(None, self.state, self.control)
             self.clock.now += 1.0
             self.state.num_input_tokens_seen += int(tps)
+            self.cb.on_step_end(None, self.state, self.control)
         return self.log(step, loss=loss, grad_norm=grad_norm, learning_rate=1e-4)
 
     def alerts(self) -> list[dict[str, Any]]:

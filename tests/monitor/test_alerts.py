@@ -83,6 +83,37 @@ def test_eval_and_save_pauses_are_not_throughput_drops(tmp_path: Path) -> None:
     assert f.alerts() == []
 
 
+def test_time_outside_training_steps_is_not_throughput(tmp_path: Path) -> None:
+    """A log interval that also evaluated, saved and drew the plot measures the steps only: the
+    demo's false 'tokens/s 68 < 150' came from counting an eval and a save as training time."""
+    f = Feeder(tmp_path)
+    f.train(1, tps=1000.0)
+    for step in range(10, 60, 10):
+        f.train(step, tps=1000.0)
+        f.clock.now += 45  # between steps: evaluation, checkpoint save, plot
+    logs = f.train(60, tps=1000.0)
+    assert f.alerts() == []
+    assert logs["tokens_per_second"] == 1000.0  # what metrics.jsonl and nova status show
+
+
+def test_auto_grad_norm_threshold_follows_the_first_steps(tmp_path: Path) -> None:
+    """DPO-sized norms from the first step are normal for that stage; a spike above 10x them is not."""
+    f = Feeder(tmp_path, alert_repeat_steps=1000)
+    for step in range(1, 8):
+        f.train(step, grad_norm=40.0 + step)  # far above SFT-LoRA's usual norms, every step
+    assert f.alerts() == []
+    f.train(8, grad_norm=500.0)
+    alerts = f.alerts()
+    assert [(a["kind"], a["step"]) for a in alerts] == [("grad_norm_high", 8)]
+    assert "10x the median 43 of the first 5 logged steps" in alerts[0]["message"]
+
+
+def test_a_non_finite_norm_alerts_before_the_baseline_is_known(tmp_path: Path) -> None:
+    f = Feeder(tmp_path)
+    f.train(1, grad_norm=float("nan"))
+    assert [a["kind"] for a in f.alerts()] == ["grad_norm_high"]
+
+
 def test_too_few_samples_never_alert(tmp_path: Path) -> None:
     w = Watcher(MonitorConfig(), "sft")
     assert w.observe_train(1, None, 5000.0) == []

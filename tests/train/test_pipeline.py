@@ -30,6 +30,8 @@ phases:
     start_from: doica
     lora: {{r: 16, alpha: 32, dropout: 0.1}}
     logs_dir: {tmp / "logs"}
+    retention: {{replay: 0.3, kl_weight: 0.5}}
+    monitor: {{retention_sets: [{{path: {ROOT / "data" / "rrt_ro_text.jsonl"}, max_samples: 6}}]}}
     stages:
       - method: sft
         data: {{datasets: [{{path: {ROOT / "data" / "sora_en.jsonl"}, max_samples: 30}}], eval_split: 0.2,
@@ -184,3 +186,69 @@ def test_interrupted_between_stages_resumes_to_the_same_result(pipeline: Path, t
     again = load_file(str(sora / "adapter" / "adapter_model.safetensors"))
     for key in first:
         assert (first[key] - again[key]).abs().max() < 1e-6, key
+
+
+def test_forgetting_table_in_pipeline_json_status_and_plot(pipeline: Path) -> None:
+    """After Sora, Doica's holdout is scored on Sora's model; before = Doica's own loss when it finished."""
+    from nova.monitor.plot import forgetting_bars
+    from nova.monitor.render import status_lines
+    from nova.monitor.status import read_status
+    from nova.runs.layout import RunDir
+
+    out = pipeline / "out"
+    doica = json.loads((out / "doica" / "retention.json").read_text())
+    sora = json.loads((out / "sora" / "retention.json").read_text())
+    state = json.loads((out / "pipeline.json").read_text())["phases"]
+    row = state["sora"]["forgetting"]["doica"]
+    assert row["eval_loss_before"] == pytest.approx(doica["after"]["doica"]["eval_loss"], abs=1e-5)
+    assert row["eval_loss_after"] == pytest.approx(sora["after"]["doica"]["eval_loss"], abs=1e-5)
+    assert row["change"] == pytest.approx((row["eval_loss_after"] - row["eval_loss_before"])
+                                          / row["eval_loss_before"], abs=1e-3)
+    assert row["eval_loss_after"] != row["eval_loss_before"]  # Sora's adapter changed the composition
+    assert state["doica"]["forgetting"] == {} and state["doica"]["eval_loss"] > 0
+    retention_set = next(k for k in sora["forgetting"] if k.startswith("retention:"))
+    assert sora["start"][retention_set]["tokens"] > 0  # scored on the start composition, before training
+    status = read_status(out).to_dict()
+    assert status["phases"][1]["forgetting"]["doica"] == row
+    assert any("forgetting: doica holdout loss" in line for line in status_lines(read_status(out)))
+    assert [b[0] for b in forgetting_bars(RunDir(out / "sora"))] == ["doica", retention_set]
+
+
+def test_replay_mixes_doica_into_every_sft_stage_and_is_counted(pipeline: Path) -> None:
+    out = pipeline / "out"
+    report = json.loads((out / "sora" / "stages" / "sft" / "data_report.json").read_text())
+    own = report["train_records"]
+    assert report["replayed"] == {"doica": round(own * 0.3 / 0.7)} and report["replay_share"] == 0.3
+    dpo = json.loads((out / "sora" / "stages" / "dpo" / "data_report.json").read_text())
+    assert dpo["replayed"] == {}  # preference stages are not replayed into
+    sealed = json.loads((out / "sora" / "stages" / "sft" / "DONE").read_text())
+    assert sealed["fingerprint"]["values"]["retention.replay"] == 0.3
+
+
+def test_infer_composes_any_prefix_of_the_chain(pipeline: Path) -> None:
+    """--upto doica on Sora's run is Doica's model; --compare-phases answers as each phase left it."""
+    import torch
+
+    from conftest import run_nova
+    from nova.errors import NovaError
+    from nova.infer import load_model
+
+    out = pipeline / "out"
+    upto = load_model(out / "sora", upto="doica")
+    doica = load_model(out / "doica")
+    sora = load_model(out / "sora")
+    assert upto.adapter_names == ["doica"] and sora.adapter_names == ["doica", "sora"]
+    ids = torch.tensor([[5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        assert torch.equal(upto.model(input_ids=ids).logits, doica.model(input_ids=ids).logits)
+        views = dict(sora.phase_views())
+        assert list(views) == ["base", "doica", "sora"]
+        with views["doica"]():
+            assert torch.equal(sora.model(input_ids=ids).logits, doica.model(input_ids=ids).logits)
+    with pytest.raises(NovaError, match="no such phase"):
+        load_model(out / "sora", upto="nope")
+    result = run_nova("infer", "--model", str(out / "sora"), "--compare-phases", "--prompt", "Salut",
+                      "--max-new-tokens", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(record["phases"]) == ["base", "doica", "sora"] and record["answer"] == record["phases"]["sora"]

@@ -31,6 +31,12 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="With FILE: model 
                                               "tokenizer gives the token view.")]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="With FILE: the longest sequence, in tokens.")]
 OnErrorOpt = Annotated[str, typer.Option("--on-error", help="With FILE: fail (default) or skip bad records.")]
+ColumnsOpt = Annotated[str | None, typer.Option("--columns", help="With FILE: map the file's field names to nova's, "
+                                                "e.g. prompt=question,chosen=response_j,rejected=response_k.")]
+# The field names nova reads (data/records.py); --columns maps onto these.
+NOVA_FIELDS = ("messages", "conversations", "prompt", "completion", "instruction", "input", "output", "text",
+               "chosen", "rejected", "chosen_messages", "rejected_messages", "system", "history", "tools",
+               "enable_thinking", "loss_weight")
 
 
 @dataclass
@@ -45,22 +51,47 @@ class Target:
     dpo: Any = None  # DPOConfig | None
 
 
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``prompt=question,chosen=response_j`` as {nova field: file field}; NovaError naming a bad part."""
+    import difflib
+
+    from nova.errors import NovaError
+
+    mapping: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        ours, sep, theirs = (s.strip() for s in part.partition("="))
+        if not sep or not ours or not theirs:
+            raise NovaError(f"--columns: '{part.strip()}' is not NOVA_FIELD=FILE_FIELD",
+                            hint="e.g. --columns prompt=question,chosen=response_j,rejected=response_k")
+        if ours not in NOVA_FIELDS:
+            close = difflib.get_close_matches(ours, NOVA_FIELDS, n=1)
+            raise NovaError(f"--columns: '{ours}' is not a field nova reads" +
+                            (f" (did you mean '{close[0]}'?)" if close else ""),
+                            hint=f"the fields: {', '.join(NOVA_FIELDS)}")
+        if ours in mapping:
+            raise NovaError(f"--columns maps '{ours}' twice")
+        mapping[ours] = theirs
+    return mapping
+
+
 def _file_target(file: Path, fmt: str, method: str | None, model: str | None, max_length: int,
-                 on_error: str) -> Target:
+                 on_error: str, columns: dict[str, str] | None = None) -> Target:
     from pydantic import ValidationError
 
     from nova.config.data_schema import DataConfig, DatasetSpec
     from nova.errors import NovaError
 
     try:
-        data = DataConfig(datasets=[DatasetSpec(path=str(file), format=fmt)],  # type: ignore[arg-type]
-                          max_length=max_length, on_error=on_error)  # type: ignore[arg-type]
+        spec = DatasetSpec(path=str(file), format=fmt, columns=columns or {})  # type: ignore[arg-type]
+        data = DataConfig(datasets=[spec], max_length=max_length, on_error=on_error)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
         raise NovaError(f"{file}: {err['msg'].removeprefix('Value error, ')}",
                         hint=f"check the {'/'.join(str(p) for p in err['loc']) or 'arguments'}") from None
     if method is None:
-        method = "dpo" if fmt == "preference" or (fmt == "auto" and _looks_preference(file)) else "sft"
+        method = "dpo" if fmt == "preference" or (fmt == "auto" and _looks_preference(file, columns)) else "sft"
     if method not in ("sft", "dpo"):
         raise NovaError(f"--method must be sft or dpo, got '{method}'")
     model_cfg = None
@@ -71,9 +102,9 @@ def _file_target(file: Path, fmt: str, method: str | None, model: str | None, ma
     return Target(str(file), data, method, model_cfg)
 
 
-def _looks_preference(file: Path) -> bool:
-    """Peek at the first record so `nova data check prefs.jsonl` needs no --method."""
-    from nova.data.records import detect_format
+def _looks_preference(file: Path, columns: dict[str, str] | None = None) -> bool:
+    """Peek at the first record (with --columns applied) so `nova data check prefs.jsonl` needs no --method."""
+    from nova.data.records import RecordProblem, apply_columns, detect_format
     from nova.data.sources import FileProblem, list_files, read_file
 
     try:
@@ -81,8 +112,8 @@ def _looks_preference(file: Path) -> bool:
             _, records = read_file(path)
             for raw in records:
                 if raw.data is not None:
-                    return detect_format(raw.data) == "preference"
-    except FileProblem:
+                    return detect_format(apply_columns(raw.data, columns or {})) == "preference"
+    except (FileProblem, RecordProblem):
         return False
     return False
 
@@ -105,16 +136,19 @@ def _config_targets(config: Path, overrides: list[str] | None) -> list[Target]:
 
 
 def _targets(file: Path | None, config: Path | None, overrides: list[str] | None, fmt: str,
-             method: str | None, model: str | None, max_length: int, on_error: str) -> list[Target]:
+             method: str | None, model: str | None, max_length: int, on_error: str,
+             columns: str | None = None) -> list[Target]:
     from nova.errors import NovaError
 
     if (file is None) == (config is None):
         raise NovaError("give either a data FILE or --config FILE", hint="e.g. nova data check --config "
                         "configs/demo/sft.yaml, or nova data check data/sora_en.jsonl")
     if config is not None:
+        if columns is not None:
+            raise NovaError("--columns applies to a data FILE", hint="in a config, set columns: on the dataset")
         return _config_targets(config, overrides)
     assert file is not None
-    return [_file_target(file, fmt, method, model, max_length, on_error)]
+    return [_file_target(file, fmt, method, model, max_length, on_error, parse_columns(columns))]
 
 
 def _tokenizer_for(model: Any, cache: dict[str, tuple[Any, str | None]]) -> tuple[Any, str | None]:
@@ -130,7 +164,7 @@ def _tokenizer_for(model: Any, cache: dict[str, tuple[Any, str | None]]) -> tupl
 @app.command("check")
 def check(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = None, fmt: FormatOpt = "auto",
           method: MethodOpt = None, model: ModelOpt = None, max_length: MaxLenOpt = 1024,
-          on_error: OnErrorOpt = "fail", as_json: JsonOpt = False) -> None:
+          on_error: OnErrorOpt = "fail", columns: ColumnsOpt = None, as_json: JsonOpt = False) -> None:
     """Validate every record (file:line for each problem) and show the token view of each stage."""
     from nova.data import check_data
     from nova.errors import DataError
@@ -138,7 +172,7 @@ def check(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = No
     tokenizers: dict[str, tuple[Any, str | None]] = {}
     results: list[dict[str, Any]] = []
     failed: list[tuple[str, DataError]] = []
-    for target in _targets(file, config, overrides, fmt, method, model, max_length, on_error):
+    for target in _targets(file, config, overrides, fmt, method, model, max_length, on_error, columns):
         tokenizer, note = _tokenizer_for(target.model, tokenizers)
         try:
             report = check_data(target.data, method=target.method, tokenizer=tokenizer,  # type: ignore[arg-type]
@@ -177,13 +211,13 @@ def _finish(results: list[dict[str, Any]], failed: list[tuple[str, Any]], as_jso
 def preview_cmd(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = None,
                 n: Annotated[int, typer.Option("-n", help="How many examples to show.")] = 3,
                 fmt: FormatOpt = "auto", method: MethodOpt = None, model: ModelOpt = None,
-                max_length: MaxLenOpt = 1024) -> None:
+                max_length: MaxLenOpt = 1024, columns: ColumnsOpt = None) -> None:
     """Render the first N examples through the chat template, trained tokens wrapped in [[ ]]."""
     from nova.data.preview import preview
     from nova.errors import NovaError
 
     tokenizers: dict[str, tuple[Any, str | None]] = {}
-    for target in _targets(file, config, overrides, fmt, method, model, max_length, "skip"):
+    for target in _targets(file, config, overrides, fmt, method, model, max_length, "skip", columns):
         tokenizer, note = _tokenizer_for(target.model, tokenizers)
         if tokenizer is None:
             raise NovaError(f"{target.label}: cannot preview without a tokenizer: {note}")

@@ -1,4 +1,8 @@
-"""``nova export``: a merged model as a GGUF file (llama.cpp) or an Ollama model directory.
+"""``nova export``: a merged model or a run's adapter chain, in the formats other tools load as they are.
+
+From a merged model (``--model``): a GGUF file (llama.cpp) or an Ollama model directory. From a
+run directory (``--run``): one standalone PEFT adapter of the whole chain (``peft``), the chain as a
+GGUF LoRA adapter (``gguf``), or an Ollama directory with the base's GGUF and that adapter.
 
 Registered by ``nova.cli.main`` with ``app.command("export")(export_cmd.export)``. Only typer, the
 standard library and the GGUF weight types (``nova.export.gguf_export`` imports no torch, gguf or
@@ -9,55 +13,111 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from nova.export.gguf_export import OUTTYPES
 
-FORMATS = ("gguf", "ollama")
+FORMATS = ("gguf", "ollama", "peft")
 
 
-def export(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Merged model directory (from 'nova merge').")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output: a .gguf file, or a directory for ollama.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="gguf or ollama.")] = "gguf",
-    outtype: Annotated[
-        str | None,
-        typer.Option("--outtype", help="GGUF weight type: f16 (default for gguf), q8_0 or f32. With "
-                                       "--format ollama: write a GGUF of this type instead of copying safetensors."),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
-) -> None:
-    """Export a merged model for llama.cpp (GGUF) or Ollama (Modelfile + weights)."""
+def _check_choice(fmt: str, outtype: str | None, model: Path | None, run: Path | None) -> None:
     from nova.errors import NovaError
-    from nova.files import human_bytes
 
     if fmt not in FORMATS:
         raise NovaError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if outtype is not None and outtype not in OUTTYPES:
         raise NovaError(f"--outtype must be one of {', '.join(OUTTYPES)}, got '{outtype}'")
-    if not (model / "config.json").is_file():
+    if (model is None) == (run is None):
+        raise NovaError("give either --model MERGED_DIR or --run RUN_DIR",
+                        hint="--model: a merged model (nova merge); --run: a run directory, for its adapters")
+    if fmt == "peft" and run is None:
+        raise NovaError("--format peft exports a run's adapters", hint="pass --run RUN_DIR (a phase of nova train)")
+    if fmt == "peft" and outtype is not None:
+        raise NovaError("--outtype does not apply to --format peft (the adapter is written in fp32)")
+    if model is not None and not (model / "config.json").is_file():
         raise NovaError(f"model directory not found: {model}" if not model.exists() else
                         f"{model} has no config.json", hint="pass the directory written by 'nova merge'")
-    start = time.monotonic()
+
+
+def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
+    from nova.errors import NovaError
+
     if fmt == "gguf":
         from nova.export.gguf_export import export_gguf
 
         if out.suffix.lower() != ".gguf":
             raise NovaError(f"--out should name a .gguf file, got '{out}'")
         typer.echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
-        result = export_gguf(model, out, outtype=outtype or "f16", force=force)
-        types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
-        detail = f"{human_bytes(result.size_bytes)}; tensors: {types}"
-    else:
-        from nova.export.ollama import export_ollama
+        return export_gguf(model, out, outtype=outtype or "f16", force=force)
+    from nova.export.ollama import export_ollama
 
-        typer.echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
-        result = export_ollama(model, out, outtype=outtype, force=force)
-        detail = human_bytes(result.size_bytes)
+    typer.echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
+    return export_ollama(model, out, outtype=outtype, force=force)
+
+
+def _from_run(run: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
+    from nova.errors import NovaError
+
+    if fmt == "peft":
+        from nova.export.peft_chain import export_peft
+
+        typer.echo(f"exporting the adapter chain of {run} -> {out} (one standalone PEFT adapter)")
+        return export_peft(run, out, force=force)
+    if fmt == "gguf":
+        from nova.export.gguf_lora import export_lora_gguf
+
+        if out.suffix.lower() != ".gguf":
+            raise NovaError(f"--out should name a .gguf file, got '{out}'")
+        typer.echo(f"exporting the adapter chain of {run} -> {out} (GGUF LoRA adapter, {outtype or 'f16'})")
+        return export_lora_gguf(run, out, outtype=outtype or "f16", force=force)
+    from nova.export.ollama import export_ollama_run
+
+    typer.echo(f"exporting {run} -> {out} (ollama: base GGUF {outtype or 'f16'} + LoRA adapter GGUF)")
+    return export_ollama_run(run, out, outtype=outtype, force=force)
+
+
+def _report(result: Any, fmt: str, seconds: float) -> None:
+    """Each file written, with its size, then the total."""
+    from nova.files import human_bytes
+
     for note in result.notes:
         typer.echo(f"note: {note}")
-    typer.echo(f"wrote {result.path} ({detail}, {time.monotonic() - start:.1f} s)")
+    path = Path(result.path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    typer.echo("wrote:")
+    for file in files:
+        typer.echo(f"  {file}  {human_bytes(file.stat().st_size)}")
+    types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
+    detail = f"; tensors: {types}" if types else ""
+    typer.echo(f"total {human_bytes(result.size_bytes)} in {len(files)} file(s){detail} ({seconds:.1f} s)")
     if fmt == "ollama":
-        typer.echo(f"next: cd {result.path} && ollama create NAME -f Modelfile")
+        typer.echo(f"next: cd {path} && ollama create NAME -f Modelfile")
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output: a .gguf file (gguf), or a directory.")],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Merged model directory (from 'nova "
+                                               "merge').")] = None,
+    run: Annotated[Path | None, typer.Option("--run", "-r", help="Run directory of a phase: export its adapter "
+                                             "chain (peft; gguf: a LoRA adapter; ollama: base + adapter).")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="gguf, ollama or peft (peft needs --run).")] = "gguf",
+    outtype: Annotated[
+        str | None,
+        typer.Option("--outtype", help="GGUF weight type: f16 (default), q8_0, f32, or llama.cpp's presets q4_0, "
+                                       "q4_k_m, q5_k_m, q6_k (need the xllamacpp package). With --format ollama: "
+                                       "write a GGUF of this type instead of copying safetensors. A GGUF LoRA "
+                                       "adapter is f16 or f32."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+) -> None:
+    """Export a merged model (GGUF, Ollama) or a run's adapter chain (PEFT, GGUF LoRA, Ollama)."""
+    _check_choice(fmt, outtype, model, run)
+    start = time.monotonic()
+    if model is not None:
+        result = _from_model(model, out, fmt, outtype, force)
+    else:
+        assert run is not None
+        result = _from_run(run, out, fmt, outtype, force)
+    _report(result, fmt, time.monotonic() - start)

@@ -22,6 +22,10 @@ def infer(
     out: Path | None = typer.Option(None, "--out", help="Write the JSONL answers here instead of stdout."),
     chat: bool = typer.Option(False, "--chat", help="Interactive multi-turn chat (empty line or /exit ends)."),
     compare: bool = typer.Option(False, "--compare", help="Also answer with the base (adapters off)."),
+    compare_phases: bool = typer.Option(False, "--compare-phases", help="Answer with the base and with the "
+                                        "model as each phase of the chain left it, side by side."),
+    upto: str | None = typer.Option(None, "--upto", help="Compose the chain only up to this phase "
+                                    "(e.g. --upto doica on Sora's run: Doica's model)."),
     evaluate: bool = typer.Option(False, "--eval", help="Holdout loss and perplexity of a run directory."),
     system: str | None = typer.Option(None, "--system", help="System message."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
@@ -48,9 +52,12 @@ def infer(
     if not (prompt or prompts_file or chat or evaluate):
         raise NovaError("nothing to do", hint="pass --prompt TEXT, --prompts-file FILE, --chat or --eval")
     conversations = read_prompts_file(prompts_file) if prompts_file else []
-    loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code)
-    if compare and not loaded.has_adapters:
-        raise NovaError("--compare needs adapters to switch off", hint="pass a run directory or --adapter")
+    if compare and compare_phases:
+        raise NovaError("give --compare or --compare-phases, not both", hint="--compare-phases includes the base")
+    loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code, upto=upto)
+    if (compare or compare_phases) and not loaded.has_adapters:
+        flag = "--compare" if compare else "--compare-phases"
+        raise NovaError(f"{flag} needs adapters to switch off", hint="pass a run directory or --adapter")
     if evaluate:
         for row in eval_loss(loaded):
             typer.echo(json.dumps(row) if as_json else
@@ -62,7 +69,9 @@ def infer(
     conversations += [[*head, {"role": "user", "content": p}] for p in prompt or []]
     how = _How(sampling, think, show_reasoning, stream)
     if conversations:
-        _answer_all(loaded, conversations, how, compare=compare, as_json=as_json or bool(prompts_file), out=out)
+        views = loaded.phase_views() if compare_phases else (
+            [("base", loaded.base_view), ("tuned", None)] if compare else [(None, None)])
+        _answer_all(loaded, conversations, how, views, as_json=as_json or bool(prompts_file), out=out)
     if chat:
         _chat(loaded, head, how)
 
@@ -86,30 +95,50 @@ class _How:
         return out
 
 
-def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], how: _How, *, compare: bool,
+View = tuple[str | None, Any]  # (label, context factory; None: the model as loaded)
+
+
+def _json_record(loaded: Any, messages: list[dict[str, str]], how: _How, views: list[View]) -> dict[str, Any]:
+    """One JSON line: the answer, plus ``base_answer`` (--compare) or ``phases`` (--compare-phases)."""
+    record: dict[str, Any] = {"prompt": messages[-1]["content"]}
+    phases: dict[str, Any] = {}
+    for label, view in views:
+        if view is None:
+            record.update(how.record(loaded, messages))
+            continue
+        with view():
+            answer = how.record(loaded, messages, "base_answer" if label == "base" else "answer")
+        if len(views) == 2:  # --compare: the base beside the tuned model
+            record.update(answer)
+        else:
+            phases[str(label)] = answer.get("answer", answer.get("base_answer"))
+    if phases:
+        record["phases"] = phases
+        record["answer"] = phases[views[-1][0] or ""]
+    return record
+
+
+def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], how: _How, views: list[View], *,
                 as_json: bool, out: Path | None) -> None:
     sink = out.open("w", encoding="utf-8") if out else None
     try:
         for messages in conversations:
-            question = messages[-1]["content"]
             if as_json:
-                record = {"prompt": question, **how.record(loaded, messages)}
-                if compare:
-                    with loaded.base_view():
-                        record.update(how.record(loaded, messages, "base_answer"))
-                line = json.dumps(record, ensure_ascii=True)
+                line = json.dumps(_json_record(loaded, messages, how, views), ensure_ascii=True)
                 if sink:
                     sink.write(line + "\n")
                 else:
                     typer.echo(line)
                 continue
-            typer.echo(f">>> {question}")
-            if compare:
-                typer.echo("--- base:")
-                with loaded.base_view():
+            typer.echo(f">>> {messages[-1]['content']}")
+            for label, view in views:
+                if label is not None:
+                    typer.echo(f"--- {label}:")
+                if view is None:
                     _say(loaded, messages, how)
-                typer.echo("--- tuned:")
-            _say(loaded, messages, how)
+                else:
+                    with view():
+                        _say(loaded, messages, how)
             typer.echo("")
         if sink:
             typer.echo(f"wrote {len(conversations)} answers to {out}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from nova.config.base import MAX_BATCH, MAX_STEPS, MAX_TOKENS, Section
 from nova.config.data_schema import DataConfig
@@ -24,7 +24,10 @@ from nova.errors import printable
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
-Method = Literal["sft", "dpo"]
+Method = Literal["sft", "dpo", "kto", "orpo", "simpo"]
+PAIRED_METHODS = ("dpo", "orpo", "simpo")  # trained on chosen/rejected pairs (the preference format)
+REFERENCE_METHODS = ("dpo", "kto")  # kept near a reference: the stage's starting point
+SECTION_METHODS = ("dpo", "kto", "orpo", "simpo")  # methods with a settings section of the same name
 
 
 class ModelConfig(Section):
@@ -135,6 +138,58 @@ class DPOConfig(Section):
         512, gt=0, le=MAX_TOKENS, description="Chosen/rejected tokens kept (from the start).")
 
 
+class PromptLengths(Section):
+    """The token limits of a prompt-and-reply stage (the data is cut to them, every cut counted)."""
+
+    max_prompt_length: int = Field(
+        512, gt=0, le=MAX_TOKENS, description="Prompt tokens kept (the end of the prompt is kept).")
+    max_completion_length: int = Field(
+        512, gt=0, le=MAX_TOKENS, description="Reply tokens kept (from the start).")
+
+
+class KTOConfig(PromptLengths):
+    """Kahneman-Tversky Optimization settings (used by a ``kto`` stage): single replies marked good or bad."""
+
+    beta: float = Field(0.1, gt=0, le=1000, description="Strength of the pull toward the reference (the stage's "
+                        "starting point, as for DPO).")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(
+        "kto", description="'kto': the KTO paper's loss, with a KL estimate from mismatched pairs of one micro "
+        "batch (so training.micro_batch_size must be at least 2); 'apo_zero_unpaired': APO-zero, no KL term.")
+    desirable_weight: float = Field(
+        1.0, gt=0, le=1000, description="Weight of the loss on good replies (label: true). With unequal counts, "
+        "keep desirable_weight x good / (undesirable_weight x bad) between 1 and 4/3 (KTO paper, eq. 8).")
+    undesirable_weight: float = Field(
+        1.0, gt=0, le=1000, description="Weight of the loss on bad replies (label: false).")
+
+
+class ORPOConfig(PromptLengths):
+    """Odds Ratio Preference Optimization settings (an ``orpo`` stage): SFT on the chosen reply plus an
+    odds-ratio term against the rejected one; no reference model."""
+
+    beta: float = Field(0.1, gt=0, le=100, description="Weight of the odds-ratio term beside the chosen reply's "
+                        "SFT loss (lambda in the ORPO paper; 0.1 to 1.0 is usual).")
+
+
+class SimPOConfig(PromptLengths):
+    """SimPO settings (a ``simpo`` stage): a margin between the chosen and rejected replies' average
+    log-probability per token; no reference model."""
+
+    beta: float = Field(2.0, gt=0, le=100, description="Scale of the reward, the average log-probability per "
+                        "token (SimPO paper: 2.0 to 2.5).")
+    gamma: float = Field(1.0, ge=0, le=100, description="Target reward margin (SimPO paper: gamma / beta about "
+                         "0.5).")
+    nll_weight: float = Field(0.0, ge=0, le=100, description="Weight of an SFT loss on the chosen reply: 0 is "
+                              "SimPO, 1.0 is CPO-SimPO.")
+
+
+def check_method_batch(method: str, kto: KTOConfig, training: TrainingConfig) -> None:
+    """KTO's KL estimate pairs each prompt with another reply of the same micro batch."""
+    if method == "kto" and kto.loss_type == "kto" and training.micro_batch_size < 2:
+        raise ValueError(f"method kto needs training.micro_batch_size of at least 2 (it is "
+                         f"{training.micro_batch_size}): its KL term pairs each prompt with another reply of the "
+                         "micro batch; raise it, or set kto.loss_type: apo_zero_unpaired")
+
+
 class DistributedConfig(Section):
     """Several GPUs or machines: how many ranks, and the engine that splits the work (docs/distributed.md)."""
 
@@ -152,12 +207,60 @@ class DistributedConfig(Section):
 
 
 class StageConfig(Section):
-    """One training stage of a phase: SFT or DPO, each with its own data and schedule."""
+    """One training stage of a phase (SFT, DPO, KTO, ORPO or SimPO), with its own data and schedule."""
 
-    method: Method = Field("sft", description="Training method of this stage: 'sft' or 'dpo'.")
+    method: Method = Field("sft", description="Training method of this stage: 'sft', 'dpo', 'kto' (unpaired "
+                           "good/bad replies), 'orpo' or 'simpo' (preference pairs, no reference); see "
+                           "docs/methods.md.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data of this stage.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Schedule of this stage.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings (method: dpo only).")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO settings (method: kto only).")
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings (method: orpo only).")
+    simpo: SimPOConfig = Field(default_factory=SimPOConfig, description="SimPO settings (method: simpo only).")
+
+    @model_validator(mode="after")
+    def _method_fits_batch(self, info: ValidationInfo) -> StageConfig:
+        # Not for nova's own changes (OOM retry, auto-fit): the KTO trainer refuses those with a message.
+        if not (info.context and info.context.get("recorded")):
+            check_method_batch(self.method, self.kto, self.training)
+        return self
+
+    @property
+    def method_settings(self) -> Section | None:
+        """The settings section of this stage's method (None for sft)."""
+        return getattr(self, self.method) if self.method in SECTION_METHODS else None
+
+    @property
+    def min_micro_batch(self) -> int:
+        """The smallest micro batch the method works with (auto-fit and OOM retries stay at or above it)."""
+        return 2 if self.method == "kto" and self.kto.loss_type == "kto" else 1
+
+    @property
+    def length_settings(self) -> DPOConfig | PromptLengths:
+        """Where the data's prompt/reply token limits come from (an SFT stage's data does not use them)."""
+        settings = self.method_settings
+        return settings if isinstance(settings, DPOConfig | PromptLengths) else self.dpo
+
+
+class RetentionConfig(Section):
+    """Keeping what earlier phases taught (docs/forgetting.md); opt-in per phase, for a phase that
+    starts from an earlier one."""
+
+    replay: float = Field(
+        0.0, ge=0, le=0.9, description="Share of every SFT stage's training mix drawn from the earlier phases' "
+        "SFT training data (0.25: a quarter of the sequences), encoded as those phases trained them, seeded and "
+        "counted in the data report. Costs that share of extra training tokens.")
+    kl_weight: float = Field(
+        0.0, ge=0, le=100, description="Weight of a KL term toward the phase's start composition on the replayed "
+        "sequences (needs replay > 0): the same model with this phase's adapter off runs once more without "
+        "gradients on batches holding replayed sequences, so those batches cost about 1.3x.")
+
+    @model_validator(mode="after")
+    def _kl_needs_replay(self) -> RetentionConfig:
+        if self.kl_weight > 0 and self.replay <= 0:
+            raise ValueError("retention.kl_weight is applied to replayed sequences: set retention.replay > 0 too")
+        return self
 
 
 class PhaseConfig(Section):
@@ -175,13 +278,20 @@ class PhaseConfig(Section):
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="Schedule when the phase has a single stage.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings when the single stage is DPO.")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO settings when the single stage is KTO.")
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings when the single stage is ORPO.")
+    simpo: SimPOConfig = Field(
+        default_factory=SimPOConfig, description="SimPO settings when the single stage is SimPO.")
     stages: list[StageConfig] = Field(
         default_factory=list, description="Several stages in order (e.g. sft then dpo); replaces "
-        "method/data/training/dpo at the phase level.")
+        "method/data/training and the method sections (dpo, kto, orpo, simpo) at the phase level.")
     output_dir: str | None = Field(
         None, description="Run directory; default checkpoints/<name> (in a pipeline: <pipeline output_dir>/<name>).")
     logs_dir: str = Field("logs", description="Where the console log of each run is copied.")
     monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Alerts, early stopping, plots.")
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig, description="Replay of earlier phases' data and a KL term toward the "
+        "start, against forgetting (needs start_from).")
     smoke_prompts: list[str] = Field(
         default_factory=list, description="Prompts answered by the tuned model at the end of training.")
     distributed: DistributedConfig = Field(
@@ -194,9 +304,17 @@ class PhaseConfig(Section):
             raise ValueError(f"phase name '{self.name}' is reserved (nova uses it for adapters); choose another")
         if self.model is None and self.start_from is None:
             raise ValueError("a phase needs 'model' (with 'base') or 'start_from'")
-        single = {"method", "data", "training", "dpo"} & self.model_fields_set
+        if self.retention.replay > 0 and self.start_from is None:
+            raise ValueError("retention.replay mixes in earlier phases' data, but this phase has no start_from")
+        single = {"method", "data", "training", *SECTION_METHODS} & self.model_fields_set
         if self.stages and single:
             raise ValueError(f"give either 'stages' or {sorted(single)} at the phase level, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _single_method_fits_batch(self, info: ValidationInfo) -> PhaseConfig:
+        if not self.stages and not (info.context and info.context.get("recorded")):
+            check_method_batch(self.method, self.kto, self.training)
         return self
 
     @property
@@ -207,7 +325,7 @@ class PhaseConfig(Section):
         # The parts were validated with this phase: build without validating them a second time
         # (which, outside the context the phase was read in, could judge them differently).
         return [StageConfig.model_construct(method=self.method, data=self.data, training=self.training,
-                                            dpo=self.dpo)]
+                                            dpo=self.dpo, kto=self.kto, orpo=self.orpo, simpo=self.simpo)]
 
     @property
     def run_dir(self) -> Path:

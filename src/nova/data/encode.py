@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from nova.config.schema import PAIRED_METHODS
 from nova.data.records import RecordProblem
 from nova.data.template import ChatTemplate
 from nova.data.turns import Sequence, TurnSettings, chat_sequences, options, reply_texts
@@ -104,7 +105,9 @@ class Encoder:
 
     def prepare(self, examples: list[dict[str, Any]]) -> Any:
         """The Python half: render chats and locate trained spans (holds the GIL)."""
-        if self.method == "dpo":
+        if self.method == "kto":
+            return self._render_kto(examples)
+        if self.method in PAIRED_METHODS:
             return self._render_dpo(examples)
         return self._render_sft(examples)
 
@@ -116,7 +119,9 @@ class Encoder:
         holds each row's trained token ranges (after truncation; None where every token is
         trained) instead of the label list, for a caller that builds the labels column in one
         vectorized step (see nova.data.pipeline)."""
-        if self.method == "dpo":
+        if self.method == "kto":
+            return self._kto(prepared)
+        if self.method in PAIRED_METHODS:
             return self._dpo(prepared)
         return self._sft(prepared, compact)
 
@@ -287,20 +292,80 @@ class Encoder:
 
     def _finish_dpo(self, out: dict[str, list[Any]], prompt: list[int], chosen: list[int],
                     rejected: list[int]) -> None:
-        chosen, rejected = self._with_eos(chosen), self._with_eos(rejected)
-        length = len(prompt) + max(len(chosen), len(rejected))
+        prompt, (chosen, rejected), length, status, prompt_cut, completion_cut = self._cut(prompt, [chosen, rejected])
+        if status == TOO_LONG:
+            self._emit_dpo(out, [], [], [], length, TOO_LONG, False, False)
+            return
+        self._emit_dpo(out, prompt, chosen, rejected, length, status, prompt_cut, completion_cut)
+
+    def _cut(self, prompt: list[int], replies: list[list[int]]) -> tuple[
+            list[int], list[list[int]], int, str, bool, bool]:
+        """(prompt, replies, length before cuts, status, prompt cut, reply cut) of one prompt and its
+        replies (each ending in eos): the prompt keeps its end (the question), a reply its start, and
+        together they fit max_length (or the status is TOO_LONG under overlong: drop)."""
+        replies = [self._with_eos(r) for r in replies]
+        length = len(prompt) + max(map(len, replies))
         prompt_cut = len(prompt) > self.max_prompt_length
-        prompt = prompt[-self.max_prompt_length:] if prompt_cut else prompt  # keep the end: the question
-        completion_cut = max(len(chosen), len(rejected)) > self.max_completion_length
-        chosen, rejected = chosen[: self.max_completion_length], rejected[: self.max_completion_length]
+        prompt = prompt[-self.max_prompt_length:] if prompt_cut else prompt
+        completion_cut = max(map(len, replies)) > self.max_completion_length
+        replies = [r[: self.max_completion_length] for r in replies]
         status = TRUNCATED if prompt_cut or completion_cut else OK
         room = self.max_length - len(prompt)
-        if len(prompt) + max(len(chosen), len(rejected)) > self.max_length:
+        if len(prompt) + max(map(len, replies)) > self.max_length:
             if self.overlong == "drop" or room <= 0:
-                self._emit_dpo(out, [], [], [], length, TOO_LONG, False, False)
-                return
-            chosen, rejected, status, completion_cut = chosen[:room], rejected[:room], TRUNCATED, True
-        self._emit_dpo(out, prompt, chosen, rejected, length, status, prompt_cut, completion_cut)
+                return prompt, replies, length, TOO_LONG, False, False
+            replies, status, completion_cut = [r[:room] for r in replies], TRUNCATED, True
+        return prompt, replies, length, status, prompt_cut, completion_cut
+
+    # ---- KTO (unpaired) ---------------------------------------------------------------
+    def _render_kto(self, examples: list[dict[str, Any]]) -> tuple[int, list[tuple[int, str, str, bool]],
+                                                                   dict[int, str]]:
+        """The prompt and the judged reply of each example, the reply written as the final turn."""
+        assert self.template is not None
+        texts: list[tuple[int, str, str, bool]] = []
+        errors: dict[int, str] = {}
+        for i, ex in enumerate(examples):
+            try:
+                prompt, reply = reply_texts(self.template, ex["prompt"], ex["completion"])
+            except RecordProblem as exc:
+                errors[i] = f"error:{exc.reason}:{exc.message}"
+                continue
+            texts.append((i, prompt[-self.char_cap:], reply[: self.char_cap], bool(ex["label"])))
+        return len(examples), texts, errors
+
+    def _kto(self, prepared: Any) -> dict[str, list[Any]]:
+        keys = ("prompt_ids", "completion_ids", "label", "length", "trained", "masked", "status", "prompt_cut",
+                "completion_cut")
+        out: dict[str, list[Any]] = {k: [] for k in keys}
+        n, texts, errors = prepared
+        flat = [t for _, p, c, _ in texts for t in (p, c)]
+        encs = self.backend.encode_batch(flat, add_special_tokens=False) if flat else []
+        encoded = {row[0]: (encs[2 * j].ids, encs[2 * j + 1].ids, row[3]) for j, row in enumerate(texts)}
+        for i in range(n):
+            if i in errors:
+                self._emit_kto(out, [], [], False, 0, errors[i], False, False)
+                continue
+            prompt, reply, label = encoded[i]
+            prompt, (reply,), length, status, prompt_cut, completion_cut = self._cut(prompt, [reply])
+            if status == TOO_LONG:
+                self._emit_kto(out, [], [], label, length, TOO_LONG, False, False)
+            else:
+                self._emit_kto(out, prompt, reply, label, length, status, prompt_cut, completion_cut)
+        out["row"] = list(range(n))  # one row per judged reply
+        return out
+
+    @staticmethod
+    def _emit_kto(out: dict[str, list[Any]], prompt: list[int], reply: list[int], label: bool, length: int,
+                  status: str, prompt_cut: bool, completion_cut: bool) -> None:
+        out["prompt_ids"].append(prompt)
+        out["completion_ids"].append(reply)
+        out["label"].append(label)
+        out["length"].append(length)
+        out["trained"].append(len(reply))
+        out["masked"].append(len(prompt))
+        out["status"].append(status)
+        out["prompt_cut"].append(prompt_cut)
+        out["completion_cut"].append(completion_cut)
 
     def _with_eos(self, ids: list[int]) -> list[int]:
         if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):

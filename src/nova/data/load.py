@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.data_schema import DatasetSpec
+from nova.config.schema import PAIRED_METHODS
 from nova.data.records import (
     DPO_FORMATS,
+    KTO_FORMATS,
     REQUIRED,
     SFT_FORMATS,
     RecordProblem,
@@ -24,6 +26,7 @@ from nova.data.records import (
 )
 from nova.data.report import DataReport, SourceReport
 from nova.data.sources import FileProblem, RawRecord, hub_records, list_files, looks_like_hub_id, read_file
+from nova.data.unpaired import normalize_unpaired
 from nova.errors import Problem
 
 
@@ -90,7 +93,17 @@ def _file_problem(report: DataReport, exc: FileProblem) -> None:
 
 
 def _allowed(method: str) -> frozenset[str]:
-    return DPO_FORMATS if method == "dpo" else SFT_FORMATS
+    if method == "kto":
+        return KTO_FORMATS
+    return DPO_FORMATS if method in PAIRED_METHODS else SFT_FORMATS
+
+
+# A chat without a verdict in a KTO stage is read as feedback, so the missing label is what is reported.
+_FEEDBACK_SHAPES = ("messages", "sharegpt", "prompt_completion")
+_WRONG_METHOD_HINTS = {
+    "preference": "use method: dpo, orpo or simpo for preference data",
+    "unpaired": "use method: kto for replies with a label (good/bad feedback)",
+}
 
 
 def _check_header(spec: DatasetSpec, header: list[str], where: str) -> str | None:
@@ -163,11 +176,16 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
         raise RecordProblem("unknown_format", f"no known fields (found: {fields})",
                             "expected messages, conversations, prompt+completion, instruction+output, "
                             "chosen+rejected or text; or set format:/columns:")
+    if ctx.method == "kto" and spec.format == "auto" and fmt in _FEEDBACK_SHAPES:
+        fmt = "unpaired"
     if spec.format == "auto" and file_format is not None and fmt != file_format:
         raise RecordProblem("mixed_formats", f"this record is '{fmt}' but the file's first record is "
                             f"'{file_format}' (two formats in one file)", "split the file or fix the record")
     if fmt not in _allowed(ctx.method):
-        hint = "use method: dpo for preference data" if ctx.method == "sft" else \
-            "a dpo stage needs prompt/chosen/rejected records"
+        hint = _WRONG_METHOD_HINTS.get(fmt) or (f"a {ctx.method} stage needs prompt/chosen/rejected records"
+                                                if ctx.method in PAIRED_METHODS else
+                                                "a kto stage needs replies with a label: true or false")
         raise RecordProblem("wrong_method", f"'{fmt}' records cannot train a {ctx.method} stage", hint)
+    if fmt == "unpaired":
+        return fmt, normalize_unpaired(record, ctx.system_prompt)
     return fmt, normalize(record, fmt, system_prompt=ctx.system_prompt, enable_thinking=spec.enable_thinking)

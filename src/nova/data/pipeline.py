@@ -13,9 +13,10 @@ import os
 import uuid
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Literal
+from typing import Any
 
 from nova.config.data_schema import DataConfig
+from nova.config.schema import Method
 from nova.data import cache
 from nova.data.encode import IGNORE, NO_TRAINED, OK, TOO_LONG, TRUNCATED, ChatTemplate, Encoder
 from nova.data.load import Example, LoadContext, load_sources
@@ -24,7 +25,6 @@ from nova.data.report import DataReport, TokenStats
 from nova.data.turns import TurnSettings
 from nova.errors import DataError, Problem
 
-Method = Literal["sft", "dpo"]
 _HELPERS = ("where", "row", "length", "trained", "masked", "status", "prompt_cut", "completion_cut", "reasoning",
             "per_turn", "empty_think")
 # Below this many records, worker processes cost more to start than they save.
@@ -123,6 +123,9 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int) -> tuple[DataReport
     report.plain_examples = len(train) - report.reasoning_examples
     report.rewritten_turns, report.reasoning_ratio = cfg.rewritten_turns, cfg.reasoning_ratio
     report.train_records, report.eval_records = len(train), len(evals)
+    if method == "kto":
+        report.desirable = sum(1 for ex in train if ex.example["label"])
+        report.undesirable = len(train) - report.desirable
     return report, train, evals
 
 
@@ -141,7 +144,7 @@ def _require_some(report: DataReport, train: list[Example], cfg: DataConfig) -> 
 def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, report: DataReport,
                   train: list[Example], evals: list[Example], *, build: bool) -> tuple[Any, Any]:
     model_name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-    needs_template = method == "dpo" or any(ex.example["kind"] == "chat" for ex in [*train, *evals])
+    needs_template = method != "sft" or any(ex.example["kind"] == "chat" for ex in [*train, *evals])
     template = ChatTemplate(tokenizer, model_name) if needs_template else None
     prompt_len, completion_len = _dpo_lengths(dpo)
     encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
@@ -263,11 +266,12 @@ def _collect(out: dict[str, list[Any]], cols: dict[str, list[Any]], chunks: list
 
 def _arrow(columns: dict[str, list[Any]]) -> Any:
     """Token lists to an Arrow table of int64 lists, built from flat values and offsets (faster than
-    pa.array on a list of lists, which converts and checks row by row)."""
+    pa.array on a list of lists, which converts and checks row by row); KTO's ``label`` is one bool a row."""
     import numpy as np
     import pyarrow as pa
 
-    return pa.table({name: _list_array(values, np, pa) for name, values in columns.items()})
+    return pa.table({name: pa.array(values, type=pa.bool_()) if name == "label" else _list_array(values, np, pa)
+                     for name, values in columns.items()})
 
 
 def _list_array(rows: list[list[int]], np: Any, pa: Any) -> Any:

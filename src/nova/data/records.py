@@ -7,7 +7,9 @@ Arrow and worker processes unchanged):
   apply, ``"reasoning": True`` (a trained reply has reasoning, see nova.data.reasoning),
   ``"enable_thinking": bool`` and ``"tools": [...]`` (passed to the chat template),
 - ``{"kind": "text", "text": str}`` for raw text,
-- ``{"kind": "pref", "prompt": [...], "chosen": msg, "rejected": msg}`` for DPO.
+- ``{"kind": "pref", "prompt": [...], "chosen": msg, "rejected": msg}`` for DPO, ORPO and SimPO,
+- ``{"kind": "unpaired", "prompt": [...], "completion": msg, "label": bool}`` for KTO (read by
+  nova.data.unpaired).
 
 A record that cannot be trained on raises ``RecordProblem`` with a reason slug (counted in
 the report) and a message that says what is wrong in the record's own terms.
@@ -21,15 +23,19 @@ from typing import Any
 
 from nova.data.reasoning import FIELD, ReasoningProblem, might_have_reasoning, split_reasoning
 
-FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "text")
+FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "unpaired", "text")
 SFT_FORMATS = frozenset({"messages", "prompt_completion", "alpaca", "sharegpt", "text"})
 DPO_FORMATS = frozenset({"preference"})
+KTO_FORMATS = frozenset({"unpaired"})
+# A verdict on one reply (KTO): TRL's name, and LLaMA-Factory's (its dataset_info maps kto_tag to a column).
+LABEL_FIELDS = ("label", "kto_tag")
 REQUIRED = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "preference": ("chosen", "rejected"),
+    "unpaired": (),  # a reply in one of three shapes plus a verdict: checked per record (nova.data.unpaired)
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant", "tool")
@@ -60,6 +66,8 @@ def detect_format(record: dict[str, Any]) -> str | None:
     keys = record.keys()
     if {"chosen", "rejected", "chosen_messages", "rejected_messages"} & keys:
         return "preference"
+    if set(LABEL_FIELDS) & keys and ({"messages", "conversations"} & keys or {"prompt", "completion"} <= keys):
+        return "unpaired"
     if "messages" in keys:
         return "messages"
     if "conversations" in keys:
@@ -124,6 +132,9 @@ def dedup_key(example: dict[str, Any]) -> str:
                                                                      strict=True)]
         if "enable_thinking" in example or "tools" in example:  # they change what is rendered
             parts.append(json.dumps([example.get("enable_thinking"), example.get("tools")], sort_keys=True))
+    elif kind == "unpaired":
+        parts = [*map(_message_key, example["prompt"]), "\x1d", _message_key(example["completion"]), "\x1d",
+                 str(example["label"])]
     else:
         parts = [*map(_message_key, example["prompt"]), "\x1d", _message_key(example["chosen"]), "\x1d",
                  _message_key(example["rejected"])]

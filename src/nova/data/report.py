@@ -29,6 +29,7 @@ REASONS = {
     "no_assistant_turn": "no assistant turn to learn from",
     "chosen_equals_rejected": "chosen identical to rejected",
     "bad_loss_weight": "bad loss_weight",
+    "bad_label": "label is not true or false",
     "wrong_method": "format does not fit the stage method",
     "template_error": "chat template failed",
     "template_not_prefix_consistent": "chat template not prefix-consistent",
@@ -118,6 +119,10 @@ class DataReport:
     per_turn_chats: int = 0  # chats rendered turn by turn (the template rewrites history), train+eval
     per_turn_sequences: int = 0
     empty_think_masked: int = 0
+    replayed: dict[str, int] = field(default_factory=dict)  # earlier phase -> sequences mixed in (retention.replay)
+    replay_share: float | None = None
+    desirable: int = 0  # KTO: training replies labelled good (after the mix)
+    undesirable: int = 0
     tokens: TokenStats | None = None
     eval_tokens: TokenStats | None = None
     token_note: str | None = None
@@ -199,6 +204,14 @@ class DataReport:
                   ("over max_samples", self.capped)]
         out = [f"  {label}: {n}" for label, n in counts if n]
         out.append(f"  holdout: {self.split}")
+        if self.desirable or self.undesirable:
+            out.append(self._label_line())
+        if self.replayed:
+            total = sum(self.replayed.values())
+            out.append(f"  replay: {total} sequences of earlier phases mixed in ("
+                       + ", ".join(f"{k} {v}" for k, v in self.replayed.items())
+                       + f"; retention.replay {self.replay_share}: {_percent(total, total + self.train_records)} "
+                       "of the training sequences)")
         chats = self.reasoning_examples + self.plain_examples
         if self.reasoning_examples or self.reasoning_ratio is not None:
             held = (f" [data.reasoning_ratio {self.reasoning_ratio}: {self.ratio_repeated} repeated, "
@@ -206,6 +219,15 @@ class DataReport:
             out.append(f"  reasoning: {self.reasoning_examples} of {chats} training chats "
                        f"({_percent(self.reasoning_examples, chats)}), plain {self.plain_examples}{held}")
         return out
+
+    def _label_line(self) -> str:
+        """KTO's good/bad counts; unequal counts call for weights (KTO paper, eq. 8)."""
+        good, bad = self.desirable, self.undesirable
+        line = f"  labels: {good} desirable, {bad} undesirable"
+        if good and bad and good != bad:
+            line += (f" (unequal: keep kto.desirable_weight x {good} / (kto.undesirable_weight x {bad}) between 1 "
+                     f"and 1.33, e.g. undesirable_weight {good / bad:.2f} with desirable_weight 1)")
+        return line
 
     def _token_lines(self) -> list[str]:
         if self.tokens is None:
@@ -217,7 +239,7 @@ class DataReport:
                + (f", {self.dropped_no_trained} dropped (no trained token left after truncation)"
                   if self.dropped_no_trained else "")]
         if self.prompt_truncated or self.completion_truncated:
-            out.append(f"  dpo: {self.prompt_truncated} prompts truncated (start cut), "
+            out.append(f"  {self.method}: {self.prompt_truncated} prompts truncated (start cut), "
                        f"{self.completion_truncated} completions truncated (end cut)")
         total = t.trained_tokens + t.masked_tokens
         share = 100.0 * t.trained_tokens / total if total else 0.0

@@ -7,7 +7,9 @@ looks like one llama.cpp made itself:
   into llama.cpp's rotary layout (transformers' GGUF loader applies the inverse, so a round trip
   is exact); qwen2 (q/k/v biases) and qwen3 (q/k norms) keep their own names, unpermuted.
 - 1-D tensors (norms, biases) stay F32; 2-D weights become F16, Q8_0 or F32 (``outtype``). A Q8_0
-  tensor whose rows are not a multiple of 32 falls back to F16, as llama.cpp does.
+  tensor whose rows are not a multiple of 32 falls back to F16, as llama.cpp does. The llama.cpp
+  presets q4_0, q4_k_m, q5_k_m and q6_k mix types per tensor as ``llama-quantize`` does, with
+  llama.cpp's own quantizer (``nova.export.gguf_quant``, needs the optional xllamacpp package).
 - Tied embeddings: no ``output.weight`` tensor; llama.cpp then reuses ``token_embd``.
 - Tokenizer: byte-level BPE or SentencePiece-style BPE with its merges, special ids and chat
   template, written by ``nova.export.gguf_vocab``.
@@ -26,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from nova.errors import NovaError
+from nova.export.gguf_quant import FILE_TYPES, PRESETS, preset_type, quantizer
 from nova.export.gguf_vocab import write_tokenizer
 from nova.files import replace_path, temp_sibling
 from nova.lazy import require
 
-OUTTYPES = ("f16", "q8_0", "f32")
+OUTTYPES = ("f16", "q8_0", "f32", *PRESETS)
+# Provenance of an export directory: what it was made from; ``--force`` replaces only a directory holding it.
+EXPORT_INFO = "nova_export.json"
 
 
 @dataclass(frozen=True)
@@ -167,14 +172,16 @@ def permute_qk(weights: Any, n_head: int, n_head_kv: int | None = None) -> Any:
     return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def choose_type(shape: tuple[int, ...], outtype: str) -> Any:
-    """The GGML type for one tensor: 1-D stays F32, 2-D follows ``outtype``."""
+def choose_type(shape: tuple[int, ...], outtype: str, name: str = "", n_layer: int = 0, tied: bool = False) -> Any:
+    """The GGML type for one tensor: 1-D stays F32, 2-D follows ``outtype`` (a preset: per tensor name)."""
     gguf = require("gguf")
     qt = gguf.GGMLQuantizationType
     if len(shape) <= 1 or outtype == "f32":
         return qt.F32
     if outtype == "f16":
         return qt.F16
+    if outtype in PRESETS:
+        return qt[preset_type(name, shape[-1], outtype, n_layer, tied)]
     block = gguf.GGML_QUANT_SIZES[qt.Q8_0][0]
     return qt.Q8_0 if shape[-1] % block == 0 else qt.F16
 
@@ -226,7 +233,8 @@ def plan_tensors(model: Any, spec: ArchSpec, outtype: str) -> list[PlannedTensor
         elif spec.permute_qk and re.search(r"\.attn_k\.(weight|bias)$", name):
             heads = (n_head, n_kv)
         shape = tuple(int(d) for d in tensor.shape)
-        plan.append(PlannedTensor(name, shape, choose_type(shape, outtype), _source(tensor, heads)))
+        qtype = choose_type(shape, outtype, name, config.num_hidden_layers, tied)
+        plan.append(PlannedTensor(name, shape, qtype, _source(tensor, heads)))
     _, scaling = rope_settings(config)
     if (scaling.get("rope_type") or scaling.get("type")) == "llama3":
         factors = llama3_rope_factors(config)
@@ -278,11 +286,18 @@ def write_gguf(path: Path, model: Any, tok: Any, spec: ArchSpec, outtype: str, n
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for item in plan:
-            data = gguf.quants.quantize(np.ascontiguousarray(item.source()), item.qtype)
-            writer.write_tensor_data(data)
+            writer.write_tensor_data(_quantize(np.ascontiguousarray(item.source()), item.qtype, outtype))
     finally:
         writer.close()
     return counts
+
+
+def _quantize(data: Any, qtype: Any, outtype: str) -> Any:
+    """Tensor bytes: float types and q8_0 by the gguf package, the presets' types by llama.cpp itself."""
+    gguf = require("gguf")
+    if outtype in PRESETS and qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return quantizer(outtype).quantize(data, qtype)
+    return gguf.quants.quantize(data, qtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +308,24 @@ def write_gguf(path: Path, model: Any, tok: Any, spec: ArchSpec, outtype: str, n
 def _file_type(outtype: str) -> int:
     gguf = require("gguf")
     ft = gguf.LlamaFileType
+    if outtype in PRESETS:
+        return int(ft[FILE_TYPES[outtype]])
     return {"f32": ft.ALL_F32, "f16": ft.MOSTLY_F16, "q8_0": ft.MOSTLY_Q8_0}[outtype]
+
+
+def _type_notes(outtype: str, counts: dict[str, int]) -> list[str]:
+    """Say where llama.cpp's rules fell back to another type (rows not whole blocks of the preset's type)."""
+    if outtype == "q8_0" and counts.get("F16"):
+        return [f"{counts['F16']} tensors with rows not a multiple of 32 were written as F16"]
+    if outtype not in PRESETS:
+        return []
+    odd = {k: n for k, n in counts.items() if k in ("Q5_0", "Q5_1", "Q8_0", "F16")}
+    if outtype == "q4_0":
+        odd.pop("Q8_0", None)
+    if not odd:
+        return []
+    shown = ", ".join(f"{n} {k}" for k, n in sorted(odd.items()))
+    return [f"{outtype}: rows that are not whole blocks of the preset's type fell back as llama.cpp does ({shown})"]
 
 
 def check_merged_dir(model_dir: Path) -> None:
@@ -345,6 +377,8 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "
     if out.exists() and not force:
         raise NovaError(f"output exists: {out}", hint="choose another --out, or pass --force to replace it")
     require("gguf")  # the install hint before minutes of loading, not after
+    if outtype in PRESETS:
+        quantizer(outtype)
     check_merged_dir(src)
     try:
         check_supported(require("transformers").AutoConfig.from_pretrained(str(src)))
@@ -362,6 +396,5 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "
         replace_path(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    if outtype == "q8_0" and counts.get("F16"):
-        notes.append(f"{counts['F16']} tensors with rows not a multiple of 32 were written as F16")
+    notes += _type_notes(outtype, counts)
     return ExportResult(path=out, size_bytes=out.stat().st_size, notes=notes, tensor_types=counts)

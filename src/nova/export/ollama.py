@@ -30,15 +30,13 @@ from nova.export.chat_format import (
     go_messages,
     go_template,
 )
-from nova.export.gguf_export import ExportResult, check_merged_dir, export_gguf
+from nova.export.gguf_export import EXPORT_INFO, ExportResult, check_merged_dir, export_gguf
 from nova.files import atomic_dir, check_output_dir, dir_size, portable_path
 from nova.lazy import require
 
 __all__ = ["SAMPLE_CONVERSATIONS", "ChatFormat", "check_template", "derive_chat_format", "export_ollama",
            "go_messages", "go_template", "modelfile_text"]
 
-# Provenance of an export: what it was made from; ``--force`` replaces only a directory holding it.
-EXPORT_INFO = "nova_export.json"
 
 # Files Ollama reads when it imports a safetensors directory (those that exist are copied).
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -46,15 +44,24 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
                "chat_template.jinja", "added_tokens.json")
 
 def stop_tokens(tok: Any, fmt: ChatFormat) -> list[str]:
-    """eos plus the end-of-turn tokens the format writes (what Ollama must stop generating at)."""
+    """What Ollama must stop generating at: eos, then the tokenizer's end-of-turn tokens.
+
+    The end-of-turn tokens are read off the tokenizer and its template, not off a list of names:
+    every special token the template writes after an assistant reply (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``, or a model's own), in the order it writes them, plus the
+    known end-of-turn names the template writes anywhere (a template that ends a turn only in
+    the next user block).
+    """
     from nova.model.gguf import END_OF_TURN_TOKENS
 
+    closing = fmt.assistant[1]
+    specials = {str(t.content) for t in getattr(tok, "added_tokens_decoder", {}).values() if t.special}
+    specials |= set(getattr(tok, "all_special_tokens", []) or [])
+    found = sorted((closing.index(t), t) for t in specials if t and t in closing)
     written = "".join([*fmt.assistant, *fmt.user, fmt.generation_prompt])
     stops: list[str] = []
-    if tok.eos_token:
-        stops.append(tok.eos_token)
-    for token in END_OF_TURN_TOKENS:
-        if token in written and token not in stops:
+    for token in [tok.eos_token, *(t for _, t in found), *(t for t in END_OF_TURN_TOKENS if t in written)]:
+        if token and token not in stops:
             stops.append(token)
     return stops
 
@@ -74,7 +81,7 @@ def sampling_parameters(model_dir: Path) -> dict[str, float | int]:
     return params
 
 
-def modelfile_text(model_dir: Path, tok: Any, config: Any, source: str = ".") -> str:
+def modelfile_text(model_dir: Path, tok: Any, config: Any, source: str = ".", adapter: str | None = None) -> str:
     """The Modelfile for ``model_dir`` (NovaError when its chat template cannot be expressed)."""
     fmt = derive_chat_format(tok)
     template = go_template(fmt)
@@ -91,10 +98,10 @@ def modelfile_text(model_dir: Path, tok: Any, config: Any, source: str = ".") ->
         if prompt is not None:
             lines.append(f"# think: {mode} gives the template's {fmt.switch}={mode.title()} generation prompt.")
     lines += [f"# Not expressed: {note}" for note in fmt.notes]
-    lines += [
-        f"FROM {source}",
-        f'TEMPLATE """{template}"""',
-    ]
+    lines.append(f"FROM {source}")
+    if adapter:
+        lines.append(f"ADAPTER {adapter}")
+    lines.append(f'TEMPLATE """{template}"""')
     lines += [f"PARAMETER stop {_modelfile_string(s)}" for s in stop_tokens(tok, fmt)]
     for key, value in sampling_parameters(model_dir).items():
         lines.append(f"PARAMETER {key} {value}")
@@ -104,9 +111,16 @@ def modelfile_text(model_dir: Path, tok: Any, config: Any, source: str = ".") ->
 
 
 def _modelfile_string(text: str) -> str:
-    """A quoted Modelfile argument; the token text is kept as is (Ollama matches it literally)."""
-    if '"' in text or "\\" in text or "\n" in text:
-        return json.dumps(text, ensure_ascii=False)
+    """A quoted Modelfile argument, exactly as Ollama's parser reads it back.
+
+    Ollama takes what is between the quotes as is (no escapes: a backslash stays a backslash) and
+    closes a quoted value at the first line end where it ends with a quote, so only a value with a
+    line that ends in a quote cannot be written.
+    """
+    lines = text.split("\n")
+    unreadable = any(line.rstrip().endswith('"') for line in lines[:-1]) or text.startswith('""')
+    if unreadable or not all(ch.isprintable() or ch in "\n\t" for ch in text):
+        raise NovaError(f"the stop token {text!r} cannot be written as a Modelfile string")
     return f'"{text}"'
 
 
@@ -115,7 +129,7 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
     """Write an Ollama model directory: model files (or a GGUF) plus a Modelfile.
 
     Without ``outtype`` the merged safetensors and tokenizer files are copied and the Modelfile
-    says ``FROM .`` (Ollama converts them itself); with ``outtype`` (f16, q8_0, f32) nova writes
+    says ``FROM .`` (Ollama converts them itself); with ``outtype`` (any of gguf_export.OUTTYPES) nova writes
     ``model-<outtype>.gguf`` instead and the Modelfile points at it. Copies, not hard links: a later
     ``nova merge --force`` rewrites its files in place and must not change an export.
     """
@@ -141,7 +155,51 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
         info = {"format": 1, "kind": "ollama", "source": portable_path(src, out), "weights": gguf_name or "safetensors",
                 "nova_version": __version__}
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        write_model_dir_card(tmp, src, kind="ollama")
     return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)
+
+
+def export_ollama_run(run_dir: str | Path, out_dir: str | Path, *, outtype: str | None = None,
+                      force: bool = False) -> ExportResult:
+    """An Ollama directory for a run without merging: the base as GGUF plus the chain as a GGUF LoRA adapter.
+
+    The Modelfile says ``FROM ./base-<outtype>.gguf`` and ``ADAPTER ./adapter.gguf``; the TEMPLATE
+    comes from the run's tokenizer (the base's, or the run's chat_template override).
+    """
+    from nova.export.gguf_lora import export_lora_gguf
+    from nova.model.loading import load_tokenizer, resolve_base
+    from nova.runs import read_run
+    from nova.runs.card import write_card
+
+    out = Path(out_dir).expanduser()
+    check_output_dir(out, force, marker=EXPORT_INFO)
+    record = read_run(Path(run_dir).expanduser())
+    record.require_adapters()
+    source = Path(resolve_base(record.model))
+    if not (source / "config.json").is_file():
+        raise NovaError(f"the run's base '{record.model.base}' is not a local model directory, and an Ollama export "
+                        "of a run writes the base as GGUF", hint="set model.base to a local copy, or merge the run "
+                        "and export the merged model (nova merge, then nova export --model)")
+    tok = load_tokenizer(record.model, str(source))
+    config = require("transformers").AutoConfig.from_pretrained(str(source))
+    base_name = f"base-{outtype or 'f16'}.gguf"
+    text = modelfile_text(source, tok, config, source=f"./{base_name}", adapter="./adapter.gguf")
+    with atomic_dir(out, force, check=False) as tmp:
+        notes = export_gguf(source, tmp / base_name, outtype=outtype or "f16").notes
+        notes += export_lora_gguf(record.run.path, tmp / "adapter.gguf").notes
+        (tmp / "Modelfile").write_text(text)
+        info = {"format": 1, "kind": "ollama", "run_dir": portable_path(record.run.path, out), "weights": base_name,
+                "adapter": "adapter.gguf", "nova_version": __version__}
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        write_card(tmp, record, kind="ollama")
+    return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)
+
+
+def write_model_dir_card(directory: Path, model_dir: Path, *, kind: str) -> None:
+    """The card of an export of ``model_dir``: the run's card when nova merged it, else what is known."""
+    from nova.runs.card import model_dir_card
+
+    (directory / "README.md").write_text(model_dir_card(model_dir, kind), encoding="utf-8")
 
 
 def _copy_model_files(src: Path, dest: Path) -> None:

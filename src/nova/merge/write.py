@@ -130,4 +130,12 @@ def write_verified(plan: MergePlan, model: Any, tokenizer: Any, batches: list[An
             raise NovaError(f"the written model reloads with logits {parity.saved_vs_merged_cast:.3g} away from "
                             f"the merged weights (tolerance {tolerance:g}); nothing was kept")
         write_info(tmp / MERGE_INFO, plan, parity)
+        _write_card(tmp, plan)
     return gen
+
+
+def _write_card(tmp: Path, plan: MergePlan) -> None:
+    """The merged model's README.md: what was merged, the data, settings, eval losses, how to load it."""
+    from nova.runs.card import write_card
+
+    write_card(tmp, plan.inputs.record, kind="merged", here=".")

@@ -15,6 +15,7 @@ resume it at the root of a checkpoint); earlier phases' adapters carry their pha
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,11 +55,15 @@ def stack_frozen(model: Any, chain: Sequence[AdapterRef]) -> Any:
     peft_model = model
     for ref in chain:
         _check_adapter_dir(ref)
-        if isinstance(peft_model, peft.PeftModel):
-            peft_model.load_adapter(str(ref.path), adapter_name=ref.name, is_trainable=False)
-        else:
-            peft_model = peft.PeftModel.from_pretrained(peft_model, str(ref.path), adapter_name=ref.name,
-                                                        is_trainable=False)
+        with warnings.catch_warnings():
+            # A chained phase's adapter_config.json names the adapters it needs (nova.runs.card_usage);
+            # PEFT ignores the key with a warning, which nova, stacking that very chain, does not need.
+            warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['nova_requires_adapters'\]")
+            if isinstance(peft_model, peft.PeftModel):
+                peft_model.load_adapter(str(ref.path), adapter_name=ref.name, is_trainable=False)
+            else:
+                peft_model = peft.PeftModel.from_pretrained(peft_model, str(ref.path), adapter_name=ref.name,
+                                                            is_trainable=False)
         # The file names the base portably (see save_trainable); PEFT looks the base up by this field
         # (is the vocabulary changed?) and would ask the hub about a bare name: point it at the loaded base.
         base_path = getattr(model, "name_or_path", None)

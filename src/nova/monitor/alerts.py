@@ -24,6 +24,42 @@ THROUGHPUT_WINDOW = 20  # tokens/s samples in the running median
 THROUGHPUT_MIN_SAMPLES = 3  # samples needed before a drop can be judged
 
 
+class StepClock:
+    """Seconds spent inside optimizer steps (forward, backward, optimizer), nothing else.
+
+    The Trainer calls ``on_step_begin`` before a step's first micro batch and ``on_step_end`` after
+    the optimizer step; evaluation, checkpoint saving, logging and plotting all happen outside
+    that window. Throughput measured over this clock is the training speed, so a step that also
+    evaluated and saved is not a "drop".
+    """
+
+    def __init__(self, clock: Any = time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds = 0.0
+        self._began: float | None = None
+
+    def begin(self) -> None:
+        self._began = self.clock()
+
+    def end(self) -> None:
+        if self._began is not None:
+            self.seconds += self.clock() - self._began
+            self._began = None
+
+
+class Throughput:
+    """Tokens per second of training between two logs, over a StepClock."""
+
+    def __init__(self, clock: StepClock, tokens_seen: int = 0) -> None:
+        self.steps = clock
+        self._mark = (clock.seconds, tokens_seen)
+
+    def sample(self, tokens_seen: int) -> float | None:
+        previous, self._mark = self._mark, (self.steps.seconds, tokens_seen)
+        elapsed, tokens = self.steps.seconds - previous[0], tokens_seen - previous[1]
+        return tokens / elapsed if elapsed > 0 and tokens > 0 else None
+
+
 @dataclass(frozen=True)
 class Alert:
     """One alert: a console line and a record in ``alerts.jsonl``."""
@@ -100,6 +136,7 @@ class Watcher:
         self.config = config
         self.stage = stage
         self.gate = AlertGate(config.alert_repeat_steps)
+        self._grad_baseline: list[float] = []  # the first finite norms: what "normal" is for this stage
         self._tps: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)
         self._tps_seen = 0
         self._evals: list[tuple[int, float]] = []
@@ -116,20 +153,48 @@ class Watcher:
         return [Alert(time.time(), step, self.stage, kind, finite, threshold,
                       f"{text} at step {step} ({self.stage})")]
 
+    def grad_norm_ceiling(self) -> tuple[float | None, str]:
+        """The gradient-norm alert threshold now, and how it was set.
+
+        ``grad_norm_max: auto`` (the default) scales with what this stage's first logged steps show
+        (``grad_norm_spike`` x their median), because a fixed number is wrong for some method or
+        model: DPO's and full fine-tuning's norms sit well above SFT-LoRA's from the first step.
+        Until the baseline is known only a non-finite norm alerts.
+        """
+        c = self.config
+        if c.grad_norm_max != "auto":
+            return float(c.grad_norm_max), ""
+        if len(self._grad_baseline) < c.grad_norm_baseline_steps:
+            return None, ""
+        median = statistics.median(self._grad_baseline)
+        return c.grad_norm_spike * median, (f" ({fmt(c.grad_norm_spike)}x the median {fmt(median)} of the first "
+                                            f"{len(self._grad_baseline)} logged steps)")
+
     def observe_train(self, step: int, grad_norm: float | None, tokens_per_second: float | None) -> list[Alert]:
         """A training log: gradient norm bounds and throughput against its running median."""
         out: list[Alert] = []
         c = self.config
         if grad_norm is not None:
-            high = not math.isfinite(grad_norm) or grad_norm > c.grad_norm_max
-            out += self._alert("grad_norm_high", high, step, grad_norm, c.grad_norm_max,
-                               f"alert: grad_norm {fmt(grad_norm)} > {fmt(c.grad_norm_max)}")
-            low = math.isfinite(grad_norm) and grad_norm < c.grad_norm_min
+            ceiling, why = self.grad_norm_ceiling()
+            finite = math.isfinite(grad_norm)
+            high = not finite or (ceiling is not None and grad_norm > ceiling)
+            shown = fmt(ceiling) if ceiling is not None else "a finite value"
+            out += self._alert("grad_norm_high", high, step, grad_norm, ceiling,
+                               f"alert: grad_norm {fmt(grad_norm)} > {shown}{why}")
+            if finite and len(self._grad_baseline) < c.grad_norm_baseline_steps:
+                self._grad_baseline.append(grad_norm)
+            low = finite and grad_norm < c.grad_norm_min
             out += self._alert("grad_norm_low", low, step, grad_norm, c.grad_norm_min,
                                f"alert: grad_norm {fmt(grad_norm)} < {fmt(c.grad_norm_min)} (is anything learning?)")
         if tokens_per_second is not None:
             out += self._throughput(step, tokens_per_second)
         return out
+
+    def replay_grad_norms(self, norms: list[float]) -> None:
+        """Rebuild the gradient-norm baseline after a resume (from metrics.jsonl)."""
+        for norm in norms:
+            if math.isfinite(norm) and len(self._grad_baseline) < self.config.grad_norm_baseline_steps:
+                self._grad_baseline.append(norm)
 
     def _throughput(self, step: int, tps: float) -> list[Alert]:
         """The first sample is skipped: it carries start-up (CUDA init, first allocations), not speed."""
@@ -201,6 +266,22 @@ class Watcher:
                                 f"{evals(self._since_best)} ({best}) at step {step} ({self.stage}); "
                                 "stopping this stage"))
         return EvalVerdict(alerts, stop)
+
+
+def forgetting_alerts(path: Path, log: RunLog, phase: str, table: dict[str, dict[str, Any]],
+                      threshold: float) -> list[Alert]:
+    """An alert per earlier phase (or retention set) whose holdout loss rose more than ``threshold``."""
+    sink = AlertSink(path, log)
+    out = []
+    for name, row in table.items():
+        change = float(row["change"])
+        if change > threshold:
+            alert = Alert(time.time(), -1, phase, "forgetting", change, threshold,
+                          f"alert: forgetting: {name} holdout loss rose {change:.1%} > {threshold:.0%} "
+                          f"({fmt(row['eval_loss_before'])} -> {fmt(row['eval_loss_after'])}) after phase {phase}")
+            sink.emit(alert)
+            out.append(alert)
+    return out
 
 
 class AlertSink:

@@ -13,7 +13,7 @@ from typing import Any
 from nova.config.monitor_schema import MonitorConfig
 from nova.console import RunLog
 from nova.lazy import require
-from nova.monitor.alerts import Alert, AlertSink, GpuSample, Watcher
+from nova.monitor.alerts import Alert, AlertSink, GpuSample, StepClock, Throughput, Watcher
 from nova.runs.jsonl import number, read_jsonl
 from nova.runs.layout import RunDir
 
@@ -24,8 +24,10 @@ class MonitorCallback(transformers.TrainerCallback):
     """Watches one stage. Register it before MetricsCallback so the GPU keys it adds to ``logs``
     are written to metrics.jsonl.
 
-    Throughput is measured here between two training logs like MetricsCallback does, but the
-    clock restarts after each evaluation and checkpoint save, so an eval pause is not a "drop".
+    Throughput is measured on training steps only (nova.monitor.alerts.StepClock): evaluation,
+    checkpoint saving and plotting between steps do not count, so a step that also evaluated and
+    saved is not a "drop". The value goes into the logs, so metrics.jsonl and ``nova status``
+    show the same number the alert judged.
     """
 
     def __init__(self, run_dir: Path, config: MonitorConfig, log: RunLog, stage: str,
@@ -42,7 +44,8 @@ class MonitorCallback(transformers.TrainerCallback):
 
             self.sampler = GpuSampler(gpu_index)
         self.clock: Callable[[], float] = time.perf_counter  # replaceable in tests
-        self._mark: tuple[float, int] | None = None
+        self.steps = StepClock(self.clock)
+        self.throughput = Throughput(self.steps)
         self._last_plot_step = 0
         self._plot_due = False
         self._plot_failed = False
@@ -50,7 +53,8 @@ class MonitorCallback(transformers.TrainerCallback):
     # -- events -------------------------------------------------------------------------------
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._mark = (self.clock(), state.num_input_tokens_seen)
+        self.steps = StepClock(self.clock)
+        self.throughput = Throughput(self.steps, int(state.num_input_tokens_seen or 0))
         self._last_plot_step = state.global_step
         if state.global_step > 0 and not self.watcher.seen_evals:
             self._replay(state, control)
@@ -58,9 +62,10 @@ class MonitorCallback(transformers.TrainerCallback):
     def _replay(self, state: Any, control: Any) -> None:
         """A resumed stage: recover the eval history from metrics.jsonl so early-stopping patience
         and the rising-loss count carry over the interruption instead of starting again."""
-        history = [(int(r["step"]), float(v)) for r in read_jsonl(RunDir(self.run_dir).metrics)
-                   if r.get("stage") == self.stage and isinstance(r.get("step"), int)
-                   and r["step"] <= state.global_step and (v := number(r.get("eval_loss"))) is not None]
+        mine = [r for r in read_jsonl(RunDir(self.run_dir).metrics) if r.get("stage") == self.stage
+                and isinstance(r.get("step"), int) and r["step"] <= state.global_step]
+        self.watcher.replay_grad_norms([v for r in mine if (v := number(r.get("grad_norm"))) is not None])
+        history = [(int(r["step"]), float(v)) for r in mine if (v := number(r.get("eval_loss"))) is not None]
         if self.watcher.replay_evals(history):
             self.log.say(f"early stop: eval_loss had already stopped improving before the resume at step "
                          f"{state.global_step} ({self.stage}); stopping this stage")
@@ -77,7 +82,10 @@ class MonitorCallback(transformers.TrainerCallback):
             logs.update(gpu.as_logs())
             alerts += self.watcher.observe_gpu(step, gpu)
         if "loss" in logs:
-            alerts += self.watcher.observe_train(step, number(logs.get("grad_norm")), self._throughput(state))
+            tps = self.throughput.sample(int(state.num_input_tokens_seen or 0))
+            if tps is not None:
+                logs["tokens_per_second"] = round(tps, 2)
+            alerts += self.watcher.observe_train(step, number(logs.get("grad_norm")), tps)
         eval_loss = number(logs.get("eval_loss"))
         if eval_loss is not None:
             verdict = self.watcher.observe_eval(step, eval_loss)
@@ -94,12 +102,10 @@ class MonitorCallback(transformers.TrainerCallback):
             self._plot_due = False
             self._last_plot_step = state.global_step
             self.draw()
+        self.steps.begin()  # after the plot: drawing is not training time
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._restart_clock(state)
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._restart_clock(state)
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.steps.end()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
@@ -129,16 +135,3 @@ class MonitorCallback(transformers.TrainerCallback):
             self.sampler = None
             return None
         return sample
-
-    def _throughput(self, state: Any) -> float | None:
-        now, seen = self.clock(), int(state.num_input_tokens_seen or 0)
-        previous, self._mark = self._mark, (now, seen)
-        if previous is None:
-            return None
-        elapsed, tokens = now - previous[0], seen - previous[1]
-        return tokens / elapsed if elapsed > 0 and tokens > 0 else None
-
-    def _restart_clock(self, state: Any) -> None:
-        if self._mark is not None:
-            self._mark = (self.clock(), int(state.num_input_tokens_seen or 0))
-

@@ -1,4 +1,5 @@
-"""plots/loss.png from metrics.jsonl: loss and learning rate, and DPO reward margins and accuracy.
+"""plots/loss.png from metrics.jsonl: loss and learning rate, DPO reward margins and accuracy, and
+the forgetting table (retention.json: each earlier phase's holdout loss before and after this phase).
 
 Stages of a phase are drawn one after another on one step axis (the second stage starts where
 the first ended, marked by a dotted line and its name), so an SFT->DPO phase reads left to right.
@@ -34,6 +35,7 @@ class Curves:
     eval_margins: Points = field(default_factory=list)
     eval_accuracies: Points = field(default_factory=list)
     stage_starts: list[tuple[float, str]] = field(default_factory=list)
+    forgetting: list[tuple[str, float, float]] = field(default_factory=list)  # (set, loss before, loss after)
 
     @property
     def has_dpo(self) -> bool:
@@ -90,6 +92,7 @@ def plot_run(run_dir: Path) -> Path:
     if not records:
         raise NovaError(f"{metrics} has no metrics yet", hint="wait for the first logged step")
     curves = build_curves(records)
+    curves.forgetting = forgetting_bars(run)
     dest = run.plot
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{temp_sibling(dest)}.png")  # the suffix tells matplotlib the format
@@ -101,6 +104,19 @@ def plot_run(run_dir: Path) -> Path:
     return dest
 
 
+def forgetting_bars(run: RunDir) -> list[tuple[str, float, float]]:
+    """(holdout set, loss before, loss after) from the run's retention.json; empty without one."""
+    from nova.runs.retention import read_retention
+
+    table = (read_retention(run) or {}).get("forgetting") or {}
+    out = []
+    for name, row in table.items():
+        before, after = number(row.get("eval_loss_before")), number(row.get("eval_loss_after"))
+        if before is not None and after is not None:
+            out.append((str(name), before, after))
+    return out
+
+
 def _xy(points: Points) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
@@ -109,10 +125,16 @@ def _draw(curves: Curves, title: str, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = 2 if curves.has_dpo else 1
+    panels = (2 if curves.has_dpo else 1) + (1 if curves.forgetting else 0)
     fig = Figure(figsize=(10, 3.8 * panels + 0.6), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    every = fig.subplots(panels, 1, squeeze=False)[:, 0]
+    if curves.forgetting:
+        _draw_forgetting(every[-1], curves.forgetting)
+        every = every[:-1]
+    axes = every
+    for panel in axes[1:]:
+        panel.sharex(axes[0])
     ax = axes[0]
     handles = []
     if curves.train_loss:
@@ -140,6 +162,19 @@ def _draw(curves: Curves, title: str, path: Path) -> None:
     axes[-1].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path, format="png")
+
+
+def _draw_forgetting(ax: Any, bars: list[tuple[str, float, float]]) -> None:
+    xs = list(range(len(bars)))
+    ax.bar([x - 0.2 for x in xs], [b[1] for b in bars], width=0.4, color="0.6", label="before this phase")
+    ax.bar([x + 0.2 for x in xs], [b[2] for b in bars], width=0.4, color="C1", label="after this phase")
+    for x, (_, before, after) in zip(xs, bars, strict=True):
+        change = (after - before) / before if before > 0 else 0.0
+        ax.text(x + 0.2, after, f"{change:+.1%}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
+    ax.set_ylabel("holdout loss")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("forgetting: earlier holdouts on this phase's model")
 
 
 def _draw_dpo(ax: Any, curves: Curves) -> None:

@@ -78,7 +78,19 @@ def phase_lines(ps: PhaseStatus, now: float) -> list[str]:
         out.append(f"  recoveries: {ps.recoveries} (out-of-memory retries with a smaller batch; see recoveries.jsonl)")
     if ps.error:
         out.append(f"  error:      {ps.error}")
-    return out + _alerts(ps)
+    return out + _forgetting(ps) + _alerts(ps)
+
+
+def _forgetting(ps: PhaseStatus) -> list[str]:
+    """One line per earlier phase (or retention set): its holdout loss before and after this phase."""
+    out = []
+    for name, row in ps.forgetting.items():
+        before, after, change = (number(row.get(k)) for k in ("eval_loss_before", "eval_loss_after", "change"))
+        if before is None or after is None or change is None:
+            continue
+        label = "forgetting: " if not out else " " * 12
+        out.append(f"  {label}{name} holdout loss {before:.4f} -> {after:.4f} ({change:+.1%})")
+    return out
 
 
 def status_lines(status: RunStatus) -> list[str]:

@@ -20,6 +20,7 @@ from nova.runs.jsonl import number, read_jsonl
 from nova.runs.layout import PIPELINE, RunDir
 from nova.runs.process import ProcessInfo, read_process
 from nova.runs.record import RunRecord, read_run
+from nova.runs.retention import read_retention
 from nova.runs.state import read_pipeline
 
 LAST_ALERTS = 3
@@ -53,6 +54,8 @@ class PhaseStatus:
     started: float | None = None
     ended: float | None = None
     recoveries: int = 0
+    # per earlier phase (or retention:<path>): eval_loss_before, eval_loss_after, change (nova.runs.retention)
+    forgetting: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +114,16 @@ def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] |
     if ps.stage is not None:
         _fill_stage(ps, run, record, [r for r in records if str(r.get("stage", "")) == ps.stage])
     _fill_alerts(ps, run)
+    ps.forgetting = _forgetting(run, entry)
     return ps
+
+
+def _forgetting(run: RunDir, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """pipeline.json's forgetting table of the phase, else the run's own retention.json."""
+    table = entry.get("forgetting")
+    if not isinstance(table, dict):
+        table = (read_retention(run) or {}).get("forgetting")
+    return {k: v for k, v in (table or {}).items() if isinstance(v, dict)}
 
 
 def _fill_alerts(ps: PhaseStatus, run: RunDir) -> None:

@@ -20,7 +20,10 @@ from nova.files import MiB
 from nova.preflight.model_source import ModelSource
 from nova.preflight.report import Check
 
-LR_RANGE = {"sft": (1e-5, 1e-3), "dpo": (1e-6, 1e-4)}
+# Typical LoRA learning rates per method (full fine-tuning uses about 10x less); and the one to suggest.
+LR_RANGE = {"sft": (1e-5, 1e-3), "dpo": (1e-6, 1e-4), "kto": (1e-6, 1e-4), "orpo": (1e-6, 5e-4),
+            "simpo": (1e-7, 1e-4)}
+LR_SUGGESTED = {"sft": 2e-4, "dpo": 5e-6, "kto": 5e-6, "orpo": 5e-5, "simpo": 5e-6}
 EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
@@ -154,11 +157,11 @@ def check_learning_rate(label: str, stage: StageConfig) -> Check:
     if lr < low:
         return Check(label, "warn", f"learning_rate {lr:g} is low for LoRA {stage.method} (typical "
                      f"{low:g}..{high:g}); the adapter will barely learn",
-                     f"raise training.learning_rate to about {2e-4 if stage.method == 'sft' else 5e-6:g}")
+                     f"raise training.learning_rate to about {LR_SUGGESTED[stage.method]:g}")
     if lr > high:
         return Check(label, "warn", f"learning_rate {lr:g} is high for LoRA {stage.method} (typical "
                      f"{low:g}..{high:g}); expect loss spikes or divergence",
-                     f"lower training.learning_rate to about {2e-4 if stage.method == 'sft' else 5e-6:g}")
+                     f"lower training.learning_rate to about {LR_SUGGESTED[stage.method]:g}")
     return Check(label, "pass", f"learning_rate {lr:g} (typical {low:g}..{high:g})")
 
 

@@ -35,7 +35,8 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     block-diagonal mask (nova.train.trainers.choose_batching; flash-attention: one row, no mask), or
     padded batches with a mask.
     DPO (TRL): through ``model.forward`` under autocast, dropout disabled, chosen and rejected
-    padded into one batch, TRL's fused head over completion positions only.
+    padded into one batch, TRL's fused head over completion positions only. ORPO and SimPO run the
+    same path (nova.train.trainers_pref); KTO the same with one reply per prompt.
     """
     fp32 = model.compute_dtype == "fp32" or (model.compute_dtype == "auto" and not on_gpu)
     t = stage.training
@@ -47,9 +48,10 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, method=stage.method,
         attn_implementation=attn, reference_adapter=reference_adapter, frozen_lora_params=frozen_lora_params,
         device="cuda" if on_gpu else "cpu")
-    if stage.method == "dpo":  # TRL caps each pair at prompt + completion lengths (dpo section)
-        seq = min(stage.data.max_length, stage.dpo.max_prompt_length + stage.dpo.max_completion_length)
-        completion = common.micro_batch_size * 2 * min(seq, stage.dpo.max_completion_length)
+    if stage.method != "sft":  # TRL caps each sequence at prompt + completion lengths (the method's section)
+        lengths = stage.length_settings
+        seq = min(stage.data.max_length, lengths.max_prompt_length + lengths.max_completion_length)
+        completion = common.sequences * min(seq, lengths.max_completion_length)
         return replace(common, seq_len=seq, lora_dropout=0.0, attention_masked=attn != "flash_attention_2",
                        loss_impl="fused", loss_tokens=completion, autocast=True)
     seq = stage.data.max_length
@@ -83,7 +85,8 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
             return Check(label, "warn", f"{msg}: less than 10% headroom", _cpu_fix(settings)), est, None
         return Check(label, "pass", msg), est, None
     gpu, need, upper = ctx.gpu, est.total_bytes, est.upper_bytes
-    choice = fit_batch(shape, settings, t.gradient_accumulation_steps, gpu.free_bytes, constants=CALIBRATED)
+    choice = fit_batch(shape, settings, t.gradient_accumulation_steps, gpu.free_bytes, constants=CALIBRATED,
+                       min_micro=stage.min_micro_batch)
     auto = choice.to_dict() if t.auto_fit else None
     where = f"GPU {gpu.index} has {gib(gpu.free_bytes)} free"
     held = [p for p in gpu.processes if p.used_bytes >= HELD_WORTH_NAMING]

@@ -159,7 +159,7 @@ def _persistent(shape: ModelShape, s: Settings) -> tuple[int, dict[str, int]]:
         "optimizer_states": optim,
         # the reference log-probs come from a no-grad pass run once before training (below the training
         # peak); only the frozen copy of the phase adapter, the stage's starting point, stays resident
-        "dpo_reference": lora_w if s.method == "dpo" and s.reference_adapter else 0,
+        "dpo_reference": lora_w if s.method in ("dpo", "kto") and s.reference_adapter else 0,
     }
 
 
@@ -179,8 +179,10 @@ def estimate_for_shape(shape: ModelShape, settings: Settings, c: Constants) -> E
         breakdown["allocator_overhead"] = int(c.pool_fraction * (stored + layer + dequant))
         breakdown["cuda_context"] = int(c.cuda_context_bytes)
     notes = [f"peak at the {'loss' if loss >= layer else 'last layer backward'} ({s.tokens} tokens per micro batch)"]
-    if s.method == "dpo":
-        notes.append(f"DPO: chosen and rejected in one batch ({s.sequences} sequences per micro batch)")
+    if s.method in ("dpo", "orpo", "simpo"):
+        notes.append(f"{s.method.upper()}: chosen and rejected in one batch ({s.sequences} sequences per micro batch)")
+    elif s.method == "kto":
+        notes.append("KTO: the KL batch (each prompt with a neighbour's reply) runs without gradients")
     if s.attn_implementation == "eager":
         notes.append(f"eager attention keeps [{s.row} x {s.row}] scores per head; sdpa does not")
     if s.upcast_unquantized and s.quantization != "none":

@@ -52,13 +52,14 @@ def _divisors_desc(n: int) -> list[int]:
 
 
 def fit_batch(shape: ModelShape, settings: Settings, accumulation: int, budget_bytes: int, *,
-              margin: float = DEFAULT_MARGIN, constants: Constants | None = None) -> FitChoice:
+              margin: float = DEFAULT_MARGIN, constants: Constants | None = None, min_micro: int = 1) -> FitChoice:
     """Choose (micro batch, accumulation, checkpointing) for ``budget_bytes`` with a safety margin.
 
     ``settings`` carries the configured micro batch and checkpointing; ``accumulation`` the
     configured gradient_accumulation_steps. The effective batch size never changes. A candidate
     fits when its estimate plus the wider of ``margin`` and the estimate's stated uncertainty
-    (nova.preflight.uncertainty: wider for long rows) is within the budget.
+    (nova.preflight.uncertainty: wider for long rows) is within the budget. The micro batch stays at
+    or above ``min_micro`` (KTO's KL term pairs two replies of one micro batch).
     """
     c = constants or CALIBRATED
     effective = settings.micro_batch_size * accumulation
@@ -77,7 +78,7 @@ def fit_batch(shape: ModelShape, settings: Settings, accumulation: int, budget_b
     orders = [settings.gradient_checkpointing] + ([True] if not settings.gradient_checkpointing else [])
     for gc in orders:
         for mb in _divisors_desc(effective):
-            if mb > settings.micro_batch_size:
+            if mb > settings.micro_batch_size or mb < min_micro:
                 continue
             e = est(mb, gc)
             if needs(e) <= budget_bytes:
@@ -88,9 +89,10 @@ def fit_batch(shape: ModelShape, settings: Settings, accumulation: int, budget_b
                 return _choice(mb, effective, gc, e, budget_bytes, True, True,
                                f"{', '.join(what)} (same effective batch {effective}): needs about "
                                f"{_gib(e.total_bytes)}, {_gib(needs(e))} with its margin, of {_gib(budget_bytes)}")
-    smallest = est(1, True)
-    return _choice(1, effective, True, smallest, budget_bytes, False, True,
-                   f"does not fit even at micro_batch_size 1 with gradient checkpointing: needs about "
+    low = min(min_micro, settings.micro_batch_size)
+    smallest = est(low, True)
+    return _choice(low, effective, True, smallest, budget_bytes, False, True,
+                   f"does not fit even at micro_batch_size {low} with gradient checkpointing: needs about "
                    f"{_gib(smallest.total_bytes)}, {_gib(needs(smallest))} with its margin, of "
                    f"{_gib(budget_bytes)}; shorten data.max_length, lower lora.r or use a GPU with more memory")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.load import LoadedConfig
-from nova.config.schema import LoraConfig, ModelConfig, StageConfig
+from nova.config.schema import REFERENCE_METHODS, LoraConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
 from nova.plan import Plan, PlannedPhase, PlannedStage, make_plan, resolve_strategy
 from nova.preflight.checks_disk import check_disk, checkpoint_bytes
@@ -230,8 +230,8 @@ def _memory(report: PreflightReport, plan: Plan, name: str, shape: ModelShape, p
     from dataclasses import replace
 
     cfg = stage.config
-    # a DPO stage after another stage of the same phase keeps the adapter's starting copy as reference
-    ref = cfg.method == "dpo" and stage.index > 0
+    # a DPO or KTO stage after another stage of the same phase keeps the adapter's starting copy as reference
+    ref = cfg.method in REFERENCE_METHODS and stage.index > 0
     settings = stage_settings(ph.model, ph.phase.lora, cfg, on_gpu=ctx.gpu is not None, reference_adapter=ref,
                               frozen_lora_params=_frozen_lora_params(plan, ph, shape))
     if world > 1:
@@ -268,4 +268,4 @@ def fit_stage(model_config: dict[str, Any], model: ModelConfig, lora: LoraConfig
     """
     settings = stage_settings(model, lora, stage, on_gpu=True)
     return fit_batch(model_shape(model_config), settings, stage.training.gradient_accumulation_steps,
-                     budget_bytes, margin=margin)
+                     budget_bytes, margin=margin, min_micro=stage.min_micro_batch)

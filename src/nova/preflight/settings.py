@@ -43,7 +43,7 @@ class Settings:
     reentrant: bool = False  # use_reentrant=True checkpointing (nova sets False)
     quant_saves_input: bool = False  # bitsandbytes <= 0.43 kept each 4-bit linear's input for backward
     optimizer: str = "adamw_torch"
-    method: Literal["sft", "dpo"] = "sft"
+    method: Literal["sft", "dpo", "kto", "orpo", "simpo"] = "sft"
     attn_implementation: Attention = "sdpa"
     # An explicit mask reaches SDPA (packed rows, padding): GQA keys/values are repeated to every
     # head and each layer keeps its own additive bias; without one SDPA runs causal flash with GQA.
@@ -64,8 +64,9 @@ class Settings:
 
     @property
     def sequences(self) -> int:
-        """Sequences in one forward pass: DPO concatenates chosen and rejected."""
-        return self.micro_batch_size * (2 if self.method == "dpo" else 1)
+        """Sequences in one forward pass with gradients: DPO, ORPO and SimPO concatenate chosen and rejected
+        (KTO's second pass, the KL batch, runs without gradients and keeps no activations)."""
+        return self.micro_batch_size * (2 if self.method in ("dpo", "orpo", "simpo") else 1)
 
     @property
     def tokens(self) -> int:

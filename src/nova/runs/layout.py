@@ -28,6 +28,7 @@ METRICS = "metrics.jsonl"
 ALERTS = "alerts.jsonl"
 RECOVERIES = "recoveries.jsonl"
 SMOKE = "smoke.jsonl"
+RETENTION = "retention.json"  # holdout losses after the phase and its forgetting table
 PID_FILE = "nova.pid"
 RUN_MARKER = "nova_run.json"  # written when nova makes a run directory: --fresh deletes only in these
 PLOT = "plots/loss.png"
@@ -35,7 +36,7 @@ PIPELINE = "pipeline.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # What --fresh forgets of an earlier attempt of a phase.
-ATTEMPT_STATE = (CHECKPOINTS, STAGES, METRICS, RECOVERIES, ALERTS)
+ATTEMPT_STATE = (CHECKPOINTS, STAGES, METRICS, RECOVERIES, ALERTS, RETENTION)
 
 
 def has_adapter(path: Path) -> bool:
@@ -95,6 +96,10 @@ class RunDir:
     @property
     def smoke(self) -> Path:
         return self.path / SMOKE
+
+    @property
+    def retention(self) -> Path:
+        return self.path / RETENTION
 
     @property
     def pid_file(self) -> Path:

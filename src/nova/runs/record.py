@@ -17,7 +17,7 @@ import yaml
 
 from nova.config.base import RECORDED
 from nova.config.load import read_yaml
-from nova.config.schema import ModelConfig, PhaseConfig
+from nova.config.schema import SECTION_METHODS, ModelConfig, PhaseConfig
 from nova.errors import ConfigError, NovaError
 from nova.files import write_text_atomic
 from nova.runs.layout import RunDir, has_adapter, stage_names
@@ -77,7 +77,7 @@ def resolved_config(phase: PhaseConfig, model: ModelConfig, chain: list[AdapterR
     """The ``config.yaml`` mapping of a run: the phase as it runs, its base model and chain."""
     data = phase.model_dump(mode="json")
     if phase.stages:  # the single-stage keys are unused defaults then; keep the file loadable as a config
-        for key in ("method", "data", "training", "dpo"):
+        for key in ("method", "data", "training", *SECTION_METHODS):
             data.pop(key, None)
     data["model"] = model.model_dump(mode="json")
     data[CHAIN_KEY] = [{"phase": r.name, "adapter": str(r.path)} for r in chain]

@@ -54,9 +54,12 @@ class SFTCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [list(f["input_ids"]) for f in features]
         labels = [_first_label_ignored(f["labels"]) for f in features]
-        if self.padding_free:
-            return self._packed(ids, labels)
-        return self._padded(ids, labels)
+        batch = self._packed(ids, labels) if self.padding_free else self._padded(ids, labels)
+        if "replay" in features[0]:  # retention.kl_weight: mark the replayed sequences' tokens
+            marks = [[int(f["replay"])] * len(row) for f, row in zip(features, ids, strict=True)]
+            layout = self._packed(ids, marks, fill=0) if self.padding_free else self._padded(ids, marks, fill=0)
+            batch["replay_mask"] = layout["labels"]
+        return batch
 
     def _rows(self, ids: list[list[int]]) -> list[list[int]]:
         """Which sequences share a row: first fit, longest first (fewest rows, so least padding); the
@@ -76,7 +79,7 @@ class SFTCollator:
                 used[slot] += n
         return rows
 
-    def _packed(self, ids: list[list[int]], labels: list[list[int]]) -> dict[str, Any]:
+    def _packed(self, ids: list[list[int]], labels: list[list[int]], fill: int = IGNORE) -> dict[str, Any]:
         torch = require("torch")
         rows = self._rows(ids)
         width = max(sum(len(ids[i]) for i in row) for row in rows)
@@ -85,17 +88,17 @@ class SFTCollator:
             tokens = [t for i in row for t in ids[i]]
             pad = width - len(tokens)
             out_ids.append(tokens + [self.pad_token_id] * pad)
-            out_labels.append([t for i in row for t in labels[i]] + [IGNORE] * pad)
+            out_labels.append([t for i in row for t in labels[i]] + [fill] * pad)
             out_pos.append([p for i in row for p in range(len(ids[i]))] + list(range(pad)))
         return {"input_ids": torch.tensor(out_ids), "labels": torch.tensor(out_labels),
                 "position_ids": torch.tensor(out_pos)}
 
-    def _padded(self, ids: list[list[int]], labels: list[list[int]]) -> dict[str, Any]:
+    def _padded(self, ids: list[list[int]], labels: list[list[int]], fill: int = IGNORE) -> dict[str, Any]:
         torch = require("torch")
         longest = max(len(row) for row in ids)
         return {
             "input_ids": torch.tensor([row + [self.pad_token_id] * (longest - len(row)) for row in ids]),
-            "labels": torch.tensor([row + [IGNORE] * (longest - len(row)) for row in labels]),
+            "labels": torch.tensor([row + [fill] * (longest - len(row)) for row in labels]),
             "attention_mask": torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids]),
         }
 

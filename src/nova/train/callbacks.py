@@ -75,7 +75,9 @@ class MetricsCallback(transformers.TrainerCallback):
                                   "epoch": round(state.epoch or 0.0, 4), "time": time.time()}
         record.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
         now = time.perf_counter()
-        if "loss" in logs and self._last_time is not None:
+        if "loss" in logs and "tokens_per_second" in logs:  # measured on training steps (MonitorCallback)
+            self._last_time, self._last_tokens = now, state.num_input_tokens_seen
+        elif "loss" in logs and self._last_time is not None:
             seen = state.num_input_tokens_seen
             elapsed = now - self._last_time
             if elapsed > 0 and seen > self._last_tokens:

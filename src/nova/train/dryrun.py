@@ -99,7 +99,7 @@ def _data_lines(stage: PlannedStage, out: DryRun) -> list[str]:
         out.missing.append(f"stage {stage.label} has no data.datasets")
         return ["    data: none configured"]
     try:
-        report = check_data(cfg.data, method=cfg.method, dpo=cfg.dpo)
+        report = check_data(cfg.data, method=cfg.method, dpo=cfg.length_settings)
     except NovaError as exc:
         out.missing.extend(exc.lines())
         return ["    data: INVALID (see below)"]

@@ -59,14 +59,18 @@ def stage_fingerprint(planned: PlannedPhase, stage: PlannedStage, inputs: Finger
     values["model.compute_dtype"] = inputs.compute_dtype
     values.update({f"lora.{k}": v for k, v in planned.phase.lora.model_dump(mode="json").items()})
     values["method"] = stage.method
-    if stage.method == "dpo":
-        values.update({f"dpo.{k}": v for k, v in stage.config.dpo.model_dump(mode="json").items()})
+    settings = stage.config.method_settings  # dpo, kto, orpo or simpo: what the method learns with
+    if settings is not None:
+        values.update({f"{stage.method}.{k}": v for k, v in settings.model_dump(mode="json").items()})
     values.update({f"training.{k}": v for k, v in training.items()})
     values["training.effective_batch_size"] = stage.config.training.effective_batch_size * inputs.world
     key = inputs.data_keys[stage.index]
     values["data.key"] = key if key is not None else json.dumps(
         stage.config.data.model_dump(mode="json", exclude={"num_proc", "cache_dir"}), sort_keys=True)
     values.update({f"chain.{name}": digest for name, digest in chain_digests.items()})
+    retention = planned.phase.retention
+    if stage.method == "sft" and retention.replay > 0:  # replayed data and its KL term change what is trained
+        values.update({f"retention.{k}": v for k, v in retention.model_dump(mode="json").items()})
     values["start.previous_stage"] = previous
     return Fingerprint(values)
 
@@ -128,7 +132,8 @@ def compute_fingerprints(ctx: PhaseContext, source: str, compute_dtype: str, tok
     from nova.data import data_key
     from nova.model.identity import model_identity
 
-    keys = [data_key(s.config.data, tokenizer, method=s.method, seed=s.config.training.seed, dpo=s.config.dpo)
+    keys = [data_key(s.config.data, tokenizer, method=s.method, seed=s.config.training.seed,
+                     dpo=s.config.length_settings)
             for s in ctx.planned.stages]
     inputs = FingerprintInputs(model_identity(ctx.model_cfg.base, source, ctx.model_cfg.revision), compute_dtype,
                                keys, ctx.chain, ctx.ranks.world)

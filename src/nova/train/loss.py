@@ -19,50 +19,23 @@ never holds more than a tile of logits and recomputes tiles in backward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from nova.lazy import require
+from nova.model.head import IGNORE, head_settings, logits_of, scored_hidden_states, summed_nll
 
-IGNORE = -100
-# Kept positions x vocabulary at or below this are projected in one matmul: 64M fp32 logits are
-# 256 MiB (plus their gradient); above it the chunked kernel keeps memory flat.
-DIRECT_MAX_ELEMENTS = 64 * 1024 * 1024
-CHUNK_VOCAB = 32768
+KL_CHUNK_ELEMENTS = 16 * 1024 * 1024  # positions x vocabulary per KL slice (two fp32 copies live at once)
 
 
-def _head_settings(model: Any) -> tuple[float, float | None]:
-    """(logit scale, final softcap) of models that transform their logits (Gemma 2, Cohere, Granite)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    scale = getattr(cfg, "logit_scale", None)
-    if scale is None and getattr(cfg, "logits_scaling", None):
-        scale = 1 / cfg.logits_scaling
-    return (1.0 if scale is None else float(scale)), getattr(cfg, "final_logit_softcapping", None)
+@dataclass(frozen=True)
+class StartModel:
+    """How the KL term reaches the phase's start composition: the PeftModel and the adapters that
+    make it up (this phase's adapter off), with its weight in the loss."""
 
-
-def _trained_hidden_states(causal_lm: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any, Any]:
-    """(hidden states of trained positions [N, H], their next-token targets [N], the LM head module)."""
-    hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    mask = targets != IGNORE
-    head = causal_lm.get_output_embeddings()
-    return hidden[mask].to(head.weight.device), targets[mask].to(head.weight.device), head
-
-
-def summed_nll(hidden: Any, targets: Any, head: Any, scale: float, softcap: float | None) -> Any:
-    """The summed negative log-likelihood of ``targets`` under ``head(hidden)``."""
-    torch = require("torch")
-    if hidden.shape[0] * head.weight.shape[0] > DIRECT_MAX_ELEMENTS:
-        from trl.kernels import ChunkedLogProbFunction
-
-        log_probs = ChunkedLogProbFunction.apply(hidden, head.weight, head.bias, targets, 1.0, CHUNK_VOCAB, softcap,
-                                                 scale, ("log_probs",))[0]
-        return -log_probs.sum()
-    logits = head(hidden)
-    if scale != 1.0:
-        logits = logits * scale
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    peft_model: Any
+    adapters: tuple[str, ...]
+    weight: float
 
 
 def install_sft_loss(causal_lm: Any) -> None:
@@ -80,23 +53,59 @@ def install_sft_loss(causal_lm: Any) -> None:
 
     original = causal_lm.forward
     outputs = require("transformers").modeling_outputs
-    scale, softcap = _head_settings(causal_lm)
+    scale, softcap = head_settings(causal_lm)
 
     @functools.wraps(type(causal_lm).forward)
     def forward(self: Any, *args: Any, nova_sft_loss: bool = False, labels: Any = None,
-                num_items_in_batch: Any = None, **kwargs: Any) -> Any:
+                num_items_in_batch: Any = None, nova_kl_mask: Any = None, **kwargs: Any) -> Any:
         if not nova_sft_loss:
             extra = {k: v for k, v in (("labels", labels), ("num_items_in_batch", num_items_in_batch)) if v is not None}
             return original(*args, **kwargs, **extra)
         inputs = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        hidden, targets, head = _trained_hidden_states(self, inputs, labels)
+        hidden, targets, head = scored_hidden_states(self, inputs, labels)
         total = summed_nll(hidden, targets, head, scale, softcap)
+        start: StartModel | None = getattr(self, "_nova_start_model", None)
+        if start is not None and nova_kl_mask is not None:
+            selected = nova_kl_mask[:, 1:][labels[:, 1:] != IGNORE].bool().to(hidden.device)
+            if bool(selected.any()):
+                kl = kl_to_start(self, start, inputs, labels, hidden[selected], selected, (head, scale, softcap))
+                total = total + start.weight * kl
         count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
         torch = require("torch")
         return outputs.CausalLMOutputWithPast(loss=total / torch.as_tensor(count, device=total.device).clamp(min=1))
 
     causal_lm.forward = types.MethodType(forward, causal_lm)
     causal_lm._nova_sft_loss = True
+
+
+def kl_to_start(causal_lm: Any, start: StartModel, inputs: dict[str, Any], labels: Any, hidden: Any,
+                selected: Any, head_args: tuple[Any, float, float | None]) -> Any:
+    """Summed KL(start || current) over the next-token distributions at ``selected`` trained positions.
+
+    The start composition runs without gradients on the same batch, with this phase's adapter
+    switched off (nova.model.adapters.active_adapters), so no second model is held. The sum is
+    normalized with the NLL (by the window's trained-token count), so ``weight`` 1 weighs a replayed
+    token's KL like its cross-entropy.
+    """
+    torch = require("torch")
+    from nova.model.adapters import active_adapters
+
+    head, scale, softcap = head_args
+    with torch.no_grad(), active_adapters(start.peft_model, list(start.adapters)):
+        reference = scored_hidden_states(causal_lm, inputs, labels)[0][selected]
+    step = max(1, KL_CHUNK_ELEMENTS // head.weight.shape[0])
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, hidden.shape[0], step):
+        with torch.no_grad():
+            ref_logp = torch.log_softmax(logits_of(reference[i:i + step], head, scale, softcap), dim=-1)
+        cur_logp = torch.log_softmax(logits_of(hidden[i:i + step], head, scale, softcap), dim=-1)
+        total = total + (ref_logp.exp() * (ref_logp - cur_logp)).sum()
+    return total
+
+
+def attach_start_model(causal_lm: Any, start: StartModel | None) -> None:
+    """Turn the KL term on (or off, None) for ``causal_lm``'s SFT loss forward."""
+    causal_lm._nova_start_model = start
 
 
 def sft_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
@@ -109,4 +118,6 @@ def sft_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None)
     causal_lm = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     install_sft_loss(causal_lm)
     kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids", "labels")}
+    if inputs.get("replay_mask") is not None:
+        kwargs["nova_kl_mask"] = inputs["replay_mask"]
     return model(**kwargs, nova_sft_loss=True, num_items_in_batch=num_items_in_batch).loss

@@ -31,19 +31,23 @@ from nova.train.context import STAGE_REF, PhaseContext, PhaseResult, StageRun
 
 
 def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
-    """Validate and tokenize every stage's data before any weights load (and before anything is written)."""
+    """Validate and tokenize every stage's data before any weights load (and before anything is written),
+    with the earlier phases' data mixed in where ``retention.replay`` asks for it."""
     from nova.data import prepare_stage_data
+    from nova.train.retention import add_replay
 
     prepared = []
     for stage in ctx.planned.stages:
         cfg = stage.config
         if not cfg.data.datasets:
             raise NovaError(f"stage {stage.label} has no data.datasets", hint="add at least one data source")
-        data = prepare_stage_data(cfg.data, tokenizer, method=cfg.method, seed=cfg.training.seed, dpo=cfg.dpo)
+        prepared.append(prepare_stage_data(cfg.data, tokenizer, method=cfg.method, seed=cfg.training.seed,
+                                           dpo=cfg.length_settings))
+    prepared = add_replay(ctx, tokenizer, prepared)
+    for stage, data in zip(ctx.planned.stages, prepared, strict=True):
         ctx.log.say(f"[{stage.label}] data:")
         for line in data.report.lines():
             ctx.log.say(f"  {line}")
-        prepared.append(data)
     return prepared
 
 
@@ -153,6 +157,7 @@ def _run_locked(ctx: PhaseContext, on_start: Callable[[], None] | None) -> Phase
         ctx.changes = check_reuse(ctx)
     with distributed.main_first(ranks):  # rank 0 fills the data cache, the others read it
         datasets = prepare_all_data(ctx, tokenizer)
+        retention = _holdouts(ctx, tokenizer, datasets)
     # one decision for all ranks (each GPU's free memory differs)
     ctx.planned, fits = distributed.on_main(ranks, lambda: auto_fit_stages(ctx, source, placement))
 
@@ -166,7 +171,14 @@ def _run_locked(ctx: PhaseContext, on_start: Callable[[], None] | None) -> Phase
             _forget_earlier_attempt(ctx)
 
     distributed.on_main(ranks, first_writes)
-    return _train_phase(ctx, tokenizer, placement, source, datasets, fits, started)
+    return _train_phase(ctx, tokenizer, placement, source, (datasets, retention), fits, started)
+
+
+def _holdouts(ctx: PhaseContext, tokenizer: Any, datasets: list[Any]) -> Any:
+    """The holdout sets the forgetting table scores after the last stage (nova.train.retention)."""
+    from nova.train.retention import Retention
+
+    return Retention.prepare(ctx, tokenizer, datasets)
 
 
 def _resolved(ctx: PhaseContext, placement: Any, source: str, fits: dict[str, Any]) -> dict[str, Any]:
@@ -187,11 +199,13 @@ def _resolved(ctx: PhaseContext, placement: Any, source: str, fits: dict[str, An
             "auto_fit": fits or None, "resumed_with_changes": (earlier + applied) or None}
 
 
-def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str, datasets: list[Any],
+def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str, data: tuple[list[Any], Any],
                  fits: dict[str, Any], started: float) -> PhaseResult:
     from nova.lazy import require
     from nova.model.loading import load_base_model
     from nova.train.stage import run_stage
+
+    datasets, retention = data
 
     def record() -> None:
         write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain,
@@ -208,12 +222,19 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     base = load_base_model(ctx.model_cfg, placement, source, shard=shard)
     require("transformers").set_seed(ctx.planned.stages[0].config.training.seed)  # the new adapter's init
     model = _prepare_for_training(base, ctx)
+    if not shard:  # sharded weights cannot be scored outside the engine: the table is left out (said below)
+        retention.measure_start(model, tokenizer, ctx)
+    _attach_kl(ctx, model)
     results = []
     for stage, data in zip(ctx.planned.stages, datasets, strict=True):
         if stage.index > 0:
             _freeze_stage_start(model, ctx.run.stage_adapter(ctx.planned.stages[stage.index - 1].name))
         results.append(run_stage(StageRun(ctx, stage, model, tokenizer, placement, data)))
 
+    if shard:
+        ctx.log.say(f"[{ctx.phase.name}] forgetting: not measured (the weights are sharded across ranks)")
+    else:
+        retention.finish(model, tokenizer, ctx)
     seconds = time.time() - started
     result = PhaseResult(ctx.phase.name, ctx.run_dir, ctx.run.adapter, results, seconds)
     distributed.on_main(ctx.ranks, lambda: _finish_phase(ctx, model, tokenizer, result))
@@ -224,12 +245,38 @@ def _finish_phase(ctx: PhaseContext, model: Any, tokenizer: Any, result: PhaseRe
     """The phase's adapter, its smoke answers, and COMPLETE (written last)."""
     with atomic_dir(ctx.run.adapter, check=False) as tmp:
         shutil.copytree(ctx.run.stage_adapter(ctx.planned.stages[-1].name), tmp, dirs_exist_ok=True)
+        _write_cards(ctx, tmp)
     _smoke_prompts(ctx, model, tokenizer)
     write_json_atomic(ctx.run.complete_marker, {
         "phase": ctx.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
         "stages": [r.__dict__ for r in result.stages], "adapter": str(ctx.run.adapter),
         "fingerprints": [f.to_dict() for f in ctx.fingerprints],
     })
+
+
+def _attach_kl(ctx: PhaseContext, model: Any) -> None:
+    """retention.kl_weight: the SFT loss gets its KL term toward the start (nova.train.loss)."""
+    weight = ctx.phase.retention.kl_weight
+    if weight <= 0:
+        return
+    from nova.train.loss import StartModel, attach_start_model, install_sft_loss
+
+    causal_lm = model.get_base_model()
+    install_sft_loss(causal_lm)
+    attach_start_model(causal_lm, StartModel(model, tuple(r.name for r in ctx.chain), weight))
+
+
+def _write_cards(ctx: PhaseContext, adapter_tmp: Path) -> None:
+    """Model cards in place of PEFT's empty template; a chained adapter says what it needs below it."""
+    from nova.runs import read_run
+    from nova.runs.card import write_card
+    from nova.runs.card_usage import mark_requires
+
+    record = read_run(ctx.run.path)
+    for stage in ctx.planned.stages:
+        write_card(ctx.run.stage_adapter(stage.name), record, kind="stage", stage=stage.name)
+    write_card(adapter_tmp, record, kind="adapter")
+    mark_requires(adapter_tmp, record)
 
 
 def _prepare_for_training(base: Any, ctx: PhaseContext) -> Any:
@@ -259,11 +306,16 @@ def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
     """Answer the config's smoke prompts with the tuned model and save them beside the adapter."""
     if not ctx.phase.smoke_prompts:
         return
+    from nova.model.adapters import active_adapters
     from nova.model.generate import generate_answers
 
     answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
+    with active_adapters(model, []):  # the base beside it: what the tuning changed is visible at once
+        base = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
     lines = []
-    for prompt, answer in zip(ctx.phase.smoke_prompts, answers, strict=True):
-        lines.append(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
-        ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r} -> {answer[:200]!r}")
+    for prompt, answer, before in zip(ctx.phase.smoke_prompts, answers, base, strict=True):
+        lines.append(json.dumps({"prompt": prompt, "answer": answer, "base_answer": before}) + "\n")
+        ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r}")
+        ctx.log.say(f"    tuned: {answer[:200]!r}")
+        ctx.log.say(f"    base:  {before[:200]!r}")
     write_text_atomic(ctx.run.smoke, "".join(lines))

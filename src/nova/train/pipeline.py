@@ -105,9 +105,20 @@ def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: R
             state.update(item.name, status="stopped" if stopped else "failed", ended=time.time(),
                          error=f"{type(exc).__name__}: {exc}"[:500])
         raise
-    state.update(item.name, status="done", ended=time.time(), seconds=round(result.seconds, 1))
+    state.update(item.name, status="done", ended=time.time(), seconds=round(result.seconds, 1),
+                 **_retention_fields(item))
     log.say(f"[{item.name}] finished in {human_seconds(result.seconds)}; adapter: {result.adapter_dir}")
     return result
+
+
+def _retention_fields(item: PlannedPhase) -> dict[str, Any]:
+    """The phase's own holdout loss and its forgetting table, for pipeline.json (from retention.json)."""
+    from nova.runs.retention import own_loss, read_retention
+
+    data = read_retention(item.run)
+    if data is None:
+        return {}
+    return {"eval_loss": own_loss(item.run, item.name), "forgetting": data.get("forgetting") or {}}
 
 
 def _log_name(loaded: LoadedConfig) -> str:

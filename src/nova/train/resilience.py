@@ -201,11 +201,12 @@ class Recovery:
         self.message = f"OOM at step {self.step}: {', '.join(parts)}; {where}"
 
 
-def smaller_batch(training: Any) -> Any | None:
-    """Halve the micro batch and double accumulation (same effective batch); None when already 1."""
-    if training.micro_batch_size <= 1:
+def smaller_batch(training: Any, minimum: int = 1) -> Any | None:
+    """Halve the micro batch (not below ``minimum``: KTO's KL term needs two replies in one) and raise
+    accumulation to keep the effective batch; None when it cannot get smaller."""
+    micro = max(minimum, training.micro_batch_size // 2)
+    if micro >= training.micro_batch_size:
         return None
-    micro = training.micro_batch_size // 2
     effective = training.micro_batch_size * training.gradient_accumulation_steps
     return training.changed(micro_batch_size=micro, gradient_accumulation_steps=max(1, effective // micro),
                             gradient_checkpointing=True)

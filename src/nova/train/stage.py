@@ -111,9 +111,10 @@ def _load_problem(checkpoint: Path) -> str | None:
 
 def _recover_from_oom(run: StageRun, config: StageConfig, start_weights: dict[str, Any]) -> StageConfig:
     """Half the micro batch, double accumulation (same effective batch), resume from the last checkpoint."""
-    smaller = smaller_batch(config.training)
+    smaller = smaller_batch(config.training, minimum=config.min_micro_batch)  # KTO's KL term needs two
     if smaller is None:
-        raise NovaError(f"[{run.label}] out of memory at micro batch 1", hint="shorten data.max_length, "
+        raise NovaError(f"[{run.label}] out of memory at micro batch {config.training.micro_batch_size}",
+                        hint="shorten data.max_length, "
                         "lower lora.r, or use a GPU with more memory") from None
     free_memory()
     resume_from = latest_checkpoint(run.ctx.run.checkpoints(run.stage.name))
@@ -140,6 +141,10 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
                          [monitor, *ctx.extra_callbacks], stage_strategy(ctx, config, run.placement))
     if config.method == "dpo":
         trainer = build_dpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
+    elif config.method in ("kto", "orpo", "simpo"):
+        from nova.train.trainers_pref import build_preference_trainer
+
+        trainer = build_preference_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
     else:
         if run.batching is None:  # chosen once per stage (an OOM retry keeps it)
             from nova.train.trainers import choose_batching

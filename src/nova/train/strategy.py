@@ -21,7 +21,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from nova.config.schema import DistributedConfig, ModelConfig, StageConfig
+from nova.config.schema import REFERENCE_METHODS, DistributedConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
 from nova.plan import resolve_strategy
 
@@ -49,9 +49,10 @@ def resolve(cfg: DistributedConfig, world: int, replica_fits: bool | None) -> st
 def check_combination(name: str, model: ModelConfig, stage: StageConfig) -> None:
     """Refuse what is known not to work, with the way out."""
     quantized = model.quantization in ("nf4", "fp4")
-    if name == "fsdp" and stage.method == "dpo" and quantized:
-        raise NovaError("DPO on a 4-bit base under FSDP2 is not supported (the reference pass re-gathers "
-                        "quantized shards TRL cannot restore)", hint="use distributed.strategy: ddp for the DPO "
+    if name == "fsdp" and stage.method in REFERENCE_METHODS and quantized:
+        what = stage.method.upper()
+        raise NovaError(f"{what} on a 4-bit base under FSDP2 is not supported (the reference pass re-gathers "
+                        "quantized shards TRL cannot restore)", hint=f"use distributed.strategy: ddp for the {what} "
                         "phase, or quantization: none")
     if name == "fsdp" and stage.training.optimizer in PAGED_OPTIMIZERS:
         raise NovaError(f"training.optimizer {stage.training.optimizer} does not work under FSDP (bitsandbytes' "
