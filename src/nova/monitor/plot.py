@@ -195,4 +195,4 @@ def _draw_dpo(ax: Any, curves: Curves) -> None:
     acc_ax.set_ylabel("reward accuracy")
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=8)
-    ax.set_title("DPO rewards")
+    ax.set_title("preference rewards (DPO, KTO, ORPO, SimPO)")
