@@ -41,14 +41,18 @@ def _check_choice(fmt: str, outtype: str | None, model: Path | None, run: Path |
                         f"{model} has no config.json", hint="pass the directory written by 'nova merge'")
 
 
-def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
+def _require_gguf_name(out: Path) -> None:
     from nova.errors import NovaError
 
+    if out.suffix.lower() != ".gguf":
+        raise NovaError(f"--out should name a .gguf file, got '{out}'")
+
+
+def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
     if fmt == "gguf":
         from nova.export.gguf_export import export_gguf
 
-        if out.suffix.lower() != ".gguf":
-            raise NovaError(f"--out should name a .gguf file, got '{out}'")
+        _require_gguf_name(out)
         typer.echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
         return export_gguf(model, out, outtype=outtype or "f16", force=force)
     from nova.export.ollama import export_ollama
@@ -58,8 +62,6 @@ def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bo
 
 
 def _from_run(run: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
-    from nova.errors import NovaError
-
     if fmt == "peft":
         from nova.export.peft_chain import export_peft
 
@@ -68,8 +70,7 @@ def _from_run(run: Path, out: Path, fmt: str, outtype: str | None, force: bool) 
     if fmt == "gguf":
         from nova.export.gguf_lora import export_lora_gguf
 
-        if out.suffix.lower() != ".gguf":
-            raise NovaError(f"--out should name a .gguf file, got '{out}'")
+        _require_gguf_name(out)
         typer.echo(f"exporting the adapter chain of {run} -> {out} (GGUF LoRA adapter, {outtype or 'f16'})")
         return export_lora_gguf(run, out, outtype=outtype or "f16", force=force)
     from nova.export.ollama import export_ollama_run
