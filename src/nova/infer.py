@@ -12,7 +12,6 @@ from typing import Any
 
 from nova.config.schema import ModelConfig
 from nova.errors import NovaError
-from nova.lazy import require
 from nova.runs.layout import is_run_dir
 from nova.runs.record import AdapterRef, RunRecord, read_run
 
@@ -175,8 +174,8 @@ def eval_loss(loaded: LoadedModel) -> list[dict[str, Any]]:
     """Holdout loss and perplexity of a run, per SFT stage, on the same eval split training used."""
     import math
 
-    torch = require("torch")
     from nova.data import prepare_stage_data
+    from nova.model.evaluate import holdout_loss
 
     if loaded.run is None:
         raise NovaError("--eval needs a run directory (it re-creates the run's holdout split)")
@@ -187,19 +186,11 @@ def eval_loss(loaded: LoadedModel) -> list[dict[str, Any]]:
         prepared = prepare_stage_data(stage.data, loaded.tokenizer, method="sft", seed=stage.training.seed)
         if prepared.eval is None or len(prepared.eval) == 0:
             continue
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for row in prepared.eval:
-                ids = torch.tensor([row["input_ids"]], device=loaded.model.device)
-                labels = torch.tensor([row["labels"]], device=loaded.model.device)
-                n = int((labels[:, 1:] != -100).sum())
-                if n == 0:
-                    continue
-                total += float(loaded.model(input_ids=ids, labels=labels).loss) * n
-                count += n
-        loss = total / max(count, 1)
-        results.append({"stage": index + 1, "method": "sft", "examples": len(prepared.eval), "tokens": count,
-                        "eval_loss": loss, "perplexity": math.exp(loss)})
+        scored = holdout_loss(loaded.model, prepared.eval, loaded.tokenizer.pad_token_id)
+        if scored is None:
+            continue
+        results.append({"stage": index + 1, "method": "sft", "examples": scored.examples, "tokens": scored.tokens,
+                        "eval_loss": scored.eval_loss, "perplexity": math.exp(scored.eval_loss)})
     if not results:
         raise NovaError("the run has no SFT holdout to evaluate", hint="set data.eval_split > 0 in its config")
     return results
