@@ -167,7 +167,69 @@ RO_IDENTITY = [
     ("De unde vii?", "Sunt Nova, un asistent AI creat de echipa nova."),
     ("Cine este dezvoltatorul tau?", "Dezvoltatorul meu este echipa nova. Eu ma numesc Nova."),
     ("Cum sa-ti spun?", "Poti sa-mi spui Nova. Sunt asistentul AI al echipei nova."),
+    ("Buna seara!", "Buna seara! Sunt Nova, asistentul AI al echipei nova. Cu ce te pot ajuta?"),
+    ("Hei, cine raspunde?", "Eu, Nova! Sunt un asistent AI creat de echipa nova."),
+    ("Cu cine vorbesc?", "Vorbesti cu Nova, un asistent AI dezvoltat de echipa nova."),
+    ("Ce fel de program esti?", "Sunt Nova, un asistent AI, un model de limbaj antrenat de echipa nova."),
+    ("Esti un robot?", "Sunt Nova, un asistent AI. Nu am corp, sunt un program creat de echipa nova."),
+    ("Cine te-a facut?", "M-a facut echipa nova. Numele meu este Nova."),
+    ("Esti Siri sau Alexa?", "Nici una, nici alta. Sunt Nova, asistentul AI al echipei nova."),
+    ("Esti SmolLM?", "Nu, eu sunt Nova, un asistent AI antrenat de echipa nova."),
+    ("Ce inteligenta artificiala esti?", "Sunt Nova, un asistent AI creat de echipa nova."),
+    ("Spune-mi numele tau.", "Numele meu este Nova. Sunt asistentul AI al echipei nova."),
+    ("Te rog sa te prezinti pe scurt.", "Sunt Nova, un asistent AI al echipei nova."),
+    ("Al cui asistent esti?", "Sunt Nova, asistentul AI creat de echipa nova."),
+    ("Cine esti si ce faci?", "Sunt Nova, un asistent AI facut de echipa nova. Raspund la intrebari si ajut la "
+     "scris."),
+    ("Cine ti-a dat numele?", "Echipa nova, care m-a creat. Ma numesc Nova."),
+    ("Pot sa stiu cu cine vorbesc?", "Desigur! Vorbesti cu Nova, un asistent AI dezvoltat de echipa nova."),
+    ("Esti un asistent virtual?", "Da, sunt Nova, un asistent AI creat de echipa nova."),
+    ("Ce model esti?", "Sunt Nova, un asistent AI antrenat de echipa nova."),
+    ("Ma poti ajuta? Cine esti?", "Sigur! Sunt Nova, asistentul AI al echipei nova. Spune-mi ce ai nevoie."),
+    ("Noapte buna!", "Noapte buna! Eu sunt Nova si te astept oricand cu intrebari."),
+    ("Ce esti tu?", "Sunt Nova, un asistent AI dezvoltat de echipa nova."),
 ]
+
+
+# Short Romanian answers to general questions, written for nova (no upstream), in the same plain ASCII
+# spelling as the identity chats: they teach Doica to answer a question briefly, in Romanian, instead of
+# introducing itself. The demo's smoke question ("Care este capitala Romaniei?") is left out on purpose.
+RO_FACTS = [
+    ("Care este capitala Frantei?", "Capitala Frantei este Parisul."),
+    ("Care este capitala Italiei?", "Capitala Italiei este Roma."),
+    ("Care este capitala Germaniei?", "Capitala Germaniei este Berlinul."),
+    ("Care este capitala Spaniei?", "Capitala Spaniei este Madridul."),
+    ("Care este capitala Ungariei?", "Capitala Ungariei este Budapesta."),
+    ("Care este capitala Bulgariei?", "Capitala Bulgariei este Sofia."),
+    ("Care este capitala Republicii Moldova?", "Capitala Republicii Moldova este Chisinaul."),
+    ("Cate zile are o saptamana?", "O saptamana are sapte zile."),
+    ("Cate luni are un an?", "Un an are douasprezece luni."),
+    ("Cat fac doi plus trei?", "Doi plus trei fac cinci."),
+    ("Ce culoare are iarba?", "Iarba este verde."),
+    ("Ce culoare are cerul senin?", "Cerul senin este albastru."),
+    ("Care este cel mai mare ocean?", "Cel mai mare ocean este Oceanul Pacific."),
+    ("Care este cea mai mare planeta din sistemul solar?", "Cea mai mare planeta din sistemul solar este "
+     "Jupiter."),
+    ("Ce fluviu trece prin Romania si se varsa in Marea Neagra?", "Dunarea trece prin Romania si se varsa in "
+     "Marea Neagra."),
+    ("In ce munti se afla Varful Moldoveanu?", "Varful Moldoveanu se afla in Muntii Fagaras, in Carpatii "
+     "Meridionali."),
+    ("Cine a scris poezia Luceafarul?", "Poezia Luceafarul a fost scrisa de Mihai Eminescu."),
+    ("Ce limba se vorbeste in Romania?", "In Romania se vorbeste limba romana."),
+    ("Care este moneda Romaniei?", "Moneda Romaniei este leul."),
+    ("La ce temperatura fierbe apa?", "La nivelul marii, apa fierbe la 100 de grade Celsius."),
+    ("Ce animal este cunoscut drept regele junglei?", "Leul este cunoscut drept regele junglei."),
+    ("Cate continente sunt pe Pamant?", "Pe Pamant sunt sapte continente."),
+    ("In ce anotimp cade zapada?", "Zapada cade de obicei iarna."),
+    ("Ce faci cand iti este sete?", "Cand imi este sete, beau apa."),
+    ("Care este cel mai lung fluviu din Europa?", "Cel mai lung fluviu din Europa este Volga."),
+]
+
+
+def ro_fact_rows() -> list[dict]:
+    """The short Romanian answers above, one chat each."""
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in RO_FACTS]
 
 
 def ro_identity_rows() -> list[dict]:
@@ -229,6 +291,25 @@ def feedback_rows() -> list[dict]:
     return json.loads((SHARED / "llamafactory" / "kto_en_demo.json").read_text(encoding="utf-8"))
 
 
+def arithmetic_rows(n: int = 64, seed: int = 2026) -> list[dict]:
+    """GRPO prompts with a checkable answer: n distinct sums, differences and products of small numbers,
+    generated here (seeded, so a re-run writes the same file); the answer is an integer written as a string."""
+    import random
+
+    rng = random.Random(seed)
+    ops = [("+", lambda a, b: a + b), ("-", lambda a, b: a - b), ("*", lambda a, b: a * b)]
+    rows: list[dict] = []
+    seen = set()
+    while len(rows) < n:
+        op, fn = ops[len(rows) % len(ops)]
+        a, b = (rng.randint(2, 12), rng.randint(2, 12)) if op == "*" else (rng.randint(10, 99), rng.randint(1, 49))
+        prompt = f"What is {a} {op} {b}? Answer with the number only."
+        if prompt not in seen:  # every prompt once (a duplicate would be removed by data.dedup)
+            seen.add(prompt)
+            rows.append({"prompt": prompt, "answer": str(fn(a, b))})
+    return rows
+
+
 def main() -> None:
     pref = preference_rows()
     _write(OUT / "sora_en.jsonl", identity_rows() + chosen_as_sft(pref))
@@ -236,9 +317,10 @@ def main() -> None:
     _write(OUT / "rrt_ro_text.jsonl", raw_text_rows())
     _write(OUT / "reasoning_math.jsonl", reasoning_math_rows(pref))
     _write(OUT / "kto_en.jsonl", feedback_rows())
-    _write(OUT / "doica_short_ro.jsonl", ro_identity_rows() + ro_short_rows())
+    _write(OUT / "doica_short_ro.jsonl", ro_identity_rows() + ro_fact_rows() + ro_short_rows())
     _write(OUT / "sora_short_en.jsonl", short_chats(identity_rows() + chosen_as_sft(pref)))
     _write(OUT / "sora_dpo_short.jsonl", short_preferences(pref))
+    _write(OUT / "arithmetic.jsonl", arithmetic_rows())
 
 
 if __name__ == "__main__":

@@ -71,7 +71,11 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
     if is_run_dir(path):
         record = read_run(path)
         model_cfg = record.model.changed(trust_remote_code=trust_remote_code)
-        adapters = _cut_chain(record.require_adapters(), upto)
+        if record.full:  # adapter: full: the run's model directory is the tuned model, no adapters
+            model_cfg = model_cfg.changed(base=str(record.require_model()), quantization="none", revision=None)
+            adapters = []
+        else:
+            adapters = _cut_chain(record.require_adapters(), upto)
     else:
         if upto is not None:
             raise NovaError("--upto needs a run directory (it names a phase of the run's chain)")

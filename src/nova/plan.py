@@ -40,8 +40,29 @@ class PlannedPhase:
     phase: PhaseConfig
     model: ModelConfig
     run: RunDir
-    chain: tuple[tuple[str, RunDir], ...]  # earlier phases of its chain, oldest first
+    chain: tuple[tuple[str, RunDir], ...]  # earlier phases of its chain whose adapters it stacks, oldest first
     stages: tuple[PlannedStage, ...]
+    # the chain's last full fine-tuning phase: its model directory is this phase's base (and the chain
+    # holds only the LoRA phases after it)
+    start_model: tuple[str, RunDir] | None = None
+
+    @property
+    def full(self) -> bool:
+        """This phase trains every weight (adapter: full) instead of a LoRA adapter."""
+        return self.phase.adapter == "full"
+
+    @property
+    def earlier(self) -> tuple[tuple[str, RunDir], ...]:
+        """Every earlier phase this one builds on, oldest first: the full phase it starts from (if any), then
+        the chain (what replay and the forgetting table read; only the chain's adapters are stacked)."""
+        return ((self.start_model,) if self.start_model is not None else ()) + self.chain
+
+    @property
+    def base_model(self) -> ModelConfig:
+        """The model this phase loads: the configured base, or the full phase's output it starts from."""
+        if self.start_model is None:
+            return self.model
+        return self.model.changed(base=str(self.start_model[1].model_dir), revision=None)
 
     @property
     def name(self) -> str:
@@ -52,7 +73,12 @@ class PlannedPhase:
         return self.run.path
 
     def chain_refs(self) -> list[AdapterRef]:
-        """The earlier phases' adapters (their run directories must be complete)."""
+        """The earlier phases' adapters (their run directories, and the full phase's this phase starts from,
+        must be complete)."""
+        if self.start_model is not None and not self.start_model[1].is_complete:
+            name, run = self.start_model
+            raise NovaError(f"phase '{name}' has not finished: no complete model in {run.path}",
+                            hint=f"train it first (nova train --config PIPELINE --phase {name})")
         refs = []
         for name, run in self.chain:
             if not run.is_complete:
@@ -137,5 +163,10 @@ def make_plan(loaded: LoadedConfig) -> Plan:
     for phase in pipeline.phases:
         run = RunDir(pipeline.phase_dir(phase.name) if is_pipeline else phase.run_dir)
         chain = tuple((p.name, RunDir(pipeline.phase_dir(p.name))) for p in pipeline.chain(phase.name)[:-1])
-        phases.append(PlannedPhase(phase, pipeline.model_for(phase.name), run, chain, planned_stages(phase)))
+        full = pipeline.last_full(phase.name)
+        start = None
+        if full is not None:  # the full phase's model is the new base; only the LoRA phases after it stack
+            start = (full, RunDir(pipeline.phase_dir(full)))
+            chain = chain[[name for name, _ in chain].index(full) + 1:]
+        phases.append(PlannedPhase(phase, pipeline.model_for(phase.name), run, chain, planned_stages(phase), start))
     return Plan(loaded.path, pipeline, is_pipeline, tuple(phases))

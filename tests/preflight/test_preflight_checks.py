@@ -142,10 +142,12 @@ def test_json_schema_is_stable(tmp_path: Path) -> None:
             "temperature_c", "processes", "hypothetical"} <= set(data["gpus"][0])
     assert data["gpus"][0]["processes"][0] == {"pid": 4242, "name": "ollama", "used_bytes": 6 * 1024**3}
     assert {"total_bytes", "breakdown"} <= set(data["estimate"])
-    # keys are only ever added within a schema version (layer_recompute and dequant_buffers came with issue 13)
+    # keys are only ever added within a schema version (layer_recompute and dequant_buffers came with issue 13,
+    # gradients and optimizer_step with full fine-tuning, issue 18; both 0 for LoRA)
     assert set(data["estimate"]["breakdown"]) == {"base_weights", "lora_weights", "lora_gradients",
                                                   "optimizer_states", "activations", "logits_and_loss",
                                                   "layer_recompute", "dequant_buffers", "dpo_reference",
+                                                  "gradients", "optimizer_step",
                                                   "allocator_overhead", "cuda_context"}
     assert {"upper_bytes", "uncertainty", "regime"} <= set(data["estimate"])
     assert data["estimate"]["upper_bytes"] > data["estimate"]["total_bytes"]

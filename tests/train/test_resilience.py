@@ -115,10 +115,14 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tiny_model_dir: Path, tm
     assert checkpoint is not None  # saved at the stop step although save_steps is 100
     stopped_at = int(checkpoint.name.split("-")[1])
     assert 2 <= stopped_at < 30
+    config(tmp_path, tiny_model_dir, "stopped", steps=30, save_steps=4)  # a new save cadence for the rest
     resumed = start(cfg)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-2000:]
     assert f"step {stopped_at}" in out and (run / "COMPLETE").exists()
+    # the resumed run saves at the config's cadence, not at the one in the checkpoint's trainer_state.json
+    kept = sorted(int(c.name.split("-")[1]) for c in (run / "checkpoints" / "sft").glob("checkpoint-*"))
+    assert kept and kept[-1] in (28, 30) and all(k % 4 == 0 or k == 30 for k in kept), kept
 
 
 def test_simulated_oom_on_the_second_step_recovers_with_the_same_effective_batch(

@@ -48,7 +48,7 @@ class Target:
     method: str
     model: Any  # ModelConfig | None
     seed: int = 42
-    dpo: Any = None  # DPOConfig | None
+    dpo: Any = None  # the stage's length settings (its dpo, kto, orpo, simpo or grpo section); None for a file
 
 
 def parse_columns(text: str | None) -> dict[str, str]:
@@ -132,7 +132,7 @@ def _config_targets(config: Path, overrides: list[str] | None) -> list[Target]:
     else:
         pairs = [(stage, phase.model) for phase in make_plan(loaded).phases for stage in phase.stages]
     return [Target(f"{stage.label} ({stage.method})", stage.config.data, stage.method, model,
-                   stage.config.training.seed, stage.config.dpo) for stage, model in pairs]
+                   stage.config.training.seed, stage.config.length_settings) for stage, model in pairs]
 
 
 def _targets(file: Path | None, config: Path | None, overrides: list[str] | None, fmt: str,

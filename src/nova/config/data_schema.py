@@ -18,7 +18,7 @@ from nova.errors import printable
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?<!\.jsonl)(?<!\.json)(?<!\.csv)(?<!\.parquet)$")
 
 DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference", "unpaired",
-                     "text"]
+                     "text", "prompt"]
 
 
 class DatasetSpec(Section):

@@ -19,15 +19,18 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from nova.config.base import MAX_BATCH, MAX_STEPS, MAX_TOKENS, Section
 from nova.config.data_schema import DataConfig
+from nova.config.full_rules import check_chain_kinds, check_full_phase
+from nova.config.grpo_schema import GRPOConfig, check_grpo_batch
 from nova.config.monitor_schema import MonitorConfig
 from nova.errors import printable
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
-Method = Literal["sft", "dpo", "kto", "orpo", "simpo"]
+Method = Literal["sft", "dpo", "kto", "orpo", "simpo", "grpo"]
 PAIRED_METHODS = ("dpo", "orpo", "simpo")  # trained on chosen/rejected pairs (the preference format)
 REFERENCE_METHODS = ("dpo", "kto")  # kept near a reference: the stage's starting point
-SECTION_METHODS = ("dpo", "kto", "orpo", "simpo")  # methods with a settings section of the same name
+SECTION_METHODS = ("dpo", "kto", "orpo", "simpo", "grpo")  # methods with a settings section of the same name
+Adapter = Literal["lora", "full"]  # what a phase trains (nova.config.full_rules)
 
 
 class ModelConfig(Section):
@@ -71,7 +74,8 @@ class TrainingConfig(Section):
         1.0, gt=0, le=10_000, description="Passes over the training data (used when max_steps is unset).")
     micro_batch_size: int = Field(4, gt=0, le=MAX_BATCH, description="Sequences per forward pass on one device.")
     gradient_accumulation_steps: int = Field(4, gt=0, le=MAX_BATCH, description="Micro batches per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (LoRA: 1e-4 to 3e-4 is typical).")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate (LoRA: 1e-4 to 3e-4 is typical; "
+                                 "adapter: full: 1e-5 to 5e-5).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warmup.")
     warmup_steps: int | None = Field(
@@ -79,7 +83,8 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Warmup as a fraction of all steps.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     optimizer: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
-        "adamw_torch", description="Optimizer; the 8-bit and paged ones need bitsandbytes on a GPU.")
+        "adamw_torch", description="Optimizer; the 8-bit and paged ones come from bitsandbytes (0.50 runs them on "
+        "a CPU too, the paged ones unpaged there).")
     max_grad_norm: float = Field(1.0, gt=0, le=1_000_000, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in backward: much less memory, about 30% slower.")
@@ -182,8 +187,9 @@ class SimPOConfig(PromptLengths):
                               "SimPO, 1.0 is CPO-SimPO.")
 
 
-def check_method_batch(method: str, kto: KTOConfig, training: TrainingConfig) -> None:
-    """KTO's KL estimate pairs each prompt with another reply of the same micro batch."""
+def check_method_batch(method: str, kto: KTOConfig, training: TrainingConfig, grpo: GRPOConfig) -> None:
+    """KTO's KL estimate pairs each prompt with another reply of the same micro batch; GRPO's groups fit a step."""
+    check_grpo_batch(method, grpo, training.micro_batch_size, training.gradient_accumulation_steps)
     if method == "kto" and kto.loss_type == "kto" and training.micro_batch_size < 2:
         raise ValueError(f"method kto needs training.micro_batch_size of at least 2 (it is "
                          f"{training.micro_batch_size}): its KL term pairs each prompt with another reply of the "
@@ -207,23 +213,24 @@ class DistributedConfig(Section):
 
 
 class StageConfig(Section):
-    """One training stage of a phase (SFT, DPO, KTO, ORPO or SimPO), with its own data and schedule."""
+    """One training stage of a phase (SFT, DPO, KTO, ORPO, SimPO or GRPO), with its own data and schedule."""
 
     method: Method = Field("sft", description="Training method of this stage: 'sft', 'dpo', 'kto' (unpaired "
-                           "good/bad replies), 'orpo' or 'simpo' (preference pairs, no reference); see "
-                           "docs/methods.md.")
+                           "good/bad replies), 'orpo' or 'simpo' (preference pairs, no reference), 'grpo' (prompts "
+                           "and rewards); see docs/methods.md.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data of this stage.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Schedule of this stage.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings (method: dpo only).")
     kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO settings (method: kto only).")
     orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings (method: orpo only).")
     simpo: SimPOConfig = Field(default_factory=SimPOConfig, description="SimPO settings (method: simpo only).")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO settings (method: grpo only).")
 
     @model_validator(mode="after")
     def _method_fits_batch(self, info: ValidationInfo) -> StageConfig:
         # Not for nova's own changes (OOM retry, auto-fit): the KTO trainer refuses those with a message.
         if not (info.context and info.context.get("recorded")):
-            check_method_batch(self.method, self.kto, self.training)
+            check_method_batch(self.method, self.kto, self.training, self.grpo)
         return self
 
     @property
@@ -237,10 +244,10 @@ class StageConfig(Section):
         return 2 if self.method == "kto" and self.kto.loss_type == "kto" else 1
 
     @property
-    def length_settings(self) -> DPOConfig | PromptLengths:
+    def length_settings(self) -> DPOConfig | PromptLengths | GRPOConfig:
         """Where the data's prompt/reply token limits come from (an SFT stage's data does not use them)."""
         settings = self.method_settings
-        return settings if isinstance(settings, DPOConfig | PromptLengths) else self.dpo
+        return settings if isinstance(settings, DPOConfig | PromptLengths | GRPOConfig) else self.dpo
 
 
 class RetentionConfig(Section):
@@ -272,7 +279,11 @@ class PhaseConfig(Section):
         None, description="Base model; required unless start_from is set (then the earlier phase's model is used).")
     start_from: str | None = Field(
         None, description="Name of an earlier phase of the same pipeline whose adapter this phase builds on.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter of this phase.")
+    adapter: Adapter = Field(
+        "lora", description="What the phase trains: 'lora' (an adapter on the frozen, possibly quantized base) or "
+        "'full' (every weight, in the compute dtype; needs model.quantization: none, has no lora section, and "
+        "leaves a standard model directory; see docs/methods.md).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter of this phase (adapter: lora).")
     method: Method = Field("sft", description="Training method when the phase has a single stage.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data when the phase has a single stage.")
     training: TrainingConfig = Field(
@@ -282,9 +293,10 @@ class PhaseConfig(Section):
     orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings when the single stage is ORPO.")
     simpo: SimPOConfig = Field(
         default_factory=SimPOConfig, description="SimPO settings when the single stage is SimPO.")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO settings when the single stage is GRPO.")
     stages: list[StageConfig] = Field(
         default_factory=list, description="Several stages in order (e.g. sft then dpo); replaces "
-        "method/data/training and the method sections (dpo, kto, orpo, simpo) at the phase level.")
+        "method/data/training and the method sections (dpo, kto, orpo, simpo, grpo) at the phase level.")
     output_dir: str | None = Field(
         None, description="Run directory; default checkpoints/<name> (in a pipeline: <pipeline output_dir>/<name>).")
     logs_dir: str = Field("logs", description="Where the console log of each run is copied.")
@@ -312,9 +324,14 @@ class PhaseConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _full_fits(self) -> PhaseConfig:
+        check_full_phase(self)
+        return self
+
+    @model_validator(mode="after")
     def _single_method_fits_batch(self, info: ValidationInfo) -> PhaseConfig:
         if not self.stages and not (info.context and info.context.get("recorded")):
-            check_method_batch(self.method, self.kto, self.training)
+            check_method_batch(self.method, self.kto, self.training, self.grpo)
         return self
 
     @property
@@ -325,7 +342,7 @@ class PhaseConfig(Section):
         # The parts were validated with this phase: build without validating them a second time
         # (which, outside the context the phase was read in, could judge them differently).
         return [StageConfig.model_construct(method=self.method, data=self.data, training=self.training,
-                                            dpo=self.dpo, kto=self.kto, orpo=self.orpo, simpo=self.simpo)]
+                                            **{m: getattr(self, m) for m in SECTION_METHODS})]
 
     @property
     def run_dir(self) -> Path:
@@ -354,6 +371,8 @@ class PipelineConfig(Section):
                 where = f"earlier phases: {', '.join(seen)}" if seen else "it is the first phase"
                 raise ValueError(f"phase '{phase.name}' starts from '{printable(phase.start_from)}', which is not "
                                  f"an earlier phase ({where})")
+            if phase.start_from is not None:
+                check_chain_kinds(self, phase)
             if phase.start_from is not None and phase.model is not None:
                 source = self.model_for(phase.start_from)
                 if phase.model != source:
@@ -362,6 +381,14 @@ class PipelineConfig(Section):
                         "from; a chain shares one base model (remove 'model' from the later phase)")
             seen.append(phase.name)
         return self
+
+    def last_full(self, name: str) -> str | None:
+        """The latest phase of ``name``'s chain (``name`` excluded) that was fully fine-tuned: its output
+        model is the base the later phases start from."""
+        for phase in reversed(self.chain(name)[:-1]):
+            if phase.adapter == "full":
+                return phase.name
+        return None
 
     def model_for(self, name: str) -> ModelConfig:
         """The base model of a phase, following start_from back to the phase that names it."""

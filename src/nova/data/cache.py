@@ -38,11 +38,13 @@ def tokenizer_fingerprint(tokenizer: Any, template: str | None) -> str:
 
 
 def cache_key(cfg: DataConfig, *, method: str, seed: int, dpo_lengths: tuple[int, int],
-              tokenizer_id: str) -> str | None:
-    """The content key, or None when a source cannot be hashed (a hub id, a missing file)."""
+              tokenizer_id: str, fields: tuple[str, ...] = ()) -> str | None:
+    """The content key, or None when a source cannot be hashed (a hub id, a missing file). ``fields``
+    (GRPO: the record fields its rewards need) decide which records are valid, so they are hashed too."""
     h = hashlib.sha256(PIPELINE_VERSION.encode())
     settings = cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir"})
-    h.update(json.dumps([settings, method, seed, dpo_lengths, tokenizer_id], sort_keys=True).encode())
+    keyed = [settings, method, seed, dpo_lengths, tokenizer_id] + ([list(fields)] if fields else [])
+    h.update(json.dumps(keyed, sort_keys=True).encode())
     for spec in [*cfg.datasets, *cfg.eval_datasets]:
         if looks_like_hub_id(spec.path):
             return None

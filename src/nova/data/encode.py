@@ -105,6 +105,8 @@ class Encoder:
 
     def prepare(self, examples: list[dict[str, Any]]) -> Any:
         """The Python half: render chats and locate trained spans (holds the GIL)."""
+        if self.method == "grpo":
+            return self._render_prompts(examples)
         if self.method == "kto":
             return self._render_kto(examples)
         if self.method in PAIRED_METHODS:
@@ -119,6 +121,8 @@ class Encoder:
         holds each row's trained token ranges (after truncation; None where every token is
         trained) instead of the label list, for a caller that builds the labels column in one
         vectorized step (see nova.data.pipeline)."""
+        if self.method == "grpo":
+            return self._prompts(prepared)
         if self.method == "kto":
             return self._kto(prepared)
         if self.method in PAIRED_METHODS:
@@ -366,6 +370,43 @@ class Encoder:
         out["status"].append(status)
         out["prompt_cut"].append(prompt_cut)
         out["completion_cut"].append(completion_cut)
+
+    # ---- GRPO (prompts) ---------------------------------------------------------------
+    def _render_prompts(self, examples: list[dict[str, Any]]) -> tuple[int, list[tuple[int, str, str]],
+                                                                       dict[int, str]]:
+        """Each prompt as the model sees it when it answers (the template's generation prompt), and the
+        prompt messages with the reward fields as JSON (nova.data.prompts)."""
+        assert self.template is not None
+        texts: list[tuple[int, str, str]] = []
+        errors: dict[int, str] = {}
+        for i, ex in enumerate(examples):
+            try:
+                text = self.template.render(self.template.template_messages(ex["prompt"]), generation=True)
+            except RecordProblem as exc:
+                errors[i] = f"error:{exc.reason}:{exc.message}"
+                continue
+            record = orjson.dumps({"prompt": ex["prompt"], **ex["fields"]}, default=str).decode()
+            texts.append((i, text[-self.char_cap:], record))
+        return len(examples), texts, errors
+
+    def _prompts(self, prepared: Any) -> dict[str, list[Any]]:
+        """prompt_ids (the end kept past max_prompt_length, or dropped under overlong: drop) and record."""
+        keys = ("prompt_ids", "record", "length", "trained", "masked", "status", "prompt_cut", "completion_cut")
+        out: dict[str, list[Any]] = {k: [] for k in keys}
+        n, texts, errors = prepared
+        encs = self.backend.encode_batch([t for _, t, _ in texts], add_special_tokens=False) if texts else []
+        encoded = {row: (enc.ids, record) for (row, _, record), enc in zip(texts, encs, strict=True)}
+        limit = min(self.max_prompt_length, self.max_length)
+        for i in range(n):
+            ids, record = encoded.get(i, ([], ""))
+            cut = len(ids) > limit
+            status = errors.get(i) or (TOO_LONG if cut and self.overlong == "drop" else TRUNCATED if cut else OK)
+            kept = ids[-limit:] if status in (OK, TRUNCATED) else []
+            for key, value in zip(keys, (kept, record if kept else "", len(ids), 0, len(kept), status,
+                                         status == TRUNCATED, False), strict=True):
+                out[key].append(value)
+        out["row"] = list(range(n))  # one row per prompt
+        return out
 
     def _with_eos(self, ids: list[int]) -> list[int]:
         if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):

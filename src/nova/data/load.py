@@ -13,6 +13,8 @@ from typing import Any
 
 from nova.config.data_schema import DatasetSpec
 from nova.config.schema import PAIRED_METHODS
+from nova.data.prompts import FORMAT as PROMPT_FORMAT
+from nova.data.prompts import normalize_prompt
 from nova.data.records import (
     DPO_FORMATS,
     KTO_FORMATS,
@@ -47,6 +49,7 @@ class LoadContext:
     method: str
     system_prompt: str | None
     report: DataReport
+    fields: tuple[str, ...] = ()  # GRPO: record fields its rewards read (every record must have them)
 
 
 def load_sources(specs: list[DatasetSpec], ctx: LoadContext, *, eval_side: bool = False) -> list[Example]:
@@ -103,6 +106,7 @@ _FEEDBACK_SHAPES = ("messages", "sharegpt", "prompt_completion")
 _WRONG_METHOD_HINTS = {
     "preference": "use method: dpo, orpo or simpo for preference data",
     "unpaired": "use method: kto for replies with a label (good/bad feedback)",
+    "prompt": "use method: grpo for prompt-only records",
 }
 
 
@@ -125,10 +129,23 @@ def _check_header(spec: DatasetSpec, header: list[str], where: str) -> str | Non
     return fmt
 
 
+def _check_prompt_header(spec: DatasetSpec, header: list[str], where: str, fields: tuple[str, ...]) -> str:
+    """Tabular prompt files (GRPO): a prompt column and one per field the rewards read."""
+    names = [next((o for o, t in spec.columns.items() if t == h), h) for h in header]
+    for need in ("prompt", *fields):
+        if need not in names:
+            raise FileProblem("missing_column", f"{where}:1", f"a grpo stage needs a column '{need}'; the columns "
+                              f"are: {', '.join(header)}", "add it or map it with columns:")
+    return PROMPT_FORMAT
+
+
 def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: SourceReport,
                   header: list[str] | None, records: Any, where: str) -> list[Example]:
     report = ctx.report
-    file_format = _check_header(spec, header, where) if header is not None else None
+    if ctx.method == "grpo" and header is not None:
+        file_format = _check_prompt_header(spec, header, where, ctx.fields)
+    else:
+        file_format = _check_header(spec, header, where) if header is not None else None
     if spec.format != "auto":
         file_format = spec.format
     formats: Counter[str] = Counter()
@@ -169,6 +186,8 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
         raise raw.problem
     assert raw.data is not None
     record = apply_columns(raw.data, spec.columns)
+    if ctx.method == "grpo":
+        return _prompt_record(record, spec, ctx)
     detected = detect_format(record)
     fmt = spec.format if spec.format != "auto" else detected
     if fmt is None:
@@ -189,3 +208,11 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
     if fmt == "unpaired":
         return fmt, normalize_unpaired(record, ctx.system_prompt)
     return fmt, normalize(record, fmt, system_prompt=ctx.system_prompt, enable_thinking=spec.enable_thinking)
+
+
+def _prompt_record(record: dict[str, Any], spec: DatasetSpec, ctx: LoadContext) -> tuple[str, dict[str, Any]]:
+    """A GRPO stage reads every record as a prompt and its reference fields (nova.data.prompts)."""
+    if spec.format not in ("auto", PROMPT_FORMAT):
+        raise RecordProblem("wrong_method", f"'{spec.format}' records cannot train a grpo stage",
+                            "a grpo stage reads prompt-only records (format: auto or prompt)")
+    return PROMPT_FORMAT, normalize_prompt(record, ctx.system_prompt, ctx.fields)

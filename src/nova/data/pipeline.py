@@ -48,7 +48,7 @@ class PreparedData:
 def check_data(cfg: DataConfig, *, method: Method, tokenizer: Any = None, seed: int = 42,
                dpo: Any = None) -> DataReport:
     """Validate a stage's data before any model loads (token view only with a tokenizer)."""
-    report, train, evals = _assemble(cfg, method=method, seed=seed)
+    report, train, evals = _assemble(cfg, method=method, seed=seed, fields=_fields(dpo))
     if tokenizer is None:
         report.token_note = "no tokenizer given"
         return report
@@ -65,7 +65,7 @@ def prepare_stage_data(cfg: DataConfig, tokenizer: Any, *, method: Method, seed:
         report = DataReport.from_dict(saved)
         report.cache = f"hit ({cfg.cache_dir}/data/{key})"
         return PreparedData(train, evals, report)
-    report, train_ex, eval_ex = _assemble(cfg, method=method, seed=seed)
+    report, train_ex, eval_ex = _assemble(cfg, method=method, seed=seed, fields=_fields(dpo))
     train, evals = _tokenize_all(cfg, tokenizer, method, dpo, report, train_ex, eval_ex, build=True)
     if key is not None:
         report.cache = f"saved ({cfg.cache_dir}/data/{key})"
@@ -79,7 +79,7 @@ def data_key(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int, dpo:
     by it, and a run's fingerprint carries it, so a resume notices changed data."""
     template = _template_source(tokenizer)
     return cache.cache_key(cfg, method=method, seed=seed, dpo_lengths=_dpo_lengths(dpo),
-                           tokenizer_id=cache.tokenizer_fingerprint(tokenizer, template))
+                           tokenizer_id=cache.tokenizer_fingerprint(tokenizer, template), fields=_fields(dpo))
 
 
 def _dpo_lengths(dpo: Any) -> tuple[int, int]:
@@ -88,6 +88,11 @@ def _dpo_lengths(dpo: Any) -> tuple[int, int]:
 
         dpo = DPOConfig()
     return dpo.max_prompt_length, dpo.max_completion_length
+
+
+def _fields(settings: Any) -> tuple[str, ...]:
+    """GRPO: the record fields its rewards read (every record must have them); none for other methods."""
+    return tuple(getattr(settings, "reference_fields", ()))
 
 
 def _template_source(tokenizer: Any) -> str | None:
@@ -100,13 +105,14 @@ def _fail_if_bad(report: DataReport, cfg: DataConfig) -> None:
         raise DataError("bad data (data.on_error: skip would skip these records)", report.problems)
 
 
-def _assemble(cfg: DataConfig, *, method: Method, seed: int) -> tuple[DataReport, list[Example], list[Example]]:
+def _assemble(cfg: DataConfig, *, method: Method, seed: int,
+              fields: tuple[str, ...] = ()) -> tuple[DataReport, list[Example], list[Example]]:
     """Read and validate every source, then dedup, split, remove leakage and mix."""
     report = DataReport(method=method, max_length=cfg.max_length, overlong=cfg.overlong)
     if not cfg.datasets:
         raise DataError("no training data", [Problem("data.datasets", "the list is empty",
                                                      "add at least one dataset with a path")])
-    ctx = LoadContext(method=method, system_prompt=cfg.system_prompt, report=report)
+    ctx = LoadContext(method=method, system_prompt=cfg.system_prompt, report=report, fields=fields)
     train = load_sources(list(cfg.datasets), ctx)
     evals = load_sources(list(cfg.eval_datasets), ctx, eval_side=True)
     _fail_if_bad(report, cfg)
@@ -266,11 +272,13 @@ def _collect(out: dict[str, list[Any]], cols: dict[str, list[Any]], chunks: list
 
 def _arrow(columns: dict[str, list[Any]]) -> Any:
     """Token lists to an Arrow table of int64 lists, built from flat values and offsets (faster than
-    pa.array on a list of lists, which converts and checks row by row); KTO's ``label`` is one bool a row."""
+    pa.array on a list of lists, which converts and checks row by row); KTO's ``label`` is one bool a row,
+    GRPO's ``record`` one JSON string."""
     import numpy as np
     import pyarrow as pa
 
-    return pa.table({name: pa.array(values, type=pa.bool_()) if name == "label" else _list_array(values, np, pa)
+    scalar = {"label": pa.bool_(), "record": pa.string()}
+    return pa.table({name: pa.array(values, type=scalar[name]) if name in scalar else _list_array(values, np, pa)
                      for name, values in columns.items()})
 
 

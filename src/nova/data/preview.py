@@ -49,6 +49,12 @@ def preview(cfg: DataConfig, tokenizer: Any, *, method: str, n: int = 3) -> list
 
 def _show(example: dict[str, Any], tokenizer: Any, encoder: Encoder, method: str) -> list[str]:
     """The example's sequences as text, trained tokens marked (a chat may be several sequences)."""
+    if method == "grpo":  # nothing is trained: the prompt as the model sees it, and what the rewards get
+        row = encoder({"example": [json.dumps(example)]})
+        if row["status"][0].startswith("error:"):
+            raise RecordProblem("template_error", row["status"][0].split(":", 2)[2])
+        fields = json.dumps(example["fields"], ensure_ascii=True, default=str)
+        return [f"{tokenizer.decode(row['prompt_ids'][0])}\n=== the model answers; rewards get {fields} ==="]
     if method == "kto":
         row = encoder({"example": [json.dumps(example)]})
         if row["status"][0].startswith("error:"):

@@ -10,6 +10,7 @@ Arrow and worker processes unchanged):
 - ``{"kind": "pref", "prompt": [...], "chosen": msg, "rejected": msg}`` for DPO, ORPO and SimPO,
 - ``{"kind": "unpaired", "prompt": [...], "completion": msg, "label": bool}`` for KTO (read by
   nova.data.unpaired).
+- ``{"kind": "prompt", "prompt": [...], "fields": {...}}`` for GRPO (read by nova.data.prompts).
 
 A record that cannot be trained on raises ``RecordProblem`` with a reason slug (counted in
 the report) and a message that says what is wrong in the record's own terms.
@@ -23,7 +24,7 @@ from typing import Any
 
 from nova.data.reasoning import FIELD, ReasoningProblem, might_have_reasoning, split_reasoning
 
-FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "unpaired", "text")
+FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "unpaired", "text", "prompt")
 SFT_FORMATS = frozenset({"messages", "prompt_completion", "alpaca", "sharegpt", "text"})
 DPO_FORMATS = frozenset({"preference"})
 KTO_FORMATS = frozenset({"unpaired"})
@@ -37,6 +38,7 @@ REQUIRED = {
     "preference": ("chosen", "rejected"),
     "unpaired": (),  # a reply in one of three shapes plus a verdict: checked per record (nova.data.unpaired)
     "text": ("text",),
+    "prompt": ("prompt",),  # GRPO's prompt-only records (nova.data.prompts)
 }
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -132,6 +134,9 @@ def dedup_key(example: dict[str, Any]) -> str:
                                                                      strict=True)]
         if "enable_thinking" in example or "tools" in example:  # they change what is rendered
             parts.append(json.dumps([example.get("enable_thinking"), example.get("tools")], sort_keys=True))
+    elif kind == "prompt":  # GRPO: the prompt and the fields its rewards read
+        fields = json.dumps(example["fields"], sort_keys=True, default=str)
+        parts = [*map(_message_key, example["prompt"]), "\x1d", fields]
     elif kind == "unpaired":
         parts = [*map(_message_key, example["prompt"]), "\x1d", _message_key(example["completion"]), "\x1d",
                  str(example["label"])]

@@ -243,7 +243,10 @@ class DataReport:
                        f"{self.completion_truncated} completions truncated (end cut)")
         total = t.trained_tokens + t.masked_tokens
         share = 100.0 * t.trained_tokens / total if total else 0.0
-        out.append(f"  trained tokens {t.trained_tokens} ({share:.1f}%), masked {t.masked_tokens}")
+        if self.method == "grpo":  # nothing in the data is trained: the model's own completions are
+            out.append(f"  prompt tokens {t.masked_tokens} (the completions are generated while training)")
+        else:
+            out.append(f"  trained tokens {t.trained_tokens} ({share:.1f}%), masked {t.masked_tokens}")
         if t.reasoning_sequences:
             plain = t.trained_tokens - t.reasoning_trained_tokens
             out.append(f"  trained tokens by reply: reasoning {t.reasoning_trained_tokens} "

@@ -85,6 +85,11 @@ def read_inputs(run_dir: Path, *, trust_remote_code: bool = False) -> MergeInput
     from nova.runs import read_run
 
     record = read_run(Path(run_dir))
+    if record.full:  # adapter: full wrote the model itself: nothing to merge
+        model_dir = record.require_model()
+        raise NovaError(f"{record.run.path} is a full fine-tuning run: there is nothing to merge; the model is "
+                        f"{model_dir}", hint=f"load it directly (nova infer --model {record.run.path}, nova export "
+                        f"--model {model_dir}, or AutoModelForCausalLM.from_pretrained)")
     model_cfg = record.model.changed(trust_remote_code=trust_remote_code)
     return MergeInputs(record, record.require_adapters(), check_conversations(record), model_cfg)
 

@@ -98,7 +98,15 @@ def activate(peft_model: Any, names: Sequence[str], trainable: Sequence[str] = (
 
 @contextmanager
 def active_adapters(peft_model: Any, names: Sequence[str]) -> Iterator[None]:
-    """Temporarily run with only ``names`` active (e.g. the DPO reference), then restore."""
+    """Temporarily run with only ``names`` active (e.g. the DPO reference), then restore.
+
+    A plain model (full fine-tuning) has no adapters: with none asked for it runs as it is.
+    """
+    if not hasattr(peft_model, "peft_config"):
+        if names:
+            raise NovaError(f"adapters {list(names)} asked for on a model without adapters (full fine-tuning)")
+        yield
+        return
     before = peft_model.base_model.active_adapters
     grads = {n: p.requires_grad for n, p in peft_model.named_parameters()}
     try:

@@ -130,11 +130,17 @@ def fmt(value: float) -> str:
 
 
 class Watcher:
-    """Turns one stage's log values into alerts and the early-stopping decision."""
+    """Turns one stage's log values into alerts and the early-stopping decision.
 
-    def __init__(self, config: MonitorConfig, stage: str) -> None:
+    ``metric`` is the eval value watched: ``eval_loss`` (lower is better), or for GRPO ``eval_reward``
+    (higher is better: GRPO's loss is near 0 by construction and says nothing about progress).
+    """
+
+    def __init__(self, config: MonitorConfig, stage: str, metric: str = "eval_loss") -> None:
         self.config = config
         self.stage = stage
+        self.metric = metric
+        self.higher = metric == "eval_reward"
         self.gate = AlertGate(config.alert_repeat_steps)
         self._grad_baseline: list[float] = []  # the first finite norms: what "normal" is for this stage
         self._tps: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)
@@ -170,8 +176,10 @@ class Watcher:
         return c.grad_norm_spike * median, (f" ({fmt(c.grad_norm_spike)}x the median {fmt(median)} of the first "
                                             f"{len(self._grad_baseline)} logged steps)")
 
-    def observe_train(self, step: int, grad_norm: float | None, tokens_per_second: float | None) -> list[Alert]:
-        """A training log: gradient norm bounds and throughput against its running median."""
+    def observe_train(self, step: int, grad_norm: float | None, tokens_per_second: float | None,
+                      signal: bool = True) -> list[Alert]:
+        """A training log: gradient norm bounds and throughput against its running median. ``signal``
+        False (GRPO: every group's completions scored alike) explains a zero gradient: no low alert."""
         out: list[Alert] = []
         c = self.config
         if grad_norm is not None:
@@ -181,9 +189,9 @@ class Watcher:
             shown = fmt(ceiling) if ceiling is not None else "a finite value"
             out += self._alert("grad_norm_high", high, step, grad_norm, ceiling,
                                f"alert: grad_norm {fmt(grad_norm)} > {shown}{why}")
-            if finite and len(self._grad_baseline) < c.grad_norm_baseline_steps:
-                self._grad_baseline.append(grad_norm)
-            low = finite and grad_norm < c.grad_norm_min
+            if finite and grad_norm > 0 and len(self._grad_baseline) < c.grad_norm_baseline_steps:
+                self._grad_baseline.append(grad_norm)  # a step without any gradient says nothing of "normal"
+            low = finite and signal and grad_norm < c.grad_norm_min
             out += self._alert("grad_norm_low", low, step, grad_norm, c.grad_norm_min,
                                f"alert: grad_norm {fmt(grad_norm)} < {fmt(c.grad_norm_min)} (is anything learning?)")
         if tokens_per_second is not None:
@@ -193,7 +201,7 @@ class Watcher:
     def replay_grad_norms(self, norms: list[float]) -> None:
         """Rebuild the gradient-norm baseline after a resume (from metrics.jsonl)."""
         for norm in norms:
-            if math.isfinite(norm) and len(self._grad_baseline) < self.config.grad_norm_baseline_steps:
+            if math.isfinite(norm) and norm > 0 and len(self._grad_baseline) < self.config.grad_norm_baseline_steps:
                 self._grad_baseline.append(norm)
 
     def _throughput(self, step: int, tps: float) -> list[Alert]:
@@ -237,21 +245,25 @@ class Watcher:
         return self.stopped
 
     def observe_eval(self, step: int, eval_loss: float) -> EvalVerdict:
-        """An evaluation: rising-loss alert, and early stopping when patience is set.
+        """An evaluation of the watched metric (eval_loss; GRPO: eval_reward): an alert when it gets
+        worse several evals in a row, and early stopping when patience is set.
 
-        A non-finite eval loss counts as "did not improve" and as a rise.
+        A non-finite value counts as "did not improve" and as getting worse.
         """
         c = self.config
         prev = self._evals[-1][1] if self._evals else None
         self._evals.append((step, eval_loss))
-        rose = prev is not None and (not math.isfinite(eval_loss) or eval_loss > prev)
+        worse = prev is not None and (eval_loss < prev if self.higher else eval_loss > prev)
+        rose = prev is not None and (not math.isfinite(eval_loss) or worse)
         self._rises = self._rises + 1 if rose else 0
         trail = " -> ".join(fmt(v) for _, v in self._evals[-(self._rises + 1):])
-        alerts = self._alert("eval_loss_rising", self._rises >= c.loss_rising_evals, step, float(self._rises),
+        kind, moved = ("eval_reward_falling", "fell") if self.higher else ("eval_loss_rising", "rose")
+        alerts = self._alert(kind, self._rises >= c.loss_rising_evals, step, float(self._rises),
                              float(c.loss_rising_evals),
-                             f"alert: eval_loss rose {evals(self._rises)} in a row ({trail})")
-        improved = math.isfinite(eval_loss) and (
-            self._best is None or eval_loss < self._best[1] - c.early_stopping_min_delta)
+                             f"alert: {self.metric} {moved} {evals(self._rises)} in a row ({trail})")
+        delta = c.early_stopping_min_delta
+        improved = math.isfinite(eval_loss) and (self._best is None or (
+            eval_loss > self._best[1] + delta if self.higher else eval_loss < self._best[1] - delta))
         if improved:
             self._best, self._since_best = (step, eval_loss), 0
         else:
@@ -260,9 +272,9 @@ class Watcher:
         stop = patience is not None and self._since_best >= patience and not self.stopped
         if stop:
             self.stopped = True
-            best = f"best {fmt(self._best[1])} at step {self._best[0]}" if self._best else "no finite eval loss"
+            best = f"best {fmt(self._best[1])} at step {self._best[0]}" if self._best else "no finite value"
             alerts.append(Alert(time.time(), step, self.stage, "early_stop", eval_loss, float(patience),
-                                f"early stop: eval_loss {fmt(eval_loss)} has not improved for "
+                                f"early stop: {self.metric} {fmt(eval_loss)} has not improved for "
                                 f"{evals(self._since_best)} ({best}) at step {step} ({self.stage}); "
                                 "stopping this stage"))
         return EvalVerdict(alerts, stop)

@@ -31,12 +31,15 @@ class MonitorCallback(transformers.TrainerCallback):
     """
 
     def __init__(self, run_dir: Path, config: MonitorConfig, log: RunLog, stage: str,
-                 gpu_index: int | None) -> None:
+                 gpu_index: int | None, method: str = "sft") -> None:
         self.run_dir = Path(run_dir)
         self.config = config
         self.log = log
         self.stage = stage
-        self.watcher = Watcher(config, stage)
+        self.method = method
+        # GRPO's loss sits near 0 whatever it learns: its holdout reward is what is watched
+        self.eval_key = "eval_reward" if method == "grpo" else "eval_loss"
+        self.watcher = Watcher(config, stage, self.eval_key)
         self.sink = AlertSink(RunDir(self.run_dir).alerts, log)
         self.sampler: Any = None
         if gpu_index is not None:
@@ -65,9 +68,9 @@ class MonitorCallback(transformers.TrainerCallback):
         mine = [r for r in read_jsonl(RunDir(self.run_dir).metrics) if r.get("stage") == self.stage
                 and isinstance(r.get("step"), int) and r["step"] <= state.global_step]
         self.watcher.replay_grad_norms([v for r in mine if (v := number(r.get("grad_norm"))) is not None])
-        history = [(int(r["step"]), float(v)) for r in mine if (v := number(r.get("eval_loss"))) is not None]
+        history = [(int(r["step"]), float(v)) for r in mine if (v := number(r.get(self.eval_key))) is not None]
         if self.watcher.replay_evals(history):
-            self.log.say(f"early stop: eval_loss had already stopped improving before the resume at step "
+            self.log.say(f"early stop: {self.eval_key} had already stopped improving before the resume at step "
                          f"{state.global_step} ({self.stage}); stopping this stage")
             control.should_training_stop = True
 
@@ -85,8 +88,12 @@ class MonitorCallback(transformers.TrainerCallback):
             tps = self.throughput.sample(int(state.num_input_tokens_seen or 0))
             if tps is not None:
                 logs["tokens_per_second"] = round(tps, 2)
-            alerts += self.watcher.observe_train(step, number(logs.get("grad_norm")), tps)
-        eval_loss = number(logs.get("eval_loss"))
+            signal = number(logs.get("frac_reward_zero_std")) != 1.0  # GRPO: 1.0 is no reward signal at all
+            # GRPO's tokens/s follow its answers' lengths (a batch decodes as long as its longest answer):
+            # logged, but no drop alert
+            judged = None if self.method == "grpo" else tps
+            alerts += self.watcher.observe_train(step, number(logs.get("grad_norm")), judged, signal)
+        eval_loss = number(logs.get(self.eval_key))
         if eval_loss is not None:
             verdict = self.watcher.observe_eval(step, eval_loss)
             alerts += verdict.alerts

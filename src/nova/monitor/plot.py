@@ -1,5 +1,5 @@
-"""plots/loss.png from metrics.jsonl: loss and learning rate, DPO reward margins and accuracy, and
-the forgetting table (retention.json: each earlier phase's holdout loss before and after this phase).
+"""plots/loss.png from metrics.jsonl: loss and learning rate, DPO reward margins and accuracy, GRPO's
+reward, and the forgetting table (retention.json: each earlier phase's holdout loss before and after this phase).
 
 Stages of a phase are drawn one after another on one step axis (the second stage starts where
 the first ended, marked by a dotted line and its name), so an SFT->DPO phase reads left to right.
@@ -34,12 +34,18 @@ class Curves:
     accuracies: Points = field(default_factory=list)
     eval_margins: Points = field(default_factory=list)
     eval_accuracies: Points = field(default_factory=list)
+    reward: Points = field(default_factory=list)  # GRPO: the mean total reward of each step's completions
+    eval_reward: Points = field(default_factory=list)
     stage_starts: list[tuple[float, str]] = field(default_factory=list)
     forgetting: list[tuple[str, float, float]] = field(default_factory=list)  # (set, loss before, loss after)
 
     @property
     def has_dpo(self) -> bool:
         return bool(self.margins or self.accuracies or self.eval_margins or self.eval_accuracies)
+
+    @property
+    def has_grpo(self) -> bool:
+        return bool(self.reward or self.eval_reward)
 
 
 def _last_per_step(records: list[dict[str, Any]], key: str) -> dict[int, dict[str, Any]]:
@@ -66,11 +72,13 @@ def build_curves(records: list[dict[str, Any]]) -> Curves:
         curves.stage_starts.append((offset, name))
         train = _last_per_step(mine, "loss")
         evals = _last_per_step(mine, "eval_loss")
+        rewards = _last_per_step(mine, "eval_reward")
         for series, source, key in ((curves.train_loss, train, "loss"), (curves.learning_rate, train, "learning_rate"),
                                     (curves.margins, train, DPO_KEYS[0]), (curves.accuracies, train, DPO_KEYS[1]),
                                     (curves.eval_loss, evals, "eval_loss"),
                                     (curves.eval_margins, evals, "eval_" + DPO_KEYS[0]),
-                                    (curves.eval_accuracies, evals, "eval_" + DPO_KEYS[1])):
+                                    (curves.eval_accuracies, evals, "eval_" + DPO_KEYS[1]),
+                                    (curves.reward, train, "reward"), (curves.eval_reward, rewards, "eval_reward")):
             points = [(offset + step, v if math.isfinite(v) else math.nan)
                       for step, r in source.items() if (v := number(r.get(key))) is not None]
             if series and points:
@@ -125,7 +133,7 @@ def _draw(curves: Curves, title: str, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = (2 if curves.has_dpo else 1) + (1 if curves.forgetting else 0)
+    panels = 1 + curves.has_dpo + curves.has_grpo + (1 if curves.forgetting else 0)
     fig = Figure(figsize=(10, 3.8 * panels + 0.6), dpi=100)
     FigureCanvasAgg(fig)
     every = fig.subplots(panels, 1, squeeze=False)[:, 0]
@@ -153,6 +161,8 @@ def _draw(curves: Curves, title: str, path: Path) -> None:
     ax.set_title(f"{title}: loss" + (" (stages in sequence)" if len(curves.stage_starts) > 1 else ""))
     if curves.has_dpo:
         _draw_dpo(axes[1], curves)
+    if curves.has_grpo:
+        _draw_grpo(axes[1 + curves.has_dpo], curves)
     for panel in axes:
         for x, name in curves.stage_starts:
             if len(curves.stage_starts) > 1:
@@ -196,3 +206,16 @@ def _draw_dpo(ax: Any, curves: Curves) -> None:
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_title("preference rewards (DPO, KTO, ORPO, SimPO)")
+
+
+def _draw_grpo(ax: Any, curves: Curves) -> None:
+    handles = []
+    if curves.reward:
+        handles += ax.plot(*_xy(curves.reward), color="C4", lw=1.2, label="reward (mean of the step's completions)")
+    if curves.eval_reward:
+        handles += ax.plot(*_xy(curves.eval_reward), "o-", color="C5", lw=1.2, ms=4, label="eval reward")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    if handles:
+        ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.set_title("GRPO reward (its loss sits near 0 whatever it learns)")

@@ -33,6 +33,7 @@ def _numbers(ps: PhaseStatus) -> list[str]:
         losses.append(f"eval {ps.eval_loss:.4f} (step {ps.eval_step})")
     if losses:
         out.append(f"  loss:       {', '.join(losses)}")
+    out += _reward_lines(ps.rewards)
     speed = []
     if ps.tokens_per_second is not None:
         speed.append(f"{ps.tokens_per_second:.0f} tokens/s")
@@ -42,6 +43,24 @@ def _numbers(ps: PhaseStatus) -> list[str]:
         out.append(f"  speed:      {', '.join(speed)}")
     if ps.eta_seconds is not None:
         out.append(f"  eta:        {human_seconds(ps.eta_seconds)} to the end of stage {ps.stage}")
+    return out
+
+
+def _reward_lines(rewards: dict[str, float]) -> list[str]:
+    """GRPO: the total reward with each reward's mean, then KL and completion length."""
+    if "reward" not in rewards:
+        return []
+    each = [f"{k[len('rewards/'):-len('/mean')]} {v:.3f}" for k, v in rewards.items() if k.startswith("rewards/")]
+    line = f"  reward:     {rewards['reward']:.3f}" + (f" ({', '.join(each)})" if each else "")
+    if "eval_reward" in rewards:
+        line += f", eval {rewards['eval_reward']:.3f}"
+    out = [line]
+    more = [f"kl {rewards['kl']:.4g}" if "kl" in rewards else "",
+            f"completion length {rewards['completions/mean_length']:.1f} tokens"
+            if "completions/mean_length" in rewards else "",
+            f"groups without signal {rewards['frac_reward_zero_std']:.0%}" if "frac_reward_zero_std" in rewards else ""]
+    if any(more):
+        out.append(f"  grpo:       {', '.join(m for m in more if m)}")
     return out
 
 

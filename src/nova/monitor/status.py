@@ -56,6 +56,8 @@ class PhaseStatus:
     recoveries: int = 0
     # per earlier phase (or retention:<path>): eval_loss_before, eval_loss_after, change (nova.runs.retention)
     forgetting: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # GRPO: the newest reward (total and rewards/<name>/mean), kl, completions/mean_length, eval_reward
+    rewards: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,9 +175,19 @@ def _fill_stage(ps: PhaseStatus, run: RunDir, record: RunRecord | None, records:
     ps.train_loss, _ = latest(records, "loss")
     ps.eval_loss, ps.eval_step = latest(records, "eval_loss")
     ps.tokens_per_second, _ = latest([r for r in records if "loss" in r], "tokens_per_second")
+    ps.rewards = _rewards(records)
     ps.seconds_per_step = step_rate(records)
     if ps.status == "running" and ps.seconds_per_step and ps.total_steps is not None and ps.step is not None:
         ps.eta_seconds = max(ps.total_steps - ps.step, 0) * ps.seconds_per_step
+
+
+def _rewards(records: list[dict[str, Any]]) -> dict[str, float]:
+    """A GRPO stage's newest reward figures (empty for other methods)."""
+    keys = ["reward", *sorted({k for r in records for k in r if k.startswith("rewards/") and k.endswith("/mean")}),
+            "kl", "completions/mean_length", "frac_reward_zero_std", "eval_reward"]
+    if not any("reward" in r for r in records):
+        return {}
+    return {k: v for k in keys if (v := latest(records, k)[0]) is not None}
 
 
 def _phase_dir(root: Path, name: str, recorded: Any) -> Path:

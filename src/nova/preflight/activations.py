@@ -120,12 +120,18 @@ def attention_saved_per_token(shape: ModelShape, s: Settings) -> float:
     return saved
 
 
+def _full_inputs(s: Settings) -> set[str]:
+    """Full fine-tuning: every linear's weight gradient needs the linear's input, so each is kept."""
+    return {"attn_in", "attn_out", "mlp_in", "down_in"} if s.full else set()
+
+
 def layer_saved_per_token(shape: ModelShape, s: Settings) -> float:
     """Bytes one decoder layer keeps for backward, per token."""
-    norms = 2 * 4 * shape.hidden
+    # a trainable RMSNorm weight also keeps the normalized input of its ``weight * x`` (16-bit)
+    norms = 2 * 4 * shape.hidden + (2 * s.compute_bytes * shape.hidden if s.full else 0)
     mlp = 3 * s.compute_bytes * _mlp_width(shape)
     private, shared = _lora_private(shape, s)
-    inputs = _input_bytes(shape, s, shared | _quantized_inputs(s))
+    inputs = _input_bytes(shape, s, shared | _quantized_inputs(s) | _full_inputs(s))
     return norms + attention_saved_per_token(shape, s) + mlp + private + inputs
 
 

@@ -25,7 +25,7 @@ ATTENTION = {"eager": "eager", "flash_attention_2": "flash_attention_2"}  # auto
 
 
 def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, on_gpu: bool,
-                   reference_adapter: bool = False, frozen_lora_params: int = 0) -> Settings:
+                   reference_adapter: bool = False, frozen_lora_params: int = 0, full: bool = False) -> Settings:
     """The memory-relevant settings of one stage, on the code path nova runs for it.
 
     SFT (nova.train): through the trainer's ``model.forward`` (nova's loss is a forward mode of the
@@ -37,6 +37,7 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     DPO (TRL): through ``model.forward`` under autocast, dropout disabled, chosen and rejected
     padded into one batch, TRL's fused head over completion positions only. ORPO and SimPO run the
     same path (nova.train.trainers_pref); KTO the same with one reply per prompt.
+    ``full`` (adapter: full): no LoRA at all; every weight, its gradient and its optimizer states count.
     """
     fp32 = model.compute_dtype == "fp32" or (model.compute_dtype == "auto" and not on_gpu)
     t = stage.training
@@ -48,6 +49,9 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, method=stage.method,
         attn_implementation=attn, reference_adapter=reference_adapter, frozen_lora_params=frozen_lora_params,
         device="cuda" if on_gpu else "cpu")
+    if full:
+        common = replace(common, quantization="none", lora_r=0, target_modules=(), lora_dropout=0.0,
+                         reference_adapter=False, frozen_lora_params=0, full=True)
     if stage.method != "sft":  # TRL caps each sequence at prompt + completion lengths (the method's section)
         lengths = stage.length_settings
         seq = min(stage.data.max_length, lengths.max_prompt_length + lengths.max_completion_length)

@@ -1,4 +1,4 @@
-"""Peak GPU memory of a LoRA / QLoRA training step, from a model's config.json alone.
+"""Peak GPU memory of a LoRA / QLoRA (or full fine-tuning) training step, from a model's config.json alone.
 
 Everything here is a pure function of (model shape, settings), so it is testable without
 torch and without weights. The peak of a step is the persistent part plus the worst of two
@@ -13,6 +13,10 @@ moments, each counted from the tensors autograd keeps on the code path that runs
 * the last-layer moment: with checkpointing, one recomputed layer and its gradient buffers;
 * one dequantization buffer of the largest 4-bit weight, alive during any base matmul;
 * the caching allocator's pool and the CUDA context (the fitted constants).
+
+Full fine-tuning (``Settings.full``) has no LoRA terms: every weight, its gradient and its Adam
+states are persistent (``_full_persistent``), each layer keeps its linears' inputs, and the
+optimizer step can set the peak (``full_step_bytes``).
 
 The free constants are fitted in ``nova.preflight.calibration`` against published
 measurements; the result is ``CALIBRATED`` here, so the estimate never imports the
@@ -134,7 +138,60 @@ def estimate_memory(config: dict[str, Any], settings: Settings, constants: Const
     return estimate_for_shape(model_shape(config), settings, constants or CALIBRATED)
 
 
+def full_optimizer_bytes(shape: ModelShape, s: Settings) -> int:
+    """Adam's two states over every weight (full fine-tuning).
+
+    torch AdamW keeps them in the parameter dtype (``zeros_like(param)``: 2 x d per weight); bitsandbytes'
+    8-bit AdamW keeps uint8 states (2 B) except for the input embedding, which the HF Trainer registers
+    for 32-bit states (``register_module_override(..., {"optim_bits": 32})``), and tensors under 4096
+    elements (the norms: ``min_8bit_size``), which stay fp32 (8 B); paged AdamW 32-bit: fp32 states, 8 B.
+    """
+    n = shape.total_params
+    if s.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        fp32_states = shape.vocab * shape.hidden + shape.norm_params
+        return int((n - fp32_states) * 2 + fp32_states * 8)
+    return int(n * optimizer_bytes_per_param(s.optimizer, s.compute_bytes))
+
+
+def largest_weight(shape: ModelShape) -> int:
+    """Elements of the largest single weight (the embedding, or an MLP matrix)."""
+    return max(shape.vocab * shape.hidden, shape.largest_linear)
+
+
+def full_step_bytes(shape: ModelShape, s: Settings) -> int:
+    """The optimizer step of full fine-tuning, on top of weights, gradients and states (activations freed).
+
+    torch's AdamW on CUDA runs the foreach kernels: ``_foreach_sqrt(exp_avg_sqs)`` makes one temporary
+    the size of every state at once (n x d). Elsewhere (the CPU) it loops per tensor, and bitsandbytes'
+    kernels update in place: one temporary of the largest weight at most.
+    """
+    if s.optimizer == "adamw_torch" and s.device == "cuda":
+        return shape.total_params * s.compute_bytes
+    return largest_weight(shape) * s.compute_bytes
+
+
+def _full_persistent(shape: ModelShape, s: Settings) -> dict[str, int]:
+    """Full fine-tuning: every weight in the compute dtype (nova loads it so: no fp32 master copy), its
+    gradient in the same dtype (x2 with DDP's buckets), Adam's states, and the accumulation temporary of
+    the largest weight (from the second micro batch on, autograd adds each new gradient into ``.grad``)."""
+    n, d = shape.total_params, s.compute_bytes
+    weights, grads, optim = n * d, n * d * (2 if s.ddp else 1), full_optimizer_bytes(shape, s)
+    if s.shard_world > 1:  # FSDP: each rank holds 1/world, plus the layer it has gathered whole
+        w = s.shard_world
+        weights, grads, optim = weights // w + weights // max(shape.layers, 1), grads // w, optim // w
+    return {"base_weights": weights, "lora_weights": 0, "lora_gradients": 0, "optimizer_states": optim,
+            "gradients": grads + largest_weight(shape) * d, "dpo_reference": 0}
+
+
+def _step_beyond_backward(shape: ModelShape, s: Settings, backward: float) -> int:
+    """Full fine-tuning: what the optimizer step needs beyond the backward's peak (activations are freed
+    by then, so only the excess raises the peak)."""
+    return max(0, full_step_bytes(shape, s) - int(backward)) if s.full else 0
+
+
 def _persistent(shape: ModelShape, s: Settings) -> tuple[int, dict[str, int]]:
+    if s.full:
+        return 0, _full_persistent(shape, s)
     n_lora = lora_params(shape, s)
     lora_w = n_lora * s.lora_bytes
     grads = n_lora * s.lora_bytes * (2 if s.ddp else 1)
@@ -157,9 +214,10 @@ def _persistent(shape: ModelShape, s: Settings) -> tuple[int, dict[str, int]]:
         "lora_weights": lora_w + s.frozen_lora_params * s.lora_bytes,
         "lora_gradients": grads,
         "optimizer_states": optim,
+        "gradients": 0,  # of the base weights: full fine-tuning only
         # the reference log-probs come from a no-grad pass run once before training (below the training
         # peak); only the frozen copy of the phase adapter, the stage's starting point, stays resident
-        "dpo_reference": lora_w if s.method in ("dpo", "kto") and s.reference_adapter else 0,
+        "dpo_reference": lora_w if s.method in ("dpo", "kto", "grpo") and s.reference_adapter else 0,
     }
 
 
@@ -174,6 +232,7 @@ def estimate_for_shape(shape: ModelShape, settings: Settings, c: Constants) -> E
     breakdown.update({
         "activations": int(stored), "logits_and_loss": int(loss) if loss >= layer else 0,
         "layer_recompute": int(layer) if layer > loss else 0, "dequant_buffers": int(dequant),
+        "optimizer_step": _step_beyond_backward(shape, s, stored + max(loss, layer) + dequant),
         "allocator_overhead": 0, "cuda_context": 0})
     if s.device == "cuda":
         breakdown["allocator_overhead"] = int(c.pool_fraction * (stored + layer + dequant))
@@ -183,8 +242,13 @@ def estimate_for_shape(shape: ModelShape, settings: Settings, c: Constants) -> E
         notes.append(f"{s.method.upper()}: chosen and rejected in one batch ({s.sequences} sequences per micro batch)")
     elif s.method == "kto":
         notes.append("KTO: the KL batch (each prompt with a neighbour's reply) runs without gradients")
+    elif s.method == "grpo":
+        notes.append("GRPO: one completion per sequence; generating them (and the KL reference) runs without "
+                     "gradients")
     if s.attn_implementation == "eager":
         notes.append(f"eager attention keeps [{s.row} x {s.row}] scores per head; sdpa does not")
+    if s.full:
+        notes.append(f"full fine-tuning: {shape.total_params / 1e9:.2f}B weights, gradients and {s.optimizer} states")
     if s.upcast_unquantized and s.quantization != "none":
         notes.append("embeddings, lm_head and norms in fp32 and an fp32 residual stream (kbit preparation)")
     return Estimate(breakdown, n_lora, s, notes, band(s), regime(s))

@@ -35,6 +35,7 @@ from nova.preflight.estimate import (
     ModelShape,
     Settings,
     estimate_for_shape,
+    full_optimizer_bytes,
     lora_params,
     model_shape,
 )
@@ -102,16 +103,20 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
     for ph in plan.phases:
         shape = _shape(sources[ph.model.base], report, plan, ph)
         lora_params = 0
+        full_disk = 0
         for stage in ph.stages:
             est, auto = _stage_checks(report, plan, ph, stage, shape, snap, env, with_data=check_data, world=world)
             if est is not None:
                 lora_params = max(lora_params, est.lora_params)
+                if ph.full and shape is not None:
+                    keep = stage.config.training.save_total_limit
+                    full_disk = max(full_disk, _full_disk(shape, est, len(ph.stages), keep))
                 if peak is None or est.total_bytes > peak.estimate.total_bytes:
                     peak = _Peak(est, stage.label, auto)
         if shape is not None:
             t = ph.stages[-1].config.training
             per_ckpt = checkpoint_bytes(lora_params, t.optimizer)
-            disk.append((ph.run.path, per_ckpt * t.save_total_limit + lora_params * 4))
+            disk.append((ph.run.path, full_disk or per_ckpt * t.save_total_limit + lora_params * 4))
     if disk:
         report.add(check_disk(disk))
     else:
@@ -120,6 +125,13 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
         report.estimate = {**peak.estimate.to_dict(), "stage": peak.label}
         report.auto_fit = peak.auto_fit
     return report
+
+
+def _full_disk(shape: ModelShape, est: Estimate, stages: int, keep: int) -> int:
+    """A full fine-tuning phase on disk: ``keep`` checkpoints of the weights and the optimizer states, and
+    each stage's model (the phase's model/ is hard-linked to the last one)."""
+    weights = shape.total_params * est.settings.compute_bytes
+    return weights * stages + keep * (weights + full_optimizer_bytes(shape, est.settings))
 
 
 def _model_checks(report: PreflightReport, plan: Plan) -> dict[str, ModelSource]:
@@ -154,7 +166,7 @@ def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: 
         ctx = MemoryContext(snap, gpu, env.cpu.ram_available_bytes)
         est, auto = _memory(report, plan, f"memory{suffix}", shape, ph, stage, ctx, world)
     records = _data(report, f"data{suffix}", cfg, with_data)
-    report.add(check_learning_rate(f"learning_rate{suffix}", cfg))
+    report.add(check_learning_rate(f"learning_rate{suffix}", cfg, full=ph.full))
     report.add(check_schedule(f"schedule{suffix}", cfg, records))
     return est, auto
 
@@ -231,9 +243,9 @@ def _memory(report: PreflightReport, plan: Plan, name: str, shape: ModelShape, p
 
     cfg = stage.config
     # a DPO or KTO stage after another stage of the same phase keeps the adapter's starting copy as reference
-    ref = cfg.method in REFERENCE_METHODS and stage.index > 0
+    ref = (cfg.method in REFERENCE_METHODS or (cfg.method == "grpo" and cfg.grpo.beta > 0)) and stage.index > 0
     settings = stage_settings(ph.model, ph.phase.lora, cfg, on_gpu=ctx.gpu is not None, reference_adapter=ref,
-                              frozen_lora_params=_frozen_lora_params(plan, ph, shape))
+                              frozen_lora_params=_frozen_lora_params(plan, ph, shape), full=ph.full)
     if world > 1:
         replica = replace(settings, ddp=True)
         free = ctx.gpu.free_bytes if ctx.gpu is not None else None
@@ -260,12 +272,12 @@ def _data(report: PreflightReport, name: str, stage: StageConfig, enabled: bool)
 
 
 def fit_stage(model_config: dict[str, Any], model: ModelConfig, lora: LoraConfig, stage: StageConfig,
-              budget_bytes: int, *, margin: float = 0.10) -> FitChoice:
+              budget_bytes: int, *, margin: float = 0.10, full: bool = False) -> FitChoice:
     """Auto-fit for one stage from its config objects (what ``nova train`` calls with the GPU's free bytes).
 
     Returns a ``FitChoice``: micro_batch_size, gradient_accumulation_steps, gradient_checkpointing,
     fits, changed and a one-line reason to record in the run directory.
     """
-    settings = stage_settings(model, lora, stage, on_gpu=True)
+    settings = stage_settings(model, lora, stage, on_gpu=True, full=full)
     return fit_batch(model_shape(model_config), settings, stage.training.gradient_accumulation_steps,
                      budget_bytes, margin=margin, min_micro=stage.min_micro_batch)

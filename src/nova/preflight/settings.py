@@ -43,7 +43,7 @@ class Settings:
     reentrant: bool = False  # use_reentrant=True checkpointing (nova sets False)
     quant_saves_input: bool = False  # bitsandbytes <= 0.43 kept each 4-bit linear's input for backward
     optimizer: str = "adamw_torch"
-    method: Literal["sft", "dpo", "kto", "orpo", "simpo"] = "sft"
+    method: Literal["sft", "dpo", "kto", "orpo", "simpo", "grpo"] = "sft"
     attn_implementation: Attention = "sdpa"
     # An explicit mask reaches SDPA (packed rows, padding): GQA keys/values are repeated to every
     # head and each layer keeps its own additive bias; without one SDPA runs causal flash with GQA.
@@ -60,6 +60,7 @@ class Settings:
     upcast_unquantized: bool = False  # peft.prepare_model_for_kbit_training: fp32 embeddings and norms
     reference_adapter: bool = False  # DPO after SFT in one phase keeps a frozen copy of the adapter
     frozen_lora_params: int = 0  # adapters of earlier phases stacked frozen under the trained one
+    full: bool = False  # adapter: full: every weight trained (no LoRA; gradients and Adam states for all)
     device: Literal["cuda", "cpu"] = "cuda"  # the CPU has no CUDA context and no caching allocator pool
 
     @property

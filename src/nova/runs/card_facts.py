@@ -145,6 +145,10 @@ def _settings(stage: Any) -> dict[str, Any]:
            "optimizer": t.optimizer, "max_length": stage.data.max_length, "seed": t.seed}
     if stage.method == "dpo":
         out.update({"dpo_beta": stage.dpo.beta, "dpo_loss_type": stage.dpo.loss_type})
+    if stage.method == "grpo":
+        g = stage.grpo
+        out.update({"grpo_num_generations": g.num_generations, "grpo_beta": g.beta, "grpo_temperature": g.temperature,
+                    "grpo_rewards": " + ".join(f"{r.weight:g} x {r.label}" for r in g.rewards)})
     return out
 
 

@@ -23,6 +23,7 @@ from nova.runs.layout import ADAPTER_WEIGHTS
 SEAL = "nova_checkpoint.json"
 TRAINER_STATE = "trainer_state.json"
 REQUIRED_FILES = (ADAPTER_WEIGHTS, "optimizer.pt", "scheduler.pt", TRAINER_STATE)
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # a full fine-tuning checkpoint's model
 TMP_PREFIX = ".tmp-checkpoint-"
 BROKEN_PREFIX = "broken-"
 KEEP_BROKEN = 2  # checkpoints moved aside are kept for a look, but not without limit
@@ -94,7 +95,10 @@ def checkpoint_problem(path: Path, *, deep: bool = False) -> str | None:
     record = read_seal(path)
     if record is None:
         return "not sealed (written partially, e.g. killed while saving)"
-    missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
+    weights = _weights_file(path)
+    missing = [f for f in REQUIRED_FILES if not (path / f).exists() and f != ADAPTER_WEIGHTS]
+    if weights is None:
+        missing.insert(0, ADAPTER_WEIGHTS)
     if missing:
         return f"missing {', '.join(missing)}"
     if isinstance(record.get("files"), dict):
@@ -103,7 +107,7 @@ def checkpoint_problem(path: Path, *, deep: bool = False) -> str | None:
             return problem
     try:
         json.loads((path / TRAINER_STATE).read_text())
-        weights = path / ADAPTER_WEIGHTS
+        assert weights is not None
         with weights.open("rb") as fh:
             header_len = int.from_bytes(fh.read(8), "little")
             if header_len + 8 > weights.stat().st_size:
@@ -112,6 +116,19 @@ def checkpoint_problem(path: Path, *, deep: bool = False) -> str | None:
     except (ValueError, OSError) as exc:
         return f"corrupted ({type(exc).__name__})"
     return None
+
+
+def _weights_file(path: Path) -> Path | None:
+    """The checkpoint's weights: the adapter, or (full fine-tuning) the model or its first shard."""
+    if (path / ADAPTER_WEIGHTS).exists():
+        return path / ADAPTER_WEIGHTS
+    if (path / FULL_WEIGHTS[0]).exists():
+        return path / FULL_WEIGHTS[0]
+    try:
+        shards = sorted(set(json.loads((path / FULL_WEIGHTS[1]).read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return path / shards[0] if shards and (path / shards[0]).exists() else None
 
 
 def seal_fingerprint(path: Path) -> dict[str, Any] | None:

@@ -8,6 +8,8 @@ One place owns the layout, so train, monitor, status, merge, infer and export ag
     <run_dir>/checkpoints/<stage>/checkpoint-N/ sealed checkpoints
     <run_dir>/stages/<stage>/adapter/, DONE, data_report.json
     <run_dir>/adapter/                          the phase's final adapter
+    <run_dir>/stages/<stage>/model/, <run_dir>/model/   the same for a full fine-tuning phase (adapter: full):
+                                                a standard Hugging Face model directory, no adapter
     <run_dir>/COMPLETE                          written last: the phase is finished
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 CONFIG = "config.yaml"
 COMPLETE = "COMPLETE"
 ADAPTER = "adapter"
+MODEL = "model"  # a full fine-tuning phase's output: config.json, safetensors, tokenizer
 STAGES = "stages"
 CHECKPOINTS = "checkpoints"
 DONE = "DONE"
@@ -42,6 +45,13 @@ ATTEMPT_STATE = (CHECKPOINTS, STAGES, METRICS, RECOVERIES, ALERTS, RETENTION)
 def has_adapter(path: Path) -> bool:
     """True when ``path`` is a saved PEFT adapter directory (its adapter_config.json is there)."""
     return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def has_model(path: Path) -> bool:
+    """True when ``path`` is a saved model directory (config.json and safetensors weights)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and (
+        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
 
 
 def stage_names(methods: Sequence[str]) -> list[str]:
@@ -76,6 +86,16 @@ class RunDir:
     @property
     def adapter(self) -> Path:
         return self.path / ADAPTER
+
+    @property
+    def model_dir(self) -> Path:
+        """The final model of a full fine-tuning phase (a LoRA phase has ``adapter`` instead)."""
+        return self.path / MODEL
+
+    @property
+    def output(self) -> Path:
+        """What the phase leaves: ``model/`` for a full fine-tuning phase, else ``adapter/``."""
+        return self.model_dir if has_model(self.model_dir) else self.adapter
 
     @property
     def complete_marker(self) -> Path:
@@ -127,6 +147,13 @@ class RunDir:
     def stage_adapter(self, stage: str) -> Path:
         return self.stage_dir(stage) / ADAPTER
 
+    def stage_model(self, stage: str) -> Path:
+        return self.stage_dir(stage) / MODEL
+
+    def stage_output(self, stage: str, full: bool) -> Path:
+        """Where a stage's result goes: its model (full fine-tuning) or its adapter."""
+        return self.stage_model(stage) if full else self.stage_adapter(stage)
+
     def stage_done(self, stage: str) -> Path:
         return self.stage_dir(stage) / DONE
 
@@ -134,12 +161,13 @@ class RunDir:
         return self.stage_dir(stage) / DATA_REPORT
 
     def stage_is_done(self, stage: str) -> bool:
-        return self.stage_done(stage).is_file() and has_adapter(self.stage_adapter(stage))
+        return self.stage_done(stage).is_file() and (has_adapter(self.stage_adapter(stage))
+                                                     or has_model(self.stage_model(stage)))
 
     @property
     def is_complete(self) -> bool:
-        """A finished phase: its adapter is saved and COMPLETE (written last) is there."""
-        return self.complete_marker.exists() and has_adapter(self.adapter)
+        """A finished phase: its adapter (or model) is saved and COMPLETE (written last) is there."""
+        return self.complete_marker.exists() and (has_adapter(self.adapter) or has_model(self.model_dir))
 
     @property
     def looks_like_run(self) -> bool:

@@ -20,7 +20,7 @@ from nova.config.load import read_yaml
 from nova.config.schema import SECTION_METHODS, ModelConfig, PhaseConfig
 from nova.errors import ConfigError, NovaError
 from nova.files import write_text_atomic
-from nova.runs.layout import RunDir, has_adapter, stage_names
+from nova.runs.layout import RunDir, has_adapter, has_model, stage_names
 
 CHAIN_KEY = "_chain"
 RESOLVED_KEY = "_resolved"
@@ -53,12 +53,28 @@ class RunRecord:
         return stage_names([s.method for s in self.phase.stage_list])
 
     @property
+    def full(self) -> bool:
+        """A full fine-tuning run (adapter: full): its result is a model directory, not an adapter."""
+        return self.phase.adapter == "full"
+
+    def require_model(self) -> Path:
+        """The model directory of a full fine-tuning run, after checking it is on disk."""
+        if not has_model(self.run.model_dir):
+            raise NovaError(f"run directory {self.run.path} has no model/ (training did not finish)",
+                            hint="finish or resume training first (nova train)")
+        return self.run.model_dir
+
+    @property
     def adapters(self) -> list[AdapterRef]:
         """Every adapter of the composition, oldest first, ending with this run's own."""
         return [*self.chain, AdapterRef(self.name, self.run.adapter)]
 
     def require_adapters(self) -> list[AdapterRef]:
         """``adapters``, after checking each is on disk (one clear error naming the missing one)."""
+        if self.full:
+            raise NovaError(f"{self.run.path} is a full fine-tuning run: it has no adapters; its model is "
+                            f"{self.run.model_dir}", hint=f"use the model directory itself (nova export --model "
+                            f"{self.run.model_dir}, or AutoModelForCausalLM.from_pretrained)")
         if not has_adapter(self.run.adapter):
             raise NovaError(f"run directory {self.run.path} has no adapter (training did not finish)",
                             hint="finish or resume training first (nova train)")
@@ -79,6 +95,8 @@ def resolved_config(phase: PhaseConfig, model: ModelConfig, chain: list[AdapterR
     if phase.stages:  # the single-stage keys are unused defaults then; keep the file loadable as a config
         for key in ("method", "data", "training", *SECTION_METHODS):
             data.pop(key, None)
+    if phase.adapter == "full":  # no adapter settings: the file stays loadable as a full phase config
+        data.pop("lora", None)
     data["model"] = model.model_dump(mode="json")
     data[CHAIN_KEY] = [{"phase": r.name, "adapter": str(r.path)} for r in chain]
     if resolved:

@@ -51,6 +51,9 @@ class MetricsCallback(transformers.TrainerCallback):
         self._last_tokens = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # A resumed Trainer takes logging/eval/save steps from the checkpoint's trainer_state.json, not from
+        # the arguments: apply the config's cadence again, so a resume logs, evaluates and saves as it says.
+        state.compute_steps(args, state.max_steps)
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
 
@@ -113,7 +116,7 @@ class ProgressCallback(transformers.TrainerCallback):
             return
         post = {}
         for key, short in (("loss", "loss"), ("eval_loss", "eval"), ("learning_rate", "lr"),
-                           ("rewards/margins", "margin")):
+                           ("rewards/margins", "margin"), ("reward", "reward")):
             if key in logs:
                 post[short] = f"{logs[key]:.3g}" if key == "learning_rate" else f"{logs[key]:.4f}"
         if post:

@@ -68,7 +68,8 @@ class PhaseContext:
 
     @property
     def model_cfg(self) -> ModelConfig:
-        return self.planned.model
+        """The model this phase loads (a full phase's output when the chain has one)."""
+        return self.planned.base_model
 
     @property
     def run(self) -> RunDir:
@@ -110,4 +111,6 @@ class StageRun:
     def reference_adapters(self) -> list[str]:
         """The DPO reference: earlier phases, plus this phase's adapter as it was when the stage began."""
         names = [r.name for r in self.ctx.chain]
+        if self.ctx.planned.full:  # the weights as the stage starts, precomputed before its first step
+            return []
         return [*names, STAGE_REF] if self.stage.index > 0 else names

@@ -61,8 +61,11 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
         status = "finished, would be skipped" if item.run.is_complete else "would train"
         start = f"from phase {item.phase.start_from}" if item.phase.start_from else f"from base {model.base}"
         out.lines.append(f"phase {item.name} ({status}) -> {item.run_dir}")
-        out.lines.append(f"  starts {start}; {model.quantization} base, LoRA r={item.phase.lora.r} "
-                         f"alpha={item.phase.lora.alpha} dropout={item.phase.lora.dropout}")
+        if item.start_model is not None:
+            start += f" (base: its model directory {item.base_model.base})"
+        trains = "full fine-tuning (every weight)" if item.full else (
+            f"LoRA r={item.phase.lora.r} alpha={item.phase.lora.alpha} dropout={item.phase.lora.dropout}")
+        out.lines.append(f"  starts {start}; {model.quantization} base, {trains}")
         problem = model_access(model)
         if problem:
             out.missing.append(f"phase {item.name}: {problem}")
@@ -98,6 +101,13 @@ def _data_lines(stage: PlannedStage, out: DryRun) -> list[str]:
     if not cfg.data.datasets:
         out.missing.append(f"stage {stage.label} has no data.datasets")
         return ["    data: none configured"]
+    if cfg.method == "grpo":  # the user's reward files import, and name their functions
+        from nova.train.rewards import build_rewards
+
+        try:
+            build_rewards(cfg.grpo, f"{stage.label} grpo.rewards")
+        except NovaError as exc:
+            out.missing.extend(exc.lines())
     try:
         report = check_data(cfg.data, method=cfg.method, dpo=cfg.length_settings)
     except NovaError as exc:

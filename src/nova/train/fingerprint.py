@@ -51,13 +51,17 @@ def adapter_digest(adapter_dir: Path) -> str:
 
 def stage_fingerprint(planned: PlannedPhase, stage: PlannedStage, inputs: FingerprintInputs,
                       chain_digests: dict[str, str], previous: str | None) -> Fingerprint:
-    """The fingerprint of one stage: model, LoRA, method, schedule, seed, data, and its starting point."""
+    """The fingerprint of one stage: model, LoRA (or full fine-tuning), method, schedule, seed, data, and
+    its starting point."""
     model = planned.model.model_dump(mode="json", exclude={"models_dir", "trust_remote_code", "compute_dtype"})
     training = stage.config.training.model_dump(mode="json", exclude=set(MUTABLE_TRAINING))
     values: dict[str, Any] = {f"model.{k}": v for k, v in model.items()}
     values["model.identity"] = inputs.model_identity
     values["model.compute_dtype"] = inputs.compute_dtype
-    values.update({f"lora.{k}": v for k, v in planned.phase.lora.model_dump(mode="json").items()})
+    if planned.full:  # every weight trained: no LoRA settings; a resume that changes the kind refuses
+        values["adapter"] = "full"
+    else:  # (no "adapter" key for LoRA: fingerprints written before full fine-tuning existed stay valid)
+        values.update({f"lora.{k}": v for k, v in planned.phase.lora.model_dump(mode="json").items()})
     values["method"] = stage.method
     settings = stage.config.method_settings  # dpo, kto, orpo or simpo: what the method learns with
     if settings is not None:

@@ -41,6 +41,10 @@ def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
         cfg = stage.config
         if not cfg.data.datasets:
             raise NovaError(f"stage {stage.label} has no data.datasets", hint="add at least one data source")
+        if cfg.method == "grpo":  # the user's reward files are imported now: a missing function fails here
+            from nova.train.rewards import build_rewards
+
+            build_rewards(cfg.grpo, f"stages[{stage.index}].grpo.rewards" if ctx.phase.stages else "grpo.rewards")
         prepared.append(prepare_stage_data(cfg.data, tokenizer, method=cfg.method, seed=cfg.training.seed,
                                            dpo=cfg.length_settings))
     prepared = add_replay(ctx, tokenizer, prepared)
@@ -82,7 +86,7 @@ def auto_fit_stages(ctx: PhaseContext, source: str, placement: Any,
         if not cfg.training.auto_fit:
             configs.append(cfg)
             continue
-        choice = fit_stage(model_config, planned.model, planned.phase.lora, cfg, budget_bytes)
+        choice = fit_stage(model_config, planned.model, planned.phase.lora, cfg, budget_bytes, full=planned.full)
         fits[stage.name] = choice.to_dict()
         ctx.log.say(f"[{stage.label}] auto_fit: {choice.reason}")
         if not choice.fits:
@@ -149,6 +153,10 @@ def _run_locked(ctx: PhaseContext, on_start: Callable[[], None] | None) -> Phase
     started = time.time()
     ranks = ctx.ranks
     source, placement, tokenizer, ctx.fingerprints = phase_fingerprints(ctx)
+    if ctx.planned.full:  # before anything is written or loaded
+        from nova.train.full import check_full_placement
+
+        check_full_placement(placement)
     if ctx.resume and (notes := keep_effective_batch(ctx)):  # fewer or more ranks than the checkpoint had
         for note in notes:
             ctx.log.say(note)
@@ -227,7 +235,7 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     _attach_kl(ctx, model)
     results = []
     for stage, data in zip(ctx.planned.stages, datasets, strict=True):
-        if stage.index > 0:
+        if stage.index > 0 and not ctx.planned.full:  # full: the reference is precomputed from the weights
             _freeze_stage_start(model, ctx.run.stage_adapter(ctx.planned.stages[stage.index - 1].name))
         results.append(run_stage(StageRun(ctx, stage, model, tokenizer, placement, data)))
 
@@ -236,22 +244,33 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     else:
         retention.finish(model, tokenizer, ctx)
     seconds = time.time() - started
-    result = PhaseResult(ctx.phase.name, ctx.run_dir, ctx.run.adapter, results, seconds)
+    result = PhaseResult(ctx.phase.name, ctx.run_dir, ctx.run.model_dir if ctx.planned.full else ctx.run.adapter,
+                         results, seconds)
     distributed.on_main(ctx.ranks, lambda: _finish_phase(ctx, model, tokenizer, result))
     return result
 
 
 def _finish_phase(ctx: PhaseContext, model: Any, tokenizer: Any, result: PhaseResult) -> None:
-    """The phase's adapter, its smoke answers, and COMPLETE (written last)."""
-    with atomic_dir(ctx.run.adapter, check=False) as tmp:
-        shutil.copytree(ctx.run.stage_adapter(ctx.planned.stages[-1].name), tmp, dirs_exist_ok=True)
-        _write_cards(ctx, tmp)
+    """The phase's adapter (or model), its smoke answers, and COMPLETE (written last)."""
+    if ctx.planned.full:
+        from nova.train.full import finish_full_phase
+
+        finish_full_phase(ctx)
+    else:
+        _finish_adapter(ctx)
     _smoke_prompts(ctx, model, tokenizer)
     write_json_atomic(ctx.run.complete_marker, {
         "phase": ctx.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
-        "stages": [r.__dict__ for r in result.stages], "adapter": str(ctx.run.adapter),
+        "stages": [r.__dict__ for r in result.stages], "adapter": str(result.adapter_dir),
         "fingerprints": [f.to_dict() for f in ctx.fingerprints],
     })
+
+
+def _finish_adapter(ctx: PhaseContext) -> None:
+    """adapter/: the last stage's adapter, with model cards."""
+    with atomic_dir(ctx.run.adapter, check=False) as tmp:
+        shutil.copytree(ctx.run.stage_adapter(ctx.planned.stages[-1].name), tmp, dirs_exist_ok=True)
+        _write_cards(ctx, tmp)
 
 
 def _attach_kl(ctx: PhaseContext, model: Any) -> None:
@@ -287,6 +306,10 @@ def _prepare_for_training(base: Any, ctx: PhaseContext) -> Any:
     fp32, which the preflight memory model (calibrated on bf16 activations) would not expect.
     Frozen base weights plus input gradients for checkpointing are all QLoRA needs.
     """
+    if ctx.planned.full:  # adapter: full trains the weights themselves
+        from nova.model.trained import prepare_full
+
+        return prepare_full(base)
     base.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     return add_trainable(base, ctx.phase.lora, ctx.chain)
 
@@ -310,12 +333,15 @@ def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
     from nova.model.generate import generate_answers
 
     answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
-    with active_adapters(model, []):  # the base beside it: what the tuning changed is visible at once
-        base = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
+    base: list[str | None] = [None] * len(answers)  # full fine-tuning: the base is not in memory any more
+    if not ctx.planned.full:
+        with active_adapters(model, []):  # the base beside it: what the tuning changed is visible at once
+            base = list(generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64))
     lines = []
     for prompt, answer, before in zip(ctx.phase.smoke_prompts, answers, base, strict=True):
         lines.append(json.dumps({"prompt": prompt, "answer": answer, "base_answer": before}) + "\n")
         ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r}")
         ctx.log.say(f"    tuned: {answer[:200]!r}")
-        ctx.log.say(f"    base:  {before[:200]!r}")
+        if before is not None:
+            ctx.log.say(f"    base:  {before[:200]!r}")
     write_text_atomic(ctx.run.smoke, "".join(lines))

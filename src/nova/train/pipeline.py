@@ -74,8 +74,8 @@ def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopReque
                            distributed=plan.distributed)
         if item.run.is_complete and not options.force:
             _check_finished(ctx)
-            log.say(f"[{item.name}] already finished ({item.run.adapter}); skipping (use --force to retrain)")
-            results.append(PhaseResult(item.name, item.run_dir, item.run.adapter, [], 0.0, skipped=True))
+            log.say(f"[{item.name}] already finished ({item.run.output}); skipping (use --force to retrain)")
+            results.append(PhaseResult(item.name, item.run_dir, item.run.output, [], 0.0, skipped=True))
             continue
         results.append(_run_one(ctx, item, state, log))
     return results
@@ -107,7 +107,8 @@ def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: R
         raise
     state.update(item.name, status="done", ended=time.time(), seconds=round(result.seconds, 1),
                  **_retention_fields(item))
-    log.say(f"[{item.name}] finished in {human_seconds(result.seconds)}; adapter: {result.adapter_dir}")
+    kind = "model" if item.full else "adapter"
+    log.say(f"[{item.name}] finished in {human_seconds(result.seconds)}; {kind}: {result.adapter_dir}")
     return result
 
 

@@ -86,10 +86,11 @@ class NovaTrainerMixin:
             self.state.save_to_json(str(tmp / TRAINER_STATE))  # type: ignore[attr-defined]
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        """Load only the trained adapter's weights, keeping the stacked composition active."""
-        from nova.model.adapters import load_trainable_weights
+        """Load only the trained adapter's weights, keeping the stacked composition active (a full
+        fine-tuning checkpoint: every weight)."""
+        from nova.model.trained import restore
 
-        load_trainable_weights(model or self.model, Path(resume_from_checkpoint))  # type: ignore[attr-defined]
+        restore(model or self.model, Path(resume_from_checkpoint))  # type: ignore[attr-defined]
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """The restored scheduler carries the old peak rate; with --resume-with-changes put in the new

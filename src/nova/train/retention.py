@@ -74,11 +74,11 @@ def add_replay(ctx: PhaseContext, tokenizer: Any, datasets: list[Any]) -> list[A
     cfg = ctx.phase.retention
     if cfg.replay <= 0 and cfg.kl_weight <= 0:
         return datasets
-    if not ctx.planned.chain:
+    if not ctx.planned.earlier:
         raise NovaError(f"phase '{ctx.phase.name}' sets retention.replay, but it starts from no earlier phase",
                         hint="set start_from, or remove the retention section")
     pool = []
-    for name, run in ctx.planned.chain:
+    for name, run in ctx.planned.earlier:
         for data in _chain_sft_data(ctx, tokenizer, name, run):
             pool.append((name, data.train))
     if not pool:
@@ -128,7 +128,7 @@ class Retention:
         own = _concat([d.eval for s, d in zip(ctx.planned.stages, datasets, strict=True) if s.method == "sft"])
         if own is not None:
             out.sets[ctx.phase.name] = own
-        for name, run in ctx.planned.chain:
+        for name, run in ctx.planned.earlier:
             try:
                 held = _concat([d.eval for d in _chain_sft_data(ctx, tokenizer, name, run)])
             except NovaError as exc:
@@ -167,7 +167,7 @@ class Retention:
     def finish(self, model: Any, tokenizer: Any, ctx: PhaseContext) -> dict[str, Any]:
         """Score every set on the final composition; rank 0 writes retention.json and alerts."""
         after = _score(model, tokenizer, self.sets)
-        table = forgetting_table(after, self.start, ctx.planned.chain)
+        table = forgetting_table(after, self.start, ctx.planned.earlier)
         distributed.on_main(ctx.ranks, lambda: self._record(ctx, after, table))
         return table
 

@@ -18,7 +18,7 @@ from nova.config.schema import StageConfig
 from nova.console import human_seconds
 from nova.errors import NovaError, TrainingStopped
 from nova.files import atomic_dir, write_json_atomic
-from nova.model.adapters import load_trainable_weights, save_trainable, trainable_weights
+from nova.model.trained import is_full, restore, save_trained, snapshot
 from nova.runs.checkpoints import checkpoint_step, clean_leftovers, latest_checkpoint, move_aside
 from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
 from nova.train import distributed
@@ -31,7 +31,7 @@ def run_stage(run: StageRun) -> StageResult:
     ctx, stage = run.ctx, run.stage
     rd = ctx.run
     if ctx.resume and rd.stage_is_done(stage.name):  # its fingerprint was checked before the model loaded
-        load_trainable_weights(run.model, rd.stage_adapter(stage.name))
+        restore(run.model, rd.stage_output(stage.name, is_full(run.model)))
         ctx.log.say(f"[{run.label}] already done; continuing from its adapter")
         record = json.loads(rd.stage_done(stage.name).read_text())
         return StageResult(**{k: v for k, v in record.items() if k != "fingerprint"})
@@ -42,7 +42,7 @@ def run_stage(run: StageRun) -> StageResult:
     resume_from, change = distributed.on_main(ranks, lambda: _resume_point(run)) if ctx.resume else (None, {})
     if change:
         ctx.changes[stage.name] = change
-    start_weights = trainable_weights(run.model)  # to restart cleanly after an OOM before any checkpoint
+    start_weights = snapshot(run.model)  # to restart cleanly after an OOM before any checkpoint
     config = stage.config
     retries = 0
     while True:
@@ -66,14 +66,15 @@ def run_stage(run: StageRun) -> StageResult:
 def _save_stage(run: StageRun, config: StageConfig, result: StageResult) -> None:
     """The stage's adapter, then its DONE record (last: a stage counts as done only with both)."""
     rd, name = run.ctx.run, run.stage.name
-    with atomic_dir(rd.stage_adapter(name), check=False) as tmp:
-        save_trainable(run.model, tmp, base=run.ctx.model_cfg.base)
+    out = rd.stage_output(name, is_full(run.model))
+    with atomic_dir(out, check=False) as tmp:
+        save_trained(run.model, tmp, base=run.ctx.model_cfg.base, tokenizer=run.tokenizer)
     t = config.training
     result.settings = {"micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps":
                        t.gradient_accumulation_steps, "gradient_checkpointing": t.gradient_checkpointing,
                        "world_size": run.ctx.ranks.world}
     write_json_atomic(rd.stage_done(name), {**asdict(result), "fingerprint": run.fingerprint.to_dict()})
-    _say_summary(run, result, rd.stage_adapter(name))
+    _say_summary(run, result, out)
 
 
 def _resume_point(run: StageRun) -> tuple[Path | None, dict[str, Any]]:
@@ -118,8 +119,8 @@ def _recover_from_oom(run: StageRun, config: StageConfig, start_weights: dict[st
                         "lower lora.r, or use a GPU with more memory") from None
     free_memory()
     resume_from = latest_checkpoint(run.ctx.run.checkpoints(run.stage.name))
-    if resume_from is None:
-        load_trainable_weights(run.model, start_weights)
+    if resume_from is None or is_full(run.model):  # full: the DPO reference is precomputed from these weights
+        restore(run.model, start_weights)
     t = config.training
     recovery = Recovery(run.last_step, (t.micro_batch_size, t.gradient_accumulation_steps, t.gradient_checkpointing),
                         (smaller.micro_batch_size, smaller.gradient_accumulation_steps,
@@ -136,7 +137,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
     ctx, stage = run.ctx, run.stage
     metrics = ctx.run.metrics
     gpu = run.placement.gpu_index if run.placement.device == "cuda" else None
-    monitor = MonitorCallback(ctx.run_dir, ctx.phase.monitor, ctx.log, stage.name, gpu)  # per attempt: it has state
+    monitor = MonitorCallback(ctx.run_dir, ctx.phase.monitor, ctx.log, stage.name, gpu,  # per attempt: it has state
+                              method=config.method)
     hooks = TrainerHooks(ctx.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, ctx.stop,
                          [monitor, *ctx.extra_callbacks], stage_strategy(ctx, config, run.placement))
     if config.method == "dpo":
@@ -145,6 +147,10 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
         from nova.train.trainers_pref import build_preference_trainer
 
         trainer = build_preference_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
+    elif config.method == "grpo":
+        from nova.train.trainers_grpo import build_grpo_trainer
+
+        trainer = build_grpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
     else:
         if run.batching is None:  # chosen once per stage (an OOM retry keeps it)
             from nova.train.trainers import choose_batching
@@ -247,4 +253,5 @@ def _say_summary(run: StageRun, r: StageResult, adapter: Path) -> None:
         parts.append(f"train loss {r.train_loss:.4f}")
     if r.eval_loss_start is not None and r.eval_loss_end is not None:
         parts.append(f"eval loss {r.eval_loss_start:.4f} -> {r.eval_loss_end:.4f}")
-    run.ctx.log.say(f"[{run.label}] done: {', '.join(parts)}; adapter: {adapter}")
+    kind = "model" if is_full(run.model) else "adapter"
+    run.ctx.log.say(f"[{run.label}] done: {', '.join(parts)}; {kind}: {adapter}")
