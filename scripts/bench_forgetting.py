@@ -12,7 +12,8 @@ after Sora (the forgetting table), Sora's own holdout loss (what the new phase l
 wall time of each Sora run. Writes the figures to --out (JSON) and prints a Markdown table for
 docs/forgetting.md. Run from the repository root after scripts/setup.sh:
 
-  .venv/bin/python scripts/bench_forgetting.py --out docs/forgetting.json
+  .venv/bin/python scripts/bench_forgetting.py --out docs/forgetting.json [--variants none,replay,replay+kl]
+                                                [--doica A_FINISHED_DOICA_RUN]
 """
 
 from __future__ import annotations
@@ -36,8 +37,19 @@ def _sora_stage() -> dict:
     return {"lora": sora["lora"], **{k: v for k, v in sora["stages"][0].items()}}
 
 
+def _absolute(phase: dict) -> dict:
+    """The phase's base model and data paths made absolute (relative paths in a config are relative to the
+    repository root), so the script runs from any directory and a --doica run trained from the repository
+    root with absolute paths is the same config."""
+    if "model" in phase:
+        phase["model"]["base"] = str(ROOT / phase["model"]["base"])
+    for source in phase.get("data", {}).get("datasets", []):
+        source["path"] = str(ROOT / source["path"])
+    return phase
+
+
 def _pipeline(out: Path, retention: dict) -> Path:
-    doica = yaml.safe_load((ROOT / "configs" / "demo" / "doica.yaml").read_text())
+    doica = _absolute(yaml.safe_load((ROOT / "configs" / "demo" / "doica.yaml").read_text()))
     doica.pop("smoke_prompts", None)
     sora = {"name": "sora", "start_from": "doica", "retention": retention, **_sora_stage()}
     path = out / "pipeline.yaml"
@@ -50,6 +62,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/nova-bench-forgetting"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--doica", type=Path, default=None,
                         help="a finished Doica run directory of this config to reuse instead of training one")
     args = parser.parse_args()
@@ -63,7 +77,12 @@ def main() -> int:
     if args.doica is not None:  # reuse: copied into a scratch pipeline directory like the others
         first = args.work / "reused"
         shutil.copytree(args.doica, first / "doica", ignore=shutil.ignore_patterns("nova.pid"))
-    for name, retention in VARIANTS.items():
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    for name in chosen:
+        retention = VARIANTS[name]
         out = args.work / name.replace("+", "_")
         config = _pipeline(out, retention)
         if first is not None:  # the same Doica for every variant: trained once, copied
@@ -84,7 +103,8 @@ def main() -> int:
         print(f"| {name} | {r['doica_before']:.4f} -> {r['doica_after']:.4f} | {r['change']:+.1%} | "
               f"{r['sora_own']:.4f} | {r['seconds']:.0f} s |")
     if args.out:
-        args.out.write_text(json.dumps({"variants": VARIANTS, "results": rows}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"variants": {n: VARIANTS[n] for n in chosen}, "results": rows}, indent=2)
+                            + "\n")
     return 0
 
 
