@@ -28,6 +28,9 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--adapter-dtype", default="trl", choices=["trl", "fp32"],
+                   help="trl: as SFTTrainer leaves it (bf16 on a 4-bit base, whatever the dtype); fp32: cast "
+                        "back after the trainer is built, what a user who knows about that cast would add")
     args = p.parse_args()
 
     import torch
@@ -57,6 +60,10 @@ def main() -> None:
                              task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
+    if args.adapter_dtype == "fp32":
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.float32)
     trained = sum(sum(1 for t in row if t != -100) for row in trainer.train_dataset["labels"])
     real = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     if torch.cuda.is_available():
@@ -67,7 +74,8 @@ def main() -> None:
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     peak = (torch.cuda.max_memory_reserved() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps({"runner": "trl", "seconds": seconds, "steps": trainer.state.global_step,
+    runner = "trl" if args.adapter_dtype == "trl" else "trl_fp32_adapters"
+    print(json.dumps({"runner": runner, "seconds": seconds, "steps": trainer.state.global_step,
                       "trained_tokens": trained, "real_tokens": real, "train_loss": output.training_loss,
                       "mean_logged_loss": sum(losses) / max(len(losses), 1), "peak_bytes": peak,
                       "peak_kind": "cuda_max_memory_reserved" if torch.cuda.is_available() else "rss"}))

@@ -4,8 +4,10 @@ Same model, data, LoRA (r=8, alpha 16, dropout 0.05, all linear layers), micro b
 dtype, quantization, learning rate and schedule, one epoch, no eval, no checkpoints. Each run is
 its own process, one after the other, in this one invocation; the figures are the trainer's
 own train() time, trained tokens per second, peak memory (RSS on CPU, max_memory_reserved on a
-GPU) and the mean train loss. Two data shapes: short instruction records of varied length
-(alpaca_en_demo) and long multi-turn chats near max_length.
+GPU) and the mean train loss. With a 4-bit base and fp32 compute the baseline runs twice: as
+TRL leaves it (its trainer casts the adapter to bf16) and with the adapter cast back to fp32.
+Two data shapes: short instruction records of varied length
+(the shortest prompt + chosen answers of data/sora_dpo.jsonl) and long multi-turn chats near max_length.
 
     .venv/bin/python scripts/bench_sft.py [--records 100] [--shapes short,long] [--out docs/bench-sft.json]
 """
@@ -114,13 +116,16 @@ def run_pair(shape: str, data: Path, work: Path, args: argparse.Namespace, dtype
                 str(data), "--dtype", dtype, "--quantization", args.quantization, "--micro-batch",
                 str(args.micro_batch), "--max-length", str(args.max_length)]
     nova = [sys.executable, str(Path(__file__).resolve()), "--worker-nova", str(config)]
-    for name, cmd in (("trl", baseline), ("nova", nova)):
+    runners = [("trl", baseline)]
+    if args.quantization != "none" and dtype != "bf16":  # TRL's bf16 cast of the adapter changes something
+        runners.append(("trl_fp32_adapters", [*baseline, "--adapter-dtype", "fp32"]))
+    for name, cmd in (*runners, ("nova", nova)):
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         if done.returncode != 0:
             raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
         results[name] = _last_json(done.stdout)
         r = results[name]
-        print(f"  {shape:5} {name:4}: {r['seconds']:7.1f} s, {r['trained_tokens'] / r['seconds']:7.1f} trained "
+        print(f"  {shape:5} {name:17}: {r['seconds']:7.1f} s, {r['trained_tokens'] / r['seconds']:7.1f} trained "
               f"tok/s, peak {r['peak_bytes'] / 2**30:.2f} GiB, train loss {r['train_loss']:.4f}", flush=True)
     t, n = results["trl"], results["nova"]
     results["speedup"] = round(t["seconds"] / n["seconds"], 3)
@@ -128,6 +133,14 @@ def run_pair(shape: str, data: Path, work: Path, args: argparse.Namespace, dtype
     results["peak_ratio"] = round(n["peak_bytes"] / t["peak_bytes"], 3)
     print(f"  {shape:5} nova / trl: {results['speedup']}x faster, loss {results['loss_rel_diff']:+.2%}, "
           f"peak memory x{results['peak_ratio']}", flush=True)
+    if "trl_fp32_adapters" in results:
+        f = results["trl_fp32_adapters"]
+        results["speedup_vs_fp32_adapters"] = round(f["seconds"] / n["seconds"], 3)
+        results["loss_rel_diff_vs_fp32_adapters"] = round(n["train_loss"] / f["train_loss"] - 1, 4)
+        results["peak_ratio_vs_fp32_adapters"] = round(n["peak_bytes"] / f["peak_bytes"], 3)
+        print(f"  {shape:5} nova / trl with fp32 adapters: {results['speedup_vs_fp32_adapters']}x faster, "
+              f"loss {results['loss_rel_diff_vs_fp32_adapters']:+.2%}, "
+              f"peak memory x{results['peak_ratio_vs_fp32_adapters']}", flush=True)
     return results
 
 

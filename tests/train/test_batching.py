@@ -18,6 +18,9 @@ def _model(model_dir: Path, attn: str) -> Any:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from nova.model.attention import register_varlen_sdpa
+
+    register_varlen_sdpa()
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
@@ -58,7 +61,8 @@ def test_collator_marks_first_labels_and_restarts_positions() -> None:
     assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
-@pytest.mark.parametrize(("attn", "row_cap"), [("sdpa", None), ("eager", None), ("sdpa", 16)])
+@pytest.mark.parametrize(("attn", "row_cap"), [("sdpa", None), ("eager", None), ("sdpa", 16),
+                                              ("nova_sdpa_varlen", None), ("nova_sdpa_varlen", 16)])
 def test_packed_losses_and_gradients_equal_one_by_one(tiny_model_dir: Path, attn: str, row_cap: int | None) -> None:
     import torch
 
@@ -78,6 +82,22 @@ def test_packed_losses_and_gradients_equal_one_by_one(tiny_model_dir: Path, attn
         torch.testing.assert_close(grad, summed, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(padded_grads[name], summed, rtol=1e-4, atol=1e-6)
     assert packing_is_exact(model, model.config.vocab_size, "float32")[0]
+
+
+def test_sdpa_becomes_per_sequence_sdpa_with_one_row_and_eager_keeps_capped_rows(tiny_model_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from nova.config.schema import TrainingConfig
+    from nova.model.loading import choose_placement
+    from nova.train.trainers import choose_batching
+
+    stage = SimpleNamespace(training=TrainingConfig(), data=SimpleNamespace(max_length=64))
+    sdpa = choose_batching(_model(tiny_model_dir, "sdpa"), stage, None, choose_placement("fp32"))
+    assert sdpa.padding_free and sdpa.max_row_tokens is None and "per-sequence SDPA" in sdpa.note
+    eager_model = _model(tiny_model_dir, "eager")
+    eager = choose_batching(eager_model, stage, None, choose_placement("fp32"))
+    assert eager.padding_free and eager.max_row_tokens == 64 and "block-diagonal" in eager.note
+    assert eager_model.config._attn_implementation == "eager"
 
 
 def test_rows_are_split_at_the_cap_and_padding_is_its_own_block() -> None:

@@ -114,7 +114,12 @@ class TrainerHooks:
 
 
 def _attach_callbacks(trainer: Any, hooks: TrainerHooks) -> Any:
+    """Every nova trainer's last step: nova's callbacks instead of the printers, and the trainable
+    adapter back in the compute dtype where TRL cast it (nova.model.adapters.keep_trainable_dtype)."""
+    from nova.model.adapters import keep_trainable_dtype
+
     transformers = require("transformers")
+    keep_trainable_dtype(trainer.model, hooks.placement.compute_dtype)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
     for callback in hooks.extra_callbacks:
@@ -176,10 +181,11 @@ def build_sft_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
 
 
 # Attention kernels that take packed boundaries as sequence lengths: no mask, no cross-sequence scores,
-# so a micro batch can be one row. Kernels with an explicit mask (SDPA, eager) score every pair of a
-# row: there rows are cut at data.max_length, so packing never costs more attention than padding
-# (measured on long chats: one 1600-token row was 11% slower than TRL's 4 padded rows of 460).
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+# so a micro batch can be one row (nova.model.attention's per-sequence SDPA is one of them). Kernels
+# with an explicit mask (eager) score every pair of a row: there rows are cut at data.max_length, so
+# packing never costs more attention than padding (measured on long chats: one 1600-token masked row
+# was 11% slower than TRL's 4 padded rows of 460).
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "nova_sdpa_varlen")
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,24 @@ class SFTBatching:
     padding_free: bool
     sampler: Any = None  # TokenBudgetBatchSampler when training.max_tokens_per_batch is set
     note: str = ""
-    max_row_tokens: int | None = None  # longest padding-free row (None: one row, flash-attention varlen)
+    max_row_tokens: int | None = None  # longest padding-free row (None: one row, varlen attention)
+
+
+def _exact_packing(model: Any, placement: Placement) -> tuple[bool, float, str]:
+    """Is packing exact on ``model``, and with which attention: SDPA becomes nova's per-sequence SDPA
+    (no rows x rows mask, one row per micro batch) where that is exact, else stays masked SDPA."""
+    from nova.model.attention import switch_attention, varlen_candidate
+
+    vocab = model.config.vocab_size
+    original = getattr(model.config, "_attn_implementation", None)
+    if varlen_candidate(original):
+        switch_attention(model, "nova_sdpa_varlen")
+        exact, diff = packing_is_exact(model, vocab, placement.dtype_name)
+        if exact:
+            return True, diff, "per-sequence SDPA"
+        switch_attention(model, original)
+    exact, diff = packing_is_exact(model, vocab, placement.dtype_name)
+    return exact, diff, f"{original} with a block-diagonal mask"
 
 
 def choose_batching(model: Any, stage: StageConfig, data: Any, placement: Placement) -> SFTBatching:
@@ -200,9 +223,9 @@ def choose_batching(model: Any, stage: StageConfig, data: Any, placement: Placem
     padding_free = False
     note = "padded batches (training.packing: pad)"
     if t.packing != "pad":
-        exact, diff = packing_is_exact(model, model.config.vocab_size, placement.dtype_name)
+        exact, diff, how = _exact_packing(model, placement)
         if exact:
-            padding_free, note = True, "padding-free packing (checked exact on this model)"
+            padding_free, note = True, f"padding-free packing ({how}; checked exact on this model)"
         elif t.packing == "padding_free":
             raise NovaError(f"training.packing is padding_free, but this model does not keep packed sequences "
                             f"apart (logits differ by {diff:.3g})", hint="set training.packing: auto or pad")
