@@ -22,8 +22,11 @@ def _sft(**training: object) -> StageConfig:
 def test_sft_is_padding_free_rows_under_autocast_through_novas_loss() -> None:
     s = stage_settings(MODEL, LoraConfig(), _sft(micro_batch_size=4), on_gpu=True)
     assert s.loss_impl == "nova" and s.autocast and s.lora_bytes == 4 and not s.upcast_unquantized
-    # rows cut at data.max_length (nova.train.trainers.choose_batching) with a block-diagonal mask
-    assert s.attention_masked and s.row == s.seq_len and s.rows == 4
+    # SDPA once per packed sequence (nova.model.attention): no mask, each sequence at most data.max_length
+    assert not s.attention_masked and s.row == s.seq_len and s.rows == 4
+    eager = stage_settings(ModelConfig(base="x", attn_implementation="eager"), LoraConfig(),
+                           _sft(micro_batch_size=4), on_gpu=True)
+    assert eager.attention_masked and eager.row == eager.seq_len  # rows cut at data.max_length, masked
     flash = stage_settings(ModelConfig(base="x", attn_implementation="flash_attention_2"), LoraConfig(),
                            _sft(micro_batch_size=4), on_gpu=True)
     assert not flash.attention_masked  # varlen: sequence boundaries as lengths, no mask

@@ -31,9 +31,10 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     SFT (nova.train): through the trainer's ``model.forward`` (nova's loss is a forward mode of the
     model, nova.train.loss.install_sft_loss), so under accelerate's autocast; LoRA dropout as
     configured, nova's own loss over every position (the worst
-    case: text data trains every token), padding-free rows cut at data.max_length with a
-    block-diagonal mask (nova.train.trainers.choose_batching; flash-attention: one row, no mask), or
-    padded batches with a mask.
+    case: text data trains every token), padding-free with SDPA run once per packed sequence and no
+    mask (nova.model.attention; flash-attention: varlen, no mask either), eager's rows cut at
+    data.max_length with a block-diagonal mask (nova.train.trainers.choose_batching), or padded
+    batches with a mask.
     DPO (TRL): through ``model.forward`` under autocast, dropout disabled, chosen and rejected
     padded into one batch, TRL's fused head over completion positions only. ORPO and SimPO run the
     same path (nova.train.trainers_pref); KTO the same with one reply per prompt.
@@ -61,8 +62,9 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     seq = stage.data.max_length
     padding_free = t.packing != "pad"
     budget = None if t.max_tokens_per_batch is None else max(t.max_tokens_per_batch, seq)
+    unmasked = attn == "flash_attention_2" or (padding_free and attn == "sdpa")
     return replace(common, seq_len=seq, tokens_override=budget, attention_row=seq if padding_free else None,
-                   attention_masked=attn != "flash_attention_2", loss_impl="nova", autocast=True)
+                   attention_masked=not unmasked, loss_impl="nova", autocast=True)
 
 
 @dataclass(frozen=True)
