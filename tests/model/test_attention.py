@@ -87,3 +87,15 @@ def test_a_padding_mask_or_a_kv_cache_goes_to_plain_sdpa() -> None:
     torch.testing.assert_close(ours, sdpa_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)[0])
     step = _attend(q[:, :, -1:], k, v, position_ids=torch.tensor([[5]]))  # decoding: one query, six keys
     torch.testing.assert_close(step, sdpa_attention_forward(module, q[:, :, -1:], k, v, None, scaling=8 ** -0.5)[0])
+
+
+def test_bounds_are_read_again_for_a_new_position_tensor() -> None:
+    import torch
+
+    lengths = [4, 4]
+    q, k, v = _qkv(8)
+    first = _attend(q, k, v, position_ids=_positions(lengths))
+    torch.testing.assert_close(first, _reference(q, k, v, _allowed(lengths)), rtol=1e-5, atol=1e-6)
+    other = [2, 6]
+    again = _attend(q, k, v, position_ids=_positions(other))  # a new tensor: its own boundaries
+    torch.testing.assert_close(again, _reference(q, k, v, _allowed(other)), rtol=1e-5, atol=1e-6)

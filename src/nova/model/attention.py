@@ -19,11 +19,16 @@ one is still checked per model before it is used (nova.train.batching.packing_is
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 from nova.lazy import require
 
 VARLEN_SDPA = "nova_sdpa_varlen"
+# The bounds of the last position_ids seen: every layer of one forward gets the same tensor, so they are
+# read once per forward (on a GPU, reading them is a device sync). A weak reference cannot match a new
+# tensor that reuses a freed one's address.
+_last_bounds: list[Any] = [None, None]
 
 
 def register_varlen_sdpa() -> str:
@@ -50,7 +55,8 @@ def register_varlen_sdpa() -> str:
         if plain:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, **kwargs)
-        return _per_sequence(module, query, key, value, position_ids, dropout, scaling, kwargs.get("sliding_window"))
+        return _per_sequence(module, query, key, value, _bounds(position_ids, query.shape[0]), dropout, scaling,
+                             kwargs.get("sliding_window"))
 
     transformers.AttentionInterface.register(VARLEN_SDPA, attention)
     masking.AttentionMaskInterface.register(VARLEN_SDPA, mask)
@@ -72,14 +78,22 @@ def sequence_bounds(position_ids: Any, rows: int) -> list[list[tuple[int, int]]]
     return out
 
 
-def _per_sequence(module: Any, query: Any, key: Any, value: Any, position_ids: Any, dropout: float,
-                  scaling: float | None, window: int | None) -> tuple[Any, None]:
+def _bounds(position_ids: Any, rows: int) -> list[list[tuple[int, int]]]:
+    ref, bounds = _last_bounds
+    if ref is None or ref() is not position_ids or len(bounds) != rows:
+        bounds = sequence_bounds(position_ids, rows)
+        _last_bounds[:] = [weakref.ref(position_ids), bounds]
+    return bounds
+
+
+def _per_sequence(module: Any, query: Any, key: Any, value: Any, bounds_per_row: list[list[tuple[int, int]]],
+                  dropout: float, scaling: float | None, window: int | None) -> tuple[Any, None]:
     """Causal SDPA on each sequence of each row; output laid out as transformers expects ([B, L, H, D])."""
     torch = require("torch")
     f = torch.nn.functional
     groups = getattr(module, "num_key_value_groups", 1)
     rows = []
-    for b, bounds in enumerate(sequence_bounds(position_ids, query.shape[0])):
+    for b, bounds in enumerate(bounds_per_row):
         parts = []
         for start, end in bounds:
             q, k, v = (t[b:b + 1, :, start:end] for t in (query, key, value))
