@@ -85,27 +85,28 @@ def add_trainable(model: Any, lora: LoraConfig, chain: Sequence[AdapterRef]) -> 
     return peft_model
 
 
-def keep_trainable_dtype(model: Any, compute_dtype: Any) -> int:
-    """Undo TRL's cast of a quantized model's trainable adapter weights to bf16 unless nova computes in
-    bf16; returns how many tensors were cast back to fp32.
+@contextmanager
+def keep_trainable_dtype(model: Any, compute_dtype: Any) -> Iterator[None]:
+    """Around a TRL trainer's construction: undo its cast of a 4-bit model's trainable adapter to bf16
+    unless nova computes in bf16, by putting the very tensors back (a cast back would keep bf16's rounding).
 
     TRL (1.16) casts every trainable parameter of a 4-bit model to bf16 when its trainer is built,
     whatever the compute dtype (following the QLoRA paper, which computes in bf16). With fp32 compute
-    that trains something other than the config says: adapter updates below bf16's resolution are lost,
-    and PEFT casts each layer's input to the adapter's dtype, so on a CPU without native bf16 every
-    LoRA matmul runs in emulated bf16 (a [1064 x 8] x [8 x 1536] product: 25 ms instead of 0.4 ms;
-    a third of a training step on SmolLM2-135M). fp16 compute needs fp32 weights for its loss scaler.
-    With bf16 compute TRL's choice stands. The optimizer is created later, from these tensors.
+    that trains something other than the config says: the adapter of an earlier stage is rounded,
+    updates below bf16's resolution are lost, and PEFT casts each layer's input to the adapter's
+    dtype, so on a CPU without native bf16 every LoRA matmul runs in emulated bf16 (a [1064 x 8] x
+    [8 x 1536] product: 25 ms instead of 0.4 ms; a third of a training step on SmolLM2-135M). fp16
+    compute needs fp32 weights for its loss scaler. With bf16 compute TRL's choice stands. The
+    optimizer is created later, in ``train()``, from the restored tensors.
     """
     torch = require("torch")
-    if compute_dtype == torch.bfloat16:
-        return 0
-    cast = 0
-    for _, param in model.named_parameters():
-        if param.requires_grad and param.dtype == torch.bfloat16:
-            param.data = param.data.to(torch.float32)
-            cast += 1
-    return cast
+    kept = {} if compute_dtype == torch.bfloat16 else {
+        name: param.data for name, param in model.named_parameters() if param.requires_grad}
+    yield
+    for name, param in model.named_parameters():
+        original = kept.get(name)
+        if original is not None and param.data is not original and param.data.dtype != original.dtype:
+            param.data = original
 
 
 def activate(peft_model: Any, names: Sequence[str], trainable: Sequence[str] = ()) -> None:

@@ -90,6 +90,8 @@ def _per_sequence(module: Any, query: Any, key: Any, value: Any, bounds_per_row:
                   dropout: float, scaling: float | None, window: int | None) -> tuple[Any, None]:
     """Causal SDPA on each sequence of each row; output laid out as transformers expects ([B, L, H, D])."""
     torch = require("torch")
+    from transformers.integrations.sdpa_attention import repeat_kv
+
     f = torch.nn.functional
     groups = getattr(module, "num_key_value_groups", 1)
     rows = []
@@ -102,9 +104,12 @@ def _per_sequence(module: Any, query: Any, key: Any, value: Any, bounds_per_row:
             if window is not None and n > window:  # position j seen from i when i - window < j <= i
                 i = torch.arange(n, device=q.device)
                 band = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+            gqa = groups > 1
+            if band is not None and gqa:  # as transformers does: with a mask, CUDA's GQA path is the math kernel
+                k, v, gqa = repeat_kv(k, groups), repeat_kv(v, groups), False
             parts.append(f.scaled_dot_product_attention(
                 q, k, v, attn_mask=band, dropout_p=dropout, scale=scaling, is_causal=band is None and n > 1,
-                enable_gqa=groups > 1))
+                enable_gqa=gqa))
         rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
     out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
     return out.transpose(1, 2).contiguous(), None

@@ -130,9 +130,30 @@ def _recover_from_oom(run: StageRun, config: StageConfig, start_weights: dict[st
     return config.changed(training=smaller)
 
 
+def _build_trainer(run: StageRun, config: StageConfig, hooks: Any) -> Any:
+    """The TRL trainer of the stage's method, with nova's data, loss and reference."""
+    from nova.train.trainers import build_dpo_trainer, build_sft_trainer, choose_batching
+
+    if config.method == "dpo":
+        return build_dpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
+    if config.method in ("kto", "orpo", "simpo"):
+        from nova.train.trainers_pref import build_preference_trainer
+
+        return build_preference_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
+    if config.method == "grpo":
+        from nova.train.trainers_grpo import build_grpo_trainer
+
+        return build_grpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
+    if run.batching is None:  # chosen once per stage (an OOM retry keeps it)
+        run.batching = choose_batching(run.model, config, run.data, run.placement)
+        run.ctx.log.say(f"[{run.label}] {run.batching.note}")
+    return build_sft_trainer(run.model, run.tokenizer, config, run.data, hooks, run.batching)
+
+
 def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) -> StageResult:
+    from nova.model.adapters import keep_trainable_dtype
     from nova.monitor import MonitorCallback
-    from nova.train.trainers import TrainerHooks, build_dpo_trainer, build_sft_trainer
+    from nova.train.trainers import TrainerHooks
 
     ctx, stage = run.ctx, run.stage
     metrics = ctx.run.metrics
@@ -141,23 +162,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
                               method=config.method)
     hooks = TrainerHooks(ctx.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, ctx.stop,
                          [monitor, *ctx.extra_callbacks], stage_strategy(ctx, config, run.placement))
-    if config.method == "dpo":
-        trainer = build_dpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
-    elif config.method in ("kto", "orpo", "simpo"):
-        from nova.train.trainers_pref import build_preference_trainer
-
-        trainer = build_preference_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
-    elif config.method == "grpo":
-        from nova.train.trainers_grpo import build_grpo_trainer
-
-        trainer = build_grpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
-    else:
-        if run.batching is None:  # chosen once per stage (an OOM retry keeps it)
-            from nova.train.trainers import choose_batching
-
-            run.batching = choose_batching(run.model, config, run.data, run.placement)
-            ctx.log.say(f"[{run.label}] {run.batching.note}")
-        trainer = build_sft_trainer(run.model, run.tokenizer, config, run.data, hooks, run.batching)
+    with keep_trainable_dtype(run.model, run.placement.compute_dtype):  # TRL casts a 4-bit model's adapter
+        trainer = _build_trainer(run, config, hooks)
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = run.lr_override if resume_from is not None else None
     t = config.training

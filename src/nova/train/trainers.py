@@ -114,12 +114,7 @@ class TrainerHooks:
 
 
 def _attach_callbacks(trainer: Any, hooks: TrainerHooks) -> Any:
-    """Every nova trainer's last step: nova's callbacks instead of the printers, and the trainable
-    adapter back in the compute dtype where TRL cast it (nova.model.adapters.keep_trainable_dtype)."""
-    from nova.model.adapters import keep_trainable_dtype
-
     transformers = require("transformers")
-    keep_trainable_dtype(trainer.model, hooks.placement.compute_dtype)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
     for callback in hooks.extra_callbacks:
