@@ -3,6 +3,7 @@ sliding window stays a window, and everything else is transformers' SDPA unchang
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,3 +100,21 @@ def test_bounds_are_read_again_for_a_new_position_tensor() -> None:
     other = [2, 6]
     again = _attend(q, k, v, position_ids=_positions(other))  # a new tensor: its own boundaries
     torch.testing.assert_close(again, _reference(q, k, v, _allowed(other)), rtol=1e-5, atol=1e-6)
+
+
+def test_generation_with_the_varlen_attention_matches_sdpa(tiny_model_dir: Path) -> None:
+    """Greedy decoding (a KV cache, with and without a padding mask) is SDPA's, token for token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    register_varlen_sdpa()
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    ids = torch.randint(3, 400, (2, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding in the second row
+    outs = []
+    for impl in ("sdpa", VARLEN_SDPA):
+        model.set_attn_implementation(impl)
+        outs.append([model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False),
+                     model.generate(input_ids=ids[:1], max_new_tokens=8, do_sample=False)])
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -41,8 +41,10 @@ def register_varlen_sdpa() -> str:
         return VARLEN_SDPA
 
     def mask(*args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
-        # No padding mask: the attention function isolates the sequences itself, so no rows x rows mask.
-        if attention_mask is None:
+        # A whole row without a padding mask (no cache before it): the attention function isolates the
+        # sequences itself, so no rows x rows mask. Anything else (decoding) gets SDPA's own mask.
+        fresh = kwargs.get("q_offset", 0) == 0 and kwargs.get("q_length") == kwargs.get("kv_length")
+        if attention_mask is None and fresh:
             return None
         return masking.sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 

@@ -180,7 +180,7 @@ def build_sft_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
 # with an explicit mask (eager) score every pair of a row: there rows are cut at data.max_length, so
 # packing never costs more attention than padding (measured on long chats: one 1600-token masked row
 # was 11% slower than TRL's 4 padded rows of 460).
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "nova_sdpa_varlen")
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "nova_sdpa_varlen")  # nova.model.attention.VARLEN_SDPA
 
 
 @dataclass(frozen=True)
@@ -196,18 +196,19 @@ class SFTBatching:
 def _exact_packing(model: Any, placement: Placement) -> tuple[bool, float, str]:
     """Is packing exact on ``model``, and with which attention: SDPA becomes nova's per-sequence SDPA
     (no rows x rows mask, one row per micro batch) where that is exact, else stays masked SDPA."""
-    from nova.model.attention import switch_attention, varlen_candidate
+    from nova.model.attention import VARLEN_SDPA, switch_attention, varlen_candidate
 
     vocab = model.config.vocab_size
     original = getattr(model.config, "_attn_implementation", None)
     if varlen_candidate(original):
-        switch_attention(model, "nova_sdpa_varlen")
+        switch_attention(model, VARLEN_SDPA)
         exact, diff = packing_is_exact(model, vocab, placement.dtype_name)
         if exact:
             return True, diff, "per-sequence SDPA"
         switch_attention(model, original)
     exact, diff = packing_is_exact(model, vocab, placement.dtype_name)
-    return exact, diff, f"{original} with a block-diagonal mask"
+    how = "varlen" if original in VARLEN_ATTENTION else "with a block-diagonal mask"
+    return exact, diff, f"{original} {how}"
 
 
 def choose_batching(model: Any, stage: StageConfig, data: Any, placement: Placement) -> SFTBatching:
