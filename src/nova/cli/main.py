@@ -23,6 +23,7 @@ from nova.cli import (
     preflight_cmd,
     status_cmd,
     train_cmd,
+    ui_cmd,
 )
 from nova.errors import NovaError, printable
 
@@ -42,6 +43,7 @@ app.command("export")(export_cmd.export)
 app.command("status")(status_cmd.status)
 app.command("plot")(plot_cmd.plot)
 app.command("config")(config_cmd.config)
+app.command("ui")(ui_cmd.ui)
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 
