@@ -3,7 +3,8 @@
 The stages of a phase follow each other on one step axis, as in ``plots/loss.png`` (the
 second stage starts where the first ended), so an SFT -> DPO phase reads left to right. A
 record's key is a point of that series at the record's step; a step without one, or with a NaN,
-is a null, never a made-up value (the page joins the sparse eval points, not a train loss gap). After a resume the later record of a step wins, as in the plot.
+is a null, never a made-up value (the page joins the sparse eval points, not a train loss gap).
+After a resume the later record of a step wins, as in the plot.
 """
 
 from __future__ import annotations
