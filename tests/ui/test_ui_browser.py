@@ -6,6 +6,7 @@ With NOVA_UI_SCREENSHOTS=DIR the tests also save a screenshot of each page there
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import urllib.request
@@ -28,9 +29,13 @@ from ui_support import (  # noqa: F401  (the fixtures)
 def shot(browser: Any, name: str) -> None:
     """A screenshot for docs/ui.md, when asked for."""
     out = os.environ.get("NOVA_UI_SCREENSHOTS")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(Path(out) / f"ui-{name}.png"))
+    if not out:
+        return
+    from PIL import Image  # matplotlib's dependency: always installed with nova
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    image = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+    image.quantize(colors=64).save(Path(out) / f"ui-{name}.png", optimize=True)  # small enough for the repo
 
 
 def text_of(browser: Any, css: str) -> str:
@@ -78,6 +83,8 @@ def test_html_in_records_is_shown_as_text(browser: Any, server: Server) -> None:
     assert 'sora <img src=x onerror="window.__nova_pwned=2">' in text_of(browser, "#eval")
     assert not browser.find_elements(By.CSS_SELECTOR, "#smoke b, #smoke script, #eval img")
     assert browser.execute_script("return window.__nova_pwned === undefined")
+    browser.execute_script("document.getElementById('smoke').scrollIntoView()")
+    shot(browser, "run-tables")
 
 
 def test_a_live_runs_curve_grows(browser: Any, server: Server, ui_root: Path) -> None:

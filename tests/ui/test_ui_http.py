@@ -4,6 +4,8 @@ and nothing outside the root."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -79,3 +81,19 @@ def test_another_address_needs_the_flag(tmp_path: Path) -> None:
     done = run_nova("ui", "--root", str(tmp_path), "--host", "0.0.0.0", "--port", "0", timeout=60)
     assert done.returncode == 2
     assert "--allow-remote" in done.stderr and "training data" in done.stderr and done.stderr.isascii()
+
+
+def test_help_does_not_import_the_web_server() -> None:
+    code = ("import sys; import nova.cli.main; "
+            "print(','.join(m for m in ('starlette', 'uvicorn', 'nova.ui', 'nova.ui.app') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_without_the_extra_one_line_says_what_to_install(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['uvicorn'] = None; from nova.cli.main import run; "
+            f"sys.argv = ['nova', 'ui', '--root', {str(tmp_path)!r}, '--port', '0']; run()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["error: nova ui needs the python package 'uvicorn' "
+                                               "(pip install 'nova-tune[ui]', or: pip install starlette uvicorn)"]

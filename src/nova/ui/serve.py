@@ -42,7 +42,7 @@ def require_extra() -> None:
             importlib.import_module(name)
         except ImportError:
             raise NovaError(f"nova ui needs the python package '{name}'",
-                            hint="pip install 'nova-tune[ui]' (or: pip install starlette uvicorn)") from None
+                            hint="pip install 'nova-tune[ui]', or: pip install starlette uvicorn") from None
 
 
 def serve(root: Path, configs: Path, host: str, port: int, allow_remote: bool, say: Callable[[str], None]) -> None:

@@ -75,10 +75,10 @@
     const out = [];
     for (const [stage, r] of Object.entries(reports)) {
       const skipped = Object.entries(r.skipped || {}).map(([k, v]) => k + " " + v).join(", ") || "0";
-      out.push(el("h3", {}, stage), table(["read", "kept", "skipped (by reason)", "deduplicated", "truncated",
-        "dropped (too long)", "dropped (nothing trained)", "train", "eval", "trained tokens"],
-        [[r.read, r.kept, skipped, r.deduplicated, r.truncated, r.dropped_too_long, r.dropped_no_trained,
-          r.train_records, r.eval_records, (r.tokens || {}).trained_tokens]]),
+      out.push(el("h3", {}, stage), table(["read", "kept", "skipped (by reason)", "over max_samples", "deduplicated",
+        "truncated", "dropped (too long)", "dropped (nothing trained)", "train", "eval", "trained tokens"],
+        [[r.read, r.kept, skipped, r.over_max_samples, r.deduplicated, r.truncated, r.dropped_too_long,
+          r.dropped_no_trained, r.train_records, r.eval_records, (r.tokens || {}).trained_tokens]]),
         el("details", {}, el("summary", {}, "the whole report"), kv(r)));
       if ((r.problems || []).length) out.push(el("pre", {}, r.problems.map((p) => JSON.stringify(p)).join("\n")));
     }
@@ -149,9 +149,11 @@
       if (key !== lastActions) { actionsBox.replaceChildren(actions(view)); lastActions = key; }
       for (const data of view.charts) {
         if (charts[data.name]) charts[data.name].update(data);
-        else { charts[data.name] = chart(data); chartsBox.append(charts[data.name].node); }
+        else charts[data.name] = chart(data);
       }
-      if (!view.charts.length && !chartsBox.childElementCount) chartsBox.append(el("p", { class: "muted" }, "no metrics yet"));
+      // the server's order (loss first), also for a chart whose first point came after the others'
+      chartsBox.replaceChildren(...view.charts.map((d) => charts[d.name].node));
+      if (!view.charts.length) chartsBox.append(el("p", { class: "muted" }, "no metrics yet"));
       const alerts = view.alerts.map((a) => [new Date(a.time * 1000).toLocaleTimeString(), a.stage, a.step, a.kind, a.message]);
       const forgetting = Object.entries(s.forgetting || {}).map(([k, r]) =>
         [k, r.eval_loss_before, r.eval_loss_after, (r.change * 100).toFixed(1) + "%"]);
