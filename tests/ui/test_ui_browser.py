@@ -140,5 +140,28 @@ def test_compare_overlays_diffs_and_answers(browser: Any, server: Server) -> Non
     assert "doica: loss" in legend and "sora: eval_loss" in legend
     diff = text_of(browser, "#config-diff")
     assert "name" in diff and json.dumps("doica") in diff and json.dumps("sora") in diff
+    assert "lora.r" in diff and "model.quantization" not in diff  # only the keys that differ...
+    browser.find_element(By.CSS_SELECTOR, "#all-keys").click()
+    assert "model.quantization" in text_of(browser, "#config-diff")  # ...until every key is asked for
     assert "Tell me who you are" in text_of(browser, "#answers")
     shot(browser, "compare")
+
+
+def test_editor_runs_preflight(browser: Any, server: Server) -> None:
+    browser.get(server.at("/editor?path=tiny.yaml"))
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#valid"), what="the config to validate")
+    browser.find_element(By.CSS_SELECTOR, "#run-preflight").click()
+    verdict = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#preflight-verdict"), timeout=90,
+                       what="the preflight verdict")
+    assert verdict[0].get_attribute("data-verdict") == "warn"  # no GPU here, and 5000 steps over 16 records
+    assert "likely to overfit" in text_of(browser, "#preflight") and "fix" in text_of(browser, "#preflight")
+
+
+def test_a_browser_without_the_token_is_refused(browser: Any, server: Server) -> None:
+    browser.delete_all_cookies()
+    try:
+        for path in ("/", "/run?path=demo/sora", "/api/runs"):
+            browser.get(server.base + path)
+            assert "needs the token" in text_of(browser, "body") and "sora" not in text_of(browser, "body")
+    finally:
+        browser.get(server.at("/"))  # the start-up URL sets the cookie again for the tests after this one

@@ -91,7 +91,7 @@ const Nova = (() => {
 
   // A chart of one series group: {name, title, keys, x, y, stages}. Returns {node, update(data)}.
   function chart(data, width) {
-    const box = el("div", { class: "chart", "data-chart": data.name, "data-points": data.x.length },
+    const box = el("div", { class: "chart", "data-chart": data.name, "data-points": 0 },
       el("h3", {}, data.title));
     const opts = {
       width: width || 460, height: 220,
@@ -104,10 +104,11 @@ const Nova = (() => {
     };
     let plot = new uPlot(opts, [data.x].concat(data.y), box);
     let keys = data.keys.join("\n");
+    const drawn = () => box.setAttribute("data-points", plot.data[0].length);  // what the chart holds
+    drawn();
     return {
       node: box,
       update(next) {
-        box.setAttribute("data-points", next.x.length);
         if (next.keys.join("\n") !== keys) {  // a new series appeared (a DPO stage began): redraw
           plot.destroy();
           opts.series = [{ label: "step" }].concat(next.keys.map((key, i) => ({
@@ -117,6 +118,7 @@ const Nova = (() => {
         } else {
           plot.setData([next.x].concat(next.y));
         }
+        drawn();
       },
     };
   }
