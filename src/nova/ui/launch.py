@@ -125,7 +125,9 @@ class Launcher:
                   "preflight": {"verdict": report.get("verdict"), "checks": report.get("checks", []),
                                 "error": report.get("error")}}
         append_jsonl(self.record_file, record)
-        return {k: record[k] for k in ("id", "pid", "command", "run_dirs")}
+        outside = [str(d) for d in dirs if self.root not in d.parents]
+        notes = [f"{d} is outside the ui root {self.root}: the runs page will not list it" for d in outside]
+        return {**{k: record[k] for k in ("id", "pid", "command", "run_dirs")}, "notes": notes}
 
     def stop(self, run_dir: Path) -> dict[str, Any]:
         """SIGTERM to the live training process of ``run_dir``: it checkpoints and exits (code 3)."""

@@ -70,7 +70,8 @@ const NovaEditor = (() => {
       const r = await post("/api/launch", body);
       result.replaceChildren(r.ok
         ? el("p", { class: "ok", id: "launched" }, "started: " + r.body.command + " (pid " + r.body.pid + ") ",
-          ...r.body.run_dirs.map((d) => el("span", { class: "muted" }, d + " ")))
+          ...r.body.run_dirs.map((d) => el("span", { class: "muted" }, d + " ")),
+          ...(r.body.notes || []).map((n) => el("span", { class: "warn" }, " " + n)))
         : el("p", { class: "error", id: "refused" }, r.body.error));
       refresh();
     } } }, "save and launch nova train");
