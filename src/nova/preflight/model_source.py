@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from nova.files import looks_like_local_path
+
 Kind = Literal["local", "gguf", "hub_cached", "hub_remote", "missing"]
 NETWORK_TIMEOUT_S = 3.0
 
@@ -69,7 +71,7 @@ def _read_config(directory: Path) -> dict[str, Any] | None:
 
 
 def _looks_like_path(base: str) -> bool:
-    return base.startswith((".", "/", "~")) or base.endswith(".gguf") or base.count("/") > 1
+    return looks_like_local_path(base) or base.endswith(".gguf") or base.count("/") > 1
 
 
 def _hub_reachable(repo_id: str) -> str:
