@@ -40,6 +40,9 @@ PLOT = "plots/loss.png"
 PIPELINE = "pipeline.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# The longest path a run writes below its directory (a checkpoint moved aside while a save replaces it, a
+# shard of a full fine-tuning checkpoint): what Windows' path limit is checked against (preflight).
+DEEPEST_FILE = "checkpoints/sft-10/.checkpoint-1000000.old-4294967-1700000000000/model-00001-of-00009.safetensors"
 # What --fresh forgets of an earlier attempt of a phase.
 ATTEMPT_STATE = (CHECKPOINTS, STAGES, METRICS, RECOVERIES, ALERTS, RETENTION)
 
