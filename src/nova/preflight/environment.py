@@ -116,7 +116,7 @@ class CpuInfo:
 def cpu_info(cpuinfo: str | None = None, memory: tuple[int, int] | None = None) -> CpuInfo:
     """The CPU and RAM through nova.system (psutil, and the CPU flags where the platform lists them).
 
-    ``cpuinfo`` (the text of Linux's /proc/cpuinfo) and ``memory`` (total, available) are passed
+    ``cpuinfo`` (the text of Linux's cpuinfo file) and ``memory`` (total, available) are passed
     in by tests.
     """
     model, bf16_flags = system.cpu_description() if cpuinfo is None else system.parse_cpuinfo(cpuinfo)
