@@ -50,12 +50,19 @@ def run_nova(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
 def spawn(*argv: str) -> subprocess.Popen[bytes]:
     """A sleeping Python process whose command line carries ``argv`` (e.g. 'nova').
 
-    Right after a vfork+exec the kernel can show an empty /proc/<pid>/cmdline for a moment
-    (as it does for a zombie), so wait until the new command line is visible.
+    Right after a vfork+exec the kernel can show an empty command line for a moment (as it does
+    for a zombie), so wait until the new one is visible (psutil: the same on every platform).
     """
+    import psutil
+
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv])
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(proc.pid).cmdline():
+                break
+        except psutil.Error:
+            pass
         time.sleep(0.01)
     return proc
 
