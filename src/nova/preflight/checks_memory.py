@@ -176,9 +176,9 @@ def _apple_memory(label: str, est: Estimate, settings: Settings, apple: AppleGpu
     overhead, never measured; the message says so rather than claiming the CUDA calibration.
     """
     need = est.total_bytes + CPU_RUNTIME_BYTES
-    msg = (f"needs about {gib(need)} of unified memory on {apple.chip} ({gib(est.total_bytes)} for training, "
-           f"as measured on CUDA without its context and pool; the mps allocator's overhead is not measured; plus "
-           f"about {gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(apple.unified_available)} "
+    msg = (f"needs about {gib(need)} of unified memory on {apple.chip} ({gib(est.total_bytes)} for training by the "
+           f"estimate calibrated on CUDA, less CUDA's context and pool; the mps allocator's overhead is not measured; "
+           f"plus about {gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(apple.unified_available)} "
            f"available of {gib(apple.unified_total)}")
     fix = _cpu_fix(settings).replace("or train on a GPU", "turn on gradient checkpointing, or choose a smaller model")
     if need > apple.unified_available:
