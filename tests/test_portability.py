@@ -118,3 +118,31 @@ def test_no_nova_module_imports_a_posix_only_module_or_reads_proc() -> None:
         if "/proc" in text and path.name != "system.py":  # system.py reads it on Linux only (on_linux)
             found.append(f"{path.name}: /proc")
     assert found == []
+
+
+def _text_io_without_encoding(node: ast.Call) -> str | None:
+    """``read_text()``, ``write_text(s)`` or a text-mode ``open()`` with no ``encoding=``: the locale's
+    encoding then (cp1252 on most Windows machines), so a non-ASCII chat template or name breaks there."""
+    if any(k.arg == "encoding" for k in node.keywords):
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    if name in ("read_text", "write_text"):
+        return name
+    if name != "open" or (isinstance(func, ast.Attribute) and not isinstance(func.value, ast.Call | ast.Name)):
+        return None
+    owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+    if owner in ("os", "zf", "zipfile", "tarfile", "gzip", "io") or owner.endswith(("zf", "zip")):
+        return None
+    at = 0 if isinstance(func, ast.Attribute) else 1  # Path.open(mode), open(file, mode)
+    mode = node.args[at] if len(node.args) > at else next((k.value for k in node.keywords if k.arg == "mode"), None)
+    modes = [c.value for c in ast.walk(mode) if isinstance(c, ast.Constant)] if mode is not None else []
+    return None if modes and all("b" in str(m) for m in modes) else "open"
+
+
+def test_every_text_file_is_read_and_written_as_utf8() -> None:
+    found = [f"{path.relative_to(NOVA_SRC)}:{node.lineno} {what}"
+             for path in sorted(Path(NOVA_SRC).rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Call) and (what := _text_io_without_encoding(node))]
+    assert found == []

@@ -90,7 +90,7 @@ def torch_cuda_build() -> str | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
     try:
-        m = re.search(r"^cuda\s*(?::\s*\S+)?\s*=\s*['\"]([^'\"]+)['\"]", path.read_text(), re.MULTILINE)
+        m = re.search(r"^cuda\s*(?::\s*\S+)?\s*=\s*['\"]([^'\"]+)['\"]", path.read_text(encoding="utf-8"), re.MULTILINE)
     except OSError:
         return None
     return m.group(1) if m else None

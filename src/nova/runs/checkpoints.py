@@ -105,7 +105,7 @@ def checkpoint_problem(path: Path, *, deep: bool = False) -> str | None:
         if problem:
             return problem
     try:
-        json.loads((path / TRAINER_STATE).read_text())
+        json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
         assert weights is not None
         with weights.open("rb") as fh:
             header_len = int.from_bytes(fh.read(8), "little")
@@ -124,7 +124,7 @@ def _weights_file(path: Path) -> Path | None:
     if (path / FULL_WEIGHTS[0]).exists():
         return path / FULL_WEIGHTS[0]
     try:
-        shards = sorted(set(json.loads((path / FULL_WEIGHTS[1]).read_text())["weight_map"].values()))
+        shards = sorted(set(json.loads((path / FULL_WEIGHTS[1]).read_text(encoding="utf-8"))["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return path / shards[0] if shards and (path / shards[0]).exists() else None
