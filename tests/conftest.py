@@ -92,3 +92,14 @@ def dead_pid() -> int:
     proc.kill()
     proc.wait()
     return proc.pid
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On Windows, skip what needs POSIX signals (kill -9 a child): Windows has no SIGKILL, and its
+    own stop signals (Ctrl-C, Ctrl-Break) are tested in tests/test_system.py."""
+    if sys.platform != "win32":
+        return
+    skip = pytest.mark.skip(reason="needs POSIX signals (SIGKILL/SIGTERM to a child process)")
+    for item in items:
+        if "posix" in item.keywords:
+            item.add_marker(skip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,12 +18,15 @@ from nova.train.resilience import StopRequest, signal_handling
 
 @pytest.fixture
 def windows_break(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """Windows' SIGBREAK (Ctrl-Break), played here by SIGUSR1: the signal module has it only on Windows.
-    A do-nothing handler first, so a nova that ignored it fails the test instead of killing the runner."""
-    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
-    yield int(signal.SIGUSR1)
-    signal.signal(signal.SIGUSR1, previous)
+    """Windows' SIGBREAK (Ctrl-Break): the real one on Windows, played by SIGUSR1 elsewhere (the signal
+    module has SIGBREAK only on Windows). A do-nothing handler first, so a nova that ignored the signal
+    fails the test instead of killing the runner."""
+    if not hasattr(signal, "SIGBREAK"):
+        monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
+    number = int(signal.SIGBREAK)  # type: ignore[attr-defined]
+    previous = signal.signal(number, lambda signum, frame: None)
+    yield number
+    signal.signal(number, previous)
 
 
 def test_ctrl_break_saves_and_stops_like_ctrl_c(windows_break: int) -> None:
@@ -30,7 +34,7 @@ def test_ctrl_break_saves_and_stops_like_ctrl_c(windows_break: int) -> None:
     before = signal.getsignal(windows_break)
     with signal_handling(StopRequest(), said.append) as request:
         assert set(system.stop_signals()) == {signal.SIGINT, signal.SIGTERM, windows_break}
-        os.kill(os.getpid(), windows_break)
+        signal.raise_signal(windows_break)  # os.kill would terminate the process on Windows
         assert request.signal_name == "SIGBREAK"
     assert said == ["SIGBREAK received: saving a checkpoint at the end of this step, then stopping (send it again "
                     "to quit at once)"]
@@ -45,20 +49,22 @@ def test_a_second_ctrl_break_exits_at_once(windows_break: int, monkeypatch: pyte
 
     monkeypatch.setattr(resilience.os, "_exit", exit_now)
     with signal_handling(StopRequest(), lambda line: None) as request:
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         assert request.signal_name == "SIGINT"
         with pytest.raises(SystemExit) as stopped:
-            os.kill(os.getpid(), windows_break)
+            signal.raise_signal(windows_break)
     assert stopped.value.code == 128 + windows_break
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows always has SIGBREAK")
 def test_without_sigbreak_only_ctrl_c_and_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(signal, "SIGBREAK", raising=False)
     assert system.stop_signals() == {int(signal.SIGINT): "SIGINT", int(signal.SIGTERM): "SIGTERM"}
 
 
 def test_the_path_limit_applies_on_windows_without_long_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert system.path_limit() is None  # Linux
+    monkeypatch.setattr(system, "on_windows", lambda: False)
+    assert system.path_limit() is None  # Linux, macOS
     monkeypatch.setattr(system, "on_windows", lambda: True)
     monkeypatch.setattr(system, "windows_long_paths_enabled", lambda: False)
     assert system.path_limit() == 259
@@ -67,6 +73,7 @@ def test_the_path_limit_applies_on_windows_without_long_paths(monkeypatch: pytes
 
 
 def test_an_apple_silicon_mac_has_a_gpu_that_shares_the_ram(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(system, "on_macos", lambda: False)
     assert system.apple_gpu() is None  # not a Mac
     monkeypatch.setattr(system, "on_macos", lambda: True)
     monkeypatch.setattr(system.platform, "machine", lambda: "arm64")
@@ -82,9 +89,9 @@ def test_an_apple_silicon_mac_has_a_gpu_that_shares_the_ram(monkeypatch: pytest.
 
 def test_liveness_through_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
     assert system.process_alive(os.getpid(), "python") and not system.process_alive(os.getpid(), "no-such-marker")
-    proc = subprocess.Popen(["sleep", "0"])
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    assert not system.process_alive(proc.pid, "sleep") and not system.process_alive(0)
+    assert not system.process_alive(proc.pid, "python") and not system.process_alive(0)
 
     class Denied:
         def __init__(self, pid: int) -> None:
