@@ -60,7 +60,7 @@ def locked(directory: Path, what: str) -> Iterator[None]:
                                                  "started": time.time()})
         yield
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, NovaError):  # held by a reader for seconds: status then says stale
             remove_file(directory / PID_FILE)
         lock.release()
         _remove_unused(created, directory / LOCK_FILE)
