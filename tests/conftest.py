@@ -50,12 +50,19 @@ def run_nova(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
 def spawn(*argv: str) -> subprocess.Popen[bytes]:
     """A sleeping Python process whose command line carries ``argv`` (e.g. 'nova').
 
-    Right after a vfork+exec the kernel can show an empty /proc/<pid>/cmdline for a moment
-    (as it does for a zombie), so wait until the new command line is visible.
+    Right after a vfork+exec the kernel can show an empty command line for a moment (as it does
+    for a zombie), so wait until the new one is visible (psutil: the same on every platform).
     """
+    import psutil
+
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv])
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(proc.pid).cmdline():
+                break
+        except psutil.Error:
+            pass
         time.sleep(0.01)
     return proc
 
@@ -85,3 +92,14 @@ def dead_pid() -> int:
     proc.kill()
     proc.wait()
     return proc.pid
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On Windows, skip what needs POSIX signals (kill -9 a child): Windows has no SIGKILL, and its
+    own stop signals (Ctrl-C, Ctrl-Break) are tested in tests/test_system.py."""
+    if sys.platform != "win32":
+        return
+    skip = pytest.mark.skip(reason="needs POSIX signals (SIGKILL/SIGTERM to a child process)")
+    for item in items:
+        if "posix" in item.keywords:
+            item.add_marker(skip)

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lower numbers sit below: a module may import modules of its own layer or below, never above.
 LAYERS = [
-    ("nova", "nova.errors", "nova.console", "nova.files", "nova.lazy"),
+    ("nova", "nova.errors", "nova.console", "nova.files", "nova.lazy", "nova.system", "nova.setup"),
     ("nova.config",),
     ("nova.runs", "nova.plan"),
     ("nova.data", "nova.model"),

@@ -3,6 +3,12 @@
 Every writer of nova uses these (GGUF import, merge, export, checkpoints, adapters, run state):
 a reader sees either the old output or the complete new one. Sizes (``GiB``, ``human_bytes``)
 live here too, so one definition serves every module.
+
+The same code runs on Windows, where two things differ: a rename onto an existing directory
+fails (so ``replace_path`` moves the old one aside first), and a file another process has open
+(``nova status`` reading ``nova.pid``, an antivirus scan, an editor) cannot be renamed or
+deleted for a moment (a sharing violation), so renames and deletes retry for a few seconds
+before saying which file is held. Files are always closed before they are renamed.
 """
 
 from __future__ import annotations
@@ -10,16 +16,88 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import stat
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nova.errors import NovaError
 
 GiB = 1024**3
 MiB = 1024**2
+
+T = TypeVar("T")
+
+# Windows error codes of a file held open by another process: ERROR_ACCESS_DENIED (5, also given
+# for a file pending deletion) and ERROR_SHARING_VIOLATION (32). Anywhere else a PermissionError
+# is a real permission problem and is raised at once.
+SHARING_VIOLATIONS = frozenset({5, 32})
+RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s in all: longer than a scan or a status read
+
+
+def is_sharing_violation(exc: BaseException) -> bool:
+    return isinstance(exc, PermissionError) and getattr(exc, "winerror", None) in SHARING_VIOLATIONS
+
+
+def retry_while_held(op: Callable[[], T], path: Path, what: str = "replace") -> T:
+    """Run ``op`` (a rename or delete of ``path``), retrying while another process holds the file.
+
+    Bounded: after ``RETRY_DELAYS_S`` a file still held is a NovaError naming it, not a hang.
+    """
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return op()
+        except PermissionError as exc:
+            if not is_sharing_violation(exc):
+                raise
+            if delay is None:
+                raise NovaError(f"cannot {what} {path}: another program has it open (Windows error "
+                                f"{getattr(exc, 'winerror', '?')})",
+                                hint="close what holds it (an editor, a file viewer, a virus scan) and run "
+                                "again") from None
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def rename(src: Path, dest: Path) -> None:
+    """``os.replace`` (atomic, and replaces a file on Windows too, unlike ``Path.rename``), retried while held."""
+    retry_while_held(lambda: os.replace(src, dest), Path(dest))
+
+
+def remove_file(path: Path) -> None:
+    """Delete a file if it exists, retried while another process holds it."""
+    retry_while_held(lambda: Path(path).unlink(missing_ok=True), Path(path), "delete")
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree, best effort: on Windows clears the read-only attribute (which blocks
+    deletion there) and waits out files held open; leaves what still cannot go (never raises)."""
+    from nova.system import on_windows
+
+    def again(func: Callable[..., Any], name: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError, NovaError):
+            if on_windows():
+                os.chmod(name, stat.S_IWRITE)
+            retry_while_held(lambda: func(name), Path(name), "delete")
+
+    if not Path(path).exists():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=again)
+    else:  # the 3.10/3.11 spelling of the same callback
+        shutil.rmtree(path, onerror=again)
+
+
+_WINDOWS_ROOT = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # d:\ or d:/, or a UNC \\server\share
+
+
+def looks_like_local_path(text: str) -> bool:
+    """A local path rather than a hub id: ./x, /x, ~/x, or a Windows path (d:\\x, d:/x, \\\\server\\x, a\\b)."""
+    return text.startswith((".", "/", "~")) or bool(_WINDOWS_ROOT.match(text)) or "\\" in text
 
 
 def dir_size(path: Path) -> int:
@@ -98,28 +176,32 @@ def atomic_dir(out_dir: Path, force: bool = True, *, check: bool = True) -> Iter
         fsync_tree(tmp)
         replace_path(tmp, out_dir)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
 
 
 def replace_path(src: Path, dest: Path) -> None:
-    """Move ``src`` to ``dest``, replacing what is there with as short a gap as rename allows."""
+    """Move ``src`` to ``dest``, replacing what is there with as short a gap as rename allows.
+
+    What is at ``dest`` is moved aside first: POSIX renames only onto an empty directory and
+    Windows onto no directory at all. A failed move puts the old one back.
+    """
     old = None
     if dest.exists():
         old = temp_sibling(dest, "old")
-        dest.rename(old)
+        rename(dest, old)
     try:
-        src.rename(dest)
-    except OSError:
+        rename(src, dest)
+    except (OSError, NovaError):
         if old is not None:
-            old.rename(dest)
+            rename(old, dest)
         raise
     fsync_dir(dest.parent)
     if old is not None:
         if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
         else:
-            old.unlink(missing_ok=True)
+            with contextlib.suppress(OSError, NovaError):
+                remove_file(old)
 
 
 def fsync_dir(path: Path) -> None:
@@ -140,11 +222,22 @@ def fsync_tree(path: Path) -> None:
     """fsync every file under ``path`` and the directories themselves (before sealing or renaming)."""
     for p in sorted(Path(path).rglob("*"), reverse=True):
         if p.is_file():
-            with p.open("rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(p)
         elif p.is_dir():
             fsync_dir(p)
     fsync_dir(Path(path))
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a closed file to disk. Windows flushes only through a handle opened for writing."""
+    from nova.system import on_windows
+
+    try:
+        with Path(path).open("r+b" if on_windows() else "rb") as fh:
+            os.fsync(fh.fileno())
+    except PermissionError:
+        if not on_windows():
+            raise  # a read-only file on Windows cannot be opened for writing: it is not flushed
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -153,14 +246,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
+        with tmp.open("w", encoding="utf-8", newline="\n") as fh:  # the same bytes on every platform
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        tmp.replace(path)
+        rename(tmp, path)  # closed first: Windows cannot rename an open file
         fsync_dir(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError, NovaError):
+            remove_file(tmp)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

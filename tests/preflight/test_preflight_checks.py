@@ -124,11 +124,23 @@ def test_known_bad_versions_are_flagged_with_a_reason() -> None:
 
 def test_cpu_bf16_flags_from_proc_cpuinfo() -> None:
     cpuinfo = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16\n"
-    meminfo = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n"
-    info = cpu_info(cpuinfo, meminfo)
+    memory = (24000000 * 1024, 20000000 * 1024)
+    info = cpu_info(cpuinfo, memory)
     assert info.bf16 and info.flags == ("amx_bf16", "avx512_bf16") and info.model == "Test CPU"
-    assert info.ram_total_bytes == 24000000 * 1024
-    assert not cpu_info("flags\t: fpu sse avx2\n", meminfo).bf16
+    assert info.ram_total_bytes == 24000000 * 1024 and info.ram_available_bytes == 20000000 * 1024
+    assert not cpu_info("flags\t: fpu sse avx2\n", memory).bf16
+
+
+def test_cpu_and_ram_come_from_psutil_and_flags_only_where_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    from nova import system
+
+    info = cpu_info()
+    vm = psutil.virtual_memory()
+    assert info.ram_total_bytes == vm.total and 0 < info.ram_available_bytes <= vm.total and info.cores >= 1
+    monkeypatch.setattr(system, "on_linux", lambda: False)  # Windows and macOS list no CPU flags for a program
+    assert system.cpu_description()[1] == () and not cpu_info().bf16
 
 
 def test_json_schema_is_stable(tmp_path: Path) -> None:

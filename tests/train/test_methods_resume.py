@@ -93,6 +93,7 @@ def kill_at_checkpoint(proc: subprocess.Popen, checkpoint: Path, timeout: float 
     proc.wait()
 
 
+@pytest.mark.posix
 def test_sigkill_in_each_stage_then_resume_follows_the_same_trajectory(tiny_model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "ref").mkdir()
     reference = start(config(tmp_path / "ref", tiny_model_dir, "run"))  # uninterrupted, alongside

@@ -79,6 +79,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     return tmp / "ref"
 
 
+@pytest.mark.posix
 def test_sigkill_then_resume_follows_the_same_trajectory(reference_run: Path, tiny_model_dir: Path,
                                                          tmp_path: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir, "killed")
@@ -102,6 +103,7 @@ def test_sigkill_then_resume_follows_the_same_trajectory(reference_run: Path, ti
         assert (a[key] - b[key]).abs().max() < 1e-5, key
 
 
+@pytest.mark.posix
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = config(tmp_path, tiny_model_dir, "stopped", steps=30, save_steps=100)
     run = tmp_path / "stopped"

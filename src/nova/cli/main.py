@@ -15,6 +15,7 @@ from nova import __version__
 from nova.cli import (
     config_cmd,
     data_cmd,
+    demo_cmd,
     export_cmd,
     infer_cmd,
     merge_cmd,
@@ -44,6 +45,7 @@ app.command("status")(status_cmd.status)
 app.command("plot")(plot_cmd.plot)
 app.command("config")(config_cmd.config)
 app.command("ui")(ui_cmd.ui)
+app.command("demo")(demo_cmd.demo)
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 

@@ -57,12 +57,47 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError("malformed YAML", [Problem(where, what, "fix the YAML syntax")]) from None
+        fix = WINDOWS_PATH_HINT if "escape" in what else "fix the YAML syntax"
+        raise ConfigError("malformed YAML", [Problem(where, what, fix)]) from None
     if data is None:
         raise ConfigError("empty config", [Problem(str(path), "the file holds no settings")])
     if not isinstance(data, dict):
         raise ConfigError("bad config", [Problem(str(path), f"expected a mapping of keys, got {type(data).__name__}")])
+    refuse_escaped_paths(data, path, lines)
     return data, lines
+
+
+# Keys whose values are file system paths (schema.py, data_schema.py, grpo_schema.py), and a pipeline's phases.
+PATH_KEYS = frozenset({"path", "base", "chat_template", "models_dir", "cache_dir", "file", "output_dir", "logs_dir",
+                       "phases"})
+WINDOWS_PATH_HINT = ("inside double quotes YAML reads a backslash as an escape: write a Windows path in single "
+                     "quotes ('d:\\data\\x.jsonl') or with forward slashes (d:/data/x.jsonl)")
+
+
+def refuse_escaped_paths(data: Any, path: Path, lines: dict[KeyPath, int]) -> None:
+    """A path holding a control character is a Windows path whose backslashes YAML took as escapes
+    ("d:\\new" in double quotes is d, colon, newline, e, w): refused, never used as some other path."""
+    problems = [Problem(f"{path}:{lines[loc]} {_dotted(loc)}" if loc in lines else f"{path} {_dotted(loc)}",
+                        f"the path {value!r} holds a control character", WINDOWS_PATH_HINT)
+                for loc, value in _path_values(data, ()) if any(ord(c) < 32 for c in value)]
+    if problems:
+        raise ConfigError(f"invalid config {path}", problems)
+
+
+def _path_values(node: Any, loc: KeyPath) -> list[tuple[KeyPath, str]]:
+    out: list[tuple[KeyPath, str]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = (*loc, key)
+        if isinstance(value, str) and any(str(k) in PATH_KEYS for k in here[-2:] if isinstance(k, str)):
+            out.append((here, value))
+        elif isinstance(value, dict | list):
+            out.extend(_path_values(value, here))
+    return out
+
+
+def _dotted(loc: KeyPath) -> str:
+    return ".".join(str(p) for p in loc)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -189,6 +224,8 @@ def load_yaml_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     for item in overrides or []:
         parts, value = _parse_override(item)
         _apply_override(data, parts, value, item)
+    if overrides:
+        refuse_escaped_paths(data, path, lines)
     if "phases" in data:
         return _load_pipeline(path, data, lines)
     return LoadedConfig(path, _validate(PhaseConfig, data, path, lines), data)

@@ -70,7 +70,7 @@ def sampling_parameters(model_dir: Path) -> dict[str, float | int]:
     """Sampling defaults: the model's generation_config.json where it sets them, else mild defaults."""
     params: dict[str, float | int] = {"temperature": 0.7, "top_p": 0.9}
     try:
-        gen = json.loads((model_dir / "generation_config.json").read_text())
+        gen = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         gen = {}
     for src, dest in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
@@ -151,10 +151,10 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
             notes += export_gguf(src, tmp / gguf_name, outtype=outtype or "f16").notes
         else:
             _copy_model_files(src, tmp)
-        (tmp / "Modelfile").write_text(text)
+        (tmp / "Modelfile").write_text(text, encoding="utf-8")
         info = {"format": 1, "kind": "ollama", "source": portable_path(src, out), "weights": gguf_name or "safetensors",
                 "nova_version": __version__}
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         write_model_dir_card(tmp, src, kind="ollama")
     return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)
 
@@ -187,10 +187,10 @@ def export_ollama_run(run_dir: str | Path, out_dir: str | Path, *, outtype: str 
     with atomic_dir(out, force, check=False) as tmp:
         notes = export_gguf(source, tmp / base_name, outtype=outtype or "f16").notes
         notes += export_lora_gguf(record.run.path, tmp / "adapter.gguf").notes
-        (tmp / "Modelfile").write_text(text)
+        (tmp / "Modelfile").write_text(text, encoding="utf-8")
         info = {"format": 1, "kind": "ollama", "run_dir": portable_path(record.run.path, out), "weights": base_name,
                 "adapter": "adapter.gguf", "nova_version": __version__}
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         write_card(tmp, record, kind="ollama")
     return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)
 

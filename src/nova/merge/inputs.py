@@ -139,7 +139,8 @@ def _same_model_dir(a: Path, b: Path) -> bool:
     try:
         if a.resolve() == b.resolve():
             return True
-        return json.loads((a / "config.json").read_text()) == json.loads((b / "config.json").read_text())
+        return json.loads((a / "config.json").read_text(encoding="utf-8")) == json.loads(
+            (b / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
 

@@ -125,7 +125,7 @@ _IDENTITY_KEYS = ("format", "source_name", "source_size", "source_sha256_head_ta
 def read_provenance(model_dir: Path) -> dict[str, Any] | None:
     """The provenance record of a previous import, or None when there is none (or it is unreadable)."""
     try:
-        data = json.loads((model_dir / PROVENANCE_FILE).read_text())
+        data = json.loads((model_dir / PROVENANCE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -196,7 +196,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "flo
                   "architecture": arch, "nova_version": __version__,
                   "transformers_version": require("transformers").__version__,
                   "created_unix": int(time.time())}
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return out
 
 

@@ -1,14 +1,18 @@
 """Load the tokenizer and the base model the way nova trains it.
 
 Device and dtype choices live here so training, merge and infer agree on them:
-- compute dtype ``auto``: bf16 on GPUs that support it, fp16 on older GPUs; on a CPU, bf16 when
-  it has native bf16 instructions (AVX512-BF16 or AMX) and fp32 otherwise, chosen from the
-  measurements in docs/benchmarks.md;
-- 4-bit nf4 with double quantization through bitsandbytes unless ``quantization: none``.
+- the device: a CUDA GPU, else Apple Silicon's GPU (``mps``), else the CPU;
+- compute dtype ``auto``: bf16 on GPUs that support it, fp16 on older GPUs; on ``mps`` bf16 from
+  macOS 14 (where torch runs it) and fp32 before (fp16 would need loss scaling torch does not
+  do for mps); on a CPU, bf16 when it has native bf16 instructions (AVX512-BF16 or AMX) and
+  fp32 otherwise, chosen from the measurements in docs/benchmarks.md;
+- 4-bit nf4 with double quantization through bitsandbytes unless ``quantization: none``; on
+  ``mps`` only where the installed bitsandbytes has a backend for it (``mps_quantization_problem``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nova.config.schema import ModelConfig
 from nova.errors import NovaError
+from nova.files import looks_like_local_path
 from nova.lazy import require
 
 if TYPE_CHECKING:
@@ -26,7 +31,7 @@ if TYPE_CHECKING:
 class Placement:
     """Where and in what precision the model runs."""
 
-    device: str  # "cuda" or "cpu"
+    device: str  # "cuda", "mps" or "cpu"
     compute_dtype: torch.dtype
     gpu_index: int = 0
 
@@ -34,14 +39,37 @@ class Placement:
     def dtype_name(self) -> str:
         return str(self.compute_dtype).replace("torch.", "")
 
+    @property
+    def torch_device(self) -> str:
+        """The device as torch names it: ``cuda:0``, ``mps`` or ``cpu``."""
+        return f"cuda:{self.gpu_index}" if self.device == "cuda" else self.device
+
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX; nova.system knows where)."""
+    from nova.system import cpu_description
+
+    return bool(cpu_description()[1])
+
+
+def mps_quantization_problem(quantization: str) -> tuple[str, str] | None:
+    """Why ``model.quantization`` cannot run on Apple's GPU (mps), with the fix; None when it can.
+
+    Read from bitsandbytes' files, without importing it (preflight asks too): 4-bit runs on mps
+    only through a bitsandbytes that ships an ``mps`` backend; 8-bit has none.
+    """
+    if quantization == "none":
+        return None
+    fix = ("set model.quantization: none (LoRA on the bf16 model: nova preflight says whether it fits the "
+           "unified memory), or choose a smaller model")
+    if quantization == "int8":
+        return "model.quantization int8 has no kernels for Apple's GPU (mps) in bitsandbytes", fix
+    spec = importlib.util.find_spec("bitsandbytes")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not any((Path(loc) / "backends" / "mps").is_dir() for loc in locations):
+        where = "is not installed" if spec is None else "has no backend for Apple's GPU (mps)"
+        return f"model.quantization {quantization} needs bitsandbytes' kernels, and bitsandbytes {where}", fix
+    return None
 
 
 def pick_gpu(wanted: str | int = "auto") -> int:
@@ -61,6 +89,8 @@ def choose_placement(setting: str, gpu: str | int = "auto") -> Placement:
     torch = require("torch")
     on_gpu = torch.cuda.is_available()
     names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if not on_gpu and _mps_available(torch):
+        return _mps_placement(torch, setting, names)
     if not on_gpu:
         if setting == "auto":  # measured: docs/benchmarks.md (bf16 ~1.6x fp32 with AVX512-BF16, ~25x slower without)
             return Placement("cpu", torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
@@ -73,6 +103,23 @@ def choose_placement(setting: str, gpu: str | int = "auto") -> Placement:
                         hint="set model.compute_dtype: fp16 or auto")
     dtype = names[setting] if setting != "auto" else (torch.bfloat16 if bf16_ok else torch.float16)
     return Placement("cuda", dtype, index)
+
+
+def _mps_available(torch: Any) -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _mps_placement(torch: Any, setting: str, names: dict[str, Any]) -> Placement:
+    """Apple Silicon's GPU: bf16 where torch runs it on mps (macOS 14+), else fp32."""
+    check = getattr(torch.backends.mps, "is_macos_or_newer", None)
+    bf16_ok = bool(check(14, 0)) if check is not None else False
+    if setting == "bf16" and not bf16_ok:
+        raise NovaError("model.compute_dtype is bf16 but torch runs bf16 on Apple's GPU (mps) only from macOS 14",
+                        hint="set model.compute_dtype: auto (fp32 here), or update macOS")
+    if setting == "auto":
+        return Placement("mps", torch.bfloat16 if bf16_ok else torch.float32)
+    return Placement("mps", names[setting])
 
 
 def resolve_base(model_cfg: ModelConfig) -> str:
@@ -88,7 +135,7 @@ def resolve_base(model_cfg: ModelConfig) -> str:
             raise NovaError(f"model.base '{base}' is a directory without config.json",
                             hint="point it at a Hugging Face model directory or a .gguf file")
         return str(path)
-    if base.startswith((".", "/", "~")):
+    if looks_like_local_path(base):
         raise NovaError(f"model.base '{base}' does not exist", hint="check the path, or run scripts/setup.sh")
     return base
 
@@ -188,18 +235,20 @@ def load_base_model(model_cfg: ModelConfig, placement: Placement, source: str | 
     kwargs["dtype"] = placement.compute_dtype
     if model_cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if quantize and placement.device == "mps" and (problem := mps_quantization_problem(model_cfg.quantization)):
+        raise NovaError(problem[0], hint=problem[1])
     qconfig = quantization_config(model_cfg, placement.compute_dtype, shard=shard) if quantize else None
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         if not shard:
-            kwargs["device_map"] = {"": placement.gpu_index} if placement.device == "cuda" else {"": "cpu"}
+            kwargs["device_map"] = {"": placement.gpu_index} if placement.device == "cuda" else {"": placement.device}
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise NovaError(f"cannot load model '{source}': {str(exc).splitlines()[0]}",
                         hint="check model.base; offline, a hub id must already be in the local cache") from None
-    if qconfig is None and placement.device == "cuda":
-        model = model.to(f"cuda:{placement.gpu_index}")
+    if qconfig is None and placement.device != "cpu":
+        model = model.to(placement.torch_device)
     if qconfig is not None and placement.device == "cpu":
         keep_cpu_4bit_differentiable(model)
     return model

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nova.errors import NovaError
-from nova.files import temp_sibling
+from nova.files import rename, temp_sibling
 from nova.runs.jsonl import number, read_jsonl
 from nova.runs.layout import RunDir
 
@@ -106,7 +106,7 @@ def plot_run(run_dir: Path) -> Path:
     tmp = Path(f"{temp_sibling(dest)}.png")  # the suffix tells matplotlib the format
     try:
         _draw(curves, run.path.name, tmp)
-        tmp.replace(dest)
+        rename(tmp, dest)  # waits out a viewer that has the old plot open (Windows)
     finally:
         tmp.unlink(missing_ok=True)
     return dest

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from nova.files import MiB
 from nova.preflight.report import TIGHT, Check, gib
+from nova.runs.layout import DEEPEST_FILE
+from nova.system import LONG_PATHS_FIX
 
 
 def checkpoint_bytes(lora_params: int, optimizer: str) -> int:
@@ -35,3 +37,16 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def check_path_lengths(run_dirs: list[Path], limit: int) -> Check:
+    """Windows without long paths: the deepest file a run writes must stay under ``limit`` characters,
+    or the save of a checkpoint fails hours into the run with a bare "file not found"."""
+    deepest = max((p.resolve() for p in run_dirs), key=lambda p: len(str(p)))
+    longest = len(str(deepest)) + 1 + len(DEEPEST_FILE)
+    if longest <= limit:
+        return Check("paths", "pass", f"the deepest file a run writes is about {longest} characters long "
+                     f"(Windows' limit is {limit + 1}; long paths are off)")
+    return Check("paths", "fail", f"{deepest} is {len(str(deepest))} characters long: a run's checkpoint files "
+                 f"would reach about {longest}, past Windows' {limit + 1}-character limit (long paths are off)",
+                 f"{LONG_PATHS_FIX}; or set output_dir to a shorter path")

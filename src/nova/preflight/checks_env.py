@@ -14,6 +14,7 @@ from nova.config.schema import ModelConfig
 from nova.preflight.environment import Environment, declared_conflicts, known_bad
 from nova.preflight.gpus import GpuInfo, GpuSnapshot
 from nova.preflight.report import Check, gib
+from nova.system import AppleGpu
 
 HOT_C = 85  # most GPUs start throttling in the high 80s
 
@@ -81,6 +82,8 @@ def check_gpus(snapshot: GpuSnapshot, env: Environment) -> Check:
             return Check("gpu", "warn", body, f"GPU {hot[0].index} is at {hot[0].temperature_c} C before training: "
                          "check its cooling, or what else is running on it")
         return Check("gpu", "pass", body)
+    if env.apple is not None:
+        return Check("gpu", "pass", describe_apple(env.apple))
     cpu = env.cpu
     bf16 = f"yes ({', '.join(cpu.flags)})" if cpu.bf16 else "no (fp32 compute)"
     return Check("gpu", "warn",
@@ -89,6 +92,27 @@ def check_gpus(snapshot: GpuSnapshot, env: Environment) -> Check:
                  f"native bf16: {bf16}",
                  "fine for a tiny model or a smoke test; for a real model train on a CUDA GPU, or answer for one "
                  "with --gpu-memory 24GiB")
+
+
+def describe_apple(a: AppleGpu) -> str:
+    """Apple Silicon's GPU in a line: it has no memory of its own, it shares the RAM (unified memory)."""
+    dtype = "bf16" if a.bf16 else "fp32 (torch runs bf16 on mps from macOS 14)"
+    return (f"{a.chip} GPU (mps), macOS {a.macos or '?'}: unified memory shared with the CPU and the system, "
+            f"{gib(a.unified_available)} available of {gib(a.unified_total)}; compute dtype auto: {dtype}")
+
+
+def check_apple_device(a: AppleGpu, model: ModelConfig) -> Check:
+    """Whether the phase's quantization runs on Apple's GPU: refused with the fix, or said to be unmeasured."""
+    from nova.model.loading import mps_quantization_problem
+
+    problem = mps_quantization_problem(model.quantization)
+    if problem is not None:
+        return Check("device", "fail", f"{problem[0]}; training would run on {a.chip}'s GPU (mps)", problem[1])
+    if model.quantization == "none":
+        return Check("device", "pass", f"{a.chip} GPU (mps): LoRA on the unquantized model")
+    return Check("device", "warn", f"{model.quantization} on {a.chip}'s GPU (mps) runs through bitsandbytes' mps "
+                 "backend (PyTorch kernels before macOS 26), slower than CUDA and not measured by nova",
+                 "if it fails or is too slow, set model.quantization: none (or choose a smaller model)")
 
 
 def select_gpu(snapshot: GpuSnapshot, wanted: str | int) -> tuple[GpuInfo | None, Check | None]:
@@ -105,8 +129,17 @@ def select_gpu(snapshot: GpuSnapshot, wanted: str | int) -> tuple[GpuInfo | None
                        "set training.gpu to one of them, or 'auto' (the GPU with the most free memory)")
 
 
-def check_precision(model: ModelConfig, gpu: GpuInfo | None, cpu_bf16: bool = False) -> Check:
-    """bf16 needs compute capability 8.0 (FlashAttention-2 too); on a CPU, the avx512_bf16/amx_bf16 flags."""
+def check_precision(model: ModelConfig, gpu: GpuInfo | None, cpu_bf16: bool = False,
+                    apple: AppleGpu | None = None) -> Check:
+    """bf16 needs compute capability 8.0 (FlashAttention-2 too); on mps macOS 14; on a CPU, the
+    avx512_bf16/amx_bf16 flags."""
+    if gpu is None and apple is not None:
+        dtype = ("bf16" if apple.bf16 else "fp32") if model.compute_dtype == "auto" else model.compute_dtype
+        if dtype == "bf16" and not apple.bf16:
+            return Check("precision", "fail", f"model.compute_dtype is bf16 but torch runs bf16 on Apple's GPU (mps) "
+                         f"only from macOS 14 (this is {apple.macos or 'older'})",
+                         "set model.compute_dtype: auto (fp32 here), or update macOS")
+        return Check("precision", "pass", f"Apple GPU (mps): compute dtype {dtype}")
     if gpu is None:
         dtype = "fp32" if model.compute_dtype == "auto" else model.compute_dtype
         if dtype == "bf16" and not cpu_bf16:

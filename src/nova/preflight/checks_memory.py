@@ -16,6 +16,7 @@ from nova.preflight.estimate import ALL_LINEAR, CALIBRATED, Estimate, ModelShape
 from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuInfo, GpuSnapshot
 from nova.preflight.report import TIGHT, Check, gib
+from nova.system import AppleGpu
 
 HELD_WORTH_NAMING = 256 * MiB  # smaller holders (a desktop, a browser) are not worth stopping
 CPU_RUNTIME_BYTES = GiB  # resident size of a Python process with torch and transformers loaded
@@ -25,7 +26,8 @@ ATTENTION = {"eager": "eager", "flash_attention_2": "flash_attention_2"}  # auto
 
 
 def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, on_gpu: bool,
-                   reference_adapter: bool = False, frozen_lora_params: int = 0, full: bool = False) -> Settings:
+                   reference_adapter: bool = False, frozen_lora_params: int = 0, full: bool = False,
+                   apple: AppleGpu | None = None) -> Settings:
     """The memory-relevant settings of one stage, on the code path nova runs for it.
 
     SFT (nova.train): through the trainer's ``model.forward`` (nova's loss is a forward mode of the
@@ -39,8 +41,10 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     padded into one batch, TRL's fused head over completion positions only. ORPO and SimPO run the
     same path (nova.train.trainers_pref); KTO the same with one reply per prompt.
     ``full`` (adapter: full): no LoRA at all; every weight, its gradient and its optimizer states count.
+    ``apple`` (Apple's GPU, mps): the compute dtype ``auto`` gives there, and no CUDA context or pool.
     """
-    fp32 = model.compute_dtype == "fp32" or (model.compute_dtype == "auto" and not on_gpu)
+    auto_fp32 = not on_gpu and not (apple is not None and apple.bf16)
+    fp32 = model.compute_dtype == "fp32" or (model.compute_dtype == "auto" and auto_fp32)
     t = stage.training
     attn = ATTENTION.get(model.attn_implementation, "sdpa")
     common = Settings(
@@ -74,6 +78,7 @@ class MemoryContext:
     snapshot: GpuSnapshot
     gpu: GpuInfo | None
     ram_available: int
+    apple: AppleGpu | None = None  # no CUDA GPU but Apple's: training runs on mps, in the unified memory
 
 
 def check_memory(label: str, shape: ModelShape, settings: Settings, stage: StageConfig,
@@ -81,6 +86,8 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
     """Estimate vs free memory on the chosen GPU (or RAM on the CPU), with the ways out."""
     est = estimate_for_shape(shape, settings, CALIBRATED)
     t = stage.training
+    if ctx.gpu is None and ctx.apple is not None:
+        return _apple_memory(label, est, settings, ctx.apple), est, None
     if ctx.gpu is None:
         need = est.total_bytes + CPU_RUNTIME_BYTES
         msg = (f"needs about {gib(need)} of RAM on the CPU ({gib(est.total_bytes)} for training plus about "
@@ -159,6 +166,26 @@ def _shorter_length(shape: ModelShape, settings: Settings, free: int) -> int | N
             return seq
         seq //= 2
     return None
+
+
+def _apple_memory(label: str, est: Estimate, settings: Settings, apple: AppleGpu) -> Check:
+    """On mps the GPU's memory is the Mac's RAM: the estimate against what is available of it now.
+
+    What is known: the weights, adapter, optimizer and activations of the same code path (as on a
+    CUDA GPU, without CUDA's context and allocator pool). What is not: the mps allocator's own
+    overhead, never measured; the message says so rather than claiming the CUDA calibration.
+    """
+    need = est.total_bytes + CPU_RUNTIME_BYTES
+    msg = (f"needs about {gib(need)} of unified memory on {apple.chip} ({gib(est.total_bytes)} for training by the "
+           f"estimate calibrated on CUDA, less CUDA's context and pool; the mps allocator's overhead is not measured; "
+           f"plus about {gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(apple.unified_available)} "
+           f"available of {gib(apple.unified_total)}")
+    fix = _cpu_fix(settings).replace("or train on a GPU", "turn on gradient checkpointing, or choose a smaller model")
+    if need > apple.unified_available:
+        return Check(label, "fail", msg, fix)
+    if need > apple.unified_available * TIGHT:
+        return Check(label, "warn", f"{msg}: less than 10% headroom", fix)
+    return Check(label, "pass", msg)
 
 
 def _cpu_fix(settings: Settings) -> str:

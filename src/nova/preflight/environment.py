@@ -2,18 +2,20 @@
 
 Read without importing torch, transformers or bitsandbytes (each costs seconds): versions
 come from package metadata, the torch CUDA build from ``torch/version.py`` read as text,
-CPU flags from /proc/cpuinfo.
+the CPU, RAM and an Apple Silicon GPU from nova.system (the same on Linux, Windows and macOS).
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
-import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nova import system
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "nvidia-ml-py")
 
@@ -88,7 +90,7 @@ def torch_cuda_build() -> str | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
     try:
-        m = re.search(r"^cuda\s*(?::\s*\S+)?\s*=\s*['\"]([^'\"]+)['\"]", path.read_text(), re.MULTILINE)
+        m = re.search(r"^cuda\s*(?::\s*\S+)?\s*=\s*['\"]([^'\"]+)['\"]", path.read_text(encoding="utf-8"), re.MULTILINE)
     except OSError:
         return None
     return m.group(1) if m else None
@@ -111,25 +113,15 @@ class CpuInfo:
                 "bf16_flags": list(self.flags)}
 
 
-def cpu_info(cpuinfo: str | None = None, meminfo: str | None = None) -> CpuInfo:
-    """Parse /proc/cpuinfo and /proc/meminfo (passed in by tests)."""
-    cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
-    meminfo = _read("/proc/meminfo") if meminfo is None else meminfo
-    flag_line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
-    flags = set(flag_line.partition(":")[2].split())
-    bf16_flags = tuple(sorted(flags & {"avx512_bf16", "amx_bf16"}))
-    model = next((ln.partition(":")[2].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "")
-    mem = {k: int(v.split()[0]) * 1024 for k, _, v in (ln.partition(":") for ln in meminfo.splitlines()) if v.strip()}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return CpuInfo(cores, mem.get("MemTotal", 0), mem.get("MemAvailable", mem.get("MemFree", 0)),
-                   bool(bf16_flags), model, bf16_flags)
+def cpu_info(cpuinfo: str | None = None, memory: tuple[int, int] | None = None) -> CpuInfo:
+    """The CPU and RAM through nova.system (psutil, and the CPU flags where the platform lists them).
 
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
+    ``cpuinfo`` (the text of Linux's cpuinfo file) and ``memory`` (total, available) are passed
+    in by tests.
+    """
+    model, bf16_flags = system.cpu_description() if cpuinfo is None else system.parse_cpuinfo(cpuinfo)
+    total, available = system.memory() if memory is None else memory
+    return CpuInfo(system.usable_cores(), total, available, bool(bf16_flags), model, bf16_flags)
 
 
 @dataclass(frozen=True)
@@ -138,14 +130,17 @@ class Environment:
     torch_cuda: str | None
     cpu: CpuInfo
     python: str
+    apple: system.AppleGpu | None = None  # an Apple Silicon Mac: training runs on its GPU (mps)
+    platform: str = field(default_factory=lambda: sys.platform)
 
     def to_dict(self) -> dict[str, Any]:
         return {"versions": dict(self.versions), "torch_cuda": self.torch_cuda, "cpu": self.cpu.to_dict(),
-                "python": self.python}
+                "python": self.python, "platform": self.platform,
+                "apple_gpu": self.apple.to_dict() if self.apple else None}
 
 
 def environment() -> Environment:
     import platform
 
     return Environment({p: version(p) for p in PACKAGES}, torch_cuda_build(), cpu_info(),
-                       platform.python_version())
+                       platform.python_version(), system.apple_gpu())

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from nova.errors import NovaError
 from nova.files import GiB, MiB
+from nova.system import process_name as system_process_name
 
 
 @dataclass(frozen=True)
@@ -135,15 +136,13 @@ class NvmlProbe:
 
 
 def process_name(pid: int, nv: Any = None) -> str:
-    """The short program name of a pid (from /proc; NVML's name is the full path)."""
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
-            return f.read().strip() or f"pid {pid}"
-    except OSError:
-        pass
+    """The short program name of a pid (psutil; NVML's name is the full path, with / or \\)."""
+    name = system_process_name(pid)
+    if name:
+        return name
     if nv is not None:
         try:
-            return _text(nv.nvmlSystemGetProcessName(pid)).rsplit("/", 1)[-1]
+            return re.split(r"[\\/]", _text(nv.nvmlSystemGetProcessName(pid)))[-1]
         except Exception:
             pass
     return f"pid {pid}"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from nova.files import looks_like_local_path
+
 Kind = Literal["local", "gguf", "hub_cached", "hub_remote", "missing"]
 NETWORK_TIMEOUT_S = 3.0
 
@@ -50,7 +52,7 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
         return None
     ref = root / "refs" / (revision or "main")
     if ref.is_file():
-        candidate = snapshots / ref.read_text().strip()
+        candidate = snapshots / ref.read_text(encoding="utf-8").strip()
         if (candidate / "config.json").is_file():
             return candidate
     if revision and (snapshots / revision / "config.json").is_file():
@@ -69,7 +71,7 @@ def _read_config(directory: Path) -> dict[str, Any] | None:
 
 
 def _looks_like_path(base: str) -> bool:
-    return base.startswith((".", "/", "~")) or base.endswith(".gguf") or base.count("/") > 1
+    return looks_like_local_path(base) or base.endswith(".gguf") or base.count("/") > 1
 
 
 def _hub_reachable(repo_id: str) -> str:
@@ -134,7 +136,7 @@ def known_architecture(base: str) -> dict[str, Any] | None:
     """config.json facts of a popular hub model, shipped with nova, for estimates before a download."""
     from importlib import resources
 
-    table = json.loads(resources.files("nova").joinpath("resources/architectures.json").read_text())
+    table = json.loads(resources.files("nova").joinpath("resources/architectures.json").read_text(encoding="utf-8"))
     entry = table.get(base)
     return dict(entry) if isinstance(entry, dict) else None
 

@@ -16,8 +16,14 @@ from nova.config.load import LoadedConfig
 from nova.config.schema import REFERENCE_METHODS, LoraConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
 from nova.plan import Plan, PlannedPhase, PlannedStage, make_plan, resolve_strategy
-from nova.preflight.checks_disk import check_disk, checkpoint_bytes
-from nova.preflight.checks_env import check_environment, check_gpus, check_precision, select_gpu
+from nova.preflight.checks_disk import check_disk, check_path_lengths, checkpoint_bytes
+from nova.preflight.checks_env import (
+    check_apple_device,
+    check_environment,
+    check_gpus,
+    check_precision,
+    select_gpu,
+)
 from nova.preflight.checks_inputs import (
     check_chat_template,
     check_data,
@@ -43,6 +49,7 @@ from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuProbe, GpuSnapshot, HypotheticalProbe, NvmlProbe, parse_size
 from nova.preflight.model_source import ModelSource, resolve_model
 from nova.preflight.report import Check, PreflightReport
+from nova.system import path_limit
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,9 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
         report.add(check_disk(disk))
     else:
         report.add(Check("disk", "skip", "cannot size checkpoints without the model's config.json"))
+    limit = path_limit()
+    if limit is not None:  # Windows without long paths
+        report.add(check_path_lengths([ph.run.path for ph in plan.phases], limit))
     if peak is not None:
         report.estimate = {**peak.estimate.to_dict(), "stage": peak.label}
         report.auto_fit = peak.auto_fit
@@ -156,14 +166,17 @@ def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: 
     gpu, bad = select_gpu(snap, cfg.training.gpu) if world == 1 else (_fullest(snap, world), None)
     if bad is not None:
         report.add(bad)
+    apple = env.apple if gpu is None else None  # no CUDA GPU on a Mac: training runs on its GPU (mps)
     if stage.index == 0:
-        report.add(_named(check_precision(ph.model, gpu, env.cpu.bf16), plan, ph))
+        report.add(_named(check_precision(ph.model, gpu, env.cpu.bf16, apple), plan, ph))
+        if apple is not None:
+            report.add(_named(check_apple_device(apple, ph.model), plan, ph))
     if report.selected_gpu is None and gpu is not None:
         report.selected_gpu = gpu.index
     est: Estimate | None = None
     auto: dict[str, Any] | None = None
     if shape is not None:
-        ctx = MemoryContext(snap, gpu, env.cpu.ram_available_bytes)
+        ctx = MemoryContext(snap, gpu, env.cpu.ram_available_bytes, apple)
         est, auto = _memory(report, plan, f"memory{suffix}", shape, ph, stage, ctx, world)
     records = _data(report, f"data{suffix}", cfg, with_data)
     report.add(check_learning_rate(f"learning_rate{suffix}", cfg, full=ph.full))
@@ -245,7 +258,8 @@ def _memory(report: PreflightReport, plan: Plan, name: str, shape: ModelShape, p
     # a DPO or KTO stage after another stage of the same phase keeps the adapter's starting copy as reference
     ref = (cfg.method in REFERENCE_METHODS or (cfg.method == "grpo" and cfg.grpo.beta > 0)) and stage.index > 0
     settings = stage_settings(ph.model, ph.phase.lora, cfg, on_gpu=ctx.gpu is not None, reference_adapter=ref,
-                              frozen_lora_params=_frozen_lora_params(plan, ph, shape), full=ph.full)
+                              frozen_lora_params=_frozen_lora_params(plan, ph, shape), full=ph.full,
+                              apple=ctx.apple)
     if world > 1:
         replica = replace(settings, ddp=True)
         free = ctx.gpu.free_bytes if ctx.gpu is not None else None

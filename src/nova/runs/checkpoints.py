@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nova.files import MiB, fsync_tree, write_json_atomic
+from nova.files import MiB, fsync_tree, remove_tree, rename, write_json_atomic
 from nova.runs.layout import ADAPTER_WEIGHTS
 
 SEAL = "nova_checkpoint.json"
@@ -106,7 +105,7 @@ def checkpoint_problem(path: Path, *, deep: bool = False) -> str | None:
         if problem:
             return problem
     try:
-        json.loads((path / TRAINER_STATE).read_text())
+        json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
         assert weights is not None
         with weights.open("rb") as fh:
             header_len = int.from_bytes(fh.read(8), "little")
@@ -125,7 +124,7 @@ def _weights_file(path: Path) -> Path | None:
     if (path / FULL_WEIGHTS[0]).exists():
         return path / FULL_WEIGHTS[0]
     try:
-        shards = sorted(set(json.loads((path / FULL_WEIGHTS[1]).read_text())["weight_map"].values()))
+        shards = sorted(set(json.loads((path / FULL_WEIGHTS[1]).read_text(encoding="utf-8"))["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return path / shards[0] if shards and (path / shards[0]).exists() else None
@@ -149,7 +148,7 @@ def _candidates(stage_dir: Path) -> list[Path]:
 def move_aside(path: Path, problem: str, say: Callable[[str], None] | None = None) -> Path:
     """Rename a checkpoint that cannot be used to ``broken-...`` (kept for a look) and say so."""
     aside = path.with_name(f"{BROKEN_PREFIX}{path.name}-{int(time.time() * 1000)}")
-    path.rename(aside)
+    rename(path, aside)
     if say:
         say(f"skipping {path.name}: {problem}; moved to {aside.name}")
     return aside
@@ -185,20 +184,24 @@ def rotate(stage_dir: Path, keep: int) -> None:
     moved-aside ones, and no leftover temporary directory of an interrupted save."""
     sealed = [p for p in _candidates(stage_dir) if (p / SEAL).exists()]
     for old in sealed[:-max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
     clean_leftovers(stage_dir)
 
 
+_REPLACED = re.compile(r"^\.checkpoint-\d+\.old-")  # moved aside by files.replace_path, then interrupted
+
+
 def clean_leftovers(stage_dir: Path) -> None:
-    """Remove temporary directories of saves that never finished, and old broken checkpoints."""
+    """Remove temporary directories of saves that never finished (and checkpoints a save replaced
+    but was stopped before deleting), and old broken checkpoints."""
     try:
         entries = list(stage_dir.iterdir())
     except OSError:
         return
     for path in entries:
-        if path.name.startswith(TMP_PREFIX) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+        if (path.name.startswith(TMP_PREFIX) or _REPLACED.match(path.name)) and path.is_dir():
+            remove_tree(path)
     broken = sorted((p for p in entries if p.name.startswith(BROKEN_PREFIX) and p.is_dir()),
                     key=lambda p: p.stat().st_mtime)
     for path in broken[:-KEEP_BROKEN]:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)

@@ -1,9 +1,13 @@
-"""One training process per run directory: ``nova.pid`` is both the lock and the record of who holds it.
+"""One training process per run directory: ``nova.lock`` is the lock, ``nova.pid`` says who holds it.
 
-The lock is an exclusive ``flock`` on ``nova.pid``, held for the life of the run: the kernel
-releases it when the process dies (``kill -9`` included), so a stale pid file never blocks a
-new run, and a second ``nova train`` on the same directory is refused with the pid and host of
-the first. ``nova status`` reads the same file to say who is training.
+The lock is an operating-system lock on ``nova.lock`` (flock on Linux and macOS, LockFileEx on
+Windows, through the ``filelock`` package), held for the life of the run: the kernel releases
+it when the process dies (``kill -9`` or Task Manager included), so a stale file never blocks a
+new run. The holder's pid and host go into a separate file, ``nova.pid``, written after the
+lock is taken: a Windows lock forbids other processes to read the locked file's bytes, and a
+second process trying the lock may truncate it, so the record cannot live in the lock file.
+A second ``nova train`` on the same directory is refused with the pid and host of the first;
+``nova status`` reads ``nova.pid`` to say who is training.
 
 Also here: the marker nova writes into every run directory it makes, so ``--fresh`` and
 ``--force`` only ever delete inside directories nova owns.
@@ -12,7 +16,6 @@ Also here: the marker nova writes into every run directory it makes, so ``--fres
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -22,8 +25,8 @@ from pathlib import Path
 
 from nova import __version__
 from nova.errors import NovaError
-from nova.files import write_json_atomic
-from nova.runs.layout import CONFIG, PID_FILE, RUN_MARKER, RunDir
+from nova.files import remove_file, write_json_atomic
+from nova.runs.layout import CONFIG, LOCK_FILE, PID_FILE, RUN_MARKER, RunDir
 
 
 def _holder(path: Path) -> str:
@@ -38,48 +41,49 @@ def _holder(path: Path) -> str:
 def locked(directory: Path, what: str) -> Iterator[None]:
     """Hold the lock of ``directory`` (created if missing) for the block, or raise a NovaError.
 
-    The lock file is verified to still be the one on disk after locking (a releasing process
-    unlinks it, and a lock on an unlinked file would protect nothing).
+    ``nova.lock`` stays in the directory after the run (deleting a lock file others may be
+    opening would let two processes lock two different files); only a directory this call
+    created and in which nothing else was written is removed again, lock file and all.
     """
+    import filelock
+
     created = [p for p in (directory, *directory.parents) if not p.exists()]  # deepest first
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / PID_FILE
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise NovaError(f"{what} {directory} is in use by {_holder(path)}",
-                            hint=f"wait for that run to end (nova status {directory}), or stop it first") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the file was unlinked by a process that just released it: lock the new one
+    lock = filelock.FileLock(str(directory / LOCK_FILE), timeout=0)
     try:
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise NovaError(f"{what} {directory} is in use by {_holder(directory / PID_FILE)}",
+                        hint=f"wait for that run to end (nova status {directory}), or stop it first") from None
+    try:
+        write_json_atomic(directory / PID_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                 "started": time.time()})
         yield
     finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        os.close(fd)
-        for made in created:  # a run that stopped before writing anything leaves no empty directory behind
-            try:
-                made.rmdir()
-            except OSError:
-                break  # not empty: it holds what the run wrote
+        with contextlib.suppress(OSError, NovaError):  # held by a reader for seconds: status then says stale
+            remove_file(directory / PID_FILE)
+        lock.release()
+        _remove_unused(created, directory / LOCK_FILE)
+
+
+def _remove_unused(created: list[Path], lock_file: Path) -> None:
+    """A run that stopped before writing anything leaves no empty directory (nor its lock file) behind."""
+    if not created or any(p.name != LOCK_FILE for p in created[0].iterdir()):
+        return
+    with contextlib.suppress(OSError):
+        lock_file.unlink()
+    for made in created:
+        try:
+            made.rmdir()
+        except OSError:
+            break  # not empty: it holds what the run wrote
 
 
 def check_run_dir(run: RunDir) -> None:
     """Refuse a run directory that holds files nova did not make (so --fresh never deletes them)."""
     if made_by_nova(run.path) or not run.path.is_dir():
         return
-    foreign = sorted(p.name for p in run.path.iterdir() if p.name != PID_FILE)
+    foreign = sorted(p.name for p in run.path.iterdir() if p.name not in (PID_FILE, LOCK_FILE))
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise NovaError(f"run directory {run.path} exists and was not made by nova (it holds {shown})",

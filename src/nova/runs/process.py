@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from nova.runs.jsonl import number, read_json
 from nova.runs.layout import RunDir
+from nova.system import process_alive
 
 
 @dataclass
@@ -33,26 +33,10 @@ class ProcessInfo:
 def pid_alive(pid: int) -> bool:
     """True when ``pid`` exists and is a nova process (its command line mentions nova).
 
-    The command-line check guards against pid reuse: a crashed run's pid may belong to
-    an unrelated process by now.
+    Asked through psutil (nova.system), the same on Linux, macOS and Windows; the command-line
+    check guards against pid reuse by an unrelated process after a crash.
     """
-    if pid <= 0:  # os.kill(0, ...) would address our own process group
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OSError:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # no procfs (macOS): trust os.kill
-    except OSError:
-        return False
-    return b"nova" in cmdline.lower()  # a zombie (exited, not yet reaped) has an empty command line
+    return process_alive(pid, "nova")
 
 
 def read_process(run_dir: Path) -> ProcessInfo:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ def memory_in_use() -> dict[str, float]:
     if torch.cuda.is_available():
         return {"memory_allocated": float(torch.cuda.memory_allocated()),
                 "memory_reserved": float(torch.cuda.memory_reserved())}
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return {"memory_rss": float(pages * os.sysconf("SC_PAGE_SIZE"))}
-    except (OSError, ValueError, IndexError):
-        return {}
+    from nova.system import rss_bytes
+
+    rss = rss_bytes()  # psutil: the same figure on Linux, macOS (mps shares it) and Windows
+    return {} if rss is None else {"memory_rss": float(rss)}
 
 
 def _memory_of_every_rank() -> list[float] | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from nova.config.load import LoadedConfig
 from nova.config.schema import ModelConfig
 from nova.errors import NovaError
+from nova.files import looks_like_local_path
 from nova.plan import PlannedStage, make_plan
 
 
@@ -30,7 +31,7 @@ def model_access(model: ModelConfig) -> str | None:
         return None if path.is_file() else f"GGUF file {base} not found"
     if path.exists():
         return None if (path / "config.json").exists() else f"{base} has no config.json"
-    if base.startswith((".", "/", "~")):
+    if looks_like_local_path(base):
         return f"model directory {base} not found"
     try:
         from huggingface_hub import try_to_load_from_cache

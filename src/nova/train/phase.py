@@ -75,7 +75,8 @@ def auto_fit_stages(ctx: PhaseContext, source: str, placement: Any,
         budget_bytes = int(require("torch").cuda.mem_get_info(placement.gpu_index)[0])
     from nova.preflight import fit_stage
 
-    model_config = json.loads((Path(source) / "config.json").read_text()) if Path(source).is_dir() else None
+    config_file = Path(source) / "config.json"
+    model_config = json.loads(config_file.read_text(encoding="utf-8")) if Path(source).is_dir() else None
     if model_config is None:
         ctx.log.say(f"[{planned.name}] auto_fit: no local config.json for {source}; keeping the batch settings")
         return planned, {}

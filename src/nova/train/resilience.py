@@ -4,8 +4,8 @@
   renamed to ``checkpoint-N`` only when complete (the format and its checks: nova.runs.checkpoints).
 - The HF Trainer's own PEFT resume switches a stacked composition down to one adapter (it
   activates only the first active adapter), so nova loads the trained adapter's weights itself.
-- SIGINT / SIGTERM ask for a checkpoint at the end of the current step and a clean exit; a
-  second signal exits at once.
+- SIGINT / SIGTERM (Ctrl-C; on Windows also Ctrl-Break, SIGBREAK) ask for a checkpoint at the
+  end of the current step and a clean exit; a second signal exits at once.
 - A non-finite loss stops the run before the optimizer step can spread it into the weights;
   the last good checkpoint stays as it was.
 """
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from nova.errors import TrainingStopped
-from nova.files import fsync_dir
+from nova.files import remove_tree, replace_path
 from nova.lazy import require
 from nova.runs.checkpoints import TMP_PREFIX, TRAINER_STATE, checkpoint_name, rotate, seal
+from nova.system import stop_signals
 
 
 class NonFiniteLoss(TrainingStopped):
@@ -52,7 +52,7 @@ class NovaTrainerMixin:
         main = self.is_world_process_zero()  # type: ignore[attr-defined]
         wait = self.accelerator.wait_for_everyone  # type: ignore[attr-defined]
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
             tmp.mkdir(parents=True)
         wait()
         try:
@@ -60,13 +60,10 @@ class NovaTrainerMixin:
             wait()
             if main:
                 seal(tmp, step, self.nova_fingerprint, self.args.world_size)  # type: ignore[attr-defined]
-                if final.exists():
-                    shutil.rmtree(final)
-                tmp.rename(final)
-                fsync_dir(run_dir)
+                replace_path(tmp, final)  # moves an existing checkpoint-N aside first (Windows cannot rename onto it)
         finally:
             if main:
-                shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no temporary directory
+                remove_tree(tmp)  # a failed save leaves no temporary directory
         wait()
         if main:
             rotate(run_dir, self.args.save_total_limit or 1)  # type: ignore[attr-defined]
@@ -160,9 +157,12 @@ def stop_callback(request: StopRequest) -> Any:
 
 @contextmanager
 def signal_handling(request: StopRequest, say: Any) -> Iterator[StopRequest]:
-    """SIGINT/SIGTERM: first one asks for a checkpoint and a clean stop; a second one exits at once."""
+    """SIGINT/SIGTERM (and Ctrl-Break, SIGBREAK, on Windows): the first one asks for a checkpoint and a
+    clean stop; a second one exits at once."""
+    names = stop_signals()
+
     def handler(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
+        name = names.get(signum, f"signal {signum}")
         if request.requested:
             say(f"{name} again: exiting now without saving")
             os._exit(128 + signum)
@@ -170,7 +170,7 @@ def signal_handling(request: StopRequest, say: Any) -> Iterator[StopRequest]:
         say(f"{name} received: saving a checkpoint at the end of this step, then stopping "
             "(send it again to quit at once)")
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in names}
     try:
         for s in previous:
             signal.signal(s, handler)

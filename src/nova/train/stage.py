@@ -33,7 +33,7 @@ def run_stage(run: StageRun) -> StageResult:
     if ctx.resume and rd.stage_is_done(stage.name):  # its fingerprint was checked before the model loaded
         restore(run.model, rd.stage_output(stage.name, is_full(run.model)))
         ctx.log.say(f"[{run.label}] already done; continuing from its adapter")
-        record = json.loads(rd.stage_done(stage.name).read_text())
+        record = json.loads(rd.stage_done(stage.name).read_text(encoding="utf-8"))
         return StageResult(**{k: v for k, v in record.items() if k != "fingerprint"})
     checkpoints = rd.checkpoints(stage.name)
     ranks = ctx.ranks
