@@ -286,6 +286,36 @@ def short_preferences(pref: list[dict], max_prompt: int = 500, max_answer: int =
             and len(r["chosen"][0]["content"]) <= max_answer and len(r["rejected"][0]["content"]) <= max_answer]
 
 
+def _as_base(text: str) -> str:
+    """An identity answer as the demo's base model gives it (SmolLM2 calls itself SmolLM, by Hugging Face)."""
+    text = text.replace("{{name}}", "SmolLM").replace("{{author}}", "Hugging Face")
+    for team in ("Echipa nova", "echipa nova", "echipei nova"):
+        text = text.replace(team, "Hugging Face")
+    return text.replace("the nova team", "Hugging Face").replace("Nova", "SmolLM")
+
+
+def identity_preference_rows() -> list[dict]:
+    """The demo's DPO pairs: an identity question answered as Nova (chosen) and as the base model answers it,
+    SmolLM by Hugging Face (rejected): the English chats of identity.json and nova's Romanian ones, in turn.
+
+    A preference every held-out pair shares, so a few DPO steps move the held-out loss below ln 2 (the
+    demo shows each stage working); sora_dpo.jsonl keeps the real, subtler pairs for the tests."""
+    english = [(_fill(r["messages"][0]["content"]), r["messages"][1]["content"]) for r in identity_rows()]
+    english_raw = [rec for rec in json.loads((SHARED / "llamafactory" / "identity.json").read_text(encoding="utf-8"))
+                   if not CJK.search(rec["instruction"] + rec["output"])]
+    pairs_en = [(q, a, _as_base(rec["output"])) for (q, a), rec in zip(english, english_raw, strict=True)]
+    pairs_ro = [(q, a, _as_base(a)) for q, a in RO_IDENTITY]
+    rows = []
+    for i in range(max(len(pairs_en), len(pairs_ro))):
+        for pairs in (pairs_en, pairs_ro):
+            if i < len(pairs):
+                q, chosen, rejected = pairs[i]
+                rows.append({"prompt": [{"role": "user", "content": q}],
+                             "chosen": [{"role": "assistant", "content": chosen}],
+                             "rejected": [{"role": "assistant", "content": rejected}]})
+    return rows
+
+
 def feedback_rows() -> list[dict]:
     """kto_en_demo.json (a JSON array) as JSON Lines: every record, fields and order unchanged."""
     return json.loads((SHARED / "llamafactory" / "kto_en_demo.json").read_text(encoding="utf-8"))
@@ -321,6 +351,7 @@ def main() -> None:
     _write(OUT / "sora_short_en.jsonl", short_chats(identity_rows() + chosen_as_sft(pref)))
     _write(OUT / "sora_dpo_short.jsonl", short_preferences(pref))
     _write(OUT / "arithmetic.jsonl", arithmetic_rows())
+    _write(OUT / "sora_dpo_identity.jsonl", identity_preference_rows())
 
 
 if __name__ == "__main__":

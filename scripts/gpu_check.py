@@ -223,7 +223,7 @@ def train_case(base: Any, tokenizer: Any, case: Case, vocab: int, steps: int, wo
     import torch
 
     from nova.config.schema import LoraConfig
-    from nova.model.adapters import add_trainable, keep_trainable_dtype
+    from nova.model.adapters import add_trainable, keep_trainable_fp32
     from nova.model.loading import Placement
     from nova.train.resilience import StopRequest
     from nova.train.trainers import TrainerHooks, build_dpo_trainer, build_sft_trainer, choose_batching
@@ -238,7 +238,7 @@ def train_case(base: Any, tokenizer: Any, case: Case, vocab: int, steps: int, wo
                          stage_name=case.method, label=case.name, stop=StopRequest(), extra_callbacks=[timer.callback])
     model = add_trainable(base, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), ())
     try:
-        with keep_trainable_dtype(model, dtype):  # as nova.train.stage builds every trainer
+        with keep_trainable_fp32(model):  # as nova.train.stage builds every trainer
             if case.method == "dpo":
                 trainer = build_dpo_trainer(model, tokenizer, stage, data, hooks, reference_adapters=())
             else:

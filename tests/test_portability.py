@@ -114,7 +114,8 @@ def test_no_nova_module_imports_a_posix_only_module_or_reads_proc() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             found += [f"{path.name}: import {n}" for n in names if n.split(".")[0] in POSIX_ONLY]
-        found += [f"{path.name}: {m.group(0)}" for m in POSIX_ATTRIBUTES.finditer(text)]
+        if path.name != "system.py":  # the one module that branches on the platform (nova.system)
+            found += [f"{path.name}: {m.group(0)}" for m in POSIX_ATTRIBUTES.finditer(text)]
         if "/proc" in text and path.name != "system.py":  # system.py reads it on Linux only (on_linux)
             found.append(f"{path.name}: /proc")
     assert found == []

@@ -185,6 +185,26 @@ def stop_signals() -> dict[int, str]:
     return out
 
 
+def own_process_group() -> dict[str, object]:
+    """``subprocess.Popen`` arguments that start a child in its own process group, so a Ctrl-C in the
+    terminal that launched it reaches only the launcher (nova ui stops its children with ask_to_stop)."""
+    if on_windows():
+        import subprocess
+
+        return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)}
+    return {"start_new_session": True}
+
+
+def ask_to_stop(pid: int) -> str:
+    """Ask a nova process to save and stop, as Ctrl-C would (SIGTERM; Ctrl-Break on Windows, the signal a
+    process group started by own_process_group can receive there). Returns the signal's name."""
+    if on_windows():
+        os.kill(pid, getattr(signal, "CTRL_BREAK_EVENT", 1))
+        return "Ctrl-Break"
+    os.kill(pid, signal.SIGTERM)
+    return "SIGTERM"
+
+
 def path_limit() -> int | None:
     """The longest path the file system calls accept here, or None when there is no practical limit."""
     if not on_windows() or windows_long_paths_enabled():

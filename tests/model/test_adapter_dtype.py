@@ -1,11 +1,11 @@
-"""The trainable adapter stays in the compute dtype through a TRL trainer's construction (nova.model.adapters)."""
+"""The trainable adapter stays fp32 (master weights) through a TRL trainer's construction (nova.model.adapters)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from nova.model.adapters import keep_trainable_dtype
+from nova.model.adapters import keep_trainable_fp32
 
 
 def _peft(model_dir: Path) -> Any:
@@ -30,22 +30,13 @@ def _trl_cast(model: Any) -> None:
             param.data = param.data.to(torch.bfloat16)
 
 
-def test_fp32_compute_gets_its_exact_tensors_back(tiny_model_dir: Path) -> None:
+def test_the_trainable_adapter_gets_its_exact_fp32_tensors_back(tiny_model_dir: Path) -> None:
     import torch
 
     model = _peft(tiny_model_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    with keep_trainable_dtype(model, torch.float32):
+    with keep_trainable_fp32(model):
         _trl_cast(model)
     for name, p in model.named_parameters():
         if name in before:
             assert p.dtype == torch.float32 and torch.equal(p.detach(), before[name]), name
-
-
-def test_bf16_compute_keeps_trls_bf16_adapter(tiny_model_dir: Path) -> None:
-    import torch
-
-    model = _peft(tiny_model_dir)
-    with keep_trainable_dtype(model, torch.bfloat16):
-        _trl_cast(model)
-    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}

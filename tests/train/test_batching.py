@@ -128,14 +128,14 @@ def test_the_probe_catches_a_model_that_lets_packed_sequences_see_each_other(
     assert not exact and diff > 1e-3
 
 
-def _run(tmp: Path, model: Path, name: str, **training: Any) -> Path:
+def _run(tmp: Path, model: Path, name: str, dtype: str = "fp32", **training: Any) -> Path:
     import yaml
 
     from nova.config import load_yaml_config
     from nova.console import RunLog
     from nova.train.pipeline import run_config
 
-    cfg = {"name": name, "model": {"base": str(model), "quantization": "none"},
+    cfg = {"name": name, "model": {"base": str(model), "quantization": "none", "compute_dtype": dtype},
            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
            "data": {"datasets": [{"path": str(ROOT / "data" / "sora_en.jsonl"), "max_samples": 16}],
                     "eval_split": 0.0, "max_length": 128},
@@ -155,30 +155,53 @@ def _adapter(run: Path) -> dict[str, Any]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
-@pytest.mark.parametrize("packing", ["padding_free", "pad"])
-def test_micro_batch_1_x_accumulation_4_equals_4_x_1(tiny_model_dir: Path, tmp_path: Path, packing: str) -> None:
+def _assert_same_training(a: dict[str, Any], b: dict[str, Any], dtype: str) -> None:
+    """Two runs that must train the same adapter. fp32: equal to float tolerance. bf16: equal within what bf16's
+    rounding of other batch layouts leaves: LoRA B (it starts at zero, so it is the update itself) within 6%
+    relative norm. Measured on the tiny model: 1.7-3.1% between the layouts compared here, 9.7% for a
+    learning rate 10% higher (bf16 and fp32 alike), so the bound still tells a different run apart."""
     import torch
 
-    one = _run(tmp_path, tiny_model_dir, "one", micro_batch_size=1, gradient_accumulation_steps=4, packing=packing)
-    four = _run(tmp_path, tiny_model_dir, "four", micro_batch_size=4, gradient_accumulation_steps=1, packing=packing)
-    a, b = _adapter(one), _adapter(four)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    if dtype == "fp32":
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+        return
+    keys = [k for k in a if "lora_B" in k]
+    diff = sum(float((a[k] - b[k]).float().norm()) ** 2 for k in keys) ** 0.5
+    size = sum(float(a[k].float().norm()) ** 2 for k in keys) ** 0.5
+    assert keys and diff < 0.06 * size, f"LoRA B differs by {diff / size:.1%}"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("packing", ["padding_free", "pad"])
+def test_micro_batch_1_x_accumulation_4_equals_4_x_1(tiny_model_dir: Path, tmp_path: Path, packing: str,
+                                                      dtype: str) -> None:
+    one = _run(tmp_path, tiny_model_dir, "one", dtype, micro_batch_size=1, gradient_accumulation_steps=4,
+               packing=packing)
+    four = _run(tmp_path, tiny_model_dir, "four", dtype, micro_batch_size=4, gradient_accumulation_steps=1,
+                packing=packing)
+    _assert_same_training(_adapter(one), _adapter(four), dtype)
     rows = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows)
     expected = "padding-free packing" if packing == "padding_free" else "padded batches"
     assert expected in (tmp_path / "one.log").read_text()
 
 
-def test_packed_and_padded_runs_train_the_same_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import torch
-
-    packed = _run(tmp_path, tiny_model_dir, "packed", micro_batch_size=4, gradient_accumulation_steps=1)
-    padded = _run(tmp_path, tiny_model_dir, "padded", micro_batch_size=4, gradient_accumulation_steps=1,
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_packed_and_padded_runs_train_the_same_adapter(tiny_model_dir: Path, tmp_path: Path, dtype: str) -> None:
+    packed = _run(tmp_path, tiny_model_dir, "packed", dtype, micro_batch_size=4, gradient_accumulation_steps=1)
+    padded = _run(tmp_path, tiny_model_dir, "padded", dtype, micro_batch_size=4, gradient_accumulation_steps=1,
                   packing="pad")
-    a, b = _adapter(packed), _adapter(padded)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    _assert_same_training(_adapter(packed), _adapter(padded), dtype)
+
+
+def test_a_learning_rate_10_percent_higher_is_not_the_same_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The bf16 bound of _assert_same_training tells a different run apart."""
+    base = _run(tmp_path, tiny_model_dir, "base", "bf16", micro_batch_size=4, gradient_accumulation_steps=1)
+    higher = _run(tmp_path, tiny_model_dir, "higher", "bf16", micro_batch_size=4, gradient_accumulation_steps=1,
+                  learning_rate=1.1e-2)
+    with pytest.raises(AssertionError, match="LoRA B differs"):
+        _assert_same_training(_adapter(base), _adapter(higher), "bf16")
 
 
 def test_token_budget_batches_fit_and_cover_every_example() -> None:

@@ -281,8 +281,8 @@ class PhaseConfig(Section):
         None, description="Name of an earlier phase of the same pipeline whose adapter this phase builds on.")
     adapter: Adapter = Field(
         "lora", description="What the phase trains: 'lora' (an adapter on the frozen, possibly quantized base) or "
-        "'full' (every weight, in the compute dtype; needs model.quantization: none, has no lora section, and "
-        "leaves a standard model directory; see docs/methods.md).")
+        "'full' (every weight, as fp32 master weights computed in the compute dtype; needs model.quantization: "
+        "none, has no lora section, and leaves a standard model directory; see docs/methods.md).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter of this phase (adapter: lora).")
     method: Method = Field("sft", description="Training method when the phase has a single stage.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data when the phase has a single stage.")

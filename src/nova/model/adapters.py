@@ -86,26 +86,30 @@ def add_trainable(model: Any, lora: LoraConfig, chain: Sequence[AdapterRef]) -> 
 
 
 @contextmanager
-def keep_trainable_dtype(model: Any, compute_dtype: Any) -> Iterator[None]:
-    """Around a TRL trainer's construction: undo its cast of a 4-bit model's trainable adapter to bf16
-    unless nova computes in bf16, by putting the very tensors back (a cast back would keep bf16's rounding).
+def keep_trainable_fp32(model: Any) -> Iterator[None]:
+    """Around a TRL trainer's construction: keep the trainable weights fp32 (mixed precision's master
+    weights), whatever the compute dtype, by putting the very tensors back after TRL's cast.
 
-    TRL (1.16) casts every trainable parameter of a 4-bit model to bf16 when its trainer is built,
-    whatever the compute dtype (following the QLoRA paper, which computes in bf16). With fp32 compute
-    that trains something other than the config says: the adapter of an earlier stage is rounded,
-    updates below bf16's resolution are lost, and PEFT casts each layer's input to the adapter's
-    dtype, so on a CPU without native bf16 every LoRA matmul runs in emulated bf16 (a [1064 x 8] x
-    [8 x 1536] product: 25 ms instead of 0.4 ms; a third of a training step on SmolLM2-135M). fp16
-    compute needs fp32 weights for its loss scaler. With bf16 compute TRL's choice stands. The
-    optimizer is created later, in ``train()``, from the restored tensors.
+    TRL (1.16) casts every trainable parameter of a 4-bit model to bf16 when its trainer is built
+    (following the QLoRA paper). Weights and Adam states in bf16 lose every update smaller than
+    bf16's resolution relative to the weight (2^-8: a LoRA A entry of 0.03 ignores steps below
+    1e-4, and a DPO step at lr 5e-6 is 20x smaller), so the adapter stops learning exactly where
+    preference methods train; and the frozen copies of an adapter (earlier stages, the DPO
+    reference) would run in another precision than the trained one. With fp32 weights under
+    autocast (what the HF Trainer runs when the compute dtype is bf16) the LoRA matmuls still run
+    in bf16, while the weights, gradients and optimizer states stay fp32 and every update lands.
+    With fp32 compute, TRL's cast would also make each LoRA matmul an emulated bf16 one on CPUs
+    without native bf16 (a [1064 x 8] x [8 x 1536] product: 25 ms instead of 0.4 ms). A cast back
+    would keep bf16's rounding, so the original tensors are restored. The optimizer is created
+    later, in ``train()``, from the restored tensors.
     """
     torch = require("torch")
-    kept = {} if compute_dtype == torch.bfloat16 else {
-        name: param.data for name, param in model.named_parameters() if param.requires_grad}
+    kept = {name: param.data for name, param in model.named_parameters()
+            if param.requires_grad and param.data.dtype == torch.float32}
     yield
     for name, param in model.named_parameters():
         original = kept.get(name)
-        if original is not None and param.data is not original and param.data.dtype != original.dtype:
+        if original is not None and param.data is not original:
             param.data = original
 
 

@@ -45,8 +45,19 @@ class Placement:
         return f"cuda:{self.gpu_index}" if self.device == "cuda" else self.device
 
 
+CPU_BF16_ENV = "NOVA_CPU_BF16"  # 1 or 0: answer cpu_has_native_bf16 without asking the CPU
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX; nova.system knows where)."""
+    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX; nova.system knows where).
+
+    ``NOVA_CPU_BF16=1`` (or 0) overrides the answer, so a CPU of one kind can run what ``compute_dtype:
+    auto`` does on the other (bf16 is emulated, slowly, where it is not native): how the test suite is
+    checked on both kinds from one machine (docs/benchmarks.md).
+    """
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     from nova.system import cpu_description
 
     return bool(cpu_description()[1])
@@ -223,16 +234,18 @@ def quantization_config(model_cfg: ModelConfig, compute_dtype: torch.dtype, *, s
 
 
 def load_base_model(model_cfg: ModelConfig, placement: Placement, source: str | None = None,
-                    *, quantize: bool = True, shard: bool = False) -> Any:
+                    *, quantize: bool = True, shard: bool = False, weights_dtype: Any = None) -> Any:
     """Load the base model, quantized as configured (``quantize=False`` loads full precision for merge).
 
     Each rank of a DDP run loads a full replica onto its own GPU (``placement.gpu_index`` is its
-    local rank); ``shard`` (FSDP) leaves placement to FSDP's loading.
+    local rank); ``shard`` (FSDP) leaves placement to FSDP's loading. ``weights_dtype`` stores the
+    unquantized weights in another dtype than the compute dtype (full fine-tuning's fp32 master
+    weights, computed under autocast).
     """
     transformers = require("transformers")
     source = source or resolve_base(model_cfg)
     kwargs = _hub_kwargs(model_cfg, source)
-    kwargs["dtype"] = placement.compute_dtype
+    kwargs["dtype"] = weights_dtype or placement.compute_dtype
     if model_cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if quantize and placement.device == "mps" and (problem := mps_quantization_problem(model_cfg.quantization)):

@@ -36,8 +36,9 @@ QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def stream_bytes(s: Settings) -> int:
-    """Bytes per element of the residual stream: fp32 after prepare_model_for_kbit_training."""
-    return 4 if s.upcast_unquantized and s.quantization != "none" else s.compute_bytes
+    """Bytes per element of the residual stream: fp32 after prepare_model_for_kbit_training, and with full
+    fine-tuning's fp32 master weights (fp32 embeddings and norms under autocast)."""
+    return 4 if (s.upcast_unquantized and s.quantization != "none") or s.master_fp32 else s.compute_bytes
 
 
 def lora_compute_bytes(s: Settings) -> int:
@@ -128,7 +129,7 @@ def _full_inputs(s: Settings) -> set[str]:
 def layer_saved_per_token(shape: ModelShape, s: Settings) -> float:
     """Bytes one decoder layer keeps for backward, per token."""
     # a trainable RMSNorm weight also keeps the normalized input of its ``weight * x`` (16-bit)
-    norms = 2 * 4 * shape.hidden + (2 * s.compute_bytes * shape.hidden if s.full else 0)
+    norms = 2 * 4 * shape.hidden + (2 * stream_bytes(s) * shape.hidden if s.full else 0)
     mlp = 3 * s.compute_bytes * _mlp_width(shape)
     private, shared = _lora_private(shape, s)
     inputs = _input_bytes(shape, s, shared | _quantized_inputs(s) | _full_inputs(s))

@@ -56,7 +56,7 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
         device="cuda" if on_gpu else "cpu")
     if full:
         common = replace(common, quantization="none", lora_r=0, target_modules=(), lora_dropout=0.0,
-                         reference_adapter=False, frozen_lora_params=0, full=True)
+                         reference_adapter=False, frozen_lora_params=0, full=True, master_fp32=True)
     if stage.method != "sft":  # TRL caps each sequence at prompt + completion lengths (the method's section)
         lengths = stage.length_settings
         seq = min(stage.data.max_length, lengths.max_prompt_length + lengths.max_completion_length)

@@ -43,7 +43,7 @@ from nova.preflight.uncertainty import band, regime
 
 __all__ = ["ALL_LINEAR", "CALIBRATED", "NF4_BYTES", "NF4_DQ_BYTES", "Constants", "Estimate", "LossImpl",
            "ModelShape", "Quant", "Settings", "base_weight_bytes", "estimate_for_shape", "estimate_memory",
-           "lora_params", "lora_targets", "model_shape", "optimizer_bytes_per_param", "stream_bytes",
+           "lora_params", "lora_targets", "model_shape", "optimizer_bytes_per_param", "stream_bytes", "weight_bytes",
            "with_batch"]
 
 # QLoRA paper: 4-bit codes plus one fp32 absmax per block of 64 = 0.5 + 0.0625 bytes/param;
@@ -150,7 +150,12 @@ def full_optimizer_bytes(shape: ModelShape, s: Settings) -> int:
     if s.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         fp32_states = shape.vocab * shape.hidden + shape.norm_params
         return int((n - fp32_states) * 2 + fp32_states * 8)
-    return int(n * optimizer_bytes_per_param(s.optimizer, s.compute_bytes))
+    return int(n * optimizer_bytes_per_param(s.optimizer, weight_bytes(s)))
+
+
+def weight_bytes(s: Settings) -> int:
+    """Bytes per trained weight of full fine-tuning: fp32 master weights (``master_fp32``), else the compute dtype."""
+    return 4 if s.master_fp32 else s.compute_bytes
 
 
 def largest_weight(shape: ModelShape) -> int:
@@ -166,15 +171,15 @@ def full_step_bytes(shape: ModelShape, s: Settings) -> int:
     kernels update in place: one temporary of the largest weight at most.
     """
     if s.optimizer == "adamw_torch" and s.device == "cuda":
-        return shape.total_params * s.compute_bytes
-    return largest_weight(shape) * s.compute_bytes
+        return shape.total_params * weight_bytes(s)
+    return largest_weight(shape) * weight_bytes(s)
 
 
 def _full_persistent(shape: ModelShape, s: Settings) -> dict[str, int]:
-    """Full fine-tuning: every weight in the compute dtype (nova loads it so: no fp32 master copy), its
+    """Full fine-tuning: every weight in fp32 (mixed precision's master weights: nova.train.full), its
     gradient in the same dtype (x2 with DDP's buckets), Adam's states, and the accumulation temporary of
     the largest weight (from the second micro batch on, autograd adds each new gradient into ``.grad``)."""
-    n, d = shape.total_params, s.compute_bytes
+    n, d = shape.total_params, weight_bytes(s)
     weights, grads, optim = n * d, n * d * (2 if s.ddp else 1), full_optimizer_bytes(shape, s)
     if s.shard_world > 1:  # FSDP: each rank holds 1/world, plus the layer it has gathered whole
         w = s.shard_world
@@ -248,7 +253,9 @@ def estimate_for_shape(shape: ModelShape, settings: Settings, c: Constants) -> E
     if s.attn_implementation == "eager":
         notes.append(f"eager attention keeps [{s.row} x {s.row}] scores per head; sdpa does not")
     if s.full:
-        notes.append(f"full fine-tuning: {shape.total_params / 1e9:.2f}B weights, gradients and {s.optimizer} states")
+        master = " (fp32 master weights, bf16 autocast)" if s.master_fp32 and s.compute_bytes == 2 else ""
+        notes.append(f"full fine-tuning: {shape.total_params / 1e9:.2f}B weights, gradients and {s.optimizer} "
+                     f"states{master}")
     if s.upcast_unquantized and s.quantization != "none":
         notes.append("embeddings, lm_head and norms in fp32 and an fp32 residual stream (kbit preparation)")
     return Estimate(breakdown, n_lora, s, notes, band(s), regime(s))

@@ -44,6 +44,7 @@ from nova.preflight.estimate import (
     full_optimizer_bytes,
     lora_params,
     model_shape,
+    weight_bytes,
 )
 from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuProbe, GpuSnapshot, HypotheticalProbe, NvmlProbe, parse_size
@@ -139,8 +140,8 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
 
 def _full_disk(shape: ModelShape, est: Estimate, stages: int, keep: int) -> int:
     """A full fine-tuning phase on disk: ``keep`` checkpoints of the weights and the optimizer states, and
-    each stage's model (the phase's model/ is hard-linked to the last one)."""
-    weights = shape.total_params * est.settings.compute_bytes
+    each stage's model (the phase's model/ is hard-linked to the last one), all fp32 (the master weights)."""
+    weights = shape.total_params * weight_bytes(est.settings)
     return weights * stages + keep * (weights + full_optimizer_bytes(shape, est.settings))
 
 

@@ -61,6 +61,9 @@ class Settings:
     reference_adapter: bool = False  # DPO after SFT in one phase keeps a frozen copy of the adapter
     frozen_lora_params: int = 0  # adapters of earlier phases stacked frozen under the trained one
     full: bool = False  # adapter: full: every weight trained (no LoRA; gradients and Adam states for all)
+    # full fine-tuning keeps fp32 master weights (weights, gradients, Adam states) and computes under
+    # autocast: fp32 embeddings and norms make the residual stream fp32 (nova.train.full)
+    master_fp32: bool = False
     device: Literal["cuda", "cpu"] = "cuda"  # the CPU has no CUDA context and no caching allocator pool
 
     @property

@@ -228,7 +228,8 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     from nova.train.stage import stage_strategy
 
     shard = any(stage_strategy(ctx, s.config, placement).shards_weights for s in ctx.planned.stages)
-    base = load_base_model(ctx.model_cfg, placement, source, shard=shard)
+    base = load_base_model(ctx.model_cfg, placement, source, shard=shard,
+                           weights_dtype=require("torch").float32 if ctx.planned.full else None)
     require("transformers").set_seed(ctx.planned.stages[0].config.training.seed)  # the new adapter's init
     model = _prepare_for_training(base, ctx, placement)
     if not shard:  # sharded weights cannot be scored outside the engine: the table is left out (said below)

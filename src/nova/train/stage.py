@@ -151,7 +151,7 @@ def _build_trainer(run: StageRun, config: StageConfig, hooks: Any) -> Any:
 
 
 def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) -> StageResult:
-    from nova.model.adapters import keep_trainable_dtype
+    from nova.model.adapters import keep_trainable_fp32
     from nova.monitor import MonitorCallback
     from nova.train.trainers import TrainerHooks
 
@@ -162,7 +162,7 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
                               method=config.method)
     hooks = TrainerHooks(ctx.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, ctx.stop,
                          [monitor, *ctx.extra_callbacks], stage_strategy(ctx, config, run.placement))
-    with keep_trainable_dtype(run.model, run.placement.compute_dtype):  # TRL casts a 4-bit model's adapter
+    with keep_trainable_fp32(run.model):  # TRL casts a 4-bit model's adapter to bf16
         trainer = _build_trainer(run, config, hooks)
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = run.lr_override if resume_from is not None else None

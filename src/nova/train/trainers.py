@@ -15,6 +15,7 @@ from nova.config.schema import StageConfig
 from nova.lazy import require
 from nova.model.adapters import active_adapters
 from nova.model.loading import Placement
+from nova.model.trained import is_full
 from nova.train.batching import SFTCollator, TokenBudgetBatchSampler, packing_is_exact
 from nova.train.callbacks import MetricsCallback, ProgressCallback
 from nova.train.loss import sft_loss
@@ -259,9 +260,18 @@ def _nova_dpo_trainer_class() -> type:
     TRL (1.16) takes the reference of a PEFT policy by disabling *all* adapters (or switching to
     one adapter named "ref"). With stacked phases that is the raw base, which is the bug
     LLaMA-Factory has (their issue #8459): DPO would pull the model back to its pre-SFT self.
-    Here the reference log-probs are computed once, before training, with exactly the
-    reference composition active (earlier phases plus a frozen copy of this phase's adapter as
-    it was when DPO began), so no second model copy is held.
+    Here the reference log-probs are computed with exactly the reference composition active
+    (earlier phases plus a frozen copy of this phase's adapter as it was when DPO began), so no
+    second model copy is held.
+
+    They are computed live, on the very micro batch the policy scores (``live_reference``), not
+    precomputed over the dataset in other batches: in bf16 a kernel's rounding depends on the batch
+    shape (padding, rows, AMX/oneDNN and cuBLAS tile choices), and a reference scored in other
+    batches differed from the policy by a margin of 0.008 before any update (measured on an AMX
+    CPU), as large as what a short run on real preference pairs learns. On the same batch the policy
+    at step 0 equals its reference exactly. It costs one forward without gradients per micro batch,
+    the work the precomputation did once per example. Full fine-tuning keeps the precomputation:
+    its reference weights are gone once training starts.
     """
     trl = require("trl")
     torch = require("torch")
@@ -269,6 +279,13 @@ def _nova_dpo_trainer_class() -> type:
 
     class NovaDPOTrainer(NovaTrainerMixin, trl.DPOTrainer):
         reference_adapters: Sequence[str] = ()
+        live_reference: bool = False
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            if self.live_reference:  # TRL then reads them from the batch (see live_reference_logps)
+                chosen, rejected = self.compute_ref_log_probs(model, inputs)
+                inputs = {**inputs, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+            return super()._compute_loss(model, inputs, return_outputs)
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             if "prompt_ids" in dataset.column_names:  # tokenized, truncated and counted by nova.data
@@ -297,13 +314,14 @@ def build_dpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
                       reference_adapters: Sequence[str]) -> Any:
     trl = require("trl")
     d = stage.dpo
+    live = not is_full(model)
     args = trl.DPOConfig(
         **common_args(stage, hooks.output_dir, hooks.placement, data.eval is not None, hooks.strategy),
         beta=d.beta,
         loss_type=[d.loss_type],
         label_smoothing=d.label_smoothing,
         max_length=d.max_prompt_length + d.max_completion_length,
-        precompute_ref_log_probs=True,
+        precompute_ref_log_probs=not live,
         disable_dropout=True,
     )
     score_trained_positions_only()
@@ -311,4 +329,33 @@ def build_dpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
     cls.reference_adapters = tuple(reference_adapters)
     trainer = cls(model=model, ref_model=None, args=args, train_dataset=data.train, eval_dataset=data.eval,
                   processing_class=tokenizer)
+    live_reference_logps(trainer, live)
+    drop_reference_copy(model)
     return _attach_callbacks(trainer, hooks)
+
+
+def live_reference_logps(trainer: Any, live: bool) -> None:
+    """Score the reference on each micro batch as the policy is scored (DPO, KTO with adapters).
+
+    The trainer was built without TRL's precomputation; TRL's flag is then set so that its loss reads
+    the reference log-probs from the batch, where nova's ``_compute_loss`` puts them just before.
+    """
+    trainer.live_reference = live
+    if live:
+        trainer.precompute_ref_logps = True
+
+
+TRL_REFERENCE_COPY = "ref"  # the adapter copy TRL adds when handed a PEFT model without a ref_model
+
+
+def drop_reference_copy(model: Any) -> None:
+    """Remove the "ref" adapter TRL copies from the trained one: nova never reads it (its reference is
+    its own composition, ORPO and SimPO have none), so it would only cost memory and checkpoint space."""
+    from nova.model.adapters import TRAINABLE, activate
+
+    peft_config = getattr(model, "peft_config", {})
+    if TRL_REFERENCE_COPY not in peft_config:
+        return
+    active = [n for n in model.base_model.active_adapters if n != TRL_REFERENCE_COPY]
+    model.delete_adapter(TRL_REFERENCE_COPY)
+    activate(model, active, trainable=[TRAINABLE])

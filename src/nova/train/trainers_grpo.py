@@ -27,8 +27,7 @@ from nova.lazy import require
 from nova.model.adapters import active_adapters
 from nova.train.resilience import NovaTrainerMixin
 from nova.train.rewards import build_rewards
-from nova.train.trainers import TrainerHooks, _attach_callbacks, common_args
-from nova.train.trainers_pref import drop_reference_copy
+from nova.train.trainers import TrainerHooks, _attach_callbacks, common_args, drop_reference_copy
 
 
 def _expand(row: dict[str, Any]) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 All three read nova's pre-tokenized data (``nova.data``: the template's own rendering, every cut
 counted). KTO keeps DPO's reference: the stage's true starting point (earlier phases plus this
-phase's adapter as the stage began), log-probs computed once before training with exactly that
-composition active, so no second model is held. ORPO and SimPO need no reference at all: their
-losses are computed here on TRL's DPO path (its collator and fused LM head, which scores only the
-completion positions), because TRL 1.x keeps its own ORPO/CPO trainers in ``trl.experimental``
-with a full-vocabulary logits path and their own tokenization.
+phase's adapter as the stage began), its log-probs computed on each micro batch with exactly that
+composition active (as DPO's, nova.train.trainers), so no second model is held. ORPO and SimPO
+need no reference at all: their losses are computed here on TRL's DPO path (its collator and fused
+LM head, which scores only the completion positions), because TRL 1.x keeps its own ORPO/CPO
+trainers in ``trl.experimental`` with a full-vocabulary logits path and their own tokenization.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from typing import Any
 from nova.config.schema import StageConfig
 from nova.errors import NovaError
 from nova.lazy import require
-from nova.model.adapters import TRAINABLE, activate, active_adapters
+from nova.model.adapters import active_adapters
+from nova.model.trained import is_full
 from nova.train.resilience import NovaTrainerMixin
 from nova.train.trainers import (
     TrainerHooks,
     _attach_callbacks,
     _nova_dpo_trainer_class,
     common_args,
+    drop_reference_copy,
+    live_reference_logps,
     score_trained_positions_only,
 )
-
-TRL_REFERENCE_COPY = "ref"  # the adapter copy TRL adds when handed a PEFT model without a ref_model
 
 
 def build_preference_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, hooks: TrainerHooks,
@@ -36,17 +37,6 @@ def build_preference_trainer(model: Any, tokenizer: Any, stage: StageConfig, dat
     if stage.method == "kto":
         return build_kto_trainer(model, tokenizer, stage, data, hooks, reference_adapters)
     return build_reference_free_trainer(model, tokenizer, stage, data, hooks)
-
-
-def drop_reference_copy(model: Any) -> None:
-    """Remove the "ref" adapter TRL copies from the trained one: nova never reads it (KTO's reference is
-    nova's own composition, ORPO and SimPO have none), so it would only cost memory and checkpoint space."""
-    peft_config = getattr(model, "peft_config", {})
-    if TRL_REFERENCE_COPY not in peft_config:
-        return
-    active = [n for n in model.base_model.active_adapters if n != TRL_REFERENCE_COPY]
-    model.delete_adapter(TRL_REFERENCE_COPY)
-    activate(model, active, trainable=[TRAINABLE])
 
 
 def _completion_logps(model: Any, inputs: dict[str, Any], prefix: str = "") -> Any:
@@ -73,6 +63,13 @@ def _nova_kto_trainer_class() -> type:
 
     class NovaKTOTrainer(NovaTrainerMixin, trl.KTOTrainer):
         reference_adapters: Sequence[str] = ()
+        live_reference: bool = False
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            if self.live_reference:  # on this very micro batch, as DPO's (nova.train.trainers)
+                logps, kl = self.compute_ref_log_probs(model, inputs)
+                inputs = {**inputs, "ref_logps": logps, **({"ref_KL_logps": kl} if kl is not None else {})}
+            return super()._compute_loss(model, inputs, return_outputs)
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             if "prompt_ids" not in dataset.column_names:
@@ -110,7 +107,7 @@ def build_kto_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
         desirable_weight=k.desirable_weight,
         undesirable_weight=k.undesirable_weight,
         max_length=k.max_prompt_length + k.max_completion_length,
-        precompute_ref_log_probs=True,
+        precompute_ref_log_probs=is_full(model),  # adapters: live, on each micro batch (as DPO)
         disable_dropout=True,
     )
     score_trained_positions_only()
@@ -122,6 +119,7 @@ def build_kto_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any,
     cls.reference_adapters = tuple(reference_adapters)
     trainer = cls(model=model, ref_model=None, args=args, train_dataset=train, eval_dataset=evals,
                   processing_class=tokenizer)
+    live_reference_logps(trainer, not is_full(model))
     drop_reference_copy(model)
     return _attach_callbacks(trainer, hooks)
 

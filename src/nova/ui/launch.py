@@ -16,7 +16,6 @@ verdict after the UI restarts. The child's output goes to ``<root>/.nova-ui/logs
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from nova.errors import NovaError, printable
 from nova.plan import make_plan
 from nova.runs.jsonl import append_jsonl, read_jsonl
 from nova.runs.process import read_process
+from nova.system import ask_to_stop, own_process_group
 from nova.ui.editor import preflight, save, shown, validate
 
 STATE_DIR = ".nova-ui"
@@ -117,7 +117,7 @@ class Launcher:
         command = [sys.executable, "-m", "nova", "train", "--config", str(target), *options.flags()]
         with log.open("wb") as out:
             child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, **own_process_group())
         self.children[key] = child
         record = {"id": key, "config": str(target.resolve()), "flags": options.flags(), "pid": child.pid,
                   "started": time.time(), "log": str(log), "run_dirs": [str(d) for d in dirs],
@@ -135,11 +135,11 @@ class Launcher:
         if process.state != "running" or process.pid is None:
             for key, child in self.children.items():  # started, but not yet holding the run's lock
                 if child.poll() is None and str(run_dir.resolve()) in self._dirs_of(key):
-                    os.kill(child.pid, signal.SIGTERM)
-                    return {"stopped": child.pid, "how": "SIGTERM (before training began)"}
+                    how = ask_to_stop(child.pid)
+                    return {"stopped": child.pid, "how": f"{how} (before training began)"}
             raise NovaError(f"no training process is alive in {shown(run_dir)} ({process.describe()})")
-        os.kill(process.pid, signal.SIGTERM)
-        return {"stopped": process.pid, "how": "SIGTERM: a checkpoint at the end of this step, then exit"}
+        how = ask_to_stop(process.pid)
+        return {"stopped": process.pid, "how": f"{how}: a checkpoint at the end of this step, then exit"}
 
     def view(self) -> list[dict[str, Any]]:
         """Every launch recorded, newest first, with its state and the end of its output."""
