@@ -46,7 +46,7 @@ def load(model_dir: str, dtype_name: str) -> tuple[Any, Any, Any]:
 
 def chained_adapter(base: Any, r: int, seed: int) -> Any:
     """base + a trained-looking adapter (random B) as the phase adapter, and a frozen copy of it as the
-    reference (what a DPO stage after an SFT stage has: nova.train.phase._freeze_stage_start)."""
+    reference (what a DPO stage after an SFT stage has: nova.model.trained.Lora.start_stage)."""
     import torch
 
     from nova.config.schema import LoraConfig
@@ -68,11 +68,14 @@ def chained_adapter(base: Any, r: int, seed: int) -> Any:
 def dpo_trainer(model: Any, tokenizer: Any, placement: Any, pairs: Path, micro_batch: int, limit: int,
                 work: Path) -> Any:
     from nova.config.data_schema import DataConfig, DatasetSpec
-    from nova.config.schema import DPOConfig, StageConfig, TrainingConfig
+    from nova.config.schema import StageConfig, TrainingConfig
     from nova.data import prepare_stage_data
+    from nova.methods.dpo import DPOConfig
     from nova.model.adapters import keep_trainable_fp32
-    from nova.train.resilience import StopRequest
-    from nova.train.trainers import TrainerHooks, build_dpo_trainer
+    from nova.model.trained import STAGE_REF, StageReference
+    from nova.train.machinery.resilience import StopRequest
+    from nova.train.methods.common import TrainerHooks, TrainerInputs
+    from nova.train.methods.dpo import build_dpo_trainer
 
     data_cfg = DataConfig(datasets=[DatasetSpec(path=str(pairs), max_samples=limit)], eval_split=0.0,
                           cache_dir=str(work / "cache"))
@@ -83,8 +86,8 @@ def dpo_trainer(model: Any, tokenizer: Any, placement: Any, pairs: Path, micro_b
     data = prepare_stage_data(data_cfg, tokenizer, method="dpo", seed=0, dpo=dpo)
     hooks = TrainerHooks(work / "out", placement, work / "metrics.jsonl", "dpo", "check/dpo", StopRequest())
     with keep_trainable_fp32(model):
-        return build_dpo_trainer(model, tokenizer, stage, SimpleNamespace(train=data.train, eval=None), hooks,
-                                 reference_adapters=["stage_start"])
+        return build_dpo_trainer(TrainerInputs(model, tokenizer, stage, SimpleNamespace(train=data.train, eval=None),
+                                               hooks, StageReference((STAGE_REF,), live=True)))
 
 
 def step0_rewards(trainer: Any, precomputed: bool) -> list[float]:

@@ -4,7 +4,7 @@ Nothing is downloaded. Each architecture is built from its full config.json
 (src/nova/resources/model_configs/) with random weights directly on the GPU (weights change
 neither memory nor speed), its decoder linears quantized to nf4 by bitsandbytes' CUDA kernels as
 transformers does it, and each case of the grid trains a fresh LoRA adapter for a few steps on
-synthetic tokens through nova's own trainers (nova.train.trainers: nova's loss, padding-free
+synthetic tokens through nova's own trainers (nova.train.methods: nova's loss, padding-free
 batches, TRL's DPO). Per case it records torch.cuda.max_memory_reserved() / max_memory_allocated(),
 the memory outside torch's pool (CUDA context), tokens/s, nova's estimate for the same stage, and
 preflight's verdict for a 24 GiB card beside whether the measured peak would have fit one. Then it
@@ -142,7 +142,8 @@ def _quantize_linears(model: Any, bnb_config: Any, device: str) -> None:
 def stage_for(case: Case, steps: int) -> Any:
     """The stage config nova would run for this case (one micro batch per optimizer step)."""
     from nova.config.data_schema import DataConfig
-    from nova.config.schema import DPOConfig, StageConfig, TrainingConfig
+    from nova.config.schema import StageConfig, TrainingConfig
+    from nova.methods.dpo import DPOConfig
 
     training = TrainingConfig(micro_batch_size=case.micro_batch, gradient_accumulation_steps=1, max_steps=steps,
                               gradient_checkpointing=case.checkpointing, packing=case.packing, logging_steps=1,
@@ -225,8 +226,11 @@ def train_case(base: Any, tokenizer: Any, case: Case, vocab: int, steps: int, wo
     from nova.config.schema import LoraConfig
     from nova.model.adapters import add_trainable, keep_trainable_fp32
     from nova.model.loading import Placement
-    from nova.train.resilience import StopRequest
-    from nova.train.trainers import TrainerHooks, build_dpo_trainer, build_sft_trainer, choose_batching
+    from nova.model.trained import StageReference
+    from nova.train.machinery.resilience import StopRequest
+    from nova.train.methods.common import TrainerHooks, TrainerInputs
+    from nova.train.methods.dpo import build_dpo_trainer
+    from nova.train.methods.sft import build_sft_trainer
 
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -239,11 +243,8 @@ def train_case(base: Any, tokenizer: Any, case: Case, vocab: int, steps: int, wo
     model = add_trainable(base, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), ())
     try:
         with keep_trainable_fp32(model):  # as nova.train.stage builds every trainer
-            if case.method == "dpo":
-                trainer = build_dpo_trainer(model, tokenizer, stage, data, hooks, reference_adapters=())
-            else:
-                batching = choose_batching(model, stage, data, placement)
-                trainer = build_sft_trainer(model, tokenizer, stage, data, hooks, batching)
+            inputs = TrainerInputs(model, tokenizer, stage, data, hooks, StageReference(), print)
+            trainer = (build_dpo_trainer if case.method == "dpo" else build_sft_trainer)(inputs)
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()

@@ -15,7 +15,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lower numbers sit below: a module may import modules of its own layer or below, never above.
 LAYERS = [
     ("nova", "nova.errors", "nova.console", "nova.files", "nova.lazy", "nova.system", "nova.setup"),
-    ("nova.config",),
+    # the method registry and the data formats table are read by the config schema (nova.data.formats is the
+    # data layer's vocabulary, imported without the data pipeline)
+    ("nova.config", "nova.methods", "nova.data.formats"),
     ("nova.runs", "nova.plan"),
     ("nova.data", "nova.model"),
     ("nova.monitor", "nova.preflight"),

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from nova import system
-from nova.train.resilience import StopRequest, signal_handling
+from nova.train.machinery.resilience import StopRequest, signal_handling
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_ctrl_break_saves_and_stops_like_ctrl_c(windows_break: int) -> None:
 
 
 def test_a_second_ctrl_break_exits_at_once(windows_break: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nova.train.resilience as resilience
+    import nova.train.machinery.resilience as resilience
 
     def exit_now(code: int) -> None:
         raise SystemExit(code)

@@ -175,7 +175,8 @@ def _prompt_line(raw: bytes) -> Conversation:
 
 
 def eval_loss(loaded: LoadedModel) -> list[dict[str, Any]]:
-    """Holdout loss and perplexity of a run, per SFT stage, on the same eval split training used."""
+    """Holdout loss and perplexity of a run, per SFT stage (a method that learns its data's tokens), on the same
+    eval split training used."""
     import math
 
     from nova.data import prepare_stage_data
@@ -184,17 +185,18 @@ def eval_loss(loaded: LoadedModel) -> list[dict[str, Any]]:
     if loaded.run is None:
         raise NovaError("--eval needs a run directory (it re-creates the run's holdout split)")
     results = []
-    for index, stage in enumerate(loaded.run.phase.stage_list):
-        if stage.method != "sft":
+    for index, stage in enumerate(loaded.run.phase.stages):
+        if not stage.spec.trains_sequences:
             continue
-        prepared = prepare_stage_data(stage.data, loaded.tokenizer, method="sft", seed=stage.training.seed)
+        prepared = prepare_stage_data(stage.data, loaded.tokenizer, method=stage.method, seed=stage.training.seed)
         if prepared.eval is None or len(prepared.eval) == 0:
             continue
         scored = holdout_loss(loaded.model, prepared.eval, loaded.tokenizer.pad_token_id)
         if scored is None:
             continue
-        results.append({"stage": index + 1, "method": "sft", "examples": scored.examples, "tokens": scored.tokens,
-                        "eval_loss": scored.eval_loss, "perplexity": math.exp(scored.eval_loss)})
+        results.append({"stage": index + 1, "method": stage.method, "examples": scored.examples,
+                        "tokens": scored.tokens, "eval_loss": scored.eval_loss,
+                        "perplexity": math.exp(scored.eval_loss)})
     if not results:
         raise NovaError("the run has no SFT holdout to evaluate", hint="set data.eval_split > 0 in its config")
     return results

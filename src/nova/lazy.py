@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from nova.errors import NovaError
 
@@ -28,3 +29,9 @@ def require(name: str) -> ModuleType:
         top = name.split(".")[0]
         hint = _HINTS.get(top, f"pip install {top}")
         raise NovaError(f"python package '{top}' is not available: {exc}", hint=hint) from exc
+
+
+def resolve(target: str) -> Any:
+    """The function a ``module:function`` path names (a method spec's trainer, imported when it trains)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)

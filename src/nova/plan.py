@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nova.config.load import LoadedConfig
-from nova.config.schema import DistributedConfig, ModelConfig, PhaseConfig, PipelineConfig, StageConfig
+from nova.config.schema import DistributedConfig, LoraConfig, ModelConfig, PhaseConfig, PipelineConfig, StageConfig
 from nova.errors import NovaError
 from nova.runs.layout import PIPELINE, RunDir, stage_label, stage_names
 from nova.runs.record import AdapterRef
@@ -27,6 +27,7 @@ class PlannedStage:
     name: str  # sft, dpo, sft-2: names stages/<name>/ and checkpoints/<name>/
     label: str  # <phase>/<name>
     config: StageConfig
+    keys: str = ""  # where its keys are in the config, for messages: "stages[1]." ("": at the phase level)
 
     @property
     def method(self) -> str:
@@ -45,6 +46,7 @@ class PlannedPhase:
     # the chain's last full fine-tuning phase: its model directory is this phase's base (and the chain
     # holds only the LoRA phases after it)
     start_model: tuple[str, RunDir] | None = None
+    chain_loras: tuple[LoraConfig, ...] = ()  # the LoRA settings of the chain's adapters (memory, auto-fit)
 
     @property
     def full(self) -> bool:
@@ -86,11 +88,6 @@ class PlannedPhase:
                                 hint=f"train it first (nova train --config PIPELINE --phase {name})")
             refs.append(AdapterRef(name, run.adapter))
         return refs
-
-    def with_stage_configs(self, configs: list[StageConfig]) -> PlannedPhase:
-        """The same phase with changed stage configs (auto-fit), names and labels kept."""
-        stages = tuple(replace(s, config=c) for s, c in zip(self.stages, configs, strict=True))
-        return replace(self, stages=stages)
 
 
 @dataclass(frozen=True)
@@ -137,9 +134,9 @@ def resolve_strategy(strategy: str, world: int, replica_fits: bool | None) -> st
 
 
 def planned_stages(phase: PhaseConfig) -> tuple[PlannedStage, ...]:
-    stages = phase.stage_list
+    stages = phase.stages
     names = stage_names([s.method for s in stages])
-    return tuple(PlannedStage(i, n, stage_label(phase.name, n), s)
+    return tuple(PlannedStage(i, n, stage_label(phase.name, n), s, f"stages[{i}]." if len(stages) > 1 else "")
                  for i, (n, s) in enumerate(zip(names, stages, strict=True)))
 
 
@@ -168,5 +165,7 @@ def make_plan(loaded: LoadedConfig) -> Plan:
         if full is not None:  # the full phase's model is the new base; only the LoRA phases after it stack
             start = (full, RunDir(pipeline.phase_dir(full)))
             chain = chain[[name for name, _ in chain].index(full) + 1:]
-        phases.append(PlannedPhase(phase, pipeline.model_for(phase.name), run, chain, planned_stages(phase), start))
+        loras = tuple(pipeline.phase(name).lora for name, _ in chain)
+        phases.append(PlannedPhase(phase, pipeline.model_for(phase.name), run, chain, planned_stages(phase), start,
+                                   loras))
     return Plan(loaded.path, pipeline, is_pipeline, tuple(phases))

@@ -34,11 +34,11 @@ def test_defaults_follow_the_proven_values(tmp_path: Path, data_file: Path) -> N
     assert isinstance(cfg, PhaseConfig)
     assert (cfg.model.quantization, cfg.model.double_quant) == ("nf4", True)
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 16, 0.05)
-    t = cfg.training
+    t = cfg.stages[0].training  # a single stage written at the phase level is stages[0]
     assert (t.learning_rate, t.lr_scheduler) == (2e-4, "cosine")
     assert (t.micro_batch_size, t.gradient_accumulation_steps) == (4, 4)
     assert (t.seed, t.eval_steps, t.save_steps, t.save_total_limit) == (42, 100, 100, 3)
-    assert t.warmup_ratio > 0 and cfg.data.eval_split == 0.1
+    assert t.warmup_ratio > 0 and cfg.stages[0].data.eval_split == 0.1
     assert t.effective_batch_size == 16
 
 
@@ -81,7 +81,8 @@ def test_missing_data_file_names_key_and_file(tmp_path: Path) -> None:
 def test_set_overrides_any_key_and_is_validated(tmp_path: Path, data_file: Path) -> None:
     path = write(tmp_path, minimal(data_file))
     cfg = load_yaml_config(path, ["lora.r=32", "training.max_steps=7", "data.datasets.0.max_samples=5"]).config
-    assert cfg.lora.r == 32 and cfg.training.max_steps == 7 and cfg.data.datasets[0].max_samples == 5
+    stage = cfg.stages[0]
+    assert cfg.lora.r == 32 and stage.training.max_steps == 7 and stage.data.datasets[0].max_samples == 5
     with pytest.raises(ConfigError, match=r"lora\.rank"):
         load_yaml_config(path, ["lora.rank=4"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):

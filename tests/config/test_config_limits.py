@@ -13,8 +13,9 @@ from nova.config.base import Section
 from nova.config.data_schema import DataConfig, DatasetSpec
 from nova.config.monitor_schema import MonitorConfig
 from nova.config.safe_yaml import MAX_VALUES
-from nova.config.schema import DPOConfig, LoraConfig, ModelConfig, PhaseConfig, PipelineConfig, TrainingConfig
+from nova.config.schema import LoraConfig, ModelConfig, PhaseConfig, PipelineConfig, TrainingConfig
 from nova.errors import ConfigError
+from nova.methods.dpo import DPOConfig
 
 SECTIONS: list[type[Section]] = [ModelConfig, LoraConfig, TrainingConfig, DPOConfig, DataConfig, DatasetSpec,
                                  MonitorConfig, PhaseConfig, PipelineConfig]
@@ -48,7 +49,7 @@ def test_anchors_and_merge_keys_still_work(tmp_path: Path, data_file: Path) -> N
             "      max_steps: 20\n")
     cfg = load_yaml_config(_write(tmp_path, text)).config
     assert isinstance(cfg, PipelineConfig)
-    second = cfg.phase("second")
+    second = cfg.phase("second").stages[0]
     assert (second.training.max_steps, second.training.learning_rate, second.training.seed) == (20, 1e-4, 7)
     assert second.data.datasets[0].path == str(data_file)
 
@@ -145,7 +146,7 @@ def test_gpu_index_and_auto_still_load(tmp_path: Path, data_file: Path) -> None:
     base = f"name: t\nmodel:\n  base: some/model\ndata:\n  datasets:\n    - path: {data_file}\n"
     for value, expected in (("auto", "auto"), ("0", 0), ("3", 3)):
         cfg = load_yaml_config(_write(tmp_path, base + f"training:\n  gpu: {value}\n")).config
-        assert isinstance(cfg, PhaseConfig) and cfg.training.gpu == expected
+        assert isinstance(cfg, PhaseConfig) and cfg.stages[0].training.gpu == expected
 
 
 @pytest.mark.parametrize(("value", "message"), [

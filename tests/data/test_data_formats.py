@@ -118,7 +118,7 @@ def test_preference_sharegpt_form_and_column_mapping(tmp_path: Path, tok: Any) -
 
 
 def test_dpo_truncation_keeps_prompt_end_and_completion_start(tmp_path: Path, tok: Any) -> None:
-    from nova.config.schema import DPOConfig
+    from nova.methods.dpo import DPOConfig
 
     long_prompt = "one two three four five six seven eight nine ten " * 5
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": long_prompt + "END", "chosen": "yes " * 40,

@@ -12,9 +12,9 @@ import pytest
 import data_fixtures
 from conftest import ROOT
 from data_fixtures import data_cfg, write_jsonl
-from nova.config.grpo_schema import GRPOConfig, RewardSpec
 from nova.data import check_data, prepare_stage_data
 from nova.errors import DataError
+from nova.methods.grpo import GRPOConfig, RewardSpec
 
 tok = data_fixtures.tok  # the shared tokenizer fixture
 GRPO = GRPOConfig(rewards=[RewardSpec(name="exact_match", field="answer")], max_prompt_length=64)

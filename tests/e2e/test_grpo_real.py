@@ -66,9 +66,9 @@ def test_grpo_runs_on_the_real_model_with_its_rewards_logged(real_grpo: Path) ->
 def test_nova_prompt_tokens_are_the_templates_generation_prompt(real_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from nova.config.grpo_schema import GRPOConfig, RewardSpec
     from nova.config.schema import DataConfig
     from nova.data import prepare_stage_data
+    from nova.methods.grpo import GRPOConfig, RewardSpec
 
     tok = AutoTokenizer.from_pretrained(str(real_model_dir))
     data = DataConfig(datasets=[{"path": str(ROOT / "data" / "arithmetic.jsonl"), "max_samples": 5}],

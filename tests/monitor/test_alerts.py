@@ -213,7 +213,7 @@ def test_monitor_before_metrics_puts_gpu_keys_in_metrics_jsonl(tmp_path: Path) -
     """The wiring the trainer uses: MonitorCallback registered before MetricsCallback."""
     import transformers
 
-    from nova.train.callbacks import MetricsCallback
+    from nova.train.machinery.callbacks import MetricsCallback
 
     f = Feeder(tmp_path)
     f.cb.sampler = FakeSampler(GpuSample(60, 50, 10 * GiB, 24 * GiB))

@@ -4,7 +4,7 @@ The arithmetic is checked term by term on Llama-3.2-1B (1.236B weights, tied 128
 with torch's AdamW every weight costs 4 (fp32 master weights) + 4 (gradients) + 8 (two Adam states in the
 parameter dtype, torch's ``zeros_like(param)``) = 16 bytes, in bf16 as in fp32: nova loads full
 fine-tuning's weights in fp32 and computes under bf16 autocast, because bf16 weights and states would
-round away nearly every update (nova.train.full).
+round away nearly every update (nova.model.trained).
 """
 
 from __future__ import annotations

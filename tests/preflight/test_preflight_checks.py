@@ -52,7 +52,7 @@ def test_schedule_uses_the_data_record_count(tmp_path: Path) -> None:
 
 def test_bad_data_fails_with_the_record_named(tmp_path: Path) -> None:
     lf = loaded(tmp_path, "smollm2-135m")
-    bad = Path(lf.config.data.datasets[0].path)  # type: ignore[union-attr]
+    bad = Path(lf.config.stages[0].data.datasets[0].path)  # type: ignore[union-attr]
     bad.write_text('{"foo": 1}\n{"text": "fine"}\n')
     report = run_preflight(lf, probe=no_gpu())
     check = report.check("data")
@@ -312,7 +312,8 @@ def test_bf16_on_a_cpu_without_native_bf16_warns() -> None:
 
 
 def test_dpo_sequence_length_is_capped_by_prompt_and_completion() -> None:
-    from nova.config.schema import DPOConfig, LoraConfig, ModelConfig
+    from nova.config.schema import LoraConfig, ModelConfig
+    from nova.methods.dpo import DPOConfig
     from nova.preflight.checks_memory import stage_settings
 
     stage = StageConfig(method="dpo", dpo=DPOConfig(max_prompt_length=256, max_completion_length=512))

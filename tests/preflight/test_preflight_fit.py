@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from preflight_support import GiB, model_configs
 
@@ -66,10 +68,49 @@ def test_effective_batch_with_odd_factors() -> None:
     assert choice.micro_batch_size * choice.gradient_accumulation_steps == 6
 
 
-def test_fit_stage_from_config_objects() -> None:
-    from nova.config.schema import LoraConfig, ModelConfig, StageConfig, TrainingConfig
+def test_fit_stage_from_config_objects(tmp_path: Path) -> None:
+    from nova.config.load import LoadedConfig
+    from nova.config.schema import PhaseConfig
+    from nova.plan import make_plan
 
-    stage = StageConfig(training=TrainingConfig(micro_batch_size=8, gradient_accumulation_steps=2))
-    choice = fit_stage(model_configs()["mistral-7b-v0.2"], ModelConfig(base="x"), LoraConfig(), stage, 12 * GiB)
+    phase = PhaseConfig.model_validate({"name": "p", "model": {"base": "x"},
+                                        "training": {"micro_batch_size": 8, "gradient_accumulation_steps": 2}})
+    planned = make_plan(LoadedConfig(tmp_path / "p.yaml", phase, {})).phases[0]
+    choice = fit_stage(model_configs()["mistral-7b-v0.2"], planned, planned.stages[0], 12 * GiB)
     assert choice.micro_batch_size * choice.gradient_accumulation_steps == 16
     assert choice.to_dict()["reason"] == choice.reason
+
+
+def test_auto_fit_sizes_a_stage_as_preflight_does(tmp_path: Path) -> None:
+    """A DPO stage after an SFT stage, in a phase stacked on an earlier one: auto-fit in nova train counts the
+    reference copy of the adapter and the chain's frozen adapter, as preflight's memory check does, so both
+    choose the same batch from the same free memory."""
+    import json
+
+    import yaml
+    from preflight_support import data_file, model_dir
+
+    from nova.config.load import load_yaml_config
+    from nova.plan import make_plan
+    from nova.preflight import run_preflight
+
+    model, text = model_dir(tmp_path, "llama-3-8b"), data_file(tmp_path)
+    data = {"datasets": [{"path": str(text)}], "max_length": 2048}
+    training = {"micro_batch_size": 8, "gradient_accumulation_steps": 2, "auto_fit": True,
+                "gradient_checkpointing": False}
+    cfg = {"output_dir": str(tmp_path / "runs"), "phases": [
+        {"name": "a", "model": {"base": str(model)}, "lora": {"r": 256}, "data": data},
+        {"name": "b", "start_from": "a", "lora": {"r": 256}, "stages": [
+            {"method": "sft", "data": data}, {"method": "dpo", "data": data, "training": training,
+                                               "dpo": {"max_prompt_length": 1024, "max_completion_length": 1024}}]}]}
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = load_yaml_config(path)
+    report = run_preflight(loaded, gpu_memory="24GiB", check_data=False)
+    assert report.estimate is not None and report.estimate["stage"] == "b/dpo"
+    assert report.estimate["breakdown"]["dpo_reference"] > 0  # the adapter's copy as the stage began
+    planned = make_plan(loaded).phases[1]
+    free = report.gpus[0]["free_bytes"]
+    choice = fit_stage(json.loads((model / "config.json").read_text()), planned, planned.stages[1], free)
+    assert report.auto_fit is not None and choice.changed
+    assert choice.to_dict() == report.auto_fit

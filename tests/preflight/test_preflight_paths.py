@@ -7,7 +7,8 @@ from pathlib import Path
 from preflight_support import cuda_env, loaded, no_gpu
 
 from conftest import ROOT
-from nova.config.schema import DPOConfig, LoraConfig, ModelConfig, StageConfig, TrainingConfig
+from nova.config.schema import LoraConfig, ModelConfig, StageConfig, TrainingConfig
+from nova.methods.dpo import DPOConfig
 from nova.preflight import run_preflight
 from nova.preflight.checks_memory import stage_settings
 from nova.preflight.model_source import known_architecture
@@ -76,14 +77,17 @@ def test_chained_phase_counts_the_frozen_adapters(tmp_path: Path) -> None:
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     from nova.plan import make_plan
+    from nova.preflight.checks_memory import planned_settings
     from nova.preflight.estimate import Settings, lora_params, model_shape
-    from nova.preflight.run import _frozen_lora_params
 
     plan = make_plan(load_yaml_config(path))
     shape = model_shape(json.loads((model / "config.json").read_text()))
     first, second = plan.phases
-    assert _frozen_lora_params(plan, first, shape) == 0
-    assert _frozen_lora_params(plan, second, shape) == lora_params(shape, Settings(lora_r=64))
+    assert planned_settings(shape, first, first.stages[0], on_gpu=True).frozen_lora_params == 0
+    frozen = planned_settings(shape, second, second.stages[0], on_gpu=True).frozen_lora_params
+    assert frozen == lora_params(shape, Settings(lora_r=64))
+    assert planned_settings(shape, plan.select("b").phases[0], second.stages[0], on_gpu=True).frozen_lora_params \
+        == frozen  # --phase b alone still knows the adapter it stacks
 
 
 def test_shipped_model_configs_are_full_and_known() -> None:

@@ -78,7 +78,7 @@ def test_run_cards_replace_peft_template_and_mark_the_chain(runs: dict[str, Path
     import shutil
 
     from nova.runs import read_run
-    from nova.runs.card import write_run_cards
+    from nova.runs.card import write_card
     from nova.runs.card_usage import REQUIRES_KEY, mark_requires
 
     copy = tmp_path / "pipe"
@@ -88,7 +88,8 @@ def test_run_cards_replace_peft_template_and_mark_the_chain(runs: dict[str, Path
     record = read_run(copy / "second")
     (copy / "second" / "stages" / "sft" / "adapter").mkdir()
     shutil.copy(copy / "second" / "adapter" / "adapter_config.json", copy / "second" / "stages" / "sft" / "adapter")
-    write_run_cards(record)
+    write_card(record.run.adapter, record, kind="adapter")  # as the phase writes them when it finishes
+    write_card(record.run.stage_adapter("sft"), record, kind="stage", stage="sft")
     mark_requires(record.run.adapter, record)
     assert "[More Information Needed]" not in (record.run.adapter / "README.md").read_text()
     assert "after its stage sft" in (record.run.stage_adapter("sft") / "README.md").read_text()

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from conftest import ROOT
-from nova.train.batching import IGNORE, SFTCollator, TokenBudgetBatchSampler, packing_is_exact
-from nova.train.loss import sft_loss
+from nova.train.machinery.batching import IGNORE, SFTCollator, TokenBudgetBatchSampler, packing_is_exact
+from nova.train.methods.loss import sft_loss
 
 
 def _model(model_dir: Path, attn: str) -> Any:
@@ -89,7 +89,7 @@ def test_sdpa_becomes_per_sequence_sdpa_with_one_row_and_eager_keeps_capped_rows
 
     from nova.config.schema import TrainingConfig
     from nova.model.loading import choose_placement
-    from nova.train.trainers import choose_batching
+    from nova.train.methods.sft import choose_batching
 
     stage = SimpleNamespace(training=TrainingConfig(), data=SimpleNamespace(max_length=64))
     sdpa = choose_batching(_model(tiny_model_dir, "sdpa"), stage, None, choose_placement("fp32"))
@@ -232,7 +232,7 @@ def test_the_dpo_head_scores_only_trained_positions_with_the_same_log_probs(
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM
 
-    from nova.train.trainers import score_trained_positions_only
+    from nova.train.methods.reference import score_trained_positions_only
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     trl_utils.add_fused_lm_head(model)

@@ -173,13 +173,14 @@ def test_fp16_weights_are_refused_before_anything_loads() -> None:
 
     from nova.errors import NovaError
     from nova.model.loading import Placement
-    from nova.train.full import check_full_placement
+    from nova.model.trained import Full, Lora
 
     with pytest.raises(NovaError, match="cannot train fp16 weights") as info:
-        check_full_placement(Placement("cuda", torch.float16))
+        Full().check_placement(Placement("cuda", torch.float16))
     assert "compute_dtype: fp32" in (info.value.hint or "")
-    check_full_placement(Placement("cuda", torch.bfloat16))
-    check_full_placement(Placement("cpu", torch.float32))
+    Full().check_placement(Placement("cuda", torch.bfloat16))
+    Full().check_placement(Placement("cpu", torch.float32))
+    Lora().check_placement(Placement("cuda", torch.float16))  # an adapter stays fp32 whatever the compute dtype
 
 
 def test_kto_after_sft_in_a_full_phase_starts_at_its_reference(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def test_reference_free_methods_learn_the_preference(feedback: Path, stage: str)
 
 def test_an_oom_retry_keeps_two_replies_in_a_kto_micro_batch() -> None:
     from nova.config.schema import TrainingConfig
-    from nova.train.resilience import smaller_batch
+    from nova.train.machinery.resilience import smaller_batch
 
     half = smaller_batch(TrainingConfig(micro_batch_size=4, gradient_accumulation_steps=2), minimum=2)
     assert (half.micro_batch_size, half.gradient_accumulation_steps) == (2, 4)

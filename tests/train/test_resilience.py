@@ -158,7 +158,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model_di
     import torch
     from transformers import TrainerCallback
 
-    from nova.train.resilience import NonFiniteLoss
+    from nova.train.machinery.resilience import NonFiniteLoss
 
     run = tmp_path / "nan"
     sealed: dict[str, bytes] = {}

@@ -48,7 +48,7 @@ def _batch():  # type: ignore[no-untyped-def]
 
 
 def _loss(model, batch, weight: float):  # type: ignore[no-untyped-def]
-    from nova.train.loss import StartModel, attach_start_model, install_sft_loss, sft_loss
+    from nova.train.methods.loss import StartModel, attach_start_model, install_sft_loss, sft_loss
 
     causal_lm = model.get_base_model()
     install_sft_loss(causal_lm)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nova.config.grpo_schema import GRPOConfig, RewardSpec
 from nova.errors import ConfigError, NovaError
-from nova.train.rewards import (
+from nova.methods.grpo import GRPOConfig, RewardSpec
+from nova.train.methods.rewards import (
     build_rewards,
     completion_text,
     exact_match_score,

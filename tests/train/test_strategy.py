@@ -6,7 +6,7 @@ import pytest
 
 from nova.config.schema import DistributedConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
-from nova.train.strategy import deepspeed_config, resolve, strategy_for
+from nova.train.machinery.strategy import deepspeed_config, resolve, strategy_for
 
 MODEL = ModelConfig(base="m", quantization="nf4")
 

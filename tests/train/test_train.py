@@ -161,7 +161,7 @@ def test_auto_fit_keeps_the_effective_batch_and_records_the_choice(tiny_model_di
     from nova.console import RunLog
     from nova.model.loading import choose_placement
     from nova.plan import make_plan
-    from nova.train.context import PhaseContext
+    from nova.train.context import PhaseRun
     from nova.train.phase import auto_fit_stages
 
     phase = PhaseConfig.model_validate({
@@ -170,15 +170,16 @@ def test_auto_fit_keeps_the_effective_batch_and_records_the_choice(tiny_model_di
         "training": {"micro_batch_size": 8, "gradient_accumulation_steps": 2, "auto_fit": True,
                      "gradient_checkpointing": False}})
     planned = make_plan(LoadedConfig(tmp_path / "t.yaml", phase, {})).phases[0]
-    ctx = PhaseContext(planned, [], RunLog(None))
+    run = PhaseRun(planned, (), RunLog(None))
     placement = choose_placement("auto")
-    roomy, _ = auto_fit_stages(ctx, str(tiny_model_dir), placement, budget_bytes=8 * 1024**3)
-    assert roomy.stages[0].config.training.micro_batch_size == 8  # fits as configured: untouched
+    roomy, _ = auto_fit_stages(run, planned.stages, str(tiny_model_dir), placement, budget_bytes=8 * 1024**3)
+    assert roomy[0].config.training.micro_batch_size == 8  # fits as configured: untouched
     changed = None
     for budget in range(700, 1400, 20):  # MiB: find a budget where the configured batch does not fit
-        stages, fits = auto_fit_stages(ctx, str(tiny_model_dir), placement, budget_bytes=budget * 1024**2)
+        stages, fits = auto_fit_stages(run, planned.stages, str(tiny_model_dir), placement,
+                                       budget_bytes=budget * 1024**2)
         if fits["sft"]["changed"]:
-            changed = stages.stages[0].config.training, fits["sft"]
+            changed = stages[0].config.training, fits["sft"]
             break
     assert changed is not None
     training, record = changed
@@ -186,7 +187,7 @@ def test_auto_fit_keeps_the_effective_batch_and_records_the_choice(tiny_model_di
     assert training.micro_batch_size * training.gradient_accumulation_steps == 16
     assert record["fits"] and "same effective batch 16" in record["reason"]
     with pytest.raises(Exception, match="does not fit"):
-        auto_fit_stages(ctx, str(tiny_model_dir), placement, budget_bytes=10 * 1024**2)
+        auto_fit_stages(run, planned.stages, str(tiny_model_dir), placement, budget_bytes=10 * 1024**2)
 
 
 def test_prompts_file_matches_per_prompt_greedy_generation(sft_run: Path, tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def test_without_the_guard_the_old_rate_would_be_used(interrupted: Path, tiny_mo
     """The control for the test above: the restored scheduler alone keeps the checkpoint's rate."""
     from transformers import TrainerCallback
 
-    import nova.train.resilience as resilience
+    import nova.train.machinery.resilience as resilience
 
     monkeypatch.setattr(resilience, "apply_peak_lr", lambda *a: None)
     seen: list[float] = []

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from nova.cli.options import JsonOpt, SetOpt
+from nova.data.formats import FIELDS, FORMAT_CHOICES
+from nova.methods import METHOD_NAMES
 
 if TYPE_CHECKING:
     from nova.config.data_schema import DataConfig
@@ -23,20 +25,15 @@ app = typer.Typer(help="Check and preview training data.", no_args_is_help=True,
 FileArg = Annotated[Path | None, typer.Argument(help="A data file or directory (instead of --config).",
                                                 show_default=False)]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Phase or pipeline YAML file.")]
-FormatOpt = Annotated[str, typer.Option("--format", help="With FILE: auto, messages, prompt_completion, alpaca, "
-                                        "sharegpt, preference or text.")]
-MethodOpt = Annotated[str | None, typer.Option("--method", help="With FILE: sft or dpo (default: dpo for "
-                                               "preference data, else sft).")]
+FormatOpt = Annotated[str, typer.Option("--format", help=f"With FILE: {', '.join(FORMAT_CHOICES)} (docs/data.md).")]
+MethodOpt = Annotated[str | None, typer.Option("--method", help=f"With FILE: {', '.join(METHOD_NAMES)} (default: "
+                                               "the first of them that reads the file's format).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="With FILE: model directory or hub id whose "
                                               "tokenizer gives the token view.")]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="With FILE: the longest sequence, in tokens.")]
 OnErrorOpt = Annotated[str, typer.Option("--on-error", help="With FILE: fail (default) or skip bad records.")]
 ColumnsOpt = Annotated[str | None, typer.Option("--columns", help="With FILE: map the file's field names to nova's, "
                                                 "e.g. prompt=question,chosen=response_j,rejected=response_k.")]
-# The field names nova reads (data/records.py); --columns maps onto these.
-NOVA_FIELDS = ("messages", "conversations", "prompt", "completion", "instruction", "input", "output", "text",
-               "chosen", "rejected", "chosen_messages", "rejected_messages", "system", "history", "tools",
-               "enable_thinking", "loss_weight")
 
 
 @dataclass
@@ -51,8 +48,9 @@ class Target:
     dpo: Any = None  # the stage's length settings (its dpo, kto, orpo, simpo or grpo section); None for a file
 
 
-def parse_columns(text: str | None) -> dict[str, str]:
-    """``prompt=question,chosen=response_j`` as {nova field: file field}; NovaError naming a bad part."""
+def parse_columns(text: str | None, *, any_field: bool = False) -> dict[str, str]:
+    """``prompt=question,chosen=response_j`` as {nova field: file field}; NovaError naming a bad part.
+    ``any_field``: a grpo stage passes any field to its rewards, so any name may be a target."""
     import difflib
 
     from nova.errors import NovaError
@@ -65,11 +63,11 @@ def parse_columns(text: str | None) -> dict[str, str]:
         if not sep or not ours or not theirs:
             raise NovaError(f"--columns: '{part.strip()}' is not NOVA_FIELD=FILE_FIELD",
                             hint="e.g. --columns prompt=question,chosen=response_j,rejected=response_k")
-        if ours not in NOVA_FIELDS:
-            close = difflib.get_close_matches(ours, NOVA_FIELDS, n=1)
+        if ours not in FIELDS and not any_field:
+            close = difflib.get_close_matches(ours, FIELDS, n=1)
             raise NovaError(f"--columns: '{ours}' is not a field nova reads" +
                             (f" (did you mean '{close[0]}'?)" if close else ""),
-                            hint=f"the fields: {', '.join(NOVA_FIELDS)}")
+                            hint=f"the fields: {', '.join(FIELDS)} (with --method grpo: any field its rewards read)")
         if ours in mapping:
             raise NovaError(f"--columns maps '{ours}' twice")
         mapping[ours] = theirs
@@ -91,9 +89,9 @@ def _file_target(file: Path, fmt: str, method: str | None, model: str | None, ma
         raise NovaError(f"{file}: {err['msg'].removeprefix('Value error, ')}",
                         hint=f"check the {'/'.join(str(p) for p in err['loc']) or 'arguments'}") from None
     if method is None:
-        method = "dpo" if fmt == "preference" or (fmt == "auto" and _looks_preference(file, columns)) else "sft"
-    if method not in ("sft", "dpo"):
-        raise NovaError(f"--method must be sft or dpo, got '{method}'")
+        method = _default_method(fmt if fmt != "auto" else _first_format(file, columns))
+    if method not in METHOD_NAMES:
+        raise NovaError(f"--method must be one of {', '.join(METHOD_NAMES)}, got '{method}'")
     model_cfg = None
     if model is not None:
         from nova.config.schema import ModelConfig
@@ -102,8 +100,17 @@ def _file_target(file: Path, fmt: str, method: str | None, model: str | None, ma
     return Target(str(file), data, method, model_cfg)
 
 
-def _looks_preference(file: Path, columns: dict[str, str] | None = None) -> bool:
-    """Peek at the first record (with --columns applied) so `nova data check prefs.jsonl` needs no --method."""
+def _default_method(fmt: str | None) -> str:
+    """The first method (registry order) that reads the format's rows; sft when the format is unknown."""
+    from nova.data.formats import records_of
+    from nova.methods import reading
+
+    return reading(records_of(fmt))[0] if fmt is not None else METHOD_NAMES[0]
+
+
+def _first_format(file: Path, columns: dict[str, str] | None = None) -> str | None:
+    """The format of the first record (with --columns applied), so `nova data check prefs.jsonl` needs no
+    --method."""
     from nova.data.records import RecordProblem, apply_columns, detect_format
     from nova.data.sources import FileProblem, list_files, read_file
 
@@ -112,10 +119,10 @@ def _looks_preference(file: Path, columns: dict[str, str] | None = None) -> bool
             _, records = read_file(path)
             for raw in records:
                 if raw.data is not None:
-                    return detect_format(apply_columns(raw.data, columns or {})) == "preference"
+                    return detect_format(apply_columns(raw.data, columns or {}))
     except (FileProblem, RecordProblem):
-        return False
-    return False
+        return None
+    return None
 
 
 def _config_targets(config: Path, overrides: list[str] | None) -> list[Target]:
@@ -148,7 +155,15 @@ def _targets(file: Path | None, config: Path | None, overrides: list[str] | None
             raise NovaError("--columns applies to a data FILE", hint="in a config, set columns: on the dataset")
         return _config_targets(config, overrides)
     assert file is not None
-    return [_file_target(file, fmt, method, model, max_length, on_error, parse_columns(columns))]
+    return [_file_target(file, fmt, method, model, max_length, on_error,
+                         parse_columns(columns, any_field=method is not None and _takes_any_field(method)))]
+
+
+def _takes_any_field(method: str) -> bool:
+    """A method whose rows are prompts passes any record field to its rewards (GRPO)."""
+    from nova.methods import method_spec
+
+    return method in METHOD_NAMES and method_spec(method).records == "prompts"
 
 
 def _tokenizer_for(model: Any, cache: dict[str, tuple[Any, str | None]]) -> tuple[Any, str | None]:

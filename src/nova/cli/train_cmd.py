@@ -52,31 +52,32 @@ def train(
         return
     hint = " ".join(["nova train --config", str(config), *[f"--set {v}" for v in set_ or []],
                      *(["--phase", phase] if phase else [])])
-    from nova.train import distributed, launch
+    from nova.plan import make_plan
+    from nova.train import launch
+    from nova.train.machinery import distributed
 
+    plan = make_plan(loaded)  # once: the launch, preflight and training all read it
     here = distributed.current()
     if not here.distributed and os.environ.get(distributed.LAUNCHED_ENV) is None:
-        from nova.plan import make_plan
-
-        local = launch.ranks_on_this_node(make_plan(loaded).distributed, nproc_per_node)
+        local = launch.ranks_on_this_node(plan.distributed, nproc_per_node)
         if node_rank >= nnodes:
             raise NovaError(f"--node-rank {node_rank} is not below --nnodes {nnodes}")
         if local > 1 or nnodes > 1:
             if not no_preflight:
-                _preflight_or_stop(loaded)
-            plan = launch.Launch(local, nnodes, node_rank, master_addr, master_port)
-            typer.echo(plan.describe(cuda=_cuda()))
+                _preflight_or_stop(loaded, plan)
+            ranks = launch.Launch(local, nnodes, node_rank, master_addr, master_port)
+            typer.echo(ranks.describe(cuda=_cuda()))
             rank_args = [a for pair in [("--config", str(config)), *[("--set", v) for v in set_ or []],
                                         *([("--phase", phase)] if phase else [])] for a in pair]
             rank_args += [f for f, on in (("--force", force), ("--fresh", fresh),
                                           ("--resume-with-changes", resume_with_changes)) if on]
-            raise typer.Exit(launch.run_ranks(plan, [*rank_args, "--no-preflight"], hint))
+            raise typer.Exit(launch.run_ranks(ranks, [*rank_args, "--no-preflight"], hint))
     if not no_preflight and here.main:
-        _preflight_or_stop(loaded)
+        _preflight_or_stop(loaded, plan)
     from nova.train.pipeline import run_config
 
     results = run_config(loaded, phase=phase, force=force, fresh=fresh, resume_with_changes=resume_with_changes,
-                         rerun_hint=hint)
+                         rerun_hint=hint, plan=plan)
     if not results:
         raise NovaError("nothing to train")
 
@@ -87,11 +88,11 @@ def _cuda() -> bool:
     return bool(require("torch").cuda.is_available())
 
 
-def _preflight_or_stop(loaded: object) -> None:
+def _preflight_or_stop(loaded: object, plan: object) -> None:
     """Run preflight (data is validated by training itself right after); stop on a failing verdict."""
     from nova.preflight import run_preflight
 
-    report = run_preflight(loaded, check_data=False)  # type: ignore[arg-type]
+    report = run_preflight(loaded, check_data=False, plan=plan)  # type: ignore[arg-type]
     shown = [c for c in report.checks if c.status in ("warn", "fail")]
     for check in shown:
         typer.echo(f"preflight {check.status}: {check.name}: {check.message}")

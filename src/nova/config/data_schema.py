@@ -13,12 +13,12 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from nova.config.base import MAX_RECORDS, MAX_TOKENS, Section
+from nova.data.formats import FIELDS, FORMAT_CHOICES, FORMATS
 from nova.errors import printable
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?<!\.jsonl)(?<!\.json)(?<!\.csv)(?<!\.parquet)$")
 
-DataFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "preference", "unpaired",
-                     "text", "prompt"]
+DataFormat = Literal[FORMAT_CHOICES]  # type: ignore[valid-type]  # the table in nova.data.formats
 
 
 class DatasetSpec(Section):
@@ -27,10 +27,12 @@ class DatasetSpec(Section):
     path: str = Field(description="A .jsonl, .json, .csv or .parquet file, a directory of such files, or a "
                       "hub dataset id (owner/name; needs network). Relative paths are relative to the directory "
                       "nova runs in.")
-    format: DataFormat = Field("auto", description="Record shape; 'auto' detects it per file from the fields.")
+    format: DataFormat = Field("auto", description="Record shape; 'auto' detects it per file from the fields: " +
+                               "; ".join(f"'{f.name}': {f.summary}" for f in FORMATS) + " (docs/data.md).")
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Map the file's field names to nova's, e.g. {prompt: question, chosen: response_j}.",
+        description="Map the file's field names to nova's, e.g. {prompt: question, chosen: response_j}. nova's "
+        f"fields: {', '.join(FIELDS)}; and for a grpo stage the fields its rewards read, of any name.",
     )
     max_samples: int | None = Field(
         None, gt=0, le=MAX_RECORDS, description="Use at most this many records of this source (the first valid ones).")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Methods a full fine-tuning phase runs: their reference (DPO, KTO) is precomputed from the weights as the
-# stage starts, so no second model is held. ORPO and SimPO are not yet: TRL would load a second copy.
-FULL_METHODS = ("sft", "dpo", "kto")
+from nova.methods import all_specs
 
 
 def check_full_phase(phase: Any, model: Any = None) -> None:
@@ -27,11 +25,14 @@ def check_full_phase(phase: Any, model: Any = None) -> None:
                          "base: set model.quantization: none (or adapter: lora for QLoRA)")
     if "lora" in phase.model_fields_set:
         raise ValueError("adapter: full trains no LoRA adapter: remove the lora section (or set adapter: lora)")
-    methods = [s.method for s in phase.stages] if phase.stages else [phase.method]
-    for method in methods:
-        if method not in FULL_METHODS:
-            raise ValueError(f"method {method} is not available with adapter: full (full fine-tuning runs "
-                             f"{', '.join(FULL_METHODS)}); use adapter: lora for it")
+    # A method's spec says whether full fine-tuning runs it: a reference (DPO, KTO) is precomputed from the
+    # weights as the stage starts, so no second model is held; ORPO and SimPO are not yet (TRL would load a
+    # second copy).
+    for stage in phase.stages:
+        if not stage.spec.full:
+            runs = ", ".join(s.name for s in all_specs() if s.full)
+            raise ValueError(f"method {stage.method} is not available with adapter: full (full fine-tuning runs "
+                             f"{runs}); use adapter: lora for it")
     if phase.retention.kl_weight > 0:
         raise ValueError("retention.kl_weight compares with the phase's start by switching its adapter off, and a "
                          "full phase has none: set it to 0 (replay alone works)")

@@ -67,7 +67,8 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
     return data, lines
 
 
-# Keys whose values are file system paths (schema.py, data_schema.py, grpo_schema.py), and a pipeline's phases.
+# Keys whose values are file system paths (config/schema.py, config/data_schema.py, methods/grpo.py), and a
+# pipeline's phases.
 PATH_KEYS = frozenset({"path", "base", "chat_template", "models_dir", "cache_dir", "file", "output_dir", "logs_dir",
                        "phases"})
 WINDOWS_PATH_HINT = ("inside double quotes YAML reads a backslash as an escape: write a Windows path in single "
@@ -175,18 +176,44 @@ def _first_model(annotation: Any) -> Any:
     return None
 
 
-def _problems(exc: ValidationError, root: type[BaseModel], path: Path,
-              lines: dict[KeyPath, int], prefix: KeyPath = ()) -> list[Problem]:
+def _problems(exc: ValidationError, root: type[BaseModel], path: Path, lines: dict[KeyPath, int],
+              data: dict[str, Any], prefix: KeyPath = ()) -> list[Problem]:
     out = []
     for err in exc.errors():
         loc: KeyPath = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         loc = tuple(p for p in loc if p not in ("str", "PhaseConfig", "list[str]"))
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        line = lines.get((*prefix, *loc)) or lines.get((*prefix, *loc[:-1]))
+        written = as_written(loc, data)
+        key = ".".join(str(p) for p in written) or "(top level)"
+        line = lines.get((*prefix, *written)) or lines.get((*prefix, *written[:-1]))
         where = f"{path}:{line}" if line else str(path)
         message, hint = _describe(err, root, loc)
         out.append(Problem(f"{where} {key}", message, hint))
     return out
+
+
+def as_written(loc: KeyPath, data: Any) -> KeyPath:
+    """A key path as the user wrote it: the stage keys of a single-stage phase, given at the phase level, are
+    read as ``stages[0]`` (nova.config.schema) but reported where they stand (``training.learning_rate``)."""
+    out: list[str | int] = []
+    node, i = data, 0
+    while i < len(loc):
+        part = loc[i]
+        single = isinstance(node, dict) and node.get("stages") in (None, [])  # its stage keys at the phase level
+        if part == "stages" and single and loc[i + 1:i + 2] == (0,):
+            i += 2  # the phase dict itself holds the stage's keys
+            continue
+        out.append(part)
+        node = _child(node, part)
+        i += 1
+    return tuple(out)
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+        return node[part]
+    return None
 
 
 def _describe(err: dict[str, Any], root: type[BaseModel], loc: KeyPath) -> tuple[str, str | None]:
@@ -236,7 +263,7 @@ def _validate(model: type[BaseModel], data: dict[str, Any], path: Path, lines: d
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {path}", _problems(exc, model, path, lines, prefix)) from None
+        raise ConfigError(f"invalid config {path}", _problems(exc, model, path, lines, data, prefix)) from None
 
 
 def _load_pipeline(path: Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> LoadedConfig:

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from nova.config.schema import PhaseConfig, PipelineConfig
+from nova.config.schema import PhaseConfig, PipelineConfig, StageConfig
 from nova.errors import NovaError
 
 
@@ -72,16 +72,23 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
     return out
 
 
+STAGE = "stages[]."  # a stage's keys; a single-stage phase may write them at the phase level (stages[0])
+
+
+def _in_section(key: str, section: str) -> bool:
+    return key == section or key.startswith(section + ".") or key.startswith(section + "[]")
+
+
 def reference_lines(section: str | None = None, *, markdown: bool = False) -> list[str]:
     phase = rows(PhaseConfig)
     pipeline = [r for r in rows(PipelineConfig) if not r[0].startswith("phases[].")]
     if section:
-        phase = [r for r in phase if r[0] == section or r[0].startswith(section + ".")
-                 or r[0].startswith(section + "[]")]
+        phase = [r for r in phase if _in_section(r[0], section) or _in_section(r[0], f"{STAGE}{section}")]
         pipeline = [r for r in pipeline if r[0].startswith(section)]
         if not phase and not pipeline:
-            raise NovaError(f"no config section '{section}'",
-                            hint="sections: model, lora, data, training, dpo, stages")
+            top = [k for k in PhaseConfig.model_fields if k != "stages"]
+            raise NovaError(f"no config section '{section}'", hint=f"sections: {', '.join(top)}, stages (and a "
+                            f"stage's {', '.join(StageConfig.model_fields)})")
     if markdown:
         return _markdown(phase, pipeline)
     lines = []

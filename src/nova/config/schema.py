@@ -13,23 +13,19 @@ the pipeline file, because they are includes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, create_model, model_validator
 
-from nova.config.base import MAX_BATCH, MAX_STEPS, MAX_TOKENS, Section
+from nova.config.base import MAX_BATCH, MAX_STEPS, Section
 from nova.config.data_schema import DataConfig
 from nova.config.full_rules import check_chain_kinds, check_full_phase
-from nova.config.grpo_schema import GRPOConfig, check_grpo_batch
 from nova.config.monitor_schema import MonitorConfig
 from nova.errors import printable
+from nova.methods import Method, MethodSpec, all_specs, method_spec, with_section
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
-Method = Literal["sft", "dpo", "kto", "orpo", "simpo", "grpo"]
-PAIRED_METHODS = ("dpo", "orpo", "simpo")  # trained on chosen/rejected pairs (the preference format)
-REFERENCE_METHODS = ("dpo", "kto")  # kept near a reference: the stage's starting point
-SECTION_METHODS = ("dpo", "kto", "orpo", "simpo", "grpo")  # methods with a settings section of the same name
 Adapter = Literal["lora", "full"]  # what a phase trains (nova.config.full_rules)
 
 
@@ -130,72 +126,6 @@ class TrainingConfig(Section):
         return self.micro_batch_size * self.gradient_accumulation_steps
 
 
-class DPOConfig(Section):
-    """Direct Preference Optimization settings (used by a ``dpo`` stage)."""
-
-    beta: float = Field(0.1, gt=0, le=1000, description="Strength of the pull toward the reference model.")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair",
-                       "apo_zero", "apo_down"] = Field("sigmoid", description="DPO loss variant (TRL names).")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO label smoothing.")
-    max_prompt_length: int = Field(
-        512, gt=0, le=MAX_TOKENS, description="Prompt tokens kept (the end of the prompt is kept).")
-    max_completion_length: int = Field(
-        512, gt=0, le=MAX_TOKENS, description="Chosen/rejected tokens kept (from the start).")
-
-
-class PromptLengths(Section):
-    """The token limits of a prompt-and-reply stage (the data is cut to them, every cut counted)."""
-
-    max_prompt_length: int = Field(
-        512, gt=0, le=MAX_TOKENS, description="Prompt tokens kept (the end of the prompt is kept).")
-    max_completion_length: int = Field(
-        512, gt=0, le=MAX_TOKENS, description="Reply tokens kept (from the start).")
-
-
-class KTOConfig(PromptLengths):
-    """Kahneman-Tversky Optimization settings (used by a ``kto`` stage): single replies marked good or bad."""
-
-    beta: float = Field(0.1, gt=0, le=1000, description="Strength of the pull toward the reference (the stage's "
-                        "starting point, as for DPO).")
-    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(
-        "kto", description="'kto': the KTO paper's loss, with a KL estimate from mismatched pairs of one micro "
-        "batch (so training.micro_batch_size must be at least 2); 'apo_zero_unpaired': APO-zero, no KL term.")
-    desirable_weight: float = Field(
-        1.0, gt=0, le=1000, description="Weight of the loss on good replies (label: true). With unequal counts, "
-        "keep desirable_weight x good / (undesirable_weight x bad) between 1 and 4/3 (KTO paper, eq. 8).")
-    undesirable_weight: float = Field(
-        1.0, gt=0, le=1000, description="Weight of the loss on bad replies (label: false).")
-
-
-class ORPOConfig(PromptLengths):
-    """Odds Ratio Preference Optimization settings (an ``orpo`` stage): SFT on the chosen reply plus an
-    odds-ratio term against the rejected one; no reference model."""
-
-    beta: float = Field(0.1, gt=0, le=100, description="Weight of the odds-ratio term beside the chosen reply's "
-                        "SFT loss (lambda in the ORPO paper; 0.1 to 1.0 is usual).")
-
-
-class SimPOConfig(PromptLengths):
-    """SimPO settings (a ``simpo`` stage): a margin between the chosen and rejected replies' average
-    log-probability per token; no reference model."""
-
-    beta: float = Field(2.0, gt=0, le=100, description="Scale of the reward, the average log-probability per "
-                        "token (SimPO paper: 2.0 to 2.5).")
-    gamma: float = Field(1.0, ge=0, le=100, description="Target reward margin (SimPO paper: gamma / beta about "
-                         "0.5).")
-    nll_weight: float = Field(0.0, ge=0, le=100, description="Weight of an SFT loss on the chosen reply: 0 is "
-                              "SimPO, 1.0 is CPO-SimPO.")
-
-
-def check_method_batch(method: str, kto: KTOConfig, training: TrainingConfig, grpo: GRPOConfig) -> None:
-    """KTO's KL estimate pairs each prompt with another reply of the same micro batch; GRPO's groups fit a step."""
-    check_grpo_batch(method, grpo, training.micro_batch_size, training.gradient_accumulation_steps)
-    if method == "kto" and kto.loss_type == "kto" and training.micro_batch_size < 2:
-        raise ValueError(f"method kto needs training.micro_batch_size of at least 2 (it is "
-                         f"{training.micro_batch_size}): its KL term pairs each prompt with another reply of the "
-                         "micro batch; raise it, or set kto.loss_type: apo_zero_unpaired")
-
-
 class DistributedConfig(Section):
     """Several GPUs or machines: how many ranks, and the engine that splits the work (docs/distributed.md)."""
 
@@ -212,42 +142,57 @@ class DistributedConfig(Section):
         "that dies ends the run with a message instead of leaving the others waiting.")
 
 
-class StageConfig(Section):
-    """One training stage of a phase (SFT, DPO, KTO, ORPO, SimPO or GRPO), with its own data and schedule."""
+class _Stage(Section):
+    """One training stage of a phase, with its own method, data and schedule; StageConfig adds the method
+    sections (dpo:, kto:, ...) from the registry (nova.methods)."""
 
-    method: Method = Field("sft", description="Training method of this stage: 'sft', 'dpo', 'kto' (unpaired "
-                           "good/bad replies), 'orpo' or 'simpo' (preference pairs, no reference), 'grpo' (prompts "
-                           "and rewards); see docs/methods.md.")
+    method: Method = Field("sft", description="Training method of this stage (docs/methods.md): " + "; ".join(
+        f"'{s.name}': {s.summary}" for s in all_specs()) + ".")
     data: DataConfig = Field(default_factory=DataConfig, description="Data of this stage.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Schedule of this stage.")
-    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings (method: dpo only).")
-    kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO settings (method: kto only).")
-    orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings (method: orpo only).")
-    simpo: SimPOConfig = Field(default_factory=SimPOConfig, description="SimPO settings (method: simpo only).")
-    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO settings (method: grpo only).")
 
     @model_validator(mode="after")
-    def _method_fits_batch(self, info: ValidationInfo) -> StageConfig:
-        # Not for nova's own changes (OOM retry, auto-fit): the KTO trainer refuses those with a message.
+    def _method_fits_batch(self, info: ValidationInfo) -> _Stage:
+        # The batch rules live here only. Not for a config read back or changed by nova itself (OOM retry,
+        # auto-fit, a resume on other ranks): those keep the effective batch and stay at min_micro_batch.
         if not (info.context and info.context.get("recorded")):
-            check_method_batch(self.method, self.kto, self.training, self.grpo)
+            t = self.training
+            problem = self.spec.batch_problem(self.method_settings, t.micro_batch_size, t.gradient_accumulation_steps)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
     @property
-    def method_settings(self) -> Section | None:
-        """The settings section of this stage's method (None for sft)."""
-        return getattr(self, self.method) if self.method in SECTION_METHODS else None
+    def spec(self) -> MethodSpec:
+        """What nova knows about this stage's method (nova.methods)."""
+        return method_spec(self.method)
+
+    @property
+    def method_settings(self) -> Any:
+        """The settings section of this stage's method (None for a method without one, sft)."""
+        return getattr(self, self.method) if self.spec.section is not None else None
 
     @property
     def min_micro_batch(self) -> int:
         """The smallest micro batch the method works with (auto-fit and OOM retries stay at or above it)."""
-        return 2 if self.method == "kto" and self.kto.loss_type == "kto" else 1
+        return self.spec.min_micro_batch(self.method_settings)
 
     @property
-    def length_settings(self) -> DPOConfig | PromptLengths | GRPOConfig:
-        """Where the data's prompt/reply token limits come from (an SFT stage's data does not use them)."""
-        settings = self.method_settings
-        return settings if isinstance(settings, DPOConfig | PromptLengths | GRPOConfig) else self.dpo
+    def length_settings(self) -> Any:
+        """Where the data's prompt/reply token limits come from (None for SFT: its data does not use them)."""
+        return self.method_settings if self.spec.cuts_prompts else None
+
+
+def _section_field(spec: MethodSpec) -> tuple[Any, Any]:
+    doc = (spec.section.__doc__ or "").split("\n\n")[0].replace("``", "")
+    return spec.section, Field(default_factory=spec.section, description=" ".join(doc.split()))
+
+
+# The method sections come from the registry: a new method's section is a key of every stage without an
+# edit here (nova.methods; docs/architecture.md, "A training method").
+StageConfig = create_model("StageConfig", __base__=_Stage, __module__=__name__,
+                           **{s.name: _section_field(s) for s in with_section()})  # type: ignore[call-overload]
+STAGE_KEYS = frozenset(StageConfig.model_fields)
 
 
 class RetentionConfig(Section):
@@ -284,19 +229,11 @@ class PhaseConfig(Section):
         "'full' (every weight, as fp32 master weights computed in the compute dtype; needs model.quantization: "
         "none, has no lora section, and leaves a standard model directory; see docs/methods.md).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Adapter of this phase (adapter: lora).")
-    method: Method = Field("sft", description="Training method when the phase has a single stage.")
-    data: DataConfig = Field(default_factory=DataConfig, description="Data when the phase has a single stage.")
-    training: TrainingConfig = Field(
-        default_factory=TrainingConfig, description="Schedule when the phase has a single stage.")
-    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings when the single stage is DPO.")
-    kto: KTOConfig = Field(default_factory=KTOConfig, description="KTO settings when the single stage is KTO.")
-    orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="ORPO settings when the single stage is ORPO.")
-    simpo: SimPOConfig = Field(
-        default_factory=SimPOConfig, description="SimPO settings when the single stage is SimPO.")
-    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO settings when the single stage is GRPO.")
     stages: list[StageConfig] = Field(
-        default_factory=list, description="Several stages in order (e.g. sft then dpo); replaces "
-        "method/data/training and the method sections (dpo, kto, orpo, simpo, grpo) at the phase level.")
+        default_factory=lambda: [StageConfig()], min_length=1, description="The stages in order (e.g. sft then "
+        "dpo), each with its method, data, schedule and method settings. A phase of one stage may give that "
+        "stage's keys (method, data, training and the method's section) at the phase level instead: they are read "
+        "as stages[0].")
     output_dir: str | None = Field(
         None, description="Run directory; default checkpoints/<name> (in a pipeline: <pipeline output_dir>/<name>).")
     logs_dir: str = Field("logs", description="Where the console log of each run is copied.")
@@ -310,17 +247,29 @@ class PhaseConfig(Section):
         default_factory=DistributedConfig, description="Several GPUs or machines (a phase file run on its own; "
         "in a pipeline the pipeline's distributed section applies to every phase).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _single_stage(cls, data: Any) -> Any:
+        """A phase of one stage written at the phase level is that stage: ``stages[0]``."""
+        if not isinstance(data, dict):
+            return data
+        single = [k for k in data if k in STAGE_KEYS]
+        given = data.get("stages") not in (None, [])  # a run's older config.yaml wrote stages: [] beside them
+        if single and given:
+            raise ValueError(f"give either 'stages' or {sorted(single)} at the phase level, not both")
+        if given:
+            return data
+        rest = {k: v for k, v in data.items() if k not in STAGE_KEYS and k != "stages"}
+        return {**rest, "stages": [{k: data[k] for k in single}]}
+
     @model_validator(mode="after")
-    def _one_way_to_give_stages(self) -> PhaseConfig:
+    def _phase_rules(self) -> PhaseConfig:
         if self.name in ("default", "stage_start"):
             raise ValueError(f"phase name '{self.name}' is reserved (nova uses it for adapters); choose another")
         if self.model is None and self.start_from is None:
             raise ValueError("a phase needs 'model' (with 'base') or 'start_from'")
         if self.retention.replay > 0 and self.start_from is None:
             raise ValueError("retention.replay mixes in earlier phases' data, but this phase has no start_from")
-        single = {"method", "data", "training", *SECTION_METHODS} & self.model_fields_set
-        if self.stages and single:
-            raise ValueError(f"give either 'stages' or {sorted(single)} at the phase level, not both")
         return self
 
     @model_validator(mode="after")
@@ -328,21 +277,10 @@ class PhaseConfig(Section):
         check_full_phase(self)
         return self
 
-    @model_validator(mode="after")
-    def _single_method_fits_batch(self, info: ValidationInfo) -> PhaseConfig:
-        if not self.stages and not (info.context and info.context.get("recorded")):
-            check_method_batch(self.method, self.kto, self.training, self.grpo)
-        return self
-
     @property
     def stage_list(self) -> list[StageConfig]:
-        """The stages to run, in order (a single-stage phase is one stage)."""
-        if self.stages:
-            return list(self.stages)
-        # The parts were validated with this phase: build without validating them a second time
-        # (which, outside the context the phase was read in, could judge them differently).
-        return [StageConfig.model_construct(method=self.method, data=self.data, training=self.training,
-                                            **{m: getattr(self, m) for m in SECTION_METHODS})]
+        """The stages to run, in order."""
+        return list(self.stages)
 
     @property
     def run_dir(self) -> Path:

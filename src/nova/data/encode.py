@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from nova.config.schema import PAIRED_METHODS
 from nova.data.records import RecordProblem
 from nova.data.template import ChatTemplate
 from nova.data.turns import Sequence, TurnSettings, chat_sequences, options, reply_texts
 from nova.errors import NovaError
+from nova.methods import method_spec
 
 __all__ = ["IGNORE", "ChatTemplate", "Encoder"]
 
@@ -79,6 +79,7 @@ class Encoder:
         self.backend = backend
         self.template = template
         self.method = method
+        self.records = method_spec(method).records  # the row shape decides the encoding
         self.max_length = max_length
         self.overlong = overlong
         self.loss_on = loss_on
@@ -105,11 +106,11 @@ class Encoder:
 
     def prepare(self, examples: list[dict[str, Any]]) -> Any:
         """The Python half: render chats and locate trained spans (holds the GIL)."""
-        if self.method == "grpo":
+        if self.records == "prompts":
             return self._render_prompts(examples)
-        if self.method == "kto":
+        if self.records == "feedback":
             return self._render_kto(examples)
-        if self.method in PAIRED_METHODS:
+        if self.records == "pairs":
             return self._render_dpo(examples)
         return self._render_sft(examples)
 
@@ -121,11 +122,11 @@ class Encoder:
         holds each row's trained token ranges (after truncation; None where every token is
         trained) instead of the label list, for a caller that builds the labels column in one
         vectorized step (see nova.data.pipeline)."""
-        if self.method == "grpo":
+        if self.records == "prompts":
             return self._prompts(prepared)
-        if self.method == "kto":
+        if self.records == "feedback":
             return self._kto(prepared)
-        if self.method in PAIRED_METHODS:
+        if self.records == "pairs":
             return self._dpo(prepared)
         return self._sft(prepared, compact)
 

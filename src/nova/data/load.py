@@ -12,24 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.data_schema import DatasetSpec
-from nova.config.schema import PAIRED_METHODS
+from nova.data import formats
 from nova.data.prompts import FORMAT as PROMPT_FORMAT
 from nova.data.prompts import normalize_prompt
-from nova.data.records import (
-    DPO_FORMATS,
-    KTO_FORMATS,
-    REQUIRED,
-    SFT_FORMATS,
-    RecordProblem,
-    apply_columns,
-    dedup_key,
-    detect_format,
-    normalize,
-)
+from nova.data.records import RecordProblem, apply_columns, dedup_key, detect_format, normalize
 from nova.data.report import DataReport, SourceReport
 from nova.data.sources import FileProblem, RawRecord, hub_records, list_files, looks_like_hub_id, read_file
 from nova.data.unpaired import normalize_unpaired
 from nova.errors import Problem
+from nova.methods import method_spec, reading
 
 
 @dataclass(frozen=True)
@@ -50,6 +41,11 @@ class LoadContext:
     system_prompt: str | None
     report: DataReport
     fields: tuple[str, ...] = ()  # GRPO: record fields its rewards read (every record must have them)
+
+    @property
+    def records(self) -> str:
+        """The rows the stage's method trains on (nova.methods), which decide the formats it reads."""
+        return method_spec(self.method).records
 
 
 def load_sources(specs: list[DatasetSpec], ctx: LoadContext, *, eval_side: bool = False) -> list[Example]:
@@ -95,19 +91,13 @@ def _file_problem(report: DataReport, exc: FileProblem) -> None:
     report.add_file_problem(Problem(exc.where, exc.message, exc.hint))
 
 
-def _allowed(method: str) -> frozenset[str]:
-    if method == "kto":
-        return KTO_FORMATS
-    return DPO_FORMATS if method in PAIRED_METHODS else SFT_FORMATS
-
-
-# A chat without a verdict in a KTO stage is read as feedback, so the missing label is what is reported.
-_FEEDBACK_SHAPES = ("messages", "sharegpt", "prompt_completion")
-_WRONG_METHOD_HINTS = {
-    "preference": "use method: dpo, orpo or simpo for preference data",
-    "unpaired": "use method: kto for replies with a label (good/bad feedback)",
-    "prompt": "use method: grpo for prompt-only records",
-}
+def _wrong_method_hint(fmt: str, method: str) -> str:
+    """What to do with records of ``fmt`` that a ``method`` stage cannot train on."""
+    shape = formats.records_of(fmt)
+    if shape == "sequences":  # chats or text in a stage that reads something else: say what it needs
+        return f"a {method} stage needs {formats.NEEDS[method_spec(method).records]}"
+    fits = reading(shape)
+    return f"use method: {', '.join(fits[:-1]) + ' or ' if len(fits) > 1 else ''}{fits[-1]} for {formats.CALLED[shape]}"
 
 
 def _check_header(spec: DatasetSpec, header: list[str], where: str) -> str | None:
@@ -122,19 +112,20 @@ def _check_header(spec: DatasetSpec, header: list[str], where: str) -> str | Non
     if fmt is None:
         raise FileProblem("unknown_format", f"{where}:1", f"no known columns ({', '.join(header)})",
                           "set format: and columns: for this dataset")
-    for need in REQUIRED[fmt]:
+    for need in formats.required_fields(fmt):
         if need not in names:
             raise FileProblem("missing_column", f"{where}:1", f"the {fmt} format needs a column '{need}'; "
                               f"the columns are: {', '.join(header)}", "add it or map it with columns:")
     return fmt
 
 
-def _check_prompt_header(spec: DatasetSpec, header: list[str], where: str, fields: tuple[str, ...]) -> str:
+def _check_prompt_header(spec: DatasetSpec, header: list[str], where: str, fields: tuple[str, ...],
+                         method: str) -> str:
     """Tabular prompt files (GRPO): a prompt column and one per field the rewards read."""
     names = [next((o for o, t in spec.columns.items() if t == h), h) for h in header]
     for need in ("prompt", *fields):
         if need not in names:
-            raise FileProblem("missing_column", f"{where}:1", f"a grpo stage needs a column '{need}'; the columns "
+            raise FileProblem("missing_column", f"{where}:1", f"a {method} stage needs a column '{need}'; the columns "
                               f"are: {', '.join(header)}", "add it or map it with columns:")
     return PROMPT_FORMAT
 
@@ -142,8 +133,8 @@ def _check_prompt_header(spec: DatasetSpec, header: list[str], where: str, field
 def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: SourceReport,
                   header: list[str] | None, records: Any, where: str) -> list[Example]:
     report = ctx.report
-    if ctx.method == "grpo" and header is not None:
-        file_format = _check_prompt_header(spec, header, where, ctx.fields)
+    if ctx.records == "prompts" and header is not None:
+        file_format = _check_prompt_header(spec, header, where, ctx.fields, ctx.method)
     else:
         file_format = _check_header(spec, header, where) if header is not None else None
     if spec.format != "auto":
@@ -186,7 +177,7 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
         raise raw.problem
     assert raw.data is not None
     record = apply_columns(raw.data, spec.columns)
-    if ctx.method == "grpo":
+    if ctx.records == "prompts":
         return _prompt_record(record, spec, ctx)
     detected = detect_format(record)
     fmt = spec.format if spec.format != "auto" else detected
@@ -195,16 +186,14 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
         raise RecordProblem("unknown_format", f"no known fields (found: {fields})",
                             "expected messages, conversations, prompt+completion, instruction+output, "
                             "chosen+rejected or text; or set format:/columns:")
-    if ctx.method == "kto" and spec.format == "auto" and fmt in _FEEDBACK_SHAPES:
-        fmt = "unpaired"
+    if ctx.records == "feedback" and spec.format == "auto" and fmt in formats.FEEDBACK_SHAPES:
+        fmt = "unpaired"  # a chat without its verdict: reported as feedback missing its label
     if spec.format == "auto" and file_format is not None and fmt != file_format:
         raise RecordProblem("mixed_formats", f"this record is '{fmt}' but the file's first record is "
                             f"'{file_format}' (two formats in one file)", "split the file or fix the record")
-    if fmt not in _allowed(ctx.method):
-        hint = _WRONG_METHOD_HINTS.get(fmt) or (f"a {ctx.method} stage needs prompt/chosen/rejected records"
-                                                if ctx.method in PAIRED_METHODS else
-                                                "a kto stage needs replies with a label: true or false")
-        raise RecordProblem("wrong_method", f"'{fmt}' records cannot train a {ctx.method} stage", hint)
+    if fmt not in formats.formats_for(ctx.records):
+        raise RecordProblem("wrong_method", f"'{fmt}' records cannot train a {ctx.method} stage",
+                            _wrong_method_hint(fmt, ctx.method))
     if fmt == "unpaired":
         return fmt, normalize_unpaired(record, ctx.system_prompt)
     return fmt, normalize(record, fmt, system_prompt=ctx.system_prompt, enable_thinking=spec.enable_thinking)
@@ -213,6 +202,6 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
 def _prompt_record(record: dict[str, Any], spec: DatasetSpec, ctx: LoadContext) -> tuple[str, dict[str, Any]]:
     """A GRPO stage reads every record as a prompt and its reference fields (nova.data.prompts)."""
     if spec.format not in ("auto", PROMPT_FORMAT):
-        raise RecordProblem("wrong_method", f"'{spec.format}' records cannot train a grpo stage",
-                            "a grpo stage reads prompt-only records (format: auto or prompt)")
+        raise RecordProblem("wrong_method", f"'{spec.format}' records cannot train a {ctx.method} stage",
+                            f"a {ctx.method} stage reads prompt-only records (format: auto or prompt)")
     return PROMPT_FORMAT, normalize_prompt(record, ctx.system_prompt, ctx.fields)

@@ -16,7 +16,6 @@ from itertools import chain
 from typing import Any
 
 from nova.config.data_schema import DataConfig
-from nova.config.schema import Method
 from nova.data import cache
 from nova.data.encode import IGNORE, NO_TRAINED, OK, TOO_LONG, TRUNCATED, ChatTemplate, Encoder
 from nova.data.load import Example, LoadContext, load_sources
@@ -24,6 +23,7 @@ from nova.data.mix import dedup, holdout, mix, remove_leakage
 from nova.data.report import DataReport, TokenStats
 from nova.data.turns import TurnSettings
 from nova.errors import DataError, Problem
+from nova.methods import Method, method_spec
 
 _HELPERS = ("where", "row", "length", "trained", "masked", "status", "prompt_cut", "completion_cut", "reasoning",
             "per_turn", "empty_think")
@@ -83,8 +83,8 @@ def data_key(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int, dpo:
 
 
 def _dpo_lengths(dpo: Any) -> tuple[int, int]:
-    if dpo is None:
-        from nova.config.schema import DPOConfig
+    if dpo is None:  # SFT: its data has no prompt/reply limits; the key keeps DPO's defaults (caches stay valid)
+        from nova.methods.dpo import DPOConfig
 
         dpo = DPOConfig()
     return dpo.max_prompt_length, dpo.max_completion_length
@@ -129,7 +129,7 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int,
     report.plain_examples = len(train) - report.reasoning_examples
     report.rewritten_turns, report.reasoning_ratio = cfg.rewritten_turns, cfg.reasoning_ratio
     report.train_records, report.eval_records = len(train), len(evals)
-    if method == "kto":
+    if method_spec(method).records == "feedback":
         report.desirable = sum(1 for ex in train if ex.example["label"])
         report.undesirable = len(train) - report.desirable
     return report, train, evals
@@ -150,7 +150,7 @@ def _require_some(report: DataReport, train: list[Example], cfg: DataConfig) -> 
 def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, report: DataReport,
                   train: list[Example], evals: list[Example], *, build: bool) -> tuple[Any, Any]:
     model_name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-    needs_template = method != "sft" or any(ex.example["kind"] == "chat" for ex in [*train, *evals])
+    needs_template = method_spec(method).cuts_prompts or any(ex.example["kind"] == "chat" for ex in [*train, *evals])
     template = ChatTemplate(tokenizer, model_name) if needs_template else None
     prompt_len, completion_len = _dpo_lengths(dpo)
     encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,

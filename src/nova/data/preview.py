@@ -11,12 +11,12 @@ import json
 from typing import Any
 
 from nova.config.data_schema import DataConfig
-from nova.config.schema import PAIRED_METHODS
 from nova.data.encode import IGNORE, ChatTemplate, Encoder
 from nova.data.load import LoadContext, load_sources
 from nova.data.records import RecordProblem
 from nova.data.report import DataReport
 from nova.data.turns import TurnSettings
+from nova.methods import method_spec
 
 OPEN, CLOSE = "[[", "]]"
 
@@ -49,20 +49,21 @@ def preview(cfg: DataConfig, tokenizer: Any, *, method: str, n: int = 3) -> list
 
 def _show(example: dict[str, Any], tokenizer: Any, encoder: Encoder, method: str) -> list[str]:
     """The example's sequences as text, trained tokens marked (a chat may be several sequences)."""
-    if method == "grpo":  # nothing is trained: the prompt as the model sees it, and what the rewards get
+    records = method_spec(method).records
+    if records == "prompts":  # nothing is trained: the prompt as the model sees it, and what the rewards get
         row = encoder({"example": [json.dumps(example)]})
         if row["status"][0].startswith("error:"):
             raise RecordProblem("template_error", row["status"][0].split(":", 2)[2])
         fields = json.dumps(example["fields"], ensure_ascii=True, default=str)
         return [f"{tokenizer.decode(row['prompt_ids'][0])}\n=== the model answers; rewards get {fields} ==="]
-    if method == "kto":
+    if records == "feedback":
         row = encoder({"example": [json.dumps(example)]})
         if row["status"][0].startswith("error:"):
             raise RecordProblem("template_error", row["status"][0].split(":", 2)[2])
         verdict = "desirable" if row["label"][0] else "undesirable"
         prompt, reply = tokenizer.decode(row["prompt_ids"][0]), tokenizer.decode(row["completion_ids"][0])
         return [f"{prompt}\n=== {verdict} ===\n{OPEN}{reply}{CLOSE}"]
-    if method in PAIRED_METHODS:
+    if records == "pairs":
         row = encoder({"example": [json.dumps(example)]})
         if row["status"][0].startswith("error:"):
             raise RecordProblem("template_error", row["status"][0].split(":", 2)[2])

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nova.config.grpo_schema import RESERVED_FIELDS
-from nova.data.records import RecordProblem, _as_messages, _with_system, check_order
+from nova.data.records import RecordProblem, as_messages, check_order, with_system
+from nova.methods.grpo import RESERVED_FIELDS
 
 FORMAT = "prompt"
 
@@ -27,10 +27,10 @@ def normalize_prompt(record: dict[str, Any], system_prompt: str | None, fields: 
     if record.get("prompt") is None:
         raise RecordProblem("missing_field", "missing field 'prompt'", "a grpo stage reads prompt-only records: "
                             "prompt (a string or messages) plus the fields its rewards read")
-    prompt = _as_messages(record["prompt"], "prompt", "user")
+    prompt = as_messages(record["prompt"], "prompt", "user")
     for m in prompt:
         m.pop("_train", None)
-    prompt = _with_system(prompt, system_prompt)
+    prompt = with_system(prompt, system_prompt)
     check_order(prompt)
     if prompt[-1]["role"] != "user":
         raise RecordProblem("roles_out_of_order", f"the prompt ends with a '{prompt[-1]['role']}' turn",

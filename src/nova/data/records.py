@@ -22,24 +22,9 @@ import hashlib
 import json
 from typing import Any
 
+from nova.data import formats
 from nova.data.reasoning import FIELD, ReasoningProblem, might_have_reasoning, split_reasoning
 
-FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "unpaired", "text", "prompt")
-SFT_FORMATS = frozenset({"messages", "prompt_completion", "alpaca", "sharegpt", "text"})
-DPO_FORMATS = frozenset({"preference"})
-KTO_FORMATS = frozenset({"unpaired"})
-# A verdict on one reply (KTO): TRL's name, and LLaMA-Factory's (its dataset_info maps kto_tag to a column).
-LABEL_FIELDS = ("label", "kto_tag")
-REQUIRED = {
-    "messages": ("messages",),
-    "sharegpt": ("conversations",),
-    "prompt_completion": ("prompt", "completion"),
-    "alpaca": ("instruction", "output"),
-    "preference": ("chosen", "rejected"),
-    "unpaired": (),  # a reply in one of three shapes plus a verdict: checked per record (nova.data.unpaired)
-    "text": ("text",),
-    "prompt": ("prompt",),  # GRPO's prompt-only records (nova.data.prompts)
-}
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool", "observation": "tool", "function": "tool",
@@ -64,23 +49,8 @@ class RecordProblem(Exception):
 
 
 def detect_format(record: dict[str, Any]) -> str | None:
-    """The format a record's fields point to, most specific first; None when nothing fits."""
-    keys = record.keys()
-    if {"chosen", "rejected", "chosen_messages", "rejected_messages"} & keys:
-        return "preference"
-    if set(LABEL_FIELDS) & keys and ({"messages", "conversations"} & keys or {"prompt", "completion"} <= keys):
-        return "unpaired"
-    if "messages" in keys:
-        return "messages"
-    if "conversations" in keys:
-        return "sharegpt"
-    if "prompt" in keys and "completion" in keys:
-        return "prompt_completion"
-    if "instruction" in keys and "output" in keys:
-        return "alpaca"
-    if "text" in keys:
-        return "text"
-    return None
+    """The format a record's fields point to, most specific first; None when nothing fits (nova.data.formats)."""
+    return formats.detect_format(record.keys())
 
 
 def apply_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
@@ -99,25 +69,24 @@ def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = N
               enable_thinking: bool | None = None) -> dict[str, Any]:
     """Normalize one record of a known format (raises RecordProblem). ``enable_thinking`` is the
     source's default; a record's own ``enable_thinking`` field wins."""
-    for name in REQUIRED[fmt]:
-        if fmt == "preference":
-            break  # checked with its aliases in _preference
-        _require(record, name)
+    if fmt != "preference":  # chosen and rejected have aliases: checked in _preference
+        for name in formats.required_fields(fmt):
+            _require(record, name)
     if fmt == "text":
-        return {"kind": "text", "text": _text(record["text"], "text")}
+        return {"kind": "text", "text": read_text(record["text"], "text")}
     if fmt == "preference":
         return _preference(record, system_prompt)
     if fmt == "messages":
-        messages = _messages(record["messages"], "messages", sharegpt=False)
+        messages = read_messages(record["messages"], "messages", sharegpt=False)
     elif fmt == "sharegpt":
-        messages = _messages(record["conversations"], "conversations", sharegpt=True)
+        messages = read_messages(record["conversations"], "conversations", sharegpt=True)
         if "system" in record and record["system"] and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": _text(record["system"], "system")})
+            messages.insert(0, {"role": "system", "content": read_text(record["system"], "system")})
     elif fmt == "prompt_completion":
         # The prompt is context, also when it holds earlier assistant turns: only the completion is
         # learned (TRL's meaning of the format).
-        prompt = [{**m, "_train": False} for m in _as_messages(record["prompt"], "prompt", "user")]
-        messages = [*prompt, *_as_messages(record["completion"], "completion", "assistant")]
+        prompt = [{**m, "_train": False} for m in as_messages(record["prompt"], "prompt", "user")]
+        messages = [*prompt, *as_messages(record["completion"], "completion", "assistant")]
     else:
         messages = _alpaca(record)
     return _template_options(record, _chat(messages, system_prompt), enable_thinking)
@@ -164,7 +133,7 @@ def _require(record: dict[str, Any], name: str) -> Any:
     return record[name]
 
 
-def _text(value: Any, name: str, *, allow_empty: bool = False) -> str:
+def read_text(value: Any, name: str, *, allow_empty: bool = False) -> str:
     """A string field, or a list of text parts joined (OpenAI and LLaMA-Factory v1 shapes)."""
     if isinstance(value, list):
         value = "".join(_part_text(part, name) for part in value)
@@ -206,7 +175,7 @@ def _message(raw: Any, where: str, *, sharegpt: bool) -> dict[str, Any]:
     message: dict[str, Any] = {k: v for k, v in raw.items()
                                if k not in (role_key, content_key, "loss_weight", "from", "value")}
     message["role"] = mapped
-    message["content"] = _text("" if content is None else content, f"{where}.{content_key}",
+    message["content"] = read_text("" if content is None else content, f"{where}.{content_key}",
                                allow_empty=has_calls or mapped in ("system", "tool"))
     if "loss_weight" in raw:
         weight = raw["loss_weight"]
@@ -217,7 +186,7 @@ def _message(raw: Any, where: str, *, sharegpt: bool) -> dict[str, Any]:
     return message
 
 
-def _messages(value: Any, name: str, *, sharegpt: bool) -> list[dict[str, Any]]:
+def read_messages(value: Any, name: str, *, sharegpt: bool) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise RecordProblem("non_string_content", f"'{name}' is {type(value).__name__}, expected a list of messages")
     if not value:
@@ -243,41 +212,41 @@ def _plain_message(raw: Any) -> dict[str, Any] | None:
     return {"role": role, "content": content}
 
 
-def _as_messages(value: Any, name: str, role: str) -> list[dict[str, Any]]:
+def as_messages(value: Any, name: str, role: str) -> list[dict[str, Any]]:
     """A prompt or completion given as a string, one message object, or a list of messages."""
     if isinstance(value, dict):
         sharegpt = "from" in value
         return [_message(value, name, sharegpt=sharegpt)]
     if isinstance(value, list) and value and all(isinstance(m, dict) and ("role" in m or "from" in m)
                                                  for m in value):
-        return _messages(value, name, sharegpt=any("from" in m for m in value))
-    return [{"role": role, "content": _text(value, name)}]
+        return read_messages(value, name, sharegpt=any("from" in m for m in value))
+    return [{"role": role, "content": read_text(value, name)}]
 
 
 def _alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
     """instruction + input (joined by a newline, as LLaMA-Factory does), optional system and history."""
     messages: list[dict[str, Any]] = []
     if record.get("system"):
-        messages.append({"role": "system", "content": _text(record["system"], "system")})
+        messages.append({"role": "system", "content": read_text(record["system"], "system")})
     history = record.get("history") or []
     if not isinstance(history, list):
         raise RecordProblem("non_string_content", "'history' must be a list of [user, assistant] pairs")
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             raise RecordProblem("non_string_content", f"history[{i}] must be a [user, assistant] pair")
-        messages += [{"role": "user", "content": _text(pair[0], f"history[{i}][0]")},
-                     {"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")}]
-    instruction = _text(record["instruction"], "instruction")
+        messages += [{"role": "user", "content": read_text(pair[0], f"history[{i}][0]")},
+                     {"role": "assistant", "content": read_text(pair[1], f"history[{i}][1]")}]
+    instruction = read_text(record["instruction"], "instruction")
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
         raise RecordProblem("non_string_content", f"'input' is {type(extra).__name__}, expected a string")
     user = f"{instruction}\n{extra}" if extra and extra.strip() else instruction
     messages += [{"role": "user", "content": user},
-                 {"role": "assistant", "content": _text(record["output"], "output")}]
+                 {"role": "assistant", "content": read_text(record["output"], "output")}]
     return messages
 
 
-def _with_system(messages: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+def with_system(messages: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
     if system_prompt and messages and messages[0]["role"] != "system":
         return [{"role": "system", "content": system_prompt}, *messages]
     return messages
@@ -296,7 +265,7 @@ def check_order(messages: list[dict[str, Any]]) -> None:
 
 
 def _chat(messages: list[dict[str, Any]], system_prompt: str | None) -> dict[str, Any]:
-    messages = _with_system(messages, system_prompt)
+    messages = with_system(messages, system_prompt)
     check_order(messages)
     if messages[-1]["role"] != "assistant":
         raise RecordProblem("roles_out_of_order", f"the chat ends with a '{messages[-1]['role']}' turn",
@@ -305,12 +274,12 @@ def _chat(messages: list[dict[str, Any]], system_prompt: str | None) -> dict[str
     if not any(t for t, m in zip(train, messages, strict=True) if m["role"] == "assistant"):
         raise RecordProblem("no_assistant_turn", "every assistant message has loss_weight 0")
     example: dict[str, Any] = {"kind": "chat", "messages": messages, "train": train}
-    if _read_reasoning(messages, train):
+    if read_reasoning(messages, train):
         example["reasoning"] = True
     return example
 
 
-def _read_reasoning(messages: list[dict[str, Any]], train: list[bool] | None) -> bool:
+def read_reasoning(messages: list[dict[str, Any]], train: list[bool] | None) -> bool:
     """Split every assistant reply's reasoning off its content; True when a trained reply has some."""
     found = False
     for i, m in enumerate(messages):
@@ -351,8 +320,8 @@ def _preference(record: dict[str, Any], system_prompt: str | None) -> dict[str, 
         if value is None:
             raise RecordProblem("missing_field", f"missing field '{name}'", "preference data needs prompt, "
                                 "chosen and rejected")
-    chosen = _as_messages(chosen_raw, "chosen", "assistant")
-    rejected = _as_messages(rejected_raw, "rejected", "assistant")
+    chosen = as_messages(chosen_raw, "chosen", "assistant")
+    rejected = as_messages(rejected_raw, "rejected", "assistant")
     for m in (*chosen, *rejected):
         m.pop("_train", None)
     prompt = _preference_prompt(record, chosen, rejected)
@@ -361,10 +330,10 @@ def _preference(record: dict[str, Any], system_prompt: str | None) -> dict[str, 
         if msgs[0]["role"] != "assistant":
             raise RecordProblem("roles_out_of_order", f"'{name}' is a '{msgs[0]['role']}' message, "
                                 "expected the assistant reply")
-    prompt = _with_system(prompt, system_prompt)
+    prompt = with_system(prompt, system_prompt)
     check_order([*prompt, chosen[0]])
-    _read_reasoning([*prompt, chosen[0]], None)
-    _read_reasoning(rejected, None)
+    read_reasoning([*prompt, chosen[0]], None)
+    read_reasoning(rejected, None)
     if _squash(_reply_text(chosen[0])) == _squash(_reply_text(rejected[0])):
         raise RecordProblem("chosen_equals_rejected", "chosen and rejected are identical",
                             "a pair with no difference teaches nothing")
@@ -380,9 +349,9 @@ def _preference_prompt(record: dict[str, Any], chosen: list[dict[str, Any]],
     """The shared prompt: explicit (prompt / ShareGPT conversations) or the common prefix of
     chosen and rejected full conversations (TRL's implicit-prompt form)."""
     if "prompt" in record and record["prompt"] is not None:
-        prompt = _as_messages(record["prompt"], "prompt", "user")
+        prompt = as_messages(record["prompt"], "prompt", "user")
     elif "conversations" in record:
-        prompt = _messages(record["conversations"], "conversations", sharegpt=True)
+        prompt = read_messages(record["conversations"], "conversations", sharegpt=True)
     elif len(chosen) > 1 or len(rejected) > 1:
         prompt = chosen[:-1]
         if [(m["role"], m["content"]) for m in prompt] != [(m["role"], m["content"]) for m in rejected[:-1]]:
@@ -391,7 +360,7 @@ def _preference_prompt(record: dict[str, Any], chosen: list[dict[str, Any]],
     else:
         raise RecordProblem("missing_field", "missing field 'prompt'")
     if record.get("system") and (not prompt or prompt[0]["role"] != "system"):
-        prompt.insert(0, {"role": "system", "content": _text(record["system"], "system")})
+        prompt.insert(0, {"role": "system", "content": read_text(record["system"], "system")})
     for m in prompt:
         m.pop("_train", None)
     if not prompt:

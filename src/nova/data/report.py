@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nova.errors import Problem
+from nova.methods import method_spec
 
 REASONS = {
     "invalid_json": "invalid JSON",
@@ -243,7 +244,7 @@ class DataReport:
                        f"{self.completion_truncated} completions truncated (end cut)")
         total = t.trained_tokens + t.masked_tokens
         share = 100.0 * t.trained_tokens / total if total else 0.0
-        if self.method == "grpo":  # nothing in the data is trained: the model's own completions are
+        if method_spec(self.method).generates:  # nothing in the data is trained: the model's own completions are
             out.append(f"  prompt tokens {t.masked_tokens} (the completions are generated while training)")
         else:
             out.append(f"  trained tokens {t.trained_tokens} ({share:.1f}%), masked {t.masked_tokens}")

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from nova.data.formats import LABEL_FIELDS
 from nova.data.records import (
-    LABEL_FIELDS,
     RecordProblem,
-    _as_messages,
-    _messages,
-    _read_reasoning,
-    _text,
-    _with_system,
+    as_messages,
     check_order,
+    read_messages,
+    read_reasoning,
+    read_text,
+    with_system,
 )
 
 
@@ -34,14 +34,14 @@ def normalize_unpaired(record: dict[str, Any], system_prompt: str | None) -> dic
     """The normalized unpaired example of one record (raises RecordProblem)."""
     label = _label(record)
     if "prompt" in record and "completion" in record:
-        prompt = _as_messages(_present(record, "prompt"), "prompt", "user")
-        messages = [*prompt, *_as_messages(_present(record, "completion"), "completion", "assistant")]
+        prompt = as_messages(_present(record, "prompt"), "prompt", "user")
+        messages = [*prompt, *as_messages(_present(record, "completion"), "completion", "assistant")]
     elif "messages" in record:
-        messages = _messages(_present(record, "messages"), "messages", sharegpt=False)
+        messages = read_messages(_present(record, "messages"), "messages", sharegpt=False)
     elif "conversations" in record:
-        messages = _messages(_present(record, "conversations"), "conversations", sharegpt=True)
+        messages = read_messages(_present(record, "conversations"), "conversations", sharegpt=True)
         if record.get("system") and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": _text(record["system"], "system")})
+            messages.insert(0, {"role": "system", "content": read_text(record["system"], "system")})
     else:
         raise RecordProblem("missing_field", "no reply to judge", "give prompt + completion, messages or "
                             "conversations beside the label")
@@ -50,11 +50,11 @@ def normalize_unpaired(record: dict[str, Any], system_prompt: str | None) -> dic
     if messages[-1]["role"] != "assistant":
         raise RecordProblem("roles_out_of_order", f"the record ends with a '{messages[-1]['role']}' turn",
                             "the last message should be the assistant reply that the label judges")
-    prompt, completion = _with_system(messages[:-1], system_prompt), messages[-1]
+    prompt, completion = with_system(messages[:-1], system_prompt), messages[-1]
     if not prompt:
         raise RecordProblem("empty_field", "there is no prompt before the reply", "give the user turn it answers")
     check_order([*prompt, completion])
-    _read_reasoning([*prompt, completion], None)
+    read_reasoning([*prompt, completion], None)
     return {"kind": "unpaired", "prompt": prompt, "completion": completion, "label": label}
 
 

@@ -13,7 +13,7 @@ attention mask it finds the sequence boundaries from the position ids (as transf
 where a layer has one, becomes that sequence's banded mask). Anything else (a padding mask,
 decoding with a KV cache) goes to transformers' own SDPA function unchanged, so evaluation and
 generation behave exactly as with ``sdpa``. Whether the result equals the sequences run one by
-one is still checked per model before it is used (nova.train.batching.packing_is_exact).
+one is still checked per model before it is used (nova.train.machinery.batching.packing_is_exact).
 """
 
 from __future__ import annotations

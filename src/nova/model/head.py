@@ -1,7 +1,7 @@
 """The LM head on chosen positions only: scale, softcap and the summed negative log-likelihood.
 
 A causal LM's forward projects every position onto the whole vocabulary (49k-150k columns). The
-training loss (nova.train.loss) and holdout scoring (nova.model.evaluate) only need the positions
+training loss (nova.train.methods.loss) and holdout scoring (nova.model.evaluate) only need the positions
 whose next token is scored, so both gather those hidden states and project them here, with the
 model's own logit transforms (Gemma 2's softcap, Cohere's and Granite's scaling).
 """

@@ -13,6 +13,7 @@ from typing import Any
 from nova.config.monitor_schema import MonitorConfig
 from nova.console import RunLog
 from nova.lazy import require
+from nova.methods import method_spec
 from nova.monitor.alerts import Alert, AlertSink, GpuSample, StepClock, Throughput, Watcher
 from nova.runs.jsonl import number, read_jsonl
 from nova.runs.layout import RunDir
@@ -37,8 +38,8 @@ class MonitorCallback(transformers.TrainerCallback):
         self.log = log
         self.stage = stage
         self.method = method
-        # GRPO's loss sits near 0 whatever it learns: its holdout reward is what is watched
-        self.eval_key = "eval_reward" if method == "grpo" else "eval_loss"
+        self.spec = method_spec(method)
+        self.eval_key = self.spec.monitor_metric  # GRPO: its holdout reward (its loss sits near 0 whatever it learns)
         self.watcher = Watcher(config, stage, self.eval_key)
         self.sink = AlertSink(RunDir(self.run_dir).alerts, log)
         self.sampler: Any = None
@@ -89,9 +90,9 @@ class MonitorCallback(transformers.TrainerCallback):
             if tps is not None:
                 logs["tokens_per_second"] = round(tps, 2)
             signal = number(logs.get("frac_reward_zero_std")) != 1.0  # GRPO: 1.0 is no reward signal at all
-            # GRPO's tokens/s follow its answers' lengths (a batch decodes as long as its longest answer):
-            # logged, but no drop alert
-            judged = None if self.method == "grpo" else tps
+            # a generating method's tokens/s follow its answers' lengths (a batch decodes as long as its
+            # longest answer): logged, but no drop alert
+            judged = None if self.spec.generates else tps
             alerts += self.watcher.observe_train(step, number(logs.get("grad_norm")), judged, signal)
         eval_loss = number(logs.get(self.eval_key))
         if eval_loss is not None:

@@ -12,6 +12,7 @@ data, learning rate, schedule and disk, and gives one verdict with a fix for eac
 Nothing here imports torch.
 """
 
+from nova.preflight.checks_memory import fit_stage
 from nova.preflight.estimate import (
     Estimate,
     ModelShape,
@@ -23,7 +24,7 @@ from nova.preflight.estimate import (
 from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuInfo, GpuProcess, GpuSnapshot, HypotheticalProbe, NvmlProbe
 from nova.preflight.report import Check, PreflightReport
-from nova.preflight.run import fit_stage, run_preflight
+from nova.preflight.run import run_preflight
 
 __all__ = [
     "Check", "Estimate", "FitChoice", "GpuInfo", "GpuProcess", "GpuSnapshot", "HypotheticalProbe", "ModelShape",

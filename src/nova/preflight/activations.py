@@ -102,12 +102,6 @@ def _input_bytes(shape: ModelShape, s: Settings, names: set[str], *, beside_sdpa
     return s.compute_bytes * sum(widths[n] for n in names)
 
 
-def lora_saved_per_token(shape: ModelShape, s: Settings) -> float:
-    """What the LoRA branches of one layer keep for backward, per token (inputs they share included)."""
-    private, shared = _lora_private(shape, s)
-    return private + _input_bytes(shape, s, shared)
-
-
 def attention_saved_per_token(shape: ModelShape, s: Settings) -> float:
     """q, k, v, output, log-sum-exp; the per-layer mask bias (SDPA) or the scores (eager)."""
     d, q = s.compute_bytes, shape.q_dim

@@ -14,21 +14,13 @@ from pathlib import Path
 from nova.config.data_schema import DataConfig, DatasetSpec
 from nova.config.schema import ModelConfig, StageConfig
 from nova.data import sources
+from nova.data.formats import BY_NAME
 from nova.data.records import RecordProblem, apply_columns, detect_format
 from nova.errors import NovaError, ProblemList
 from nova.files import MiB
 from nova.preflight.model_source import ModelSource
 from nova.preflight.report import Check
 
-# Typical LoRA learning rates per method (full fine-tuning uses about 10x less); and the one to suggest.
-LR_RANGE = {"sft": (1e-5, 1e-3), "dpo": (1e-6, 1e-4), "kto": (1e-6, 1e-4), "orpo": (1e-6, 5e-4),
-            "simpo": (1e-7, 1e-4), "grpo": (1e-6, 1e-4)}
-LR_SUGGESTED = {"sft": 2e-4, "dpo": 5e-6, "kto": 5e-6, "orpo": 5e-5, "simpo": 5e-6, "grpo": 1e-5}
-# Full fine-tuning (adapter: full) moves every weight: about 1e-5..5e-5 for SFT; our users' run at 5e-6
-# barely learned, so below 1e-5 warns, and above 1e-4 risks breaking what the base knew. Preference
-# methods on full weights take the papers' own rates (DPO 5e-7, KTO 5e-7..5e-6).
-FULL_LR_RANGE = {"sft": (1e-5, 1e-4), "dpo": (1e-7, 1e-5), "kto": (1e-7, 1e-5)}
-FULL_LR_SUGGESTED = {"sft": 2e-5, "dpo": 5e-7, "kto": 1e-6}
 EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
@@ -67,7 +59,7 @@ def needs_chat_template(data: DataConfig) -> bool | None:
 def _spec_needs_template(spec: DatasetSpec) -> bool | None:
     """nova.data renders every format but plain text as a chat, through the template."""
     fmt = spec.format if spec.format != "auto" else _detected_format(spec)
-    return None if fmt is None else fmt != "text"
+    return None if fmt is None else BY_NAME[fmt].templated
 
 
 def _detected_format(spec: DatasetSpec) -> str | None:
@@ -99,7 +91,7 @@ def _small_enough(path: Path, limits: dict[str, float]) -> bool:
 
 def check_chat_template(model: ModelConfig, source: ModelSource, stages: list[StageConfig]) -> Check:
     """Chat-shaped data needs a template: the configured file, or the tokenizer's own."""
-    need = [True if s.method != "sft" else needs_chat_template(s.data) for s in stages]  # prompts: templated
+    need = [True if s.spec.cuts_prompts else needs_chat_template(s.data) for s in stages]  # prompts: templated
     if not any(n is True for n in need):
         if all(n is False for n in need):
             return Check("chat_template", "pass", "not needed (plain text data)")
@@ -157,19 +149,21 @@ def check_data(label: str, stage: StageConfig) -> tuple[Check, int | None]:
 
 def check_learning_rate(label: str, stage: StageConfig, *, full: bool = False) -> Check:
     """LoRA wants a larger LR than full fine-tuning: 5e-6 barely moves an adapter; DPO wants less.
-    ``full`` (adapter: full): every weight moves, so the range is about ten times lower."""
+    ``full`` (adapter: full): every weight moves, so the range is about ten times lower. The ranges
+    are the method's (its spec, nova.methods)."""
     lr = stage.training.learning_rate
-    ranges, suggested = (FULL_LR_RANGE, FULL_LR_SUGGESTED) if full else (LR_RANGE, LR_SUGGESTED)
-    low, high = ranges[stage.method]
+    rates = stage.spec.full_lr if full else stage.spec.lora_lr
+    assert rates is not None  # the schema refuses a method full fine-tuning does not run
+    low, high = rates.low, rates.high
     kind, what = ("full fine-tuning", "the model") if full else ("LoRA", "the adapter")
     if lr < low:
         return Check(label, "warn", f"learning_rate {lr:g} is low for {kind} {stage.method} (typical "
                      f"{low:g}..{high:g}); {what} will barely learn",
-                     f"raise training.learning_rate to about {suggested[stage.method]:g}")
+                     f"raise training.learning_rate to about {rates.suggested:g}")
     if lr > high:
         return Check(label, "warn", f"learning_rate {lr:g} is high for {kind} {stage.method} (typical "
                      f"{low:g}..{high:g}); expect loss spikes or divergence",
-                     f"lower training.learning_rate to about {suggested[stage.method]:g}")
+                     f"lower training.learning_rate to about {rates.suggested:g}")
     return Check(label, "pass", f"learning_rate {lr:g} (typical {low:g}..{high:g})")
 
 
@@ -182,10 +176,11 @@ def check_schedule(label: str, stage: StageConfig, records: int | None) -> Check
     else:
         if not records:
             return Check(label, "skip", f"max_steps {t.max_steps}: cannot tell epochs without a record count")
-        grpo = stage.method == "grpo"  # a step answers each of its prompts num_generations times
-        per_step = t.effective_batch_size // stage.grpo.num_generations if grpo else t.effective_batch_size
+        # a step of GRPO answers each of its prompts num_generations times (its group)
+        per_step = t.effective_batch_size // stage.spec.group_size(stage.method_settings)
         epochs = t.max_steps * per_step / records
-        basis = f"{t.max_steps} steps x {per_step} {'prompts' if grpo else 'sequences'} over {records} records"
+        rows = "prompts" if stage.spec.generates else "sequences"
+        basis = f"{t.max_steps} steps x {per_step} {rows} over {records} records"
     msg = f"{basis} = {epochs:.2f} epochs"
     if epochs > EPOCHS_HIGH:
         return Check(label, "warn", f"{msg}: likely to overfit (memorizes the data)",

@@ -1,8 +1,10 @@
 """The memory check: each stage's estimated peak against the chosen GPU's free memory (or RAM).
 
-``stage_settings`` turns a stage's config into the estimator's ``Settings`` (auto-fit in
-``nova train`` uses it too, so preflight and training size a stage the same way). A check
-that does not fit lists every way out that would work, most direct first.
+``stage_settings`` turns a stage's config into the estimator's ``Settings``; ``planned_settings`` adds
+what its place in the plan holds in memory (a reference copy of the adapter, the chain's frozen
+adapters, full fine-tuning). Preflight and auto-fit in ``nova train`` (``fit_stage``) both size a
+stage through ``planned_settings``, so they size it the same way. A check that does not fit lists
+every way out that would work, most direct first.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from typing import Any
 
 from nova.config.schema import LoraConfig, ModelConfig, StageConfig
 from nova.files import GiB, MiB
-from nova.preflight.estimate import ALL_LINEAR, CALIBRATED, Estimate, ModelShape, Settings, estimate_for_shape
+from nova.plan import PlannedPhase, PlannedStage
+from nova.preflight.estimate import (
+    ALL_LINEAR,
+    CALIBRATED,
+    Estimate,
+    ModelShape,
+    Settings,
+    estimate_for_shape,
+    lora_params,
+    model_shape,
+)
 from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuInfo, GpuSnapshot
 from nova.preflight.report import TIGHT, Check, gib
@@ -31,15 +43,15 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     """The memory-relevant settings of one stage, on the code path nova runs for it.
 
     SFT (nova.train): through the trainer's ``model.forward`` (nova's loss is a forward mode of the
-    model, nova.train.loss.install_sft_loss), so under accelerate's autocast; LoRA dropout as
+    model, nova.train.methods.loss.install_sft_loss), so under accelerate's autocast; LoRA dropout as
     configured, nova's own loss over every position (the worst
     case: text data trains every token), padding-free with SDPA run once per packed sequence and no
     mask (nova.model.attention; flash-attention: varlen, no mask either), eager's rows cut at
-    data.max_length with a block-diagonal mask (nova.train.trainers.choose_batching), or padded
+    data.max_length with a block-diagonal mask (nova.train.methods.sft.choose_batching), or padded
     batches with a mask.
     DPO (TRL): through ``model.forward`` under autocast, dropout disabled, chosen and rejected
     padded into one batch, TRL's fused head over completion positions only. ORPO and SimPO run the
-    same path (nova.train.trainers_pref); KTO the same with one reply per prompt.
+    same path (nova.train.methods.kto); KTO the same with one reply per prompt.
     ``full`` (adapter: full): no LoRA at all; every weight, its gradient and its optimizer states count.
     ``apple`` (Apple's GPU, mps): the compute dtype ``auto`` gives there, and no CUDA context or pool.
     """
@@ -49,15 +61,17 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     attn = ATTENTION.get(model.attn_implementation, "sdpa")
     common = Settings(
         quantization=model.quantization, double_quant=model.double_quant, compute_bytes=4 if fp32 else 2,
-        lora_r=lora.r, target_modules=ALL_LINEAR if lora.target_modules == "all-linear" else tuple(lora.target_modules),
+        lora_r=lora.r, target_modules=_targets(lora),
         lora_dropout=lora.dropout, lora_bytes=4, micro_batch_size=t.micro_batch_size,
         gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optimizer, method=stage.method,
-        attn_implementation=attn, reference_adapter=reference_adapter, frozen_lora_params=frozen_lora_params,
+        attn_implementation=attn, frozen_lora_params=frozen_lora_params,
+        # a copy of the adapter as the stage began, for a method that keeps a reference (its spec)
+        reference_adapter=reference_adapter and stage.spec.keeps_reference(stage.method_settings),
         device="cuda" if on_gpu else "cpu")
     if full:
         common = replace(common, quantization="none", lora_r=0, target_modules=(), lora_dropout=0.0,
                          reference_adapter=False, frozen_lora_params=0, full=True, master_fp32=True)
-    if stage.method != "sft":  # TRL caps each sequence at prompt + completion lengths (the method's section)
+    if stage.spec.cuts_prompts:  # TRL caps each sequence at prompt + completion lengths (the method's section)
         lengths = stage.length_settings
         seq = min(stage.data.max_length, lengths.max_prompt_length + lengths.max_completion_length)
         completion = common.sequences * min(seq, lengths.max_completion_length)
@@ -69,6 +83,34 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     unmasked = attn == "flash_attention_2" or (padding_free and attn == "sdpa")
     return replace(common, seq_len=seq, tokens_override=budget, attention_row=seq if padding_free else None,
                    attention_masked=not unmasked, loss_impl="nova", autocast=True)
+
+
+def planned_settings(shape: ModelShape, planned: PlannedPhase, stage: PlannedStage, *, on_gpu: bool,
+                     apple: AppleGpu | None = None) -> Settings:
+    """``stage_settings`` for a stage of the plan: with the frozen copy of the phase adapter a later stage
+    keeps as its reference (the method's spec says whether it keeps one), and the chain's adapters stacked
+    frozen under the trained one (their settings: the plan's)."""
+    cfg = stage.config
+    reference = stage.index > 0  # a later stage of the phase: its reference is a copy of the adapter
+    frozen = sum(lora_params(shape, Settings(lora_r=lora.r, target_modules=_targets(lora)))
+                 for lora in planned.chain_loras)
+    return stage_settings(planned.model, planned.phase.lora, cfg, on_gpu=on_gpu, reference_adapter=reference,
+                          frozen_lora_params=frozen, full=planned.full, apple=apple)
+
+
+def fit_stage(model_config: dict[str, Any], planned: PlannedPhase, stage: PlannedStage, budget_bytes: int, *,
+              margin: float = 0.10) -> FitChoice:
+    """Auto-fit for one stage of the plan (what ``nova train`` calls with the GPU's free bytes), sized as
+    preflight sizes it. Returns a ``FitChoice``: micro_batch_size, gradient_accumulation_steps,
+    gradient_checkpointing, fits, changed and a one-line reason to record in the run directory."""
+    shape = model_shape(model_config)
+    settings = planned_settings(shape, planned, stage, on_gpu=True)
+    return fit_batch(shape, settings, stage.config.training.gradient_accumulation_steps, budget_bytes,
+                     margin=margin, min_micro=stage.config.min_micro_batch)
+
+
+def _targets(lora: LoraConfig) -> tuple[str, ...]:
+    return ALL_LINEAR if lora.target_modules == "all-linear" else tuple(lora.target_modules)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nova.files import GiB
+from nova.methods import method_spec
 from nova.preflight.activations import (
     dequant_bytes,
     layer_phase_bytes,
@@ -176,7 +177,7 @@ def full_step_bytes(shape: ModelShape, s: Settings) -> int:
 
 
 def _full_persistent(shape: ModelShape, s: Settings) -> dict[str, int]:
-    """Full fine-tuning: every weight in fp32 (mixed precision's master weights: nova.train.full), its
+    """Full fine-tuning: every weight in fp32 (mixed precision's master weights: nova.model.trained), its
     gradient in the same dtype (x2 with DDP's buckets), Adam's states, and the accumulation temporary of
     the largest weight (from the second micro batch on, autograd adds each new gradient into ``.grad``)."""
     n, d = shape.total_params, weight_bytes(s)
@@ -220,9 +221,9 @@ def _persistent(shape: ModelShape, s: Settings) -> tuple[int, dict[str, int]]:
         "lora_gradients": grads,
         "optimizer_states": optim,
         "gradients": 0,  # of the base weights: full fine-tuning only
-        # the reference log-probs come from a no-grad pass run once before training (below the training
-        # peak); only the frozen copy of the phase adapter, the stage's starting point, stays resident
-        "dpo_reference": lora_w if s.method in ("dpo", "kto", "grpo") and s.reference_adapter else 0,
+        # the reference log-probs come from a no-grad pass (below the training peak); only the frozen copy of
+        # the phase adapter, the stage's starting point, stays resident (a later stage that keeps a reference)
+        "dpo_reference": lora_w if s.reference_adapter else 0,
     }
 
 
@@ -243,13 +244,9 @@ def estimate_for_shape(shape: ModelShape, settings: Settings, c: Constants) -> E
         breakdown["allocator_overhead"] = int(c.pool_fraction * (stored + layer + dequant))
         breakdown["cuda_context"] = int(c.cuda_context_bytes)
     notes = [f"peak at the {'loss' if loss >= layer else 'last layer backward'} ({s.tokens} tokens per micro batch)"]
-    if s.method in ("dpo", "orpo", "simpo"):
-        notes.append(f"{s.method.upper()}: chosen and rejected in one batch ({s.sequences} sequences per micro batch)")
-    elif s.method == "kto":
-        notes.append("KTO: the KL batch (each prompt with a neighbour's reply) runs without gradients")
-    elif s.method == "grpo":
-        notes.append("GRPO: one completion per sequence; generating them (and the KL reference) runs without "
-                     "gradients")
+    method_note = method_spec(s.method).memory_note  # what the method's step holds (nova.methods)
+    if method_note:
+        notes.append(method_note.format(sequences=s.sequences))
     if s.attn_implementation == "eager":
         notes.append(f"eager attention keeps [{s.row} x {s.row}] scores per head; sdpa does not")
     if s.full:

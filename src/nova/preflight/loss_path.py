@@ -4,7 +4,7 @@ With a 150k vocabulary the logits of 8k tokens are 1.2 G elements: 2.3 GiB per 1
 4.6 GiB per fp32 copy, so the path decides whether a long-context run fits. Bytes per logit
 element alive at the worst moment (forward end or the start of backward):
 
-* ``nova`` (``nova.train.loss``): only trained positions reach the head. Up to 64M elements it
+* ``nova`` (``nova.train.methods.loss``): only trained positions reach the head. Up to 64M elements it
   is one matmul: 16-bit logits, the fp32 copy and log-softmax (10 B) in forward; in backward the
   saved log-softmax, its incoming gradient and the input gradient (12 B). Above, TRL's
   ``ChunkedLogProbFunction``: one [4096 x 32768] tile in the compute dtype, fp32 gradient of the
@@ -31,7 +31,7 @@ from __future__ import annotations
 from nova.preflight.settings import Settings
 from nova.preflight.shape import ModelShape
 
-DIRECT_MAX_ELEMENTS = 64 * 1024 * 1024  # nova.train.loss: larger problems use the chunked kernel
+DIRECT_MAX_ELEMENTS = 64 * 1024 * 1024  # nova.train.methods.loss: larger problems use the chunked kernel
 TOKEN_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
 VOCAB_TILE = 32768  # nova's CHUNK_VOCAB, TRL's default chunk for the fused head
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.load import LoadedConfig
-from nova.config.schema import REFERENCE_METHODS, LoraConfig, ModelConfig, StageConfig
+from nova.config.schema import StageConfig
 from nova.errors import NovaError
 from nova.plan import Plan, PlannedPhase, PlannedStage, make_plan, resolve_strategy
 from nova.preflight.checks_disk import check_disk, check_path_lengths, checkpoint_bytes
@@ -32,21 +32,17 @@ from nova.preflight.checks_inputs import (
     check_schedule,
     count_records,
 )
-from nova.preflight.checks_memory import MemoryContext, check_memory, stage_settings
+from nova.preflight.checks_memory import MemoryContext, check_memory, planned_settings
 from nova.preflight.environment import Environment, environment
 from nova.preflight.estimate import (
-    ALL_LINEAR,
     CALIBRATED,
     Estimate,
     ModelShape,
-    Settings,
     estimate_for_shape,
     full_optimizer_bytes,
-    lora_params,
     model_shape,
     weight_bytes,
 )
-from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuProbe, GpuSnapshot, HypotheticalProbe, NvmlProbe, parse_size
 from nova.preflight.model_source import ModelSource, resolve_model
 from nova.preflight.report import Check, PreflightReport
@@ -83,7 +79,8 @@ def gpu_snapshot(gpu_memory: str | None, gpus: int | None, probe: GpuProbe | Non
 
 def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: int | None = None,
                   check_data: bool = True, probe: GpuProbe | None = None,
-                  env: Environment | None = None, ranks: int | None = None) -> PreflightReport:
+                  env: Environment | None = None, ranks: int | None = None,
+                  plan: Plan | None = None) -> PreflightReport:
     """Check a config before training; never raises for a failing check (the verdict says it).
 
     ``gpu_memory``/``gpus`` answer for hypothetical GPUs; ``probe`` replaces NVML and ``env`` the
@@ -91,11 +88,12 @@ def run_preflight(loaded: LoadedConfig, *, gpu_memory: str | None = None, gpus: 
     by default the config's ``distributed.gpus``. With several, each stage's memory is estimated per
     rank for the strategy that would run (a DDP replica, or FSDP shards) against the fullest GPU.
     Raises NovaError only for bad arguments (an unreadable --gpu-memory) and for a config that
-    has no plan (a lone phase file with ``start_from``).
+    has no plan (a lone phase file with ``start_from``). ``plan``: the plan of ``loaded`` when the caller
+    made it already (``nova train`` makes it once).
     """
     env = env or environment()
     snap = gpu_snapshot(gpu_memory, gpus, probe)
-    plan = make_plan(loaded)
+    plan = plan or make_plan(loaded)
     report = PreflightReport(gpus=[g.to_dict() for g in snap.gpus],
                              environment={**env.to_dict(), "gpu_status": snap.status, "gpu_message": snap.message,
                                           "driver_version": snap.driver_version,
@@ -237,30 +235,13 @@ def _shape(source: ModelSource, report: PreflightReport, plan: Plan, ph: Planned
         return None
 
 
-def _frozen_lora_params(plan: Plan, ph: PlannedPhase, shape: ModelShape) -> int:
-    """Parameters of the earlier phases' adapters this phase stacks frozen under its own."""
-    by_name = {p.name: p for p in plan.phases}
-    total = 0
-    for name, _ in ph.chain:
-        earlier = by_name.get(name)
-        if earlier is not None:
-            lora = earlier.phase.lora
-            targets = ALL_LINEAR if lora.target_modules == "all-linear" else tuple(lora.target_modules)
-            total += lora_params(shape, Settings(lora_r=lora.r, target_modules=targets))
-    return total
-
-
 def _memory(report: PreflightReport, plan: Plan, name: str, shape: ModelShape, ph: PlannedPhase,
             stage: PlannedStage, ctx: MemoryContext, world: int = 1) -> tuple[Estimate, dict[str, Any] | None]:
     """The memory check of one stage (per rank with several); returns its estimate and the auto-fit choice."""
     from dataclasses import replace
 
     cfg = stage.config
-    # a DPO or KTO stage after another stage of the same phase keeps the adapter's starting copy as reference
-    ref = (cfg.method in REFERENCE_METHODS or (cfg.method == "grpo" and cfg.grpo.beta > 0)) and stage.index > 0
-    settings = stage_settings(ph.model, ph.phase.lora, cfg, on_gpu=ctx.gpu is not None, reference_adapter=ref,
-                              frozen_lora_params=_frozen_lora_params(plan, ph, shape), full=ph.full,
-                              apple=ctx.apple)
+    settings = planned_settings(shape, ph, stage, on_gpu=ctx.gpu is not None, apple=ctx.apple)
     if world > 1:
         replica = replace(settings, ddp=True)
         free = ctx.gpu.free_bytes if ctx.gpu is not None else None
@@ -284,15 +265,3 @@ def _data(report: PreflightReport, name: str, stage: StageConfig, enabled: bool)
     if records is None and stage.data.datasets:
         records = count_records(stage.data)
     return records
-
-
-def fit_stage(model_config: dict[str, Any], model: ModelConfig, lora: LoraConfig, stage: StageConfig,
-              budget_bytes: int, *, margin: float = 0.10, full: bool = False) -> FitChoice:
-    """Auto-fit for one stage from its config objects (what ``nova train`` calls with the GPU's free bytes).
-
-    Returns a ``FitChoice``: micro_batch_size, gradient_accumulation_steps, gradient_checkpointing,
-    fits, changed and a one-line reason to record in the run directory.
-    """
-    settings = stage_settings(model, lora, stage, on_gpu=True, full=full)
-    return fit_batch(model_shape(model_config), settings, stage.training.gradient_accumulation_steps,
-                     budget_bytes, margin=margin, min_micro=stage.min_micro_batch)

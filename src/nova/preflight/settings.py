@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nova.files import MiB
+from nova.methods import method_spec
 
 Quant = Literal["nf4", "fp4", "int8", "gptq4", "none"]
 Attention = Literal["sdpa", "eager", "flash_attention_2"]
-# nova: nova.train.loss (direct head up to 64M logits, else TRL's chunked kernel); fused: TRL's fused
+# nova: nova.train.methods.loss (direct head up to 64M logits, else TRL's chunked kernel); fused: TRL's fused
 # LM head (DPO); hf: transformers 5.x ForCausalLMLoss (fp32 upcast inside the loss); hf_legacy:
 # transformers <= 4.46 (fp32 logits from the forward plus an fp32 shifted copy); hf_bf16_ce: remote
 # code that shifts bf16 logits and runs cross-entropy under autocast (Qwen v1); chunked: lit-gpt.
@@ -43,7 +44,7 @@ class Settings:
     reentrant: bool = False  # use_reentrant=True checkpointing (nova sets False)
     quant_saves_input: bool = False  # bitsandbytes <= 0.43 kept each 4-bit linear's input for backward
     optimizer: str = "adamw_torch"
-    method: Literal["sft", "dpo", "kto", "orpo", "simpo", "grpo"] = "sft"
+    method: str = "sft"  # a training method (nova.methods): its spec says what its step holds
     attn_implementation: Attention = "sdpa"
     # An explicit mask reaches SDPA (packed rows, padding): GQA keys/values are repeated to every
     # head and each layer keeps its own additive bias; without one SDPA runs causal flash with GQA.
@@ -58,19 +59,19 @@ class Settings:
     shard_world: int = 1  # FSDP / ZeRO-3: weights, adapter, gradients and optimizer states split over ranks
     zero2_bucket: int = 0  # DeepSpeed ZeRO-2 on one GPU: reduce/allgather bucket elements (0: no DeepSpeed)
     upcast_unquantized: bool = False  # peft.prepare_model_for_kbit_training: fp32 embeddings and norms
-    reference_adapter: bool = False  # DPO after SFT in one phase keeps a frozen copy of the adapter
+    reference_adapter: bool = False  # a later stage keeping a reference (DPO after SFT) holds a copy of the adapter
     frozen_lora_params: int = 0  # adapters of earlier phases stacked frozen under the trained one
     full: bool = False  # adapter: full: every weight trained (no LoRA; gradients and Adam states for all)
     # full fine-tuning keeps fp32 master weights (weights, gradients, Adam states) and computes under
-    # autocast: fp32 embeddings and norms make the residual stream fp32 (nova.train.full)
+    # autocast: fp32 embeddings and norms make the residual stream fp32 (nova.model.trained)
     master_fp32: bool = False
     device: Literal["cuda", "cpu"] = "cuda"  # the CPU has no CUDA context and no caching allocator pool
 
     @property
     def sequences(self) -> int:
-        """Sequences in one forward pass with gradients: DPO, ORPO and SimPO concatenate chosen and rejected
-        (KTO's second pass, the KL batch, runs without gradients and keeps no activations)."""
-        return self.micro_batch_size * (2 if self.method in ("dpo", "orpo", "simpo") else 1)
+        """Sequences in one forward pass with gradients: paired methods (DPO, ORPO, SimPO) concatenate chosen and
+        rejected (KTO's second pass, the KL batch, runs without gradients and keeps no activations)."""
+        return self.micro_batch_size * (2 if method_spec(self.method).paired else 1)
 
     @property
     def tokens(self) -> int:

@@ -143,12 +143,7 @@ def _settings(stage: Any) -> dict[str, Any]:
            "micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
            "learning_rate": t.learning_rate, "lr_scheduler": t.lr_scheduler, "warmup_ratio": t.warmup_ratio,
            "optimizer": t.optimizer, "max_length": stage.data.max_length, "seed": t.seed}
-    if stage.method == "dpo":
-        out.update({"dpo_beta": stage.dpo.beta, "dpo_loss_type": stage.dpo.loss_type})
-    if stage.method == "grpo":
-        g = stage.grpo
-        out.update({"grpo_num_generations": g.num_generations, "grpo_beta": g.beta, "grpo_temperature": g.temperature,
-                    "grpo_rewards": " + ".join(f"{r.weight:g} x {r.label}" for r in g.rewards)})
+    out.update(stage.spec.card_settings(stage.method_settings))  # the method's own (nova.methods)
     return out
 
 

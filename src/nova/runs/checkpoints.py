@@ -1,7 +1,7 @@
 """Checkpoints of a stage: names, the seal, validation, listing and retention (files only, no torch).
 
 A checkpoint is written into ``.tmp-checkpoint-N``, sealed with ``nova_checkpoint.json`` and
-renamed to ``checkpoint-N`` only when complete (``nova.train.resilience`` writes them), so a
+renamed to ``checkpoint-N`` only when complete (``nova.train.machinery.resilience`` writes them), so a
 kill at any moment never leaves a checkpoint that resume would take. Resume takes the newest
 sealed checkpoint whose files are all there and moves broken ones aside with a message.
 """

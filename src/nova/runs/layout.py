@@ -138,10 +138,6 @@ class RunDir:
     def checkpoints_root(self) -> Path:
         return self.path / CHECKPOINTS
 
-    @property
-    def stages_root(self) -> Path:
-        return self.path / STAGES
-
     def checkpoints(self, stage: str) -> Path:
         """Where a stage's checkpoint-N directories go."""
         return self.path / CHECKPOINTS / stage

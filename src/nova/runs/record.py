@@ -17,7 +17,7 @@ import yaml
 
 from nova.config.base import RECORDED
 from nova.config.load import read_yaml
-from nova.config.schema import SECTION_METHODS, ModelConfig, PhaseConfig
+from nova.config.schema import ModelConfig, PhaseConfig
 from nova.errors import ConfigError, NovaError
 from nova.files import write_text_atomic
 from nova.runs.layout import RunDir, has_adapter, has_model, stage_names
@@ -50,7 +50,7 @@ class RunRecord:
 
     @property
     def stage_names(self) -> list[str]:
-        return stage_names([s.method for s in self.phase.stage_list])
+        return stage_names([s.method for s in self.phase.stages])
 
     @property
     def full(self) -> bool:
@@ -92,9 +92,6 @@ def resolved_config(phase: PhaseConfig, model: ModelConfig, chain: list[AdapterR
                     resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.yaml`` mapping of a run: the phase as it runs, its base model and chain."""
     data = phase.model_dump(mode="json")
-    if phase.stages:  # the single-stage keys are unused defaults then; keep the file loadable as a config
-        for key in ("method", "data", "training", *SECTION_METHODS):
-            data.pop(key, None)
     if phase.adapter == "full":  # no adapter settings: the file stays loadable as a full phase config
         data.pop("lora", None)
     data["model"] = model.model_dump(mode="json")

@@ -1,4 +1,9 @@
-"""What a phase and its stages run with, and what they return: shared by phase.py and stage.py."""
+"""What a phase and its stages run with, and what they return: frozen values passed down the run.
+
+``PhaseRun`` is fixed when the phase starts (its plan, chain, flags, log, ranks); each step of
+``nova.train.phase.run_phase`` returns its own small frozen result (``PhaseInputs``, ``PhaseData``)
+that the next steps read, so nothing is edited in place while a phase runs.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 from nova.config.schema import DistributedConfig, ModelConfig, PhaseConfig
 from nova.console import RunLog
+from nova.model.trained import Full, Lora, StageReference, trained_kind
 from nova.plan import PlannedPhase, PlannedStage
 from nova.runs.fingerprint import Fingerprint
 from nova.runs.layout import RunDir
 from nova.runs.record import AdapterRef
-from nova.train.distributed import Ranks
-from nova.train.resilience import StopRequest
+from nova.train.machinery.distributed import Ranks
+from nova.train.machinery.resilience import StopRequest
 
 if TYPE_CHECKING:
     from nova.data import PreparedData
     from nova.model.loading import Placement
-
-STAGE_REF = "stage_start"  # frozen copy of the phase adapter as it was when a later stage began
 
 
 @dataclass
@@ -45,20 +49,18 @@ class PhaseResult:
     skipped: bool = False
 
 
-@dataclass
-class PhaseContext:
-    """Everything a phase run needs that is not in its config."""
+@dataclass(frozen=True)
+class PhaseRun:
+    """Everything a phase run needs that is not in its config; fixed for the whole phase."""
 
     planned: PlannedPhase
-    chain: list[AdapterRef]  # the earlier phases' adapters, checked complete
+    chain: tuple[AdapterRef, ...]  # the earlier phases' adapters, checked complete
     log: RunLog
     resume: bool = True
     stop: StopRequest = field(default_factory=StopRequest)
     rerun_hint: str = "rerun the same nova train command"
-    extra_callbacks: list[Any] = field(default_factory=list)
+    extra_callbacks: tuple[Any, ...] = ()
     resume_with_changes: bool = False  # the learning rate and max_steps may differ from the checkpoint's
-    fingerprints: list[Fingerprint] = field(default_factory=list)  # per stage, set before anything trains
-    changes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage: applied --resume-with-changes
     ranks: Ranks = field(default_factory=Ranks)  # this process's place in a distributed run
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # the run's engine settings
 
@@ -79,38 +81,52 @@ class PhaseContext:
     def run_dir(self) -> Path:
         return self.planned.run.path
 
+    @property
+    def kind(self) -> Lora | Full:
+        """What the phase trains, an adapter or every weight (nova.model.trained)."""
+        return trained_kind(self.planned.full)
 
-@dataclass
+
+@dataclass(frozen=True)
+class PhaseInputs:
+    """What a phase is, known before any weights load: its stages as they will run, the base model's source
+    and placement, the tokenizer, and each stage's fingerprint."""
+
+    stages: tuple[PlannedStage, ...]  # the plan's, or with the accumulation a resume on other ranks needs
+    source: str  # the base model's local directory or hub id, resolved
+    placement: Placement
+    tokenizer: Any
+    fingerprints: tuple[Fingerprint, ...]  # per stage: what it trains with (nova.train.fingerprint)
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage: --resume-with-changes applied
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    """Every stage's prepared data (earlier phases' replayed in) and the holdouts the forgetting table scores."""
+
+    datasets: tuple[PreparedData, ...]
+    holdouts: Any  # nova.train.retention.Retention
+
+
+@dataclass(frozen=True)
 class StageRun:
-    """One stage's inputs on the training path: the phase, the loaded model, the prepared data."""
+    """One stage's inputs on the training path: its phase, the loaded model, the prepared data."""
 
-    ctx: PhaseContext
-    stage: PlannedStage
-    model: Any  # the PeftModel with the chain stacked and "default" trainable
+    phase: PhaseRun
+    stage: PlannedStage  # as it runs (auto-fit applied)
+    model: Any  # the PeftModel with the chain stacked and "default" trainable, or the whole model (full)
     tokenizer: Any
     placement: Placement
     data: PreparedData
-    last_step: int = 0  # the trainer's global step when an attempt ended (for OOM messages)
-    batching: Any = None  # nova.train.trainers.SFTBatching, chosen at the stage's first attempt
+    fingerprint: Fingerprint
+    reference: StageReference
+    # kept across the stage's attempts (an OOM retry builds the trainer again): the trainer's own choices
+    # (SFT's batching) and the step an attempt ended at (for messages)
+    memo: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return self.stage.label
 
-    @property
-    def fingerprint(self) -> Fingerprint:
-        return self.ctx.fingerprints[self.stage.index]
-
-    @property
-    def lr_override(self) -> float | None:
-        """The new peak learning rate when this stage resumes with --resume-with-changes."""
-        change = self.ctx.changes.get(self.stage.name, {}).get("training.learning_rate")
-        return float(change[1]) if change else None
-
-    @property
-    def reference_adapters(self) -> list[str]:
-        """The DPO reference: earlier phases, plus this phase's adapter as it was when the stage began."""
-        names = [r.name for r in self.ctx.chain]
-        if self.ctx.planned.full:  # the weights as the stage starts, precomputed before its first step
-            return []
-        return [*names, STAGE_REF] if self.stage.index > 0 else names
+    def say(self, message: str) -> None:
+        self.phase.log.say(f"[{self.label}] {message}")

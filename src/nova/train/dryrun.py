@@ -10,7 +10,8 @@ from nova.config.load import LoadedConfig
 from nova.config.schema import ModelConfig
 from nova.errors import NovaError
 from nova.files import looks_like_local_path
-from nova.plan import PlannedStage, make_plan
+from nova.model.trained import trained_kind
+from nova.plan import Plan, PlannedStage, make_plan
 
 
 @dataclass
@@ -47,10 +48,13 @@ def model_access(model: ModelConfig) -> str | None:
             "(the demo model comes from scripts/setup.sh)")
 
 
-def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool = True) -> DryRun:
+def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool = True,
+            plan: Plan | None = None) -> DryRun:
+    """The plan of ``loaded`` (``plan``: already made), checked: model access, data, and preflight's view."""
     out = DryRun()
     try:
-        plan = make_plan(loaded).select(phase)
+        whole = plan or make_plan(loaded)
+        plan = whole.select(phase)
     except NovaError as exc:  # e.g. a phase file with start_from, which needs its pipeline
         out.lines.append(f"config {loaded.path}: a valid phase config that cannot run on its own")
         out.missing.extend(exc.lines())
@@ -64,8 +68,7 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
         out.lines.append(f"phase {item.name} ({status}) -> {item.run_dir}")
         if item.start_model is not None:
             start += f" (base: its model directory {item.base_model.base})"
-        trains = "full fine-tuning (every weight)" if item.full else (
-            f"LoRA r={item.phase.lora.r} alpha={item.phase.lora.alpha} dropout={item.phase.lora.dropout}")
+        trains = trained_kind(item.full).describe(item.phase.lora)
         out.lines.append(f"  starts {start}; {model.quantization} base, {trains}")
         problem = model_access(model)
         if problem:
@@ -78,15 +81,15 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
                              f"{t.lr_scheduler}, {len(stage.config.data.datasets)} data source(s)")
             out.lines.extend(_data_lines(stage, out))
     if preflight:
-        _preflight_lines(loaded, out)
+        _preflight_lines(loaded, whole, out)
     return out
 
 
-def _preflight_lines(loaded: LoadedConfig, out: DryRun) -> None:
+def _preflight_lines(loaded: LoadedConfig, plan: Plan, out: DryRun) -> None:
     """The hardware side of the plan: GPUs, memory, environment (data was checked above)."""
     from nova.preflight import run_preflight
 
-    report = run_preflight(loaded, check_data=False)
+    report = run_preflight(loaded, check_data=False, plan=plan)
     out.lines.append(f"preflight: {report.verdict}")
     for check in report.checks:
         if check.status == "warn":
@@ -97,18 +100,16 @@ def _preflight_lines(loaded: LoadedConfig, out: DryRun) -> None:
 
 def _data_lines(stage: PlannedStage, out: DryRun) -> list[str]:
     from nova.data import check_data
+    from nova.train.phase import check_before_loading
 
     cfg = stage.config
     if not cfg.data.datasets:
         out.missing.append(f"stage {stage.label} has no data.datasets")
         return ["    data: none configured"]
-    if cfg.method == "grpo":  # the user's reward files import, and name their functions
-        from nova.train.rewards import build_rewards
-
-        try:
-            build_rewards(cfg.grpo, f"{stage.label} grpo.rewards")
-        except NovaError as exc:
-            out.missing.extend(exc.lines())
+    try:  # the method's own check before loading (GRPO: the user's reward files import)
+        check_before_loading(stage)
+    except NovaError as exc:
+        out.missing.extend(exc.lines())
     try:
         report = check_data(cfg.data, method=cfg.method, dpo=cfg.length_settings)
     except NovaError as exc:

@@ -10,17 +10,19 @@ ways forward (restart with ``--fresh``, or revert the change).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nova.errors import Problem, ProblemList
+from nova.model.trained import trained_kind
 from nova.plan import PlannedPhase, PlannedStage
 from nova.runs.fingerprint import ADJUSTABLE, MUTABLE_TRAINING, Fingerprint, differences, show
 from nova.runs.record import AdapterRef
 
 if TYPE_CHECKING:
-    from nova.train.context import PhaseContext
+    from nova.train.context import PhaseRun
 
 
 class ResumeMismatch(ProblemList):
@@ -34,7 +36,7 @@ class FingerprintInputs:
     model_identity: str
     compute_dtype: str
     data_keys: list[str | None]  # per stage, the data cache key (None: not hashable, e.g. a hub dataset)
-    chain: list[AdapterRef]
+    chain: Sequence[AdapterRef]
     world: int = 1  # ranks: the effective batch is micro batch x accumulation x ranks
 
 
@@ -58,10 +60,7 @@ def stage_fingerprint(planned: PlannedPhase, stage: PlannedStage, inputs: Finger
     values: dict[str, Any] = {f"model.{k}": v for k, v in model.items()}
     values["model.identity"] = inputs.model_identity
     values["model.compute_dtype"] = inputs.compute_dtype
-    if planned.full:  # every weight trained: no LoRA settings; a resume that changes the kind refuses
-        values["adapter"] = "full"
-    else:  # (no "adapter" key for LoRA: fingerprints written before full fine-tuning existed stay valid)
-        values.update({f"lora.{k}": v for k, v in planned.phase.lora.model_dump(mode="json").items()})
+    values.update(trained_kind(planned.full).fingerprint(planned.phase.lora))  # LoRA settings, or adapter: full
     values["method"] = stage.method
     settings = stage.config.method_settings  # dpo, kto, orpo or simpo: what the method learns with
     if settings is not None:
@@ -73,17 +72,18 @@ def stage_fingerprint(planned: PlannedPhase, stage: PlannedStage, inputs: Finger
         stage.config.data.model_dump(mode="json", exclude={"num_proc", "cache_dir"}), sort_keys=True)
     values.update({f"chain.{name}": digest for name, digest in chain_digests.items()})
     retention = planned.phase.retention
-    if stage.method == "sft" and retention.replay > 0:  # replayed data and its KL term change what is trained
+    if stage.config.spec.trains_sequences and retention.replay > 0:  # replayed data and its KL term change it
         values.update({f"retention.{k}": v for k, v in retention.model_dump(mode="json").items()})
     values["start.previous_stage"] = previous
     return Fingerprint(values)
 
 
-def phase_fingerprints(planned: PlannedPhase, inputs: FingerprintInputs) -> list[Fingerprint]:
-    """One fingerprint per stage, each stage starting from the one before it."""
+def phase_fingerprints(planned: PlannedPhase, inputs: FingerprintInputs,
+                       stages: Sequence[PlannedStage] | None = None) -> list[Fingerprint]:
+    """One fingerprint per stage (the plan's, or ``stages`` as they will run), each starting from the one before."""
     chain = {ref.name: adapter_digest(ref.path) for ref in inputs.chain}
     out: list[Fingerprint] = []
-    for stage in planned.stages:
+    for stage in stages if stages is not None else planned.stages:
         out.append(stage_fingerprint(planned, stage, inputs, chain, out[-1].digest if out else None))
     return out
 
@@ -131,17 +131,19 @@ def changes(old: Fingerprint, new: Fingerprint) -> dict[str, list[Any]]:
 # ---------------------------------------------------------------- the checks on a phase's earlier work
 
 
-def compute_fingerprints(ctx: PhaseContext, source: str, compute_dtype: str, tokenizer: Any) -> list[Fingerprint]:
+def compute_fingerprints(run: PhaseRun, stages: Sequence[PlannedStage], source: str, compute_dtype: str,
+                         tokenizer: Any) -> tuple[Fingerprint, ...]:
     """The fingerprint of every stage of the phase as the config asks for it now (no weights loaded)."""
     from nova.data import data_key
     from nova.model.identity import model_identity
 
     keys = [data_key(s.config.data, tokenizer, method=s.method, seed=s.config.training.seed,
                      dpo=s.config.length_settings)
-            for s in ctx.planned.stages]
-    inputs = FingerprintInputs(model_identity(ctx.model_cfg.base, source, ctx.model_cfg.revision), compute_dtype,
-                               keys, ctx.chain, ctx.ranks.world)
-    return phase_fingerprints(ctx.planned, inputs)
+            for s in stages]
+    model = run.model_cfg
+    inputs = FingerprintInputs(model_identity(model.base, source, model.revision), compute_dtype, keys, run.chain,
+                               run.ranks.world)
+    return tuple(phase_fingerprints(run.planned, inputs, stages))
 
 
 def _recorded(path: Path, key: str) -> Any:
@@ -151,60 +153,64 @@ def _recorded(path: Path, key: str) -> Any:
         return None
 
 
-def check_checkpoint(ctx: PhaseContext, stage: PlannedStage, checkpoint: Path) -> dict[str, Any]:
-    """Raise unless ``checkpoint`` continues the stage as configured; returns the allowed changes applied."""
+def check_checkpoint(stage: PlannedStage, checkpoint: Path, new: Fingerprint,
+                     resume_with_changes: bool) -> dict[str, Any]:
+    """Raise unless ``checkpoint`` continues the stage as configured (its fingerprint ``new``); returns the
+    allowed changes applied (``resume_with_changes``: the learning rate and max_steps may differ)."""
     from nova.runs.checkpoints import checkpoint_step, seal_fingerprint
 
-    new = ctx.fingerprints[stage.index]
     old = Fingerprint.from_dict(seal_fingerprint(checkpoint))
-    problem = mismatch(f"stage {stage.label}: checkpoint", checkpoint, old, new,
-                       allow_adjust=ctx.resume_with_changes)
+    problem = mismatch(f"stage {stage.label}: checkpoint", checkpoint, old, new, allow_adjust=resume_with_changes)
     if problem is not None:
         raise problem
     applied = changes(old, new) if old is not None else {}
     return {"at_step": checkpoint_step(checkpoint), **applied} if applied else {}
 
 
-def check_reuse(ctx: PhaseContext) -> dict[str, dict[str, Any]]:
+def check_reuse(run: PhaseRun, stages: Sequence[PlannedStage],
+                fingerprints: Sequence[Fingerprint]) -> dict[str, dict[str, Any]]:
     """Before any weights load: every finished stage and the checkpoint an unfinished one would resume
     from must have been trained with the settings asked for now. Returns the allowed changes per stage."""
     from nova.runs.checkpoints import list_checkpoints
 
     applied: dict[str, dict[str, Any]] = {}
-    for stage in ctx.planned.stages:
-        if ctx.run.stage_is_done(stage.name):
-            old = Fingerprint.from_dict(_recorded(ctx.run.stage_done(stage.name), "fingerprint"))
-            problem = mismatch(f"stage {stage.label}: its finished adapter in", ctx.run.stage_dir(stage.name), old,
-                               ctx.fingerprints[stage.index], allow_adjust=False,
+    rd = run.run
+    for stage in stages:
+        if rd.stage_is_done(stage.name):
+            old = Fingerprint.from_dict(_recorded(rd.stage_done(stage.name), "fingerprint"))
+            problem = mismatch(f"stage {stage.label}: its finished adapter in", rd.stage_dir(stage.name), old,
+                               fingerprints[stage.index], allow_adjust=False,
                                fix="add --fresh to train the phase again, or revert the change")
             if problem is not None:
                 raise problem
             continue
-        found = list_checkpoints(ctx.run.checkpoints(stage.name))
+        found = list_checkpoints(rd.checkpoints(stage.name))
         if found:
-            change = check_checkpoint(ctx, stage, found[-1][1])
+            change = check_checkpoint(stage, found[-1][1], fingerprints[stage.index], run.resume_with_changes)
             if change:
                 applied[stage.name] = change
         break  # later stages have not started: nothing of theirs is reused
     return applied
 
 
-def check_finished(ctx: PhaseContext, fingerprints: list[Fingerprint]) -> None:
+def check_finished(run: PhaseRun, fingerprints: Sequence[Fingerprint]) -> None:
     """A finished phase is reused (skipped) only when it was trained as the config asks for now."""
-    recorded = _recorded(ctx.run.complete_marker, "fingerprints")
+    recorded = _recorded(run.run.complete_marker, "fingerprints")
     olds = [Fingerprint.from_dict(r) for r in recorded] if isinstance(recorded, list) else []
     if len(olds) != len(fingerprints):
         olds = [None] * len(fingerprints)
-    for stage, old, new in zip(ctx.planned.stages, olds, fingerprints, strict=True):
-        problem = mismatch(f"phase {ctx.phase.name} finished, but stage {stage.label} in", ctx.run_dir, old, new,
+    for stage, old, new in zip(run.planned.stages, olds, fingerprints, strict=True):
+        problem = mismatch(f"phase {run.phase.name} finished, but stage {stage.label} in", run.run_dir, old, new,
                            allow_adjust=False, fix="add --force to train it again, or revert the change")
         if problem is not None:
             raise problem
 
 
-def keep_effective_batch(ctx: PhaseContext) -> list[str]:
+def keep_effective_batch(run: PhaseRun,
+                         stages: tuple[PlannedStage, ...]) -> tuple[tuple[PlannedStage, ...], list[str]]:
     """A stage resumed on a different number of ranks: set gradient accumulation so that micro batch x
-    accumulation x ranks equals the checkpoint's effective batch (when it divides); returns what it said.
+    accumulation x ranks equals the checkpoint's effective batch (when it divides); returns the stages as
+    they will run and what it said.
 
     Only the accumulation moves, and only when the checkpoint's other settings are what the config
     asks for now (the fingerprint check after this still compares everything else).
@@ -212,23 +218,23 @@ def keep_effective_batch(ctx: PhaseContext) -> list[str]:
     from nova.runs.checkpoints import list_checkpoints, read_seal
 
     notes: list[str] = []
-    configs = []
-    for stage in ctx.planned.stages:
+    out = []
+    rd, world = run.run, run.ranks.world
+    for stage in stages:
         config = stage.config
-        found = list_checkpoints(ctx.run.checkpoints(stage.name)) if not ctx.run.stage_is_done(stage.name) else []
+        found = list_checkpoints(rd.checkpoints(stage.name)) if not rd.stage_is_done(stage.name) else []
         seal = read_seal(found[-1][1]) if found else None
         old = Fingerprint.from_dict(seal.get("fingerprint")) if seal else None
         old_world = seal.get("world_size", 1) if seal else 1
-        if old is not None and old_world != ctx.ranks.world:
+        if old is not None and old_world != world:
             target = old.values.get("training.effective_batch_size")
-            per_step = config.training.micro_batch_size * ctx.ranks.world
+            per_step = config.training.micro_batch_size * world
             if isinstance(target, int) and target % per_step == 0 and target // per_step >= 1:
                 accum = target // per_step
                 if accum != config.training.gradient_accumulation_steps:
-                    notes.append(f"[{stage.label}] resuming on {ctx.ranks.world} rank(s) instead of {old_world}: "
+                    notes.append(f"[{stage.label}] resuming on {world} rank(s) instead of {old_world}: "
                                  f"gradient_accumulation_steps {config.training.gradient_accumulation_steps} -> "
                                  f"{accum} keeps the effective batch {target}")
                     config = config.changed(training=config.training.changed(gradient_accumulation_steps=accum))
-        configs.append(config)
-    ctx.planned = ctx.planned.with_stage_configs(configs)
-    return notes
+        out.append(replace(stage, config=config))
+    return tuple(out), notes

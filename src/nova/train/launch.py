@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nova.config.schema import DistributedConfig
 from nova.errors import NovaError
-from nova.train.distributed import LAUNCHED_ENV
+from nova.train.machinery.distributed import LAUNCHED_ENV
 
 RESULT_ENV = "NOVA_RESULT_FILE"
 

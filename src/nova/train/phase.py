@@ -1,11 +1,21 @@
-"""Run one phase: prepare every stage's data, load the model once, train the stages in order, save.
+"""Run one phase: lock, inputs, data, batch, first writes, model, stages, finish, in that order.
 
-The order matters and reads top to bottom in ``run_phase``:
-1. data first (validation and tokenization fail before a model is loaded);
-2. the base model, quantized, with earlier phases' adapters stacked frozen;
-3. each stage trains the phase's adapter and saves it under ``stages/<stage>/adapter``;
-4. the last stage's adapter becomes ``adapter/`` and a ``COMPLETE`` marker is written last,
-   so a phase counts as finished only when everything it promises is on disk.
+``run_phase`` reads in run order, and the order matters:
+
+1. the run directory is locked (a second nova train on it is refused) and must be nova's own;
+2. the inputs: the base model's source and placement, the tokenizer, each stage's fingerprint, and
+   the check that earlier work a resume would reuse was trained with the settings asked for now;
+3. the data: every stage's data validated and tokenized, and the holdouts, before a model loads;
+4. the batch: auto-fit chooses each stage's micro batch from the GPU's free memory now;
+5. the first writes (config.yaml, the data reports), only once everything above is valid;
+6. the model: the base, the earlier phases' adapters stacked frozen, and what the phase trains;
+7. the stages, in order, each saving under ``stages/<stage>/`` (nova.train.stage);
+8. the finish: the forgetting table, ``adapter/`` (full: ``model/``), smoke answers, and a
+   ``COMPLETE`` marker written last, so a phase counts as finished only when all of it is on disk.
+
+Each step returns a small frozen value the later steps read (nova.train.context); the LoRA/full
+differences are asked of ``run.kind`` (nova.model.trained). In a distributed run every rank
+validates and trains; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -13,62 +23,131 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nova.config.schema import StageConfig
 from nova.errors import NovaError
-from nova.files import atomic_dir, write_json_atomic, write_text_atomic
-from nova.model.adapters import TRAINABLE, add_trainable
-from nova.plan import PlannedPhase
+from nova.files import write_json_atomic, write_text_atomic
+from nova.plan import PlannedStage
 from nova.runs.layout import ATTEMPT_STATE
 from nova.runs.lock import check_run_dir, locked, mark_run_dir
 from nova.runs.record import resolved_config, write_run_config
-from nova.train import distributed
-from nova.train.context import STAGE_REF, PhaseContext, PhaseResult, StageRun
+from nova.train.context import PhaseData, PhaseInputs, PhaseResult, PhaseRun, StageResult, StageRun
+from nova.train.machinery import distributed
 
 
-def prepare_all_data(ctx: PhaseContext, tokenizer: Any) -> list[Any]:
+def run_phase(run: PhaseRun, on_start: Callable[[], None] | None = None) -> PhaseResult:
+    """Train all stages of one phase and leave ``adapter/`` (full: ``model/``) plus ``COMPLETE``.
+
+    ``on_start`` is called once the inputs are valid, just before the first write. Earlier work is
+    reused only when it was trained with the settings asked for now (nova.train.fingerprint).
+    """
+    started = time.time()
+    with claimed(run):
+        inputs = read_inputs(run)
+        data = prepare_data(run, inputs)
+        stages, fits = distributed.on_main(run.ranks, lambda: auto_fit_stages(  # one choice for every rank
+            run, inputs.stages, inputs.source, inputs.placement))
+        distributed.on_main(run.ranks, lambda: first_writes(run, inputs, data, fits, on_start))
+        model = load_model(run, inputs, data, stages)
+        results = train_stages(run, inputs, model, data, stages)
+        return finish(run, inputs, model, data, results, time.time() - started)
+
+
+@contextmanager
+def claimed(run: PhaseRun) -> Iterator[None]:
+    """The run directory locked for the whole phase (rank 0 holds the lock), and checked to be nova's own."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        def claim() -> None:
+            stack.enter_context(locked(run.run_dir, "run directory"))
+            check_run_dir(run.run)
+
+        distributed.on_main(run.ranks, claim)
+        yield
+
+
+def model_source(run: PhaseRun) -> tuple[str, Any, Any]:
+    """(source, placement, tokenizer): the base model as this phase loads it, before any weights load."""
+    from nova.model.loading import choose_placement, load_tokenizer, resolve_base
+
+    source = resolve_base(run.model_cfg)
+    gpu = run.ranks.local_rank if run.ranks.distributed else run.planned.stages[0].config.training.gpu
+    placement = choose_placement(run.model_cfg.compute_dtype, gpu)
+    return source, placement, load_tokenizer(run.model_cfg, source)
+
+
+def read_inputs(run: PhaseRun) -> PhaseInputs:
+    """What the phase is and whether its earlier work may be reused; nothing is loaded or written yet."""
+    from nova.train.fingerprint import check_reuse, compute_fingerprints, keep_effective_batch
+
+    source, placement, tokenizer = model_source(run)
+    run.kind.check_placement(placement)  # full fine-tuning refuses fp16 before anything loads
+    stages = run.planned.stages
+    changes: dict[str, dict[str, Any]] = {}
+    if run.resume:
+        stages, notes = keep_effective_batch(run, stages)  # fewer or more ranks than the checkpoint had
+        for note in notes:
+            run.log.say(note)
+    fingerprints = compute_fingerprints(run, stages, source, placement.dtype_name, tokenizer)
+    if run.resume:
+        changes = check_reuse(run, stages, fingerprints)
+    return PhaseInputs(stages, source, placement, tokenizer, fingerprints, changes)
+
+
+def prepare_data(run: PhaseRun, inputs: PhaseInputs) -> PhaseData:
     """Validate and tokenize every stage's data before any weights load (and before anything is written),
-    with the earlier phases' data mixed in where ``retention.replay`` asks for it."""
+    with the earlier phases' data mixed in where ``retention.replay`` asks for it; and the holdouts the
+    forgetting table scores after the last stage."""
     from nova.data import prepare_stage_data
-    from nova.train.retention import add_replay
+    from nova.train.retention import Retention, add_replay
 
-    prepared = []
-    for stage in ctx.planned.stages:
-        cfg = stage.config
-        if not cfg.data.datasets:
-            raise NovaError(f"stage {stage.label} has no data.datasets", hint="add at least one data source")
-        if cfg.method == "grpo":  # the user's reward files are imported now: a missing function fails here
-            from nova.train.rewards import build_rewards
-
-            build_rewards(cfg.grpo, f"stages[{stage.index}].grpo.rewards" if ctx.phase.stages else "grpo.rewards")
-        prepared.append(prepare_stage_data(cfg.data, tokenizer, method=cfg.method, seed=cfg.training.seed,
-                                           dpo=cfg.length_settings))
-    prepared = add_replay(ctx, tokenizer, prepared)
-    for stage, data in zip(ctx.planned.stages, prepared, strict=True):
-        ctx.log.say(f"[{stage.label}] data:")
+    with distributed.main_first(run.ranks):  # rank 0 fills the data cache, the others read it
+        prepared = []
+        for stage in inputs.stages:
+            cfg = stage.config
+            if not cfg.data.datasets:
+                raise NovaError(f"stage {stage.label} has no data.datasets", hint="add at least one data source")
+            check_before_loading(stage)
+            prepared.append(prepare_stage_data(cfg.data, inputs.tokenizer, method=cfg.method,
+                                               seed=cfg.training.seed, dpo=cfg.length_settings))
+        prepared = add_replay(run, inputs.tokenizer, prepared)
+        holdouts = Retention.prepare(run, inputs.tokenizer, prepared)
+    for stage, data in zip(inputs.stages, prepared, strict=True):
+        run.log.say(f"[{stage.label}] data:")
         for line in data.report.lines():
-            ctx.log.say(f"  {line}")
-    return prepared
+            run.log.say(f"  {line}")
+    return PhaseData(tuple(prepared), holdouts)
 
 
-def auto_fit_stages(ctx: PhaseContext, source: str, placement: Any,
-                    budget_bytes: int | None = None) -> tuple[PlannedPhase, dict[str, Any]]:
+def check_before_loading(stage: PlannedStage) -> None:
+    """The method's own check of its inputs before a model loads (GRPO: the user's reward files import)."""
+    hook = stage.config.spec.before_loading
+    if hook is not None:
+        from nova.lazy import resolve
+
+        resolve(hook)(stage.config, stage.keys)
+
+
+def auto_fit_stages(run: PhaseRun, stages: tuple[PlannedStage, ...], source: str, placement: Any,
+                    budget_bytes: int | None = None) -> tuple[tuple[PlannedStage, ...], dict[str, Any]]:
     """Apply ``training.auto_fit``: per stage, the micro batch, accumulation and checkpointing that fit
     the GPU's free memory (measured now, before the model loads), same effective batch.
 
-    Returns the phase with the stages to run and, per stage name, what was chosen and why (recorded
-    in config.yaml). The changed settings are validated like a user's config.
+    Returns the stages to run and, per stage name, what was chosen and why (recorded in config.yaml).
+    The stage is sized as preflight sizes it (``fit_stage``: its reference copy, the chain's frozen
+    adapters); the changed settings are validated like a user's config.
     """
-    planned = ctx.planned
-    if not any(s.config.training.auto_fit for s in planned.stages):
-        return planned, {}
+    if not any(s.config.training.auto_fit for s in stages):
+        return stages, {}
+    name = run.phase.name
     if placement.device != "cuda" and budget_bytes is None:
-        ctx.log.say(f"[{planned.name}] auto_fit: no GPU, keeping the configured batch settings")
-        return planned, {}
+        run.log.say(f"[{name}] auto_fit: no GPU, keeping the configured batch settings")
+        return stages, {}
     if budget_bytes is None:
         from nova.lazy import require
 
@@ -78,37 +157,49 @@ def auto_fit_stages(ctx: PhaseContext, source: str, placement: Any,
     config_file = Path(source) / "config.json"
     model_config = json.loads(config_file.read_text(encoding="utf-8")) if Path(source).is_dir() else None
     if model_config is None:
-        ctx.log.say(f"[{planned.name}] auto_fit: no local config.json for {source}; keeping the batch settings")
-        return planned, {}
+        run.log.say(f"[{name}] auto_fit: no local config.json for {source}; keeping the batch settings")
+        return stages, {}
     fits: dict[str, Any] = {}
-    configs: list[StageConfig] = []
-    for stage in planned.stages:
+    out = []
+    for stage in stages:
         cfg = stage.config
         if not cfg.training.auto_fit:
-            configs.append(cfg)
+            out.append(stage)
             continue
-        choice = fit_stage(model_config, planned.model, planned.phase.lora, cfg, budget_bytes, full=planned.full)
+        choice = fit_stage(model_config, run.planned, stage, budget_bytes)
         fits[stage.name] = choice.to_dict()
-        ctx.log.say(f"[{stage.label}] auto_fit: {choice.reason}")
+        run.log.say(f"[{stage.label}] auto_fit: {choice.reason}")
         if not choice.fits:
             raise NovaError(f"auto_fit: stage {stage.label} does not fit: {choice.reason}")
         training = cfg.training.changed(micro_batch_size=choice.micro_batch_size,
                                         gradient_accumulation_steps=choice.gradient_accumulation_steps,
                                         gradient_checkpointing=choice.gradient_checkpointing)
-        configs.append(cfg.changed(training=training))
-    return planned.with_stage_configs(configs), fits
+        out.append(replace(stage, config=cfg.changed(training=training)))
+    return tuple(out), fits
 
 
-def _write_data_reports(ctx: PhaseContext, datasets: list[Any]) -> None:
-    for stage, data in zip(ctx.planned.stages, datasets, strict=True):
-        write_json_atomic(ctx.run.data_report(stage.name), data.report.to_dict())
+def first_writes(run: PhaseRun, inputs: PhaseInputs, data: PhaseData, fits: dict[str, Any],
+                 on_start: Callable[[], None] | None) -> None:
+    """The run directory becomes this run's: marked, an earlier attempt forgotten (--fresh, --force),
+    COMPLETE removed, config.yaml and the data reports written."""
+    if on_start is not None:
+        on_start()
+    run.log.attach()
+    mark_run_dir(run.run)
+    run.run.complete_marker.unlink(missing_ok=True)
+    if not run.resume:
+        _forget_earlier_attempt(run)
+    write_run_config(run.run, resolved_config(run.phase, run.model_cfg, list(run.chain),
+                                              _resolved(run, inputs, fits)))
+    for stage, prepared in zip(inputs.stages, data.datasets, strict=True):
+        write_json_atomic(run.run.data_report(stage.name), prepared.report.to_dict())
 
 
-def _forget_earlier_attempt(ctx: PhaseContext) -> None:
+def _forget_earlier_attempt(run: PhaseRun) -> None:
     """--fresh or --force: remove what an earlier attempt of this phase left (in nova's own directory,
     under its lock); a delete that fails is an error, never ignored."""
     for name in ATTEMPT_STATE:
-        target = ctx.run_dir / name
+        target = run.run_dir / name
         try:
             if target.is_dir():
                 shutil.rmtree(target)
@@ -119,237 +210,148 @@ def _forget_earlier_attempt(ctx: PhaseContext) -> None:
                             hint="remove it by hand, then run again") from None
 
 
-def phase_fingerprints(ctx: PhaseContext) -> tuple[str, Any, Any, list[Any]]:
-    """(source, placement, tokenizer, fingerprints): what a phase is, before any weights load."""
-    from nova.model.loading import choose_placement, load_tokenizer, resolve_base
-    from nova.train.fingerprint import compute_fingerprints
-
-    source = resolve_base(ctx.model_cfg)
-    gpu = ctx.ranks.local_rank if ctx.ranks.distributed else ctx.planned.stages[0].config.training.gpu
-    placement = choose_placement(ctx.model_cfg.compute_dtype, gpu)
-    tokenizer = load_tokenizer(ctx.model_cfg, source)
-    return source, placement, tokenizer, compute_fingerprints(ctx, source, placement.dtype_name, tokenizer)
-
-
-def run_phase(ctx: PhaseContext, on_start: Callable[[], None] | None = None) -> PhaseResult:
-    """Train all stages of one phase and leave ``adapter/`` plus ``COMPLETE`` in its run directory.
-
-    The run directory is locked for the whole phase (a second nova train on it is refused) and
-    must be nova's own. ``on_start`` is called once the inputs are valid, just before the first
-    write. Earlier work is reused only when it was trained with the settings asked for now
-    (nova.train.fingerprint). In a distributed run every rank validates, rank 0 alone writes.
-    """
-    with ExitStack() as stack:
-        def claim() -> None:
-            stack.enter_context(locked(ctx.run_dir, "run directory"))
-            check_run_dir(ctx.run)
-
-        distributed.on_main(ctx.ranks, claim)
-        return _run_locked(ctx, on_start)
-
-
-def _run_locked(ctx: PhaseContext, on_start: Callable[[], None] | None) -> PhaseResult:
-    from nova.train.fingerprint import check_reuse, keep_effective_batch
-
-    started = time.time()
-    ranks = ctx.ranks
-    source, placement, tokenizer, ctx.fingerprints = phase_fingerprints(ctx)
-    if ctx.planned.full:  # before anything is written or loaded
-        from nova.train.full import check_full_placement
-
-        check_full_placement(placement)
-    if ctx.resume and (notes := keep_effective_batch(ctx)):  # fewer or more ranks than the checkpoint had
-        for note in notes:
-            ctx.log.say(note)
-        source, placement, tokenizer, ctx.fingerprints = phase_fingerprints(ctx)
-    if ctx.resume:
-        ctx.changes = check_reuse(ctx)
-    with distributed.main_first(ranks):  # rank 0 fills the data cache, the others read it
-        datasets = prepare_all_data(ctx, tokenizer)
-        retention = _holdouts(ctx, tokenizer, datasets)
-    # one decision for all ranks (each GPU's free memory differs)
-    ctx.planned, fits = distributed.on_main(ranks, lambda: auto_fit_stages(ctx, source, placement))
-
-    def first_writes() -> None:
-        if on_start is not None:
-            on_start()
-        ctx.log.attach()
-        mark_run_dir(ctx.run)
-        ctx.run.complete_marker.unlink(missing_ok=True)
-        if not ctx.resume:
-            _forget_earlier_attempt(ctx)
-
-    distributed.on_main(ranks, first_writes)
-    return _train_phase(ctx, tokenizer, placement, source, (datasets, retention), fits, started)
-
-
-def _holdouts(ctx: PhaseContext, tokenizer: Any, datasets: list[Any]) -> Any:
-    """The holdout sets the forgetting table scores after the last stage (nova.train.retention)."""
-    from nova.train.retention import Retention
-
-    return Retention.prepare(ctx, tokenizer, datasets)
-
-
-def _resolved(ctx: PhaseContext, placement: Any, source: str, fits: dict[str, Any]) -> dict[str, Any]:
+def _resolved(run: PhaseRun, inputs: PhaseInputs, fits: dict[str, Any]) -> dict[str, Any]:
     """The ``_resolved`` part of config.yaml, keeping the record of earlier resumes with changes."""
     earlier: list[Any] = []
-    if ctx.resume and ctx.run.config.is_file():
+    if run.resume and run.run.config.is_file():
         from nova.runs.record import read_run
 
         try:
-            earlier = list(read_run(ctx.run_dir).resolved.get("resumed_with_changes") or [])
+            earlier = list(read_run(run.run_dir).resolved.get("resumed_with_changes") or [])
         except NovaError:
             earlier = []
-    applied = [{"stage": name, **change} for name, change in ctx.changes.items()]
+    applied = [{"stage": name, **change} for name, change in inputs.changes.items()]
     for change in applied:
-        ctx.log.say(f"[{ctx.phase.name}/{change['stage']}] resuming with changes: " + ", ".join(
+        run.log.say(f"[{run.phase.name}/{change['stage']}] resuming with changes: " + ", ".join(
             f"{k} {v[0]} -> {v[1]}" for k, v in change.items() if isinstance(v, list)))
-    return {"device": placement.device, "compute_dtype": placement.dtype_name, "base": source,
+    return {"device": inputs.placement.device, "compute_dtype": inputs.placement.dtype_name, "base": inputs.source,
             "auto_fit": fits or None, "resumed_with_changes": (earlier + applied) or None}
 
 
-def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str, data: tuple[list[Any], Any],
-                 fits: dict[str, Any], started: float) -> PhaseResult:
+@dataclass(frozen=True)
+class PhaseModel:
+    """The model as the phase starts, and whether its weights are sharded across ranks (FSDP, ZeRO-3)."""
+
+    model: Any
+    sharded: bool
+
+
+def load_model(run: PhaseRun, inputs: PhaseInputs, data: PhaseData, stages: tuple[PlannedStage, ...]) -> PhaseModel:
+    """The base (quantized as configured), the chain's adapters stacked frozen, what the phase trains; the
+    retention sets scored on this start, and the KL term toward it attached (retention.kl_weight)."""
     from nova.lazy import require
     from nova.model.loading import load_base_model
-    from nova.train.stage import run_stage
-
-    datasets, retention = data
-
-    def record() -> None:
-        write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain,
-                                                  _resolved(ctx, placement, source, fits)))
-        _write_data_reports(ctx, datasets)
-
-    distributed.on_main(ctx.ranks, record)
-    frozen = f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}" if ctx.chain else ""
-    ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
-                f"{placement.device}){frozen}")
     from nova.train.stage import stage_strategy
 
-    shard = any(stage_strategy(ctx, s.config, placement).shards_weights for s in ctx.planned.stages)
-    base = load_base_model(ctx.model_cfg, placement, source, shard=shard,
-                           weights_dtype=require("torch").float32 if ctx.planned.full else None)
-    require("transformers").set_seed(ctx.planned.stages[0].config.training.seed)  # the new adapter's init
-    model = _prepare_for_training(base, ctx, placement)
+    frozen = f" + frozen adapters: {', '.join(r.name for r in run.chain)}" if run.chain else ""
+    placement = inputs.placement
+    run.log.say(f"[{run.phase.name}] loading {inputs.source} ({run.model_cfg.quantization}, {placement.dtype_name}, "
+                f"{placement.device}){frozen}")
+    shard = any(stage_strategy(run, s.config, placement).shards_weights for s in stages)
+    base = load_base_model(run.model_cfg, placement, inputs.source, shard=shard,
+                           weights_dtype=run.kind.weights_dtype())
+    require("transformers").set_seed(stages[0].config.training.seed)  # the new adapter's init
+    model = run.kind.prepare(base, run.phase.lora, run.chain, placement)
     if not shard:  # sharded weights cannot be scored outside the engine: the table is left out (said below)
-        retention.measure_start(model, tokenizer, ctx)
-    _attach_kl(ctx, model)
-    results = []
-    for stage, data in zip(ctx.planned.stages, datasets, strict=True):
-        if stage.index > 0 and not ctx.planned.full:  # full: the reference is precomputed from the weights
-            _freeze_stage_start(model, ctx.run.stage_adapter(ctx.planned.stages[stage.index - 1].name))
-        results.append(run_stage(StageRun(ctx, stage, model, tokenizer, placement, data)))
-
-    if shard:
-        ctx.log.say(f"[{ctx.phase.name}] forgetting: not measured (the weights are sharded across ranks)")
-    else:
-        retention.finish(model, tokenizer, ctx)
-    seconds = time.time() - started
-    result = PhaseResult(ctx.phase.name, ctx.run_dir, ctx.run.model_dir if ctx.planned.full else ctx.run.adapter,
-                         results, seconds)
-    distributed.on_main(ctx.ranks, lambda: _finish_phase(ctx, model, tokenizer, result))
-    return result
+        data.holdouts.measure_start(model, inputs.tokenizer, run)
+    _attach_kl(run, model)
+    return PhaseModel(model, shard)
 
 
-def _finish_phase(ctx: PhaseContext, model: Any, tokenizer: Any, result: PhaseResult) -> None:
-    """The phase's adapter (or model), its smoke answers, and COMPLETE (written last)."""
-    if ctx.planned.full:
-        from nova.train.full import finish_full_phase
-
-        finish_full_phase(ctx)
-    else:
-        _finish_adapter(ctx)
-    _smoke_prompts(ctx, model, tokenizer)
-    write_json_atomic(ctx.run.complete_marker, {
-        "phase": ctx.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
-        "stages": [r.__dict__ for r in result.stages], "adapter": str(result.adapter_dir),
-        "fingerprints": [f.to_dict() for f in ctx.fingerprints],
-    })
-
-
-def _finish_adapter(ctx: PhaseContext) -> None:
-    """adapter/: the last stage's adapter, with model cards."""
-    with atomic_dir(ctx.run.adapter, check=False) as tmp:
-        shutil.copytree(ctx.run.stage_adapter(ctx.planned.stages[-1].name), tmp, dirs_exist_ok=True)
-        _write_cards(ctx, tmp)
-
-
-def _attach_kl(ctx: PhaseContext, model: Any) -> None:
-    """retention.kl_weight: the SFT loss gets its KL term toward the start (nova.train.loss)."""
-    weight = ctx.phase.retention.kl_weight
+def _attach_kl(run: PhaseRun, model: Any) -> None:
+    """retention.kl_weight: the SFT loss gets its KL term toward the start (nova.train.methods.loss)."""
+    weight = run.phase.retention.kl_weight
     if weight <= 0:
         return
-    from nova.train.loss import StartModel, attach_start_model, install_sft_loss
+    from nova.train.methods.loss import StartModel, attach_start_model, install_sft_loss
 
     causal_lm = model.get_base_model()
     install_sft_loss(causal_lm)
-    attach_start_model(causal_lm, StartModel(model, tuple(r.name for r in ctx.chain), weight))
+    attach_start_model(causal_lm, StartModel(model, tuple(r.name for r in run.chain), weight))
 
 
-def _write_cards(ctx: PhaseContext, adapter_tmp: Path) -> None:
+def train_stages(run: PhaseRun, inputs: PhaseInputs, model: PhaseModel, data: PhaseData,
+                 stages: tuple[PlannedStage, ...]) -> list[StageResult]:
+    """Each stage in order, from where the one before left the phase's adapter (or weights)."""
+    from nova.train import stage as stage_module  # looked up here: tests replace run_stage
+
+    chain = [r.name for r in run.chain]
+    results = []
+    for stage, prepared in zip(stages, data.datasets, strict=True):
+        cfg = stage.config
+        keeps = cfg.spec.keeps_reference(cfg.method_settings) and stage.index > 0
+        previous = run.kind.stage_output(run.run, stages[stage.index - 1].name) if stage.index > 0 else None
+        run.kind.start_stage(model.model, previous, keeps)  # LoRA: its reference, the adapter as it stands
+        reference = run.kind.reference(chain, later_stage=keeps)
+        results.append(stage_module.run_stage(StageRun(run, stage, model.model, inputs.tokenizer, inputs.placement,
+                                                       prepared, inputs.fingerprints[stage.index], reference)))
+    return results
+
+
+def finish(run: PhaseRun, inputs: PhaseInputs, model: PhaseModel, data: PhaseData, results: list[StageResult],
+           seconds: float) -> PhaseResult:
+    """The forgetting table, then on rank 0 the phase's adapter (or model), smoke answers and COMPLETE."""
+    if model.sharded:
+        run.log.say(f"[{run.phase.name}] forgetting: not measured (the weights are sharded across ranks)")
+    else:
+        data.holdouts.finish(model.model, inputs.tokenizer, run)
+    result = PhaseResult(run.phase.name, run.run_dir, run.kind.output(run.run), results, seconds)
+    distributed.on_main(run.ranks, lambda: _write_outputs(run, inputs, model.model, result))
+    return result
+
+
+def _write_outputs(run: PhaseRun, inputs: PhaseInputs, model: Any, result: PhaseResult) -> None:
+    """The phase's adapter (or model), its smoke answers, and COMPLETE (written last)."""
+    run.kind.finish(run.run, run.planned.stages[-1].name, lambda tmp: _write_cards(run, tmp),
+                    lambda line: run.log.say(f"[{run.phase.name}] {line}"))
+    _smoke_prompts(run, model, inputs.tokenizer)
+    write_json_atomic(run.run.complete_marker, {
+        "phase": run.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
+        "stages": [r.__dict__ for r in result.stages], "adapter": str(result.adapter_dir),
+        "fingerprints": [f.to_dict() for f in inputs.fingerprints],
+    })
+
+
+def _write_cards(run: PhaseRun, adapter_tmp: Path) -> None:
     """Model cards in place of PEFT's empty template; a chained adapter says what it needs below it."""
     from nova.runs import read_run
     from nova.runs.card import write_card
     from nova.runs.card_usage import mark_requires
 
-    record = read_run(ctx.run.path)
-    for stage in ctx.planned.stages:
-        write_card(ctx.run.stage_adapter(stage.name), record, kind="stage", stage=stage.name)
+    record = read_run(run.run.path)
+    for stage in run.planned.stages:
+        write_card(run.run.stage_adapter(stage.name), record, kind="stage", stage=stage.name)
     write_card(adapter_tmp, record, kind="adapter")
     mark_requires(adapter_tmp, record)
 
 
-def _prepare_for_training(base: Any, ctx: PhaseContext, placement: Any) -> Any:
-    """Stack the chain's adapters and add the trainable one (on a CPU with nova's faster LoRA dropout,
-    nova.model.dropout).
-
-    PEFT's prepare_model_for_kbit_training is deliberately not used: it upcasts embeddings,
-    lm_head and norms to fp32 (about +2 GiB on an 8B model) and so makes the residual stream
-    fp32, which the preflight memory model (calibrated on bf16 activations) would not expect.
-    Frozen base weights plus input gradients for checkpointing are all QLoRA needs.
-    """
-    if ctx.planned.full:  # adapter: full trains the weights themselves
-        from nova.model.trained import prepare_full
-
-        return prepare_full(base)
-    base.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    model = add_trainable(base, ctx.phase.lora, ctx.chain)
-    if placement.device == "cpu":
-        from nova.model.dropout import use_cpu_dropout
-
-        use_cpu_dropout(model)
-    return model
-
-
-def _freeze_stage_start(model: Any, adapter_dir: Path) -> None:
-    """Keep a frozen copy of the phase adapter as the next stage starts (the DPO reference)."""
-    from nova.model.adapters import activate
-
-    if STAGE_REF in model.peft_config:
-        model.delete_adapter(STAGE_REF)
-    model.load_adapter(str(adapter_dir), adapter_name=STAGE_REF, is_trainable=False)
-    active = [n for n in model.peft_config if n not in (STAGE_REF, TRAINABLE)] + [TRAINABLE]
-    activate(model, active, trainable=[TRAINABLE])
-
-
-def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
+def _smoke_prompts(run: PhaseRun, model: Any, tokenizer: Any) -> None:
     """Answer the config's smoke prompts with the tuned model and save them beside the adapter."""
-    if not ctx.phase.smoke_prompts:
+    prompts = run.phase.smoke_prompts
+    if not prompts:
         return
     from nova.model.adapters import active_adapters
     from nova.model.generate import generate_answers
 
-    answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
-    base: list[str | None] = [None] * len(answers)  # full fine-tuning: the base is not in memory any more
-    if not ctx.planned.full:
-        with active_adapters(model, []):  # the base beside it: what the tuning changed is visible at once
-            base = list(generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64))
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=64)
+    base: list[str | None] = [None] * len(answers)
+    base_adapters = run.kind.base_adapters()  # None: the base is not in memory any more (full fine-tuning)
+    if base_adapters is not None:
+        with active_adapters(model, base_adapters):  # the base beside it: what the tuning changed is visible
+            base = list(generate_answers(model, tokenizer, prompts, max_new_tokens=64))
     lines = []
-    for prompt, answer, before in zip(ctx.phase.smoke_prompts, answers, base, strict=True):
+    for prompt, answer, before in zip(prompts, answers, base, strict=True):
         lines.append(json.dumps({"prompt": prompt, "answer": answer, "base_answer": before}) + "\n")
-        ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r}")
-        ctx.log.say(f"    tuned: {answer[:200]!r}")
+        run.log.say(f"[{run.phase.name}] smoke: {prompt!r}")
+        run.log.say(f"    tuned: {answer[:200]!r}")
         if before is not None:
-            ctx.log.say(f"    base:  {before[:200]!r}")
-    write_text_atomic(ctx.run.smoke, "".join(lines))
+            run.log.say(f"    base:  {before[:200]!r}")
+    write_text_atomic(run.run.smoke, "".join(lines))
+
+
+def finished_fingerprints(run: PhaseRun) -> tuple[Any, ...]:
+    """The fingerprints a finished phase must match to be skipped (the config as it asks now)."""
+    from nova.train.fingerprint import compute_fingerprints
+
+    source, placement, tokenizer = model_source(run)
+    return compute_fingerprints(run, run.planned.stages, source, placement.dtype_name, tokenizer)

@@ -16,13 +16,14 @@ from typing import Any
 from nova.config.load import LoadedConfig
 from nova.console import RunLog, human_seconds
 from nova.errors import TrainingStopped
+from nova.model.trained import trained_kind
 from nova.plan import Plan, PlannedPhase, make_plan
 from nova.runs.lock import locked
 from nova.runs.state import PhaseEntry, PipelineState
-from nova.train import distributed
-from nova.train.context import PhaseContext, PhaseResult
+from nova.train.context import PhaseResult, PhaseRun
+from nova.train.machinery import distributed
+from nova.train.machinery.resilience import NonFiniteLoss, StopRequest, signal_handling
 from nova.train.phase import run_phase
-from nova.train.resilience import NonFiniteLoss, StopRequest, signal_handling
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,16 @@ class RunOptions:
 
 def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = False, fresh: bool = False,
                resume_with_changes: bool = False, log: RunLog | None = None, rerun_hint: str | None = None,
-               extra_callbacks: list[Any] | None = None) -> list[PhaseResult]:
+               extra_callbacks: list[Any] | None = None, plan: Plan | None = None) -> list[PhaseResult]:
     """Train every selected phase in order; returns the results of phases that ran or were skipped.
 
     Interrupted phases resume from their newest complete checkpoint unless ``fresh``; SIGINT and
     SIGTERM save a checkpoint and stop cleanly (TrainingStopped). A pipeline's output directory is
     locked for the run (one pipeline run at a time), each phase's run directory while it trains.
-    Under torchrun every rank calls this; rank 0 alone writes (nova.train.distributed).
+    Under torchrun every rank calls this; rank 0 alone writes (nova.train.machinery.distributed).
+    ``plan``: the plan ``nova train`` already made of ``loaded`` (made here when not given).
     """
-    plan = make_plan(loaded).select(phase)
+    plan = (plan or make_plan(loaded)).select(phase)
     ranks = distributed.current()
     distributed.init(ranks, plan.distributed.timeout_s)
     stop = StopRequest()
@@ -68,28 +70,27 @@ def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopReque
                           [PhaseEntry(p.name, p.run, p.phase.start_from) for p in plan.phases])
     results = []
     for item in plan.phases:
-        ctx = PhaseContext(item, item.chain_refs(), log, resume=not (options.fresh or options.force), stop=stop,
-                           rerun_hint=rerun_hint, extra_callbacks=extra_callbacks,
-                           resume_with_changes=options.resume_with_changes, ranks=ranks,
-                           distributed=plan.distributed)
+        run = PhaseRun(item, tuple(item.chain_refs()), log, resume=not (options.fresh or options.force), stop=stop,
+                       rerun_hint=rerun_hint, extra_callbacks=tuple(extra_callbacks),
+                       resume_with_changes=options.resume_with_changes, ranks=ranks, distributed=plan.distributed)
         if item.run.is_complete and not options.force:
-            _check_finished(ctx)
+            _check_finished(run)
             log.say(f"[{item.name}] already finished ({item.run.output}); skipping (use --force to retrain)")
             results.append(PhaseResult(item.name, item.run_dir, item.run.output, [], 0.0, skipped=True))
             continue
-        results.append(_run_one(ctx, item, state, log))
+        results.append(_run_one(run, item, state, log))
     return results
 
 
-def _check_finished(ctx: PhaseContext) -> None:
+def _check_finished(run: PhaseRun) -> None:
     """A finished phase is skipped only when it was trained with the settings asked for now."""
     from nova.train.fingerprint import check_finished
-    from nova.train.phase import phase_fingerprints
+    from nova.train.phase import finished_fingerprints
 
-    check_finished(ctx, phase_fingerprints(ctx)[3])
+    check_finished(run, finished_fingerprints(run))
 
 
-def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: RunLog) -> PhaseResult:
+def _run_one(run: PhaseRun, item: PlannedPhase, state: PipelineState, log: RunLog) -> PhaseResult:
     began = False
 
     def on_start() -> None:
@@ -98,7 +99,7 @@ def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: R
         state.update(item.name, status="running", started=time.time(), ended=None, error=None)
 
     try:
-        result = run_phase(ctx, on_start)
+        result = run_phase(run, on_start)
     except BaseException as exc:
         if began:  # a phase that failed its input checks wrote nothing and stays as it was
             stopped = isinstance(exc, TrainingStopped) and not isinstance(exc, NonFiniteLoss)
@@ -107,8 +108,8 @@ def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: R
         raise
     state.update(item.name, status="done", ended=time.time(), seconds=round(result.seconds, 1),
                  **_retention_fields(item))
-    kind = "model" if item.full else "adapter"
-    log.say(f"[{item.name}] finished in {human_seconds(result.seconds)}; {kind}: {result.adapter_dir}")
+    log.say(f"[{item.name}] finished in {human_seconds(result.seconds)}; {trained_kind(item.full).noun}: "
+            f"{result.adapter_dir}")
     return result
 
 

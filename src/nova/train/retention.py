@@ -11,7 +11,7 @@ earlier phase's loss rose more than ``monitor.forgetting_alert``.
 ``retention.replay`` mixes that share of the chain's SFT training data, encoded as it was
 trained, into every SFT stage of the phase (seeded, counted in the data report).
 ``retention.kl_weight`` adds a KL term toward the phase's start composition on the replayed
-sequences (nova.train.loss; the start is the same model with this phase's adapter switched off,
+sequences (nova.train.methods.loss; the start is the same model with this phase's adapter switched off,
 as DPO's reference is, so there is no second model copy).
 """
 
@@ -25,19 +25,20 @@ from nova.config.data_schema import DataConfig
 from nova.errors import NovaError
 from nova.runs.record import read_run
 from nova.runs.retention import RETENTION_SET_PREFIX, forgetting_table, write_retention
-from nova.train import distributed
-from nova.train.context import PhaseContext
+from nova.train.context import PhaseRun
+from nova.train.machinery import distributed
 
 REPLAY_COLUMN = "replay"  # 1 on replayed sequences: the KL term's mask
 
 
-def _chain_sft_data(ctx: PhaseContext, tokenizer: Any, name: str, run: Any) -> list[Any]:
-    """The prepared SFT data of one earlier phase, from its recorded config."""
+def _chain_sft_data(tokenizer: Any, run: Any) -> list[Any]:
+    """The prepared SFT data (the stages that learn their data's tokens) of one earlier phase, from its
+    recorded config."""
     from nova.data import prepare_stage_data
 
     record = read_run(run.path)
-    return [prepare_stage_data(stage.data, tokenizer, method="sft", seed=stage.training.seed)
-            for stage in record.phase.stage_list if stage.method == "sft"]
+    return [prepare_stage_data(stage.data, tokenizer, method=stage.method, seed=stage.training.seed)
+            for stage in record.phase.stages if stage.spec.trains_sequences]
 
 
 def _concat(parts: list[Any]) -> Any:
@@ -69,7 +70,7 @@ def _replay_sample(pool: list[tuple[str, Any]], count: int, seed: int) -> tuple[
     return picks, counts
 
 
-def add_replay(ctx: PhaseContext, tokenizer: Any, datasets: list[Any]) -> list[Any]:
+def add_replay(ctx: PhaseRun, tokenizer: Any, datasets: list[Any]) -> list[Any]:
     """Every SFT stage's training data with ``retention.replay`` of the chain's SFT data mixed in."""
     cfg = ctx.phase.retention
     if cfg.replay <= 0 and cfg.kl_weight <= 0:
@@ -79,14 +80,14 @@ def add_replay(ctx: PhaseContext, tokenizer: Any, datasets: list[Any]) -> list[A
                         hint="set start_from, or remove the retention section")
     pool = []
     for name, run in ctx.planned.earlier:
-        for data in _chain_sft_data(ctx, tokenizer, name, run):
+        for data in _chain_sft_data(tokenizer, run):
             pool.append((name, data.train))
     if not pool:
         raise NovaError(f"retention.replay: the earlier phases of '{ctx.phase.name}' have no SFT data to replay",
                         hint="replay mixes earlier SFT data in; remove it for a chain of DPO phases")
     out = []
     for stage, data in zip(ctx.planned.stages, datasets, strict=True):
-        if stage.method != "sft":
+        if not stage.config.spec.trains_sequences:
             out.append(data)
             continue
         out.append(_with_replay(data, pool, cfg.replay, stage.config.training.seed, cfg.kl_weight > 0))
@@ -122,15 +123,16 @@ class Retention:
     start: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, ctx: PhaseContext, tokenizer: Any, datasets: list[Any]) -> Retention:
+    def prepare(cls, ctx: PhaseRun, tokenizer: Any, datasets: list[Any]) -> Retention:
         """This phase's holdout, each earlier phase's, and the configured retention sets, tokenized."""
         out = cls()
-        own = _concat([d.eval for s, d in zip(ctx.planned.stages, datasets, strict=True) if s.method == "sft"])
+        own = _concat([d.eval for s, d in zip(ctx.planned.stages, datasets, strict=True)
+                       if s.config.spec.trains_sequences])
         if own is not None:
             out.sets[ctx.phase.name] = own
         for name, run in ctx.planned.earlier:
             try:
-                held = _concat([d.eval for d in _chain_sft_data(ctx, tokenizer, name, run)])
+                held = _concat([d.eval for d in _chain_sft_data(tokenizer, run)])
             except NovaError as exc:
                 out.notes.append(f"holdout of earlier phase '{name}' not rebuilt: {exc.message}")
                 continue
@@ -141,13 +143,13 @@ class Retention:
         out._add_retention_sets(ctx, tokenizer)
         return out
 
-    def _add_retention_sets(self, ctx: PhaseContext, tokenizer: Any) -> None:
+    def _add_retention_sets(self, ctx: PhaseRun, tokenizer: Any) -> None:
         from nova.data import prepare_stage_data
 
         specs = ctx.phase.monitor.retention_sets
         if not specs:
             return
-        sft = [s.config for s in ctx.planned.stages if s.method == "sft"] or [ctx.planned.stages[0].config]
+        sft = [s.config for s in ctx.planned.stages if s.config.spec.trains_sequences] or [ctx.planned.stages[0].config]
         for spec in specs:
             cfg = DataConfig(datasets=[spec], eval_split=0, max_length=sft[0].data.max_length,
                              cache_dir=sft[0].data.cache_dir)
@@ -155,7 +157,7 @@ class Retention:
             self.sets[name] = prepare_stage_data(cfg, tokenizer, method="sft", seed=sft[0].training.seed).train
             self.retention_sets.append(name)
 
-    def measure_start(self, model: Any, tokenizer: Any, ctx: PhaseContext) -> None:
+    def measure_start(self, model: Any, tokenizer: Any, ctx: PhaseRun) -> None:
         """The retention sets on the start composition (this phase's adapter off), before training."""
         from nova.model.adapters import active_adapters
 
@@ -164,14 +166,14 @@ class Retention:
         with active_adapters(model, [r.name for r in ctx.chain]):
             self.start = _score(model, tokenizer, {k: self.sets[k] for k in self.retention_sets})
 
-    def finish(self, model: Any, tokenizer: Any, ctx: PhaseContext) -> dict[str, Any]:
+    def finish(self, model: Any, tokenizer: Any, ctx: PhaseRun) -> dict[str, Any]:
         """Score every set on the final composition; rank 0 writes retention.json and alerts."""
         after = _score(model, tokenizer, self.sets)
         table = forgetting_table(after, self.start, ctx.planned.earlier)
         distributed.on_main(ctx.ranks, lambda: self._record(ctx, after, table))
         return table
 
-    def _record(self, ctx: PhaseContext, after: dict[str, Any], table: dict[str, Any]) -> None:
+    def _record(self, ctx: PhaseRun, after: dict[str, Any], table: dict[str, Any]) -> None:
         from nova.monitor.alerts import forgetting_alerts
 
         write_retention(ctx.run, ctx.phase.name, after, self.start, table, self.notes)
@@ -185,7 +187,7 @@ class Retention:
             _redraw(ctx)
 
 
-def _redraw(ctx: PhaseContext) -> None:
+def _redraw(ctx: PhaseRun) -> None:
     """The plot gets its forgetting panel now that the table exists; a plot failure never fails a run."""
     from nova.monitor.plot import plot_run
 

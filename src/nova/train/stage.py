@@ -1,7 +1,9 @@
 """Run one stage of a phase: skip it if done, resume it if interrupted, recover from OOM, save it.
 
-The stage's adapter is the phase adapter ("default") as it stands after the stage; a stage
-that finished has ``stages/<stage>/adapter`` and a ``DONE`` record, written last.
+The stage's adapter is the phase adapter ("default") as it stands after the stage (full fine-tuning:
+the model); a stage that finished has ``stages/<stage>/adapter`` (``model``) and a ``DONE`` record,
+written last. The method's trainer is the one its spec names (nova.methods); nothing here asks which
+method, or which kind of training (nova.model.trained), a stage has.
 """
 
 from __future__ import annotations
@@ -18,44 +20,45 @@ from nova.config.schema import StageConfig
 from nova.console import human_seconds
 from nova.errors import NovaError, TrainingStopped
 from nova.files import atomic_dir, write_json_atomic
-from nova.model.trained import is_full, restore, save_trained, snapshot
+from nova.model.trained import restore, save_trained, snapshot
 from nova.runs.checkpoints import checkpoint_step, clean_leftovers, latest_checkpoint, move_aside
 from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
-from nova.train import distributed
 from nova.train.context import StageResult, StageRun
-from nova.train.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
+from nova.train.machinery import distributed
+from nova.train.machinery.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
 
 
 def run_stage(run: StageRun) -> StageResult:
     """Train (or skip, or resume) one stage and leave its adapter and DONE record."""
-    ctx, stage = run.ctx, run.stage
-    rd = ctx.run
-    if ctx.resume and rd.stage_is_done(stage.name):  # its fingerprint was checked before the model loaded
-        restore(run.model, rd.stage_output(stage.name, is_full(run.model)))
-        ctx.log.say(f"[{run.label}] already done; continuing from its adapter")
+    phase, stage = run.phase, run.stage
+    rd = phase.run
+    if phase.resume and rd.stage_is_done(stage.name):  # its fingerprint was checked before the model loaded
+        restore(run.model, phase.kind.stage_output(rd, stage.name))
+        run.say(f"already done; continuing from its {phase.kind.noun}")
         record = json.loads(rd.stage_done(stage.name).read_text(encoding="utf-8"))
         return StageResult(**{k: v for k, v in record.items() if k != "fingerprint"})
     checkpoints = rd.checkpoints(stage.name)
-    ranks = ctx.ranks
-    if not ctx.resume and checkpoints.exists():
+    ranks = phase.ranks
+    if not phase.resume and checkpoints.exists():
         distributed.on_main(ranks, lambda: shutil.rmtree(checkpoints))
-    resume_from, change = distributed.on_main(ranks, lambda: _resume_point(run)) if ctx.resume else (None, {})
-    if change:
-        ctx.changes[stage.name] = change
+    resume_from, change = distributed.on_main(ranks, lambda: _resume_point(run)) if phase.resume else (None, {})
+    lr = change.get("training.learning_rate")  # --resume-with-changes: the new peak rate from the resumed step
+    lr_override = float(lr[1]) if lr else None
     start_weights = snapshot(run.model)  # to restart cleanly after an OOM before any checkpoint
     config = stage.config
     retries = 0
     while True:
         try:
-            result = _train_once(run, config, resume_from)
+            result = _train_once(run, config, resume_from, lr_override)
             break
         except BaseException as exc:
             if not is_oom(exc) or retries >= config.training.oom_retries:
                 raise
             if ranks.distributed:  # the other ranks are in a collective: restart all of them smaller
-                raise NovaError(f"[{run.label}] out of memory on rank {ranks.rank} at step {run.last_step}",
-                                hint=f"resume with a smaller training.micro_batch_size (the same effective batch "
-                                f"through gradient_accumulation_steps): {ctx.rerun_hint}") from None
+                raise NovaError(f"[{run.label}] out of memory on rank {ranks.rank} at step "
+                                f"{run.memo.get('last_step', 0)}", hint=f"resume with a smaller "
+                                "training.micro_batch_size (the same effective batch through "
+                                f"gradient_accumulation_steps): {phase.rerun_hint}") from None
             config = _recover_from_oom(run, config, start_weights)
             resume_from = latest_checkpoint(checkpoints)
             retries += 1
@@ -65,14 +68,14 @@ def run_stage(run: StageRun) -> StageResult:
 
 def _save_stage(run: StageRun, config: StageConfig, result: StageResult) -> None:
     """The stage's adapter, then its DONE record (last: a stage counts as done only with both)."""
-    rd, name = run.ctx.run, run.stage.name
-    out = rd.stage_output(name, is_full(run.model))
+    rd, name = run.phase.run, run.stage.name
+    out = run.phase.kind.stage_output(rd, name)
     with atomic_dir(out, check=False) as tmp:
-        save_trained(run.model, tmp, base=run.ctx.model_cfg.base, tokenizer=run.tokenizer)
+        save_trained(run.model, tmp, base=run.phase.model_cfg.base, tokenizer=run.tokenizer)
     t = config.training
     result.settings = {"micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps":
                        t.gradient_accumulation_steps, "gradient_checkpointing": t.gradient_checkpointing,
-                       "world_size": run.ctx.ranks.world}
+                       "world_size": run.phase.ranks.world}
     write_json_atomic(rd.stage_done(name), {**asdict(result), "fingerprint": run.fingerprint.to_dict()})
     _say_summary(run, result, out)
 
@@ -83,14 +86,13 @@ def _resume_point(run: StageRun) -> tuple[Path | None, dict[str, Any]]:
     and the --resume-with-changes changes it takes."""
     from nova.train.fingerprint import check_checkpoint
 
-    root = run.ctx.run.checkpoints(run.stage.name)
+    root = run.phase.run.checkpoints(run.stage.name)
     clean_leftovers(root)
-    say = lambda m: run.ctx.log.say(f"[{run.label}] {m}")  # noqa: E731
-    while (found := latest_checkpoint(root, say)) is not None:
+    while (found := latest_checkpoint(root, run.say)) is not None:
         problem = _load_problem(found)
         if problem is None:
-            return found, check_checkpoint(run.ctx, run.stage, found)
-        move_aside(found, problem, say)
+            return found, check_checkpoint(run.stage, found, run.fingerprint, run.phase.resume_with_changes)
+        move_aside(found, problem, run.say)
     return None, {}
 
 
@@ -118,66 +120,50 @@ def _recover_from_oom(run: StageRun, config: StageConfig, start_weights: dict[st
                         hint="shorten data.max_length, "
                         "lower lora.r, or use a GPU with more memory") from None
     free_memory()
-    resume_from = latest_checkpoint(run.ctx.run.checkpoints(run.stage.name))
-    if resume_from is None or is_full(run.model):  # full: the DPO reference is precomputed from these weights
+    resume_from = latest_checkpoint(run.phase.run.checkpoints(run.stage.name))
+    if resume_from is None or not run.phase.kind.resumes_in_place:
         restore(run.model, start_weights)
     t = config.training
-    recovery = Recovery(run.last_step, (t.micro_batch_size, t.gradient_accumulation_steps, t.gradient_checkpointing),
+    recovery = Recovery(run.memo.get("last_step", 0),
+                        (t.micro_batch_size, t.gradient_accumulation_steps, t.gradient_checkpointing),
                         (smaller.micro_batch_size, smaller.gradient_accumulation_steps,
                          smaller.gradient_checkpointing), str(resume_from) if resume_from else None)
-    run.ctx.log.say(f"[{run.label}] {recovery.message}")
-    append_jsonl(run.ctx.run.recoveries, {"stage": run.stage.name, "time": time.time(), **asdict(recovery)})
+    run.say(recovery.message)
+    append_jsonl(run.phase.run.recoveries, {"stage": run.stage.name, "time": time.time(), **asdict(recovery)})
     return config.changed(training=smaller)
 
 
-def _build_trainer(run: StageRun, config: StageConfig, hooks: Any) -> Any:
-    """The TRL trainer of the stage's method, with nova's data, loss and reference."""
-    from nova.train.trainers import build_dpo_trainer, build_sft_trainer, choose_batching
-
-    if config.method == "dpo":
-        return build_dpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
-    if config.method in ("kto", "orpo", "simpo"):
-        from nova.train.trainers_pref import build_preference_trainer
-
-        return build_preference_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
-    if config.method == "grpo":
-        from nova.train.trainers_grpo import build_grpo_trainer
-
-        return build_grpo_trainer(run.model, run.tokenizer, config, run.data, hooks, run.reference_adapters)
-    if run.batching is None:  # chosen once per stage (an OOM retry keeps it)
-        run.batching = choose_batching(run.model, config, run.data, run.placement)
-        run.ctx.log.say(f"[{run.label}] {run.batching.note}")
-    return build_sft_trainer(run.model, run.tokenizer, config, run.data, hooks, run.batching)
-
-
-def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) -> StageResult:
+def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
+                lr_override: float | None) -> StageResult:
+    from nova.lazy import resolve
     from nova.model.adapters import keep_trainable_fp32
     from nova.monitor import MonitorCallback
-    from nova.train.trainers import TrainerHooks
+    from nova.train.methods.common import TrainerHooks, TrainerInputs
 
-    ctx, stage = run.ctx, run.stage
-    metrics = ctx.run.metrics
+    phase, stage = run.phase, run.stage
+    metrics = phase.run.metrics
     gpu = run.placement.gpu_index if run.placement.device == "cuda" else None
-    monitor = MonitorCallback(ctx.run_dir, ctx.phase.monitor, ctx.log, stage.name, gpu,  # per attempt: it has state
+    monitor = MonitorCallback(phase.run_dir, phase.phase.monitor, phase.log, stage.name, gpu,  # per attempt: state
                               method=config.method)
-    hooks = TrainerHooks(ctx.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, ctx.stop,
-                         [monitor, *ctx.extra_callbacks], stage_strategy(ctx, config, run.placement))
+    hooks = TrainerHooks(phase.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, phase.stop,
+                         [monitor, *phase.extra_callbacks], stage_strategy(phase, config, run.placement))
+    inputs = TrainerInputs(run.model, run.tokenizer, config, run.data, hooks, run.reference, run.say, run.memo)
     with keep_trainable_fp32(run.model):  # TRL casts a 4-bit model's adapter to bf16
-        trainer = _build_trainer(run, config, hooks)
+        trainer = resolve(config.spec.trainer)(inputs)  # the method's trainer (nova.train.methods)
     trainer.nova_fingerprint = run.fingerprint.to_dict()
-    trainer.nova_lr_override = run.lr_override if resume_from is not None else None
+    trainer.nova_lr_override = lr_override if resume_from is not None else None
     t = config.training
     result = StageResult(name=stage.name, method=config.method)
     evals = len(run.data.eval) if run.data.eval is not None else 0
-    ctx.log.say(f"[{run.label}] {len(run.data.train)} train / {evals} eval examples, micro batch "
-                f"{t.micro_batch_size} x accumulation {t.gradient_accumulation_steps} = {t.effective_batch_size} "
-                f"per step, lr {t.learning_rate:g} {t.lr_scheduler}")
+    run.say(f"{len(run.data.train)} train / {evals} eval examples, micro batch {t.micro_batch_size} x accumulation "
+            f"{t.gradient_accumulation_steps} = {t.effective_batch_size} per step, lr {t.learning_rate:g} "
+            f"{t.lr_scheduler}")
     if resume_from is not None:
         step = checkpoint_step(resume_from)
         torn = trim_metrics(metrics, stage.name, step)
         if torn:
-            ctx.log.say(f"[{run.label}] {metrics.name}: skipped {torn} unreadable line(s) (torn by a crash)")
-        ctx.log.say(f"[{run.label}] resuming from {resume_from} (step {step})")
+            run.say(f"{metrics.name}: skipped {torn} unreadable line(s) (torn by a crash)")
+        run.say(f"resuming from {resume_from} (step {step})")
         result.eval_loss_start = _first_eval(metrics, stage.name)
     elif run.data.eval is not None:
         trim_metrics(metrics, stage.name, -1)
@@ -188,14 +174,14 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException as exc:
-        run.last_step = trainer.state.global_step
-        if not is_oom(exc) and not ctx.ranks.distributed:  # saving takes every rank; the others are stuck
+        run.memo["last_step"] = trainer.state.global_step
+        if not is_oom(exc) and not phase.ranks.distributed:  # saving takes every rank; the others are stuck
             _save_what_we_can(run, trainer, exc)
         raise
-    if ctx.stop.requested:
-        raise TrainingStopped(f"stopped by {ctx.stop.signal_name} at step {trainer.state.global_step} of "
+    if phase.stop.requested:
+        raise TrainingStopped(f"stopped by {phase.stop.signal_name} at step {trainer.state.global_step} of "
                               f"{run.label}; checkpoint saved in {hooks.output_dir}",
-                              hint=f"to resume: {ctx.rerun_hint}")
+                              hint=f"to resume: {phase.rerun_hint}")
     result.seconds = time.time() - started
     result.steps = trainer.state.global_step
     result.train_loss = _finite(output.training_loss)
@@ -206,13 +192,13 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
     return result
 
 
-def stage_strategy(ctx: Any, config: StageConfig, placement: Any) -> Any:
+def stage_strategy(phase: Any, config: StageConfig, placement: Any) -> Any:
     """The distributed engine of this stage (nothing in one process)."""
     from nova.lazy import require
-    from nova.train.strategy import strategy_for
+    from nova.train.machinery.strategy import strategy_for
 
     torch = require("torch")
-    return strategy_for(ctx.distributed, ctx.ranks.world, ctx.model_cfg, config, cuda=placement.device == "cuda",
+    return strategy_for(phase.distributed, phase.ranks.world, phase.model_cfg, config, cuda=placement.device == "cuda",
                         bf16=placement.compute_dtype == torch.bfloat16, fp16=placement.compute_dtype == torch.float16)
 
 
@@ -228,10 +214,10 @@ def _save_what_we_can(run: StageRun, trainer: Any, exc: BaseException) -> None:
         return
     try:
         trainer._save_checkpoint(trainer.model, None)
-        run.ctx.log.say(f"[{run.label}] error at step {step} ({type(exc).__name__}); saved checkpoint-{step} so "
-                        f"the run can resume: {run.ctx.rerun_hint}")
+        run.say(f"error at step {step} ({type(exc).__name__}); saved checkpoint-{step} so the run can resume: "
+                f"{run.phase.rerun_hint}")
     except Exception as save_exc:  # the original error matters more
-        run.ctx.log.say(f"[{run.label}] could not save a checkpoint after the error: {save_exc}")
+        run.say(f"could not save a checkpoint after the error: {save_exc}")
 
 
 def _first_eval(path: Path, stage: str) -> float | None:
@@ -259,5 +245,4 @@ def _say_summary(run: StageRun, r: StageResult, adapter: Path) -> None:
         parts.append(f"train loss {r.train_loss:.4f}")
     if r.eval_loss_start is not None and r.eval_loss_end is not None:
         parts.append(f"eval loss {r.eval_loss_start:.4f} -> {r.eval_loss_end:.4f}")
-    kind = "model" if is_full(run.model) else "adapter"
-    run.ctx.log.say(f"[{run.label}] done: {', '.join(parts)}; {kind}: {adapter}")
+    run.say(f"done: {', '.join(parts)}; {run.phase.kind.noun}: {adapter}")

@@ -18,12 +18,12 @@ import importlib.util
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nova.config.grpo_schema import GRPOConfig, RewardSpec
 from nova.errors import ConfigError, NovaError, Problem, printable
+from nova.methods.grpo import GRPOConfig, RewardSpec
 
 RewardFn = Callable[..., list[float | None]]
 _THINK = re.compile(r"^\s*<think>(?P<thought>.*?)</think>(?P<answer>.*)$", re.DOTALL)
@@ -173,6 +173,12 @@ def _as_rewards(out: Any, n: int, who: str) -> list[float | None]:
     return [None if v is None else float(v) for v in out]
 
 
+def check_rewards(stage: Any, keys: str = "") -> None:
+    """GRPO's check before the model loads (its spec's ``before_loading``): every reward file imports and
+    names its function. ``keys``: where the stage's keys are in the config (``stages[1].``, or the phase)."""
+    build_rewards(stage.grpo, f"{keys}grpo.rewards")
+
+
 def build_rewards(grpo: GRPOConfig, key: str = "grpo.rewards") -> tuple[list[RewardFn], list[float]]:
     """The stage's reward functions (named as they are logged: rewards/<name>/mean) and their weights.
     User files are imported here, so call this before the model loads."""
@@ -197,8 +203,3 @@ def _unique(label: str, used: list[str]) -> str:
         name = f"{label}_{k}"
     used.append(name)
     return name
-
-
-def reward_files(grpo: GRPOConfig) -> Sequence[str]:
-    """The user files the rewards come from (their content is part of what the stage trains with)."""
-    return [spec.file for spec in grpo.rewards if spec.file is not None]

@@ -139,7 +139,7 @@ def stop_callback(request: StopRequest) -> Any:
     that reached one rank stops all of them at the same step, with one checkpoint.
     """
     transformers = require("transformers")
-    from nova.train import distributed
+    from nova.train.machinery import distributed
 
     ranks = distributed.current()
 

@@ -1,7 +1,7 @@
 """The GRPO stage: the same skeleton as SFT and DPO (arguments, trainer, callbacks), on TRL 1.x's GRPOTrainer.
 
 The model generates ``num_generations`` completions per prompt itself (TRL's default path; vLLM only
-when ``grpo.use_vllm`` asks and it is installed), nova's rewards score them (nova.train.rewards),
+when ``grpo.use_vllm`` asks and it is installed), nova's rewards score them (nova.train.methods.rewards),
 and each completion's advantage is its reward against its group's. Three things are nova's own:
 
 - the prompts are nova's tokens (nova.data: the chat template's generation prompt, cut and counted),
@@ -11,8 +11,8 @@ and each completion's advantage is its reward against its group's. Three things 
   this phase's adapter as the stage began, as for DPO and KTO), computed with exactly that
   composition active; TRL's own (all adapters off, or a "ref" copy) would be the raw base after an
   SFT phase. No second model is held;
-- a step's completions are whole groups (grpo.num_generations divides micro batch x accumulation),
-  which auto-fit and the out-of-memory retry keep by keeping the effective batch.
+- a step's completions are whole groups (grpo.num_generations divides micro batch x accumulation: the
+  schema's rule), which auto-fit and the out-of-memory retry keep by keeping the effective batch.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from nova.config.schema import StageConfig
 from nova.errors import NovaError
 from nova.lazy import require
 from nova.model.adapters import active_adapters
-from nova.train.resilience import NovaTrainerMixin
-from nova.train.rewards import build_rewards
-from nova.train.trainers import TrainerHooks, _attach_callbacks, common_args, drop_reference_copy
+from nova.train.machinery.resilience import NovaTrainerMixin
+from nova.train.methods.common import TrainerInputs, attach_callbacks
+from nova.train.methods.reference import drop_reference_copy
+from nova.train.methods.rewards import build_rewards
 
 
 def _expand(row: dict[str, Any]) -> dict[str, Any]:
@@ -75,16 +75,6 @@ def _nova_grpo_trainer_class() -> type:
     return NovaGRPOTrainer
 
 
-def _check_groups(stage: StageConfig) -> None:
-    """nova's own batch changes (OOM retry) are not validated like a user's config: say it here."""
-    g, t = stage.grpo, stage.training
-    if t.effective_batch_size % g.num_generations:
-        raise NovaError(f"GRPO needs micro_batch_size x gradient_accumulation_steps ({t.micro_batch_size} x "
-                        f"{t.gradient_accumulation_steps}) to be a multiple of grpo.num_generations "
-                        f"({g.num_generations})", hint="set training.micro_batch_size to a multiple of "
-                        "num_generations, or lower num_generations")
-
-
 def _vllm(wanted: bool) -> dict[str, Any]:
     """vLLM generation when asked for and installed (never required)."""
     if not wanted:
@@ -97,16 +87,14 @@ def _vllm(wanted: bool) -> dict[str, Any]:
     return {"use_vllm": True, "vllm_mode": "colocate"}
 
 
-def build_grpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any, hooks: TrainerHooks,
-                       reference_adapters: Sequence[str]) -> Any:
+def build_grpo_trainer(inputs: TrainerInputs) -> Any:
+    """The trainer of a grpo stage (its groups fit a step: the schema's batch rule, nova.methods.grpo)."""
     trl = require("trl")
-    g, t = stage.grpo, stage.training
-    _check_groups(stage)
+    g, t = inputs.stage.grpo, inputs.stage.training
     rewards, weights = build_rewards(g)
     eval_batch = g.num_generations * max(1, t.micro_batch_size // g.num_generations)  # whole groups
     args = trl.GRPOConfig(
-        **{**common_args(stage, hooks.output_dir, hooks.placement, data.eval is not None, hooks.strategy),
-           "per_device_eval_batch_size": eval_batch},
+        **inputs.args(per_device_eval_batch_size=eval_batch),
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,
         temperature=g.temperature,
@@ -116,8 +104,8 @@ def build_grpo_trainer(model: Any, tokenizer: Any, stage: StageConfig, data: Any
         **_vllm(g.use_vllm),
     )
     cls = _nova_grpo_trainer_class()
-    cls.reference_adapters = tuple(reference_adapters)
-    trainer = cls(model=model, reward_funcs=rewards, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                  processing_class=tokenizer)
-    drop_reference_copy(model)  # TRL copies the adapter as "ref" when beta > 0; nova's reference is its own
-    return _attach_callbacks(trainer, hooks)
+    cls.reference_adapters = inputs.reference.adapters
+    trainer = cls(model=inputs.model, reward_funcs=rewards, args=args, train_dataset=inputs.data.train,
+                  eval_dataset=inputs.data.eval, processing_class=inputs.tokenizer)
+    drop_reference_copy(inputs.model)  # TRL copies the adapter as "ref" when beta > 0; nova's reference is its own
+    return attach_callbacks(trainer, inputs.hooks)

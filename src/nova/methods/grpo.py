@@ -1,22 +1,23 @@
-"""The ``grpo:`` section: GRPO's generation settings and the rewards that score each completion.
+"""GRPO: its spec and its ``grpo:`` section, the generation settings and the rewards that score each completion.
 
-Kept out of ``nova.config.schema`` (which embeds it) because the rewards are a small language
-of their own: each entry is a built-in checked on strings (``nova.train.rewards``) or a function
-in the user's own Python file. Here only what can be checked without running anything: the
-entry's shape, its regex, and that a reward file exists. Importing that file is training's job,
-before the model loads (the file is the user's code, run as trusted code).
+The rewards are a small language of their own: each entry is a built-in checked on strings
+(``nova.train.methods.rewards``) or a function in the user's own Python file. Here only what can be
+checked without running anything: the entry's shape, its regex, and that a reward file exists.
+Importing that file is training's job, before the model loads (the file is the user's code, run as
+trusted code).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from nova.config.base import MAX_TOKENS, Section
 from nova.errors import printable
+from nova.methods.spec import LearningRates, MethodSpec
 
 Builtin = Literal["exact_match", "regex", "think_format", "length"]
 # Arguments TRL passes to every reward function itself (and nova's prompt_ids): a record field of one of
@@ -158,21 +159,48 @@ class GRPOConfig(Section):
         return tuple(dict.fromkeys(f for r in self.rewards for f in r.reads))
 
 
-def check_grpo_batch(method: str, grpo: GRPOConfig, micro_batch_size: int, accumulation: int) -> None:
+def batch_problem(grpo: GRPOConfig, micro_batch_size: int, accumulation: int) -> str | None:
     """A step's completions come in whole groups of num_generations, and a grpo stage needs a reward."""
-    if method != "grpo":
-        return
     if not grpo.rewards:
-        raise ValueError("method grpo needs grpo.rewards: at least one reward, e.g. [{name: exact_match, field: "
-                         "answer}] (docs/methods.md)")
+        return ("method grpo needs grpo.rewards: at least one reward, e.g. [{name: exact_match, field: "
+                "answer}] (docs/methods.md)")
     per_step = micro_batch_size * accumulation
     if per_step % grpo.num_generations:
-        raise ValueError(f"grpo.num_generations ({grpo.num_generations}) must divide the completions of one step, "
+        return (f"grpo.num_generations ({grpo.num_generations}) must divide the completions of one step, "
                          f"training.micro_batch_size x gradient_accumulation_steps = {micro_batch_size} x "
                          f"{accumulation} = {per_step}: each prompt's group must fit in one step (e.g. "
                          f"num_generations {_divisor(per_step)} or micro_batch_size {grpo.num_generations})")
+    return None
 
 
 def _divisor(n: int) -> int:
     """The largest divisor of n from 8 down to 2 (a suggestion for num_generations)."""
     return next((d for d in range(8, 1, -1) if n % d == 0), 2)
+
+
+def _card(name: str, g: GRPOConfig) -> dict[str, Any]:
+    return {"grpo_num_generations": g.num_generations, "grpo_beta": g.beta, "grpo_temperature": g.temperature,
+            "grpo_rewards": " + ".join(f"{r.weight:g} x {r.label}" for r in g.rewards)}
+
+
+def _group(g: GRPOConfig) -> int:
+    return g.num_generations
+
+
+SPEC = MethodSpec(
+    name="grpo",
+    summary="its own sampled answers, the ones its rewards score above their group's mean made likelier",
+    records="prompts",
+    reference="start_if_beta",
+    generates=True,
+    section=GRPOConfig,
+    lora_lr=LearningRates(1e-6, 1e-4, 1e-5),
+    batch_problem=batch_problem,
+    group_size=_group,
+    memory_note="GRPO: one completion per sequence; generating them (and the KL reference) runs without gradients",
+    card=_card,
+    # GRPO's loss sits near 0 whatever it learns: its holdout reward is what is watched
+    monitor_metric="eval_reward",
+    before_loading="nova.train.methods.rewards:check_rewards",
+    trainer="nova.train.methods.grpo:build_grpo_trainer",
+)

@@ -21,7 +21,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from nova.config.schema import REFERENCE_METHODS, DistributedConfig, ModelConfig, StageConfig
+from nova.config.schema import DistributedConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
 from nova.plan import resolve_strategy
 
@@ -49,7 +49,8 @@ def resolve(cfg: DistributedConfig, world: int, replica_fits: bool | None) -> st
 def check_combination(name: str, model: ModelConfig, stage: StageConfig) -> None:
     """Refuse what is known not to work, with the way out."""
     quantized = model.quantization in ("nf4", "fp4")
-    if name == "fsdp" and stage.method in REFERENCE_METHODS and quantized:
+    # a method that always scores its reference by switching adapters on the batch (DPO, KTO)
+    if name == "fsdp" and stage.spec.reference == "start" and quantized:
         what = stage.method.upper()
         raise NovaError(f"{what} on a 4-bit base under FSDP2 is not supported (the reference pass re-gathers "
                         "quantized shards TRL cannot restore)", hint=f"use distributed.strategy: ddp for the {what} "
