@@ -1,0 +1,1 @@
+"""What every stage and method shares: checkpoints, signals, NaN and OOM handling, callbacks, batching, ranks."""
