@@ -139,3 +139,60 @@ def test_no_module_over_450_lines() -> None:
     long = {str(p.relative_to(SRC)): n for p in SRC.joinpath("nova").rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
     assert long == {}
+
+
+# Where method names may be compared: the method registry itself and the config schema that reads it.
+METHOD_NAME_OWNERS = ("nova/methods/", "nova/config/schema.py")
+
+
+def _is_method_name(node: ast.AST, names: frozenset[str]) -> bool:
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str) and node.value in names
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_is_method_name(e, names) for e in node.elts)
+    return False
+
+
+def method_name_comparisons(root: Path = SRC) -> list[str]:
+    """``x == "dpo"``, ``m in ("kto", "orpo")``, and tables keyed by method names (``{"sft": ...}``)
+    outside the registry and the schema: each is a fact about a method that its spec should hold."""
+    from nova.methods import METHOD_NAMES
+
+    names = frozenset(METHOD_NAMES)
+    found = []
+    for path in sorted(root.joinpath("nova").rglob("*.py")):
+        where = path.relative_to(root).as_posix()
+        if where.startswith(METHOD_NAME_OWNERS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare) and any(_is_method_name(n, names) for n in (node.left, *node.comparators)):
+                found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Dict) and any(k is not None and _is_method_name(k, names) for k in node.keys):
+                found.append(f"{where}:{node.lineno}: a table keyed by method names")
+    return found
+
+
+def test_the_finder_sees_method_name_comparisons(tmp_path: Path) -> None:
+    pkg = tmp_path / "nova" / "data"
+    pkg.mkdir(parents=True)
+    (pkg / "x.py").write_text('def f(m, kind):\n    a = m == "dpo"\n    b = m in ("kto", "orpo")\n'
+                              '    c = kind == "pairs"\n    return {"sft": 1}\n')
+    assert [f.split(": ", 1)[1] for f in method_name_comparisons(tmp_path)] == [
+        "m == 'dpo'", "m in ('kto', 'orpo')", "a table keyed by method names"]
+
+
+def test_methods_are_told_apart_by_their_specs_only() -> None:
+    """Code outside nova.methods and the config schema asks a method's spec (nova.methods), never its name:
+    a new method is one spec plus its trainer (docs/architecture.md)."""
+    assert method_name_comparisons() == []
+
+
+def test_no_private_names_are_imported_across_modules() -> None:
+    """A name another module needs is public (no leading underscore) where it is defined."""
+    found = []
+    for path in sorted(SRC.joinpath("nova").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nova"):
+                found += [f"{path.relative_to(SRC)}:{node.lineno}: {a.name} from {node.module}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert found == []

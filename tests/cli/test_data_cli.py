@@ -84,3 +84,33 @@ def test_check_maps_columns_from_the_command_line(tmp_path: Path) -> None:
     assert typo.returncode == 2 and typo.stderr.count("\n") == 1
     assert "'promt' is not a field nova reads (did you mean 'prompt'?)" in typo.stderr
     assert run_nova("data", "check", str(path)).returncode == 2  # unmapped: no known fields
+
+
+def test_check_a_file_for_every_method_and_format(tmp_path: Path) -> None:
+    """--method takes every method nova trains, --format every format, --columns every field (the tables in
+    nova.methods and nova.data.formats); a file's own format picks the method when none is given."""
+    from nova.data.formats import FORMAT_CHOICES
+    from nova.methods import METHOD_NAMES
+
+    help_text = " ".join(run_nova("data", "check", "--help").stdout.split())
+    assert all(f in help_text for f in FORMAT_CHOICES) and all(m in help_text for m in METHOD_NAMES)
+    rows = [{"question": "2 + 2?", "reply": "4", "verdict": True}, {"question": "2 + 3?", "reply": "6",
+                                                                   "verdict": False}]
+    path = write_jsonl(tmp_path / "feedback.jsonl", rows)
+    for method in ("kto", None):  # a labelled reply is KTO's: the default method for the file too
+        args = ["--method", method] if method else []
+        result = run_nova("data", "check", str(path), *args, "--columns",
+                          "prompt=question,completion=reply,label=verdict", "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)["stages"][0]["report"]
+        assert report["method"] == "kto" and report["kept"] == 2 and report["sources"][0]["formats"] == {"unpaired": 2}
+        assert report["desirable"] + report["undesirable"] == report["train_records"] > 0
+    wrong = run_nova("data", "check", str(path), "--method", "orpo", "--columns",
+                     "prompt=question,completion=reply,label=verdict")
+    assert wrong.returncode == 2 and "'unpaired' records cannot train a orpo stage" in wrong.stderr
+    assert "use method: kto" in wrong.stderr
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"q": "2 + 2?", "solution": 4}])
+    grpo = run_nova("data", "check", str(prompts), "--method", "grpo", "--columns", "prompt=q,answer=solution",
+                    "--json")
+    assert grpo.returncode == 0, grpo.stderr
+    assert json.loads(grpo.stdout)["stages"][0]["report"]["sources"][0]["formats"] == {"prompt": 1}

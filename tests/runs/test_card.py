@@ -113,3 +113,25 @@ def test_forgetting_and_holdout_loss_from_retention_json(runs: dict[str, Path]) 
     assert "| first | 2.0000 | 2.2000 | +0.2000 |" in body
     assert "| retention set data/keep.jsonl | 1.5000 | 1.2500 | -0.2500 |" in body
     assert "| 2 | second | sft | 4 | 8 |" in body and "| 1.1250 |" in body  # the phase's own holdout loss
+
+
+def test_every_method_shows_its_own_settings(tmp_path: Path) -> None:
+    """The settings a card shows come from each method's spec: KTO, ORPO and SimPO stages show theirs too."""
+    from nova.config.schema import ModelConfig, PhaseConfig
+    from nova.runs import RunDir, read_run
+    from nova.runs.card_facts import phase_facts
+    from nova.runs.record import resolved_config, write_run_config
+
+    stages = [{"method": "sft"}, {"method": "kto", "kto": {"beta": 0.3, "undesirable_weight": 1.2}},
+              {"method": "orpo", "orpo": {"beta": 0.4}}, {"method": "simpo", "simpo": {"gamma": 0.7}},
+              {"method": "dpo", "dpo": {"beta": 0.2}}]
+    phase = PhaseConfig.model_validate({"name": "p", "model": {"base": "m"}, "stages": stages})
+    run = RunDir(tmp_path / "p")
+    run.path.mkdir()
+    write_run_config(run, resolved_config(phase, ModelConfig(base="m"), []))
+    shown = [s.settings for s in phase_facts(read_run(run.path)).stages]
+    assert not any(k.startswith(("kto_", "orpo_", "simpo_", "dpo_")) for k in shown[0])
+    assert shown[1]["kto_beta"] == 0.3 and shown[1]["kto_undesirable_weight"] == 1.2
+    assert shown[1]["kto_loss_type"] == "kto" and shown[2]["orpo_beta"] == 0.4
+    assert (shown[3]["simpo_beta"], shown[3]["simpo_gamma"], shown[3]["simpo_nll_weight"]) == (2.0, 0.7, 0.0)
+    assert (shown[4]["dpo_beta"], shown[4]["dpo_loss_type"]) == (0.2, "sigmoid")

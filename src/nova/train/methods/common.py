@@ -33,7 +33,7 @@ def _report_to(targets: Sequence[str]) -> list[str] | str:
     for target in targets:
         if importlib.util.find_spec(package[target]) is None:
             raise NovaError(f"training.report_to includes '{target}' but it is not installed",
-                            hint=f"pip install '.[{target}]' or remove it from report_to")
+                            hint=f"pip install 'nova-tune[{target}]' or remove it from report_to")
     return list(targets) or "none"
 
 
