@@ -73,7 +73,7 @@ def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = N
         for name in formats.required_fields(fmt):
             _require(record, name)
     if fmt == "text":
-        return {"kind": "text", "text": read_text(record["text"], "text")}
+        return {"kind": "text", "text": field_text(record["text"], "text")}
     if fmt == "preference":
         return _preference(record, system_prompt)
     if fmt == "messages":
@@ -81,7 +81,7 @@ def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = N
     elif fmt == "sharegpt":
         messages = read_messages(record["conversations"], "conversations", sharegpt=True)
         if "system" in record and record["system"] and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": read_text(record["system"], "system")})
+            messages.insert(0, {"role": "system", "content": field_text(record["system"], "system")})
     elif fmt == "prompt_completion":
         # The prompt is context, also when it holds earlier assistant turns: only the completion is
         # learned (TRL's meaning of the format).
@@ -133,7 +133,7 @@ def _require(record: dict[str, Any], name: str) -> Any:
     return record[name]
 
 
-def read_text(value: Any, name: str, *, allow_empty: bool = False) -> str:
+def field_text(value: Any, name: str, *, allow_empty: bool = False) -> str:
     """A string field, or a list of text parts joined (OpenAI and LLaMA-Factory v1 shapes)."""
     if isinstance(value, list):
         value = "".join(_part_text(part, name) for part in value)
@@ -175,7 +175,7 @@ def _message(raw: Any, where: str, *, sharegpt: bool) -> dict[str, Any]:
     message: dict[str, Any] = {k: v for k, v in raw.items()
                                if k not in (role_key, content_key, "loss_weight", "from", "value")}
     message["role"] = mapped
-    message["content"] = read_text("" if content is None else content, f"{where}.{content_key}",
+    message["content"] = field_text("" if content is None else content, f"{where}.{content_key}",
                                allow_empty=has_calls or mapped in ("system", "tool"))
     if "loss_weight" in raw:
         weight = raw["loss_weight"]
@@ -220,29 +220,29 @@ def as_messages(value: Any, name: str, role: str) -> list[dict[str, Any]]:
     if isinstance(value, list) and value and all(isinstance(m, dict) and ("role" in m or "from" in m)
                                                  for m in value):
         return read_messages(value, name, sharegpt=any("from" in m for m in value))
-    return [{"role": role, "content": read_text(value, name)}]
+    return [{"role": role, "content": field_text(value, name)}]
 
 
 def _alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
     """instruction + input (joined by a newline, as LLaMA-Factory does), optional system and history."""
     messages: list[dict[str, Any]] = []
     if record.get("system"):
-        messages.append({"role": "system", "content": read_text(record["system"], "system")})
+        messages.append({"role": "system", "content": field_text(record["system"], "system")})
     history = record.get("history") or []
     if not isinstance(history, list):
         raise RecordProblem("non_string_content", "'history' must be a list of [user, assistant] pairs")
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             raise RecordProblem("non_string_content", f"history[{i}] must be a [user, assistant] pair")
-        messages += [{"role": "user", "content": read_text(pair[0], f"history[{i}][0]")},
-                     {"role": "assistant", "content": read_text(pair[1], f"history[{i}][1]")}]
-    instruction = read_text(record["instruction"], "instruction")
+        messages += [{"role": "user", "content": field_text(pair[0], f"history[{i}][0]")},
+                     {"role": "assistant", "content": field_text(pair[1], f"history[{i}][1]")}]
+    instruction = field_text(record["instruction"], "instruction")
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
         raise RecordProblem("non_string_content", f"'input' is {type(extra).__name__}, expected a string")
     user = f"{instruction}\n{extra}" if extra and extra.strip() else instruction
     messages += [{"role": "user", "content": user},
-                 {"role": "assistant", "content": read_text(record["output"], "output")}]
+                 {"role": "assistant", "content": field_text(record["output"], "output")}]
     return messages
 
 
@@ -360,7 +360,7 @@ def _preference_prompt(record: dict[str, Any], chosen: list[dict[str, Any]],
     else:
         raise RecordProblem("missing_field", "missing field 'prompt'")
     if record.get("system") and (not prompt or prompt[0]["role"] != "system"):
-        prompt.insert(0, {"role": "system", "content": read_text(record["system"], "system")})
+        prompt.insert(0, {"role": "system", "content": field_text(record["system"], "system")})
     for m in prompt:
         m.pop("_train", None)
     if not prompt:

@@ -23,9 +23,9 @@ from nova.data.records import (
     RecordProblem,
     as_messages,
     check_order,
+    field_text,
     read_messages,
     read_reasoning,
-    read_text,
     with_system,
 )
 
@@ -41,7 +41,7 @@ def normalize_unpaired(record: dict[str, Any], system_prompt: str | None) -> dic
     elif "conversations" in record:
         messages = read_messages(_present(record, "conversations"), "conversations", sharegpt=True)
         if record.get("system") and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": read_text(record["system"], "system")})
+            messages.insert(0, {"role": "system", "content": field_text(record["system"], "system")})
     else:
         raise RecordProblem("missing_field", "no reply to judge", "give prompt + completion, messages or "
                             "conversations beside the label")
