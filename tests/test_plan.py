@@ -59,3 +59,34 @@ def test_a_phase_file_with_start_from_needs_its_pipeline(tmp_path: Path) -> None
     path = _write(tmp_path, "name: b\nstart_from: a\ndata: {datasets: [{path: DATA}]}\n")
     with pytest.raises(NovaError, match="only works inside a pipeline"):
         make_plan(load_yaml_config(path))
+
+
+def test_nova_train_makes_its_plan_once(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launch decision, preflight and training read the one plan ``nova train`` makes."""
+    import nova.plan
+    import nova.preflight.run
+    import nova.train.pipeline
+    from nova.cli.train_cmd import train
+    from nova.train.context import PhaseResult
+
+    made: list[str] = []
+
+    def counted(loaded):  # type: ignore[no-untyped-def]
+        made.append(str(loaded.path))
+        return make_plan(loaded)
+
+    for module in (nova.plan, nova.preflight.run, nova.train.pipeline):
+        monkeypatch.setattr(module, "make_plan", counted)
+    trained: list[str] = []
+
+    def run_phase(run, on_start=None):  # type: ignore[no-untyped-def]  # the phase itself is not the point here
+        trained.append(run.phase.name)
+        return PhaseResult(run.phase.name, run.run_dir, run.run.adapter, [], 0.0)
+
+    monkeypatch.setattr(nova.train.pipeline, "run_phase", run_phase)
+    path = _write(tmp_path, f"name: p\nmodel: {{base: {tiny_model_dir}}}\ndata: {{datasets: [{{path: DATA}}]}}\n"
+                            f"output_dir: {tmp_path / 'run'}\nlogs_dir: {tmp_path / 'logs'}\n")
+    train(config=path, set_=None, phase=None, force=False, dry_run=False, no_preflight=False, fresh=False,
+          resume_with_changes=False, nproc_per_node=None, nnodes=1, node_rank=0, master_addr="127.0.0.1",
+          master_port=29500)
+    assert trained == ["p"] and made == [str(path)]

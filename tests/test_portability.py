@@ -50,6 +50,7 @@ logs_dir: {tmp / "logs"}
     return path
 
 
+@pytest.mark.trains
 def test_commands_run_without_posix_modules_or_proc(tiny_model_dir: Path, tmp_path: Path) -> None:
     _phase(tmp_path, tiny_model_dir)
     report = tmp_path / "blocked.json"

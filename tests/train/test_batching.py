@@ -172,6 +172,7 @@ def _assert_same_training(a: dict[str, Any], b: dict[str, Any], dtype: str) -> N
     assert keys and diff < 0.06 * size, f"LoRA B differs by {diff / size:.1%}"
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("packing", ["padding_free", "pad"])
 def test_micro_batch_1_x_accumulation_4_equals_4_x_1(tiny_model_dir: Path, tmp_path: Path, packing: str,
@@ -187,6 +188,7 @@ def test_micro_batch_1_x_accumulation_4_equals_4_x_1(tiny_model_dir: Path, tmp_p
     assert expected in (tmp_path / "one.log").read_text()
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_packed_and_padded_runs_train_the_same_adapter(tiny_model_dir: Path, tmp_path: Path, dtype: str) -> None:
     packed = _run(tmp_path, tiny_model_dir, "packed", dtype, micro_batch_size=4, gradient_accumulation_steps=1)
@@ -195,6 +197,7 @@ def test_packed_and_padded_runs_train_the_same_adapter(tiny_model_dir: Path, tmp
     _assert_same_training(_adapter(packed), _adapter(padded), dtype)
 
 
+@pytest.mark.trains
 def test_a_learning_rate_10_percent_higher_is_not_the_same_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The bf16 bound of _assert_same_training tells a different run apart."""
     base = _run(tmp_path, tiny_model_dir, "base", "bf16", micro_batch_size=4, gradient_accumulation_steps=1)
@@ -219,6 +222,7 @@ def test_token_budget_batches_fit_and_cover_every_example() -> None:
     assert TokenBudgetBatchSampler(lengths, 100, seed=3, padding_free=True).summary()["sequences_per_batch_mean"] > 1
 
 
+@pytest.mark.trains
 def test_a_token_budget_run_trains_and_says_how(tiny_model_dir: Path, tmp_path: Path) -> None:
     run = _run(tmp_path, tiny_model_dir, "budget", micro_batch_size=4, gradient_accumulation_steps=1,
                max_tokens_per_batch=256)

@@ -7,9 +7,13 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from nova.config import load_yaml_config
 from nova.console import RunLog
 from nova.train.pipeline import run_config
+
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
 
 
 def _write(path: Path, records: list[dict]) -> Path:

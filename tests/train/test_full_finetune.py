@@ -15,6 +15,8 @@ import pytest
 from conftest import run_nova
 from method_fixtures import write_method_data
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 
 def full_yaml(tmp: Path, model: Path, name: str = "full", *, steps: int = 8, dpo: bool = True,
               optimizer: str = "adamw_torch", extra: str = "") -> Path:

@@ -19,6 +19,8 @@ from test_methods_resume import finish, kill_at_checkpoint, losses, start
 from conftest import run_nova
 from method_fixtures import write_method_data
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 
 def test_sigkill_in_each_stage_then_resume_follows_the_same_trajectory(tiny_model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "ref").mkdir()

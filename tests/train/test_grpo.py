@@ -26,6 +26,8 @@ from nova.config import load_yaml_config
 from nova.console import RunLog
 from nova.train.pipeline import run_config
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 SFT_TRAIN = ("{max_steps: %d, micro_batch_size: 4, gradient_accumulation_steps: 1, learning_rate: 1.0e-2, "
              "warmup_steps: 0, logging_steps: 1, save_steps: 100, gradient_checkpointing: false}")
 GRPO_STEPS = 8

@@ -17,6 +17,8 @@ from test_methods_resume import adapter, finish, kill_at_checkpoint, start
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 STEPS = 6
 
 

@@ -22,6 +22,8 @@ from nova.config import load_yaml_config
 from nova.console import RunLog
 from nova.train.pipeline import run_config
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 TRAIN = ("{max_steps: %d, micro_batch_size: 4, gradient_accumulation_steps: 1, learning_rate: %s, "
          "warmup_steps: 0, logging_steps: 1, eval_steps: 100, save_steps: 100, gradient_checkpointing: false}")
 LENGTHS = "max_prompt_length: 32, max_completion_length: 16"

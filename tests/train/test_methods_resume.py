@@ -22,6 +22,8 @@ import pytest
 from method_fixtures import write_method_data
 from nova.runs.checkpoints import SEAL
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 STEPS = 6
 
 

@@ -13,6 +13,8 @@ from nova.config import load_yaml_config
 from nova.console import RunLog
 from nova.train.pipeline import run_config
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 
 def pipeline_yaml(tmp: Path, model: Path) -> Path:
     train = ("{max_steps: %d, micro_batch_size: 2, gradient_accumulation_steps: 1, learning_rate: %s, "

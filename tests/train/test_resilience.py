@@ -18,6 +18,8 @@ from nova.console import RunLog
 from nova.runs.checkpoints import SEAL, latest_checkpoint, rotate
 from nova.train.pipeline import run_config
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 
 def config(tmp: Path, model: Path, name: str, *, steps: int = 8, micro: int = 2, accum: int = 2,
            save_steps: int = 2) -> Path:

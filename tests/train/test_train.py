@@ -12,6 +12,8 @@ from nova.config import load_yaml_config
 from nova.console import RunLog
 from nova.train.pipeline import run_config
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 
 def phase_yaml(tmp_path: Path, model: Path, **extra: str) -> Path:
     text = f"""

@@ -21,6 +21,8 @@ from nova.runs.checkpoints import SEAL
 from nova.train.fingerprint import ResumeMismatch
 from nova.train.pipeline import run_config
 
+pytestmark = pytest.mark.trains  # whole runs: outside the development loop (README, "Development")
+
 BASE = {
     "name": "t",
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},

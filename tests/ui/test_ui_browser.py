@@ -113,6 +113,7 @@ def test_editor_shows_a_typo_as_the_cli_does(browser: Any, server: Server) -> No
     shot(browser, "editor-error")
 
 
+@pytest.mark.trains
 def test_launch_refuse_a_second_and_stop(browser: Any, server: Server, ui_root: Path) -> None:
     browser.get(server.at("/editor?path=tiny.yaml"))
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#valid"), what="the config to validate")

@@ -1,7 +1,10 @@
 """The typed schema of nova's YAML configs.
 
-One schema, validated once, then frozen. Each field is documented here and only here: the
-``nova config`` reference and ``docs/config.md`` are generated from these descriptions.
+One schema, validated once, then frozen. Each field is documented here and only here (a method's
+settings section in its module of ``nova.methods``): the ``nova config`` reference and
+``docs/config.md`` are generated from these descriptions. Each stage's keys are spelled once, in
+``StageConfig``; a phase of one stage may write them at the phase level, where they are read as
+``stages[0]``.
 Derived values (effective batch size, the run directory, the list of stages) are properties,
 never edits made after validation.
 
