@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 from portability_guard import NOVA_SRC, POSIX_ONLY
 
