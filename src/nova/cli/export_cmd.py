@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from nova.console import echo
 from nova.export.gguf_export import OUTTYPES
 
 FORMATS = ("gguf", "ollama", "peft")
@@ -53,11 +54,11 @@ def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bo
         from nova.export.gguf_export import export_gguf
 
         _require_gguf_name(out)
-        typer.echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
+        echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
         return export_gguf(model, out, outtype=outtype or "f16", force=force)
     from nova.export.ollama import export_ollama
 
-    typer.echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
+    echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
     return export_ollama(model, out, outtype=outtype, force=force)
 
 
@@ -65,17 +66,17 @@ def _from_run(run: Path, out: Path, fmt: str, outtype: str | None, force: bool) 
     if fmt == "peft":
         from nova.export.peft_chain import export_peft
 
-        typer.echo(f"exporting the adapter chain of {run} -> {out} (one standalone PEFT adapter)")
+        echo(f"exporting the adapter chain of {run} -> {out} (one standalone PEFT adapter)")
         return export_peft(run, out, force=force)
     if fmt == "gguf":
         from nova.export.gguf_lora import export_lora_gguf
 
         _require_gguf_name(out)
-        typer.echo(f"exporting the adapter chain of {run} -> {out} (GGUF LoRA adapter, {outtype or 'f16'})")
+        echo(f"exporting the adapter chain of {run} -> {out} (GGUF LoRA adapter, {outtype or 'f16'})")
         return export_lora_gguf(run, out, outtype=outtype or "f16", force=force)
     from nova.export.ollama import export_ollama_run
 
-    typer.echo(f"exporting {run} -> {out} (ollama: base GGUF {outtype or 'f16'} + LoRA adapter GGUF)")
+    echo(f"exporting {run} -> {out} (ollama: base GGUF {outtype or 'f16'} + LoRA adapter GGUF)")
     return export_ollama_run(run, out, outtype=outtype, force=force)
 
 
@@ -84,17 +85,17 @@ def _report(result: Any, fmt: str, seconds: float) -> None:
     from nova.files import human_bytes
 
     for note in result.notes:
-        typer.echo(f"note: {note}")
+        echo(f"note: {note}")
     path = Path(result.path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    typer.echo("wrote:")
+    echo("wrote:")
     for file in files:
-        typer.echo(f"  {file}  {human_bytes(file.stat().st_size)}")
+        echo(f"  {file}  {human_bytes(file.stat().st_size)}")
     types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
     detail = f"; tensors: {types}" if types else ""
-    typer.echo(f"total {human_bytes(result.size_bytes)} in {len(files)} file(s){detail} ({seconds:.1f} s)")
+    echo(f"total {human_bytes(result.size_bytes)} in {len(files)} file(s){detail} ({seconds:.1f} s)")
     if fmt == "ollama":
-        typer.echo(f"next: cd {path} && ollama create NAME -f Modelfile")
+        echo(f"next: cd {path} && ollama create NAME -f Modelfile")
 
 
 def export(

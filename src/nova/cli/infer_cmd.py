@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from nova.cli.options import JsonOpt, TrustRemoteCodeOpt
+from nova.console import echo
 from nova.errors import NovaError
 
 
@@ -130,18 +131,18 @@ def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], how: _Ho
                 else:
                     typer.echo(line)
                 continue
-            typer.echo(f">>> {messages[-1]['content']}")
+            echo(f">>> {messages[-1]['content']}")
             for label, view in views:
                 if label is not None:
-                    typer.echo(f"--- {label}:")
+                    echo(f"--- {label}:")
                 if view is None:
                     _say(loaded, messages, how)
                 else:
                     with view():
                         _say(loaded, messages, how)
-            typer.echo("")
+            echo("")
         if sink:
-            typer.echo(f"wrote {len(conversations)} answers to {out}")
+            echo(f"wrote {len(conversations)} answers to {out}")
     finally:
         if sink:
             sink.close()
@@ -161,7 +162,7 @@ def _say(loaded: Any, messages: list[dict[str, str]], how: _How, stream: bool | 
 
 def _chat(loaded: Any, head: list[dict[str, str]], how: _How) -> None:
     history = list(head)
-    typer.echo(f"chatting with {loaded.description}; an empty line or /exit ends")
+    echo(f"chatting with {loaded.description}; an empty line or /exit ends")
     while True:
         typer.echo("you> ", nl=False)
         line = sys.stdin.readline()

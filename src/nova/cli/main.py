@@ -26,6 +26,7 @@ from nova.cli import (
     train_cmd,
     ui_cmd,
 )
+from nova.console import echo
 from nova.errors import NovaError, printable
 
 app = typer.Typer(
@@ -71,8 +72,9 @@ def main(
 
 def _say(line: str) -> None:
     """The one place errors are printed: ASCII only, so a file name that is not UTF-8 (lone
-    surrogates in Python) or a non-ASCII value in a message cannot fail the printing itself."""
-    typer.echo(printable(line), err=True)
+    surrogates in Python) or a non-ASCII value in a message cannot fail the printing itself; on a
+    terminal wrapped between words to its width."""
+    echo(printable(line), err=True)
 
 
 def _click_exceptions() -> tuple[type[Exception], ...]:

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from nova.cli.options import JsonOpt
+from nova.console import echo
 
 PathArg = Annotated[Path, typer.Argument(help="A run directory, or a pipeline output directory (has pipeline.json).",
                                          show_default=False)]
@@ -28,4 +29,4 @@ def status(path: PathArg, json_out: JsonOpt = False) -> None:
         typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=True))
         return
     for line in status_lines(result):
-        typer.echo(line)
+        echo(line)
