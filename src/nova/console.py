@@ -194,8 +194,10 @@ class Task:
     RECORD_EVERY = 1.0
 
     def __init__(self, what: str, total: int | None = None, *, log: RunLog | None = None, quiet: bool = False,
-                 err: bool = True) -> None:
+                 line: str | None = None, err: bool = True, extra: dict[str, Any] | None = None) -> None:
         self.what, self.total, self.log, self.quiet = what, total, log, quiet
+        self.line = line or what + (f" ({total})" if total else "")  # what is said when it starts
+        self.extra = extra or {}
         self.stream = log.stream if log is not None else (sys.stderr if err else sys.stdout)
         self.done = 0
         self.started = time.time()
@@ -205,7 +207,7 @@ class Task:
     def record(self) -> dict[str, Any]:
         """What the activity record holds: what, done, total, since."""
         return {"what": self.what, "done": self.done if self.total else None, "total": self.total,
-                "since": self.started}
+                "since": self.started, **self.extra}
 
     def _say(self, line: str) -> None:
         if self.log is not None:
@@ -215,7 +217,7 @@ class Task:
 
     def __enter__(self) -> Task:
         if not self.quiet:
-            self._say(self.what + (f" ({self.total})" if self.total else ""))
+            self._say(self.line)
         if self.total and terminal_width(self.stream) is not None and not (self.log and self.log.quiet):
             from tqdm import tqdm
 
@@ -247,9 +249,12 @@ class Task:
             self.log.report()
 
 
-def task(what: str, total: int | None = None, *, quiet: bool = False) -> Task:
-    """A ``Task`` that speaks through the run log in use (training), else on stderr (a CLI command)."""
-    return Task(what, total, log=_LOGS[-1] if _LOGS else None, quiet=quiet)
+def task(what: str, total: int | None = None, *, quiet: bool = False, line: str | None = None) -> Task:
+    """A ``Task`` that speaks through the run log in use (training), else on stderr (a CLI command).
+
+    ``what`` is short (the activity record, the bar); ``line`` what is said when it starts (default:
+    ``what`` and the total)."""
+    return Task(what, total, log=_LOGS[-1] if _LOGS else None, quiet=quiet, line=line)
 
 
 def human_seconds(s: float) -> str:

@@ -257,6 +257,19 @@ def write_text_atomic(path: Path, text: str) -> None:
             remove_file(tmp)
 
 
+def write_status_file(path: Path, text: str) -> None:
+    """Replace a small status file that is rewritten every second and means nothing after a crash
+    (``activity.json``): temporary sibling then rename, so a reader never sees half of it, but no fsync."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        rename(tmp, path)
+    finally:
+        with contextlib.suppress(OSError, NovaError):
+            remove_file(tmp)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON atomically (see ``write_text_atomic``)."""
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -21,7 +21,8 @@ def infer(
     prompt: list[str] | None = typer.Option(None, "--prompt", "-p", help="A user message (repeatable)."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", help="JSONL of {prompt} or {messages}."),
     out: Path | None = typer.Option(None, "--out", help="Write the JSONL answers here instead of stdout."),
-    chat: bool = typer.Option(False, "--chat", help="Interactive multi-turn chat (empty line or /exit ends)."),
+    chat: bool = typer.Option(False, "--chat", help="Interactive multi-turn chat (Ctrl-C stops an answer; "
+                              "Ctrl-D or /exit ends)."),
     compare: bool = typer.Option(False, "--compare", help="Also answer with the base (adapters off)."),
     compare_phases: bool = typer.Option(False, "--compare-phases", help="Answer with the base and with the "
                                         "model as each phase of the chain left it, side by side."),
@@ -161,15 +162,32 @@ def _say(loaded: Any, messages: list[dict[str, str]], how: _How, stream: bool | 
 
 
 def _chat(loaded: Any, head: list[dict[str, str]], how: _How) -> None:
+    """A multi-turn chat. Ctrl-C stops the answer being written and returns to the prompt (the turn is left
+    out of the conversation); Ctrl-D (end of input) or /exit leaves."""
     history = list(head)
-    echo(f"chatting with {loaded.description}; an empty line or /exit ends")
+    echo(f"chatting with {loaded.description}; Ctrl-C stops an answer, Ctrl-D or /exit leaves")
     while True:
         typer.echo("you> ", nl=False)
-        line = sys.stdin.readline()
-        if not line or not line.strip() or line.strip() == "/exit":
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            typer.echo("")
+            echo("(Ctrl-D or /exit leaves)")
+            continue
+        if not line or line.strip() == "/exit":
+            if not line:
+                typer.echo("")  # the shell prompt on a line of its own after Ctrl-D
             return
+        if not line.strip():
+            continue
         history.append({"role": "user", "content": line.rstrip("\n")})
         typer.echo("nova> ", nl=False)
-        # The history keeps the answer only: templates drop earlier reasoning anyway (Qwen3, DeepSeek-R1).
-        answer = _say(loaded, history, how, stream=True)
+        try:
+            # The history keeps the answer only: templates drop earlier reasoning anyway (Qwen3, DeepSeek-R1).
+            answer = _say(loaded, history, how, stream=True)
+        except KeyboardInterrupt:
+            history.pop()
+            typer.echo("")
+            echo("(stopped; this turn is left out of the conversation)")
+            continue
         history.append({"role": "assistant", "content": answer})

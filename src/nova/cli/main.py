@@ -115,7 +115,7 @@ def run() -> None:
 
         if report_to_launcher(exc.exit_code, lines):  # a rank of nova train --nproc-per-node: the parent says it
             sys.exit(0)
-        _say(f"error: {lines[0]}")
+        _say(f"{exc.label}: {lines[0]}")
         for line in lines[1:]:
             _say(line)
         sys.exit(exc.exit_code)

@@ -6,6 +6,7 @@ import time
 
 from nova.console import human_seconds
 from nova.monitor.status import PhaseStatus, RunStatus
+from nova.runs.activity import TRAINING
 from nova.runs.jsonl import number
 
 
@@ -81,6 +82,8 @@ def phase_lines(ps: PhaseStatus, now: float) -> list[str]:
     if ps.process.state != "none" or ps.status in ("running", "stopped"):
         head += f" - process {ps.process.describe()}"
     out = [head, f"  run dir:    {ps.run_dir}"]
+    if ps.doing and (ps.activity or {}).get("what") != TRAINING:
+        out.append(f"  now:        {ps.doing}")
     if ps.note:
         out.append(f"  note:       {ps.note}")
     if ps.stage is not None:

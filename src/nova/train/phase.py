@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.schema import StageConfig
+from nova.console import task
 from nova.errors import NovaError
 from nova.files import atomic_dir, write_json_atomic, write_text_atomic
 from nova.model.adapters import TRAINABLE, add_trainable
@@ -223,13 +224,13 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
 
     distributed.on_main(ctx.ranks, record)
     frozen = f" + frozen adapters: {', '.join(r.name for r in ctx.chain)}" if ctx.chain else ""
-    ctx.log.say(f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, {placement.dtype_name}, "
-                f"{placement.device}){frozen}")
     from nova.train.stage import stage_strategy
 
     shard = any(stage_strategy(ctx, s.config, placement).shards_weights for s in ctx.planned.stages)
-    base = load_base_model(ctx.model_cfg, placement, source, shard=shard,
-                           weights_dtype=require("torch").float32 if ctx.planned.full else None)
+    with task("loading the model", line=f"[{ctx.phase.name}] loading {source} ({ctx.model_cfg.quantization}, "
+              f"{placement.dtype_name}, {placement.device}){frozen}"):
+        base = load_base_model(ctx.model_cfg, placement, source, shard=shard,
+                               weights_dtype=require("torch").float32 if ctx.planned.full else None)
     require("transformers").set_seed(ctx.planned.stages[0].config.training.seed)  # the new adapter's init
     model = _prepare_for_training(base, ctx, placement)
     if not shard:  # sharded weights cannot be scored outside the engine: the table is left out (said below)
@@ -333,18 +334,32 @@ def _freeze_stage_start(model: Any, adapter_dir: Path) -> None:
     activate(model, active, trainable=[TRAINABLE])
 
 
+def _answer_each(model: Any, tokenizer: Any, prompts: list[str], doing: Any) -> list[str]:
+    """The smoke answers one prompt at a time, each counted (nova status: "smoke prompts 2/6")."""
+    from nova.model.generate import generate_answers
+
+    out = []
+    for prompt in prompts:
+        out += generate_answers(model, tokenizer, [prompt], max_new_tokens=64)
+        doing.advance()
+    return out
+
+
 def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
     """Answer the config's smoke prompts with the tuned model and save them beside the adapter."""
     if not ctx.phase.smoke_prompts:
         return
     from nova.model.adapters import active_adapters
-    from nova.model.generate import generate_answers
 
-    answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
-    base: list[str | None] = [None] * len(answers)  # full fine-tuning: the base is not in memory any more
-    if not ctx.planned.full:
-        with active_adapters(model, []):  # the base beside it: what the tuning changed is visible at once
-            base = list(generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64))
+    prompts = ctx.phase.smoke_prompts
+    models = "the tuned model" if ctx.planned.full else "the tuned model, then the base"
+    with task("smoke prompts", len(prompts) * (1 if ctx.planned.full else 2),
+              line=f"[{ctx.phase.name}] smoke prompts: answering {len(prompts)} with {models}") as doing:
+        answers = _answer_each(model, tokenizer, prompts, doing)
+        base: list[str | None] = [None] * len(answers)  # full fine-tuning: the base is not in memory any more
+        if not ctx.planned.full:
+            with active_adapters(model, []):  # the base beside it: what the tuning changed is visible at once
+                base = list(_answer_each(model, tokenizer, prompts, doing))
     lines = []
     for prompt, answer, before in zip(ctx.phase.smoke_prompts, answers, base, strict=True):
         lines.append(json.dumps({"prompt": prompt, "answer": answer, "base_answer": before}) + "\n")

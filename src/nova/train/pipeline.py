@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.load import LoadedConfig
-from nova.console import RunLog, human_seconds
+from nova.console import RunLog, human_seconds, speaking
 from nova.errors import TrainingStopped
 from nova.plan import Plan, PlannedPhase, make_plan
+from nova.runs.activity import activity_writer, clear_activity
 from nova.runs.lock import locked
 from nova.runs.state import PhaseEntry, PipelineState
 from nova.train import distributed
@@ -56,9 +57,11 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
         if plan.is_pipeline:
             distributed.on_main(ranks, lambda: stack.enter_context(
                 locked(Path(plan.pipeline.output_dir), "pipeline directory")) and None)
-        stack.enter_context(signal_handling(stop, log.say))
+        rerun_hint = rerun_hint or f"nova train --config {loaded.path}"
+        stack.enter_context(signal_handling(stop, log.say, log, rerun_hint))
+        stack.enter_context(speaking(log))  # data, model and training steps that take a while say so through it
         return _run_phases(plan, options, log=log, stop=stop, ranks=ranks,
-                           rerun_hint=rerun_hint or f"nova train --config {loaded.path}",
+                           rerun_hint=rerun_hint,
                            extra_callbacks=extra_callbacks or [])
 
 
@@ -97,6 +100,8 @@ def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: R
         began = True
         state.update(item.name, status="running", started=time.time(), ended=None, error=None)
 
+    if ctx.ranks.main:  # what the phase is doing, for nova status (activity.json)
+        log.activity = activity_writer(item.run)
     try:
         result = run_phase(ctx, on_start)
     except BaseException as exc:
@@ -105,6 +110,10 @@ def _run_one(ctx: PhaseContext, item: PlannedPhase, state: PipelineState, log: R
             state.update(item.name, status="stopped" if stopped else "failed", ended=time.time(),
                          error=f"{type(exc).__name__}: {exc}"[:500])
         raise
+    finally:
+        log.activity, log.doing = None, []
+        if ctx.ranks.main:
+            clear_activity(item.run)
     state.update(item.name, status="done", ended=time.time(), seconds=round(result.seconds, 1),
                  **_retention_fields(item))
     kind = "model" if item.full else "adapter"

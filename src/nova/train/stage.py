@@ -192,6 +192,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
         if not is_oom(exc) and not ctx.ranks.distributed:  # saving takes every rank; the others are stuck
             _save_what_we_can(run, trainer, exc)
         raise
+    finally:
+        ctx.stop.saving = False  # no step under way: a signal from here on stops at once
     if ctx.stop.requested:
         raise TrainingStopped(f"stopped by {ctx.stop.signal_name} at step {trainer.state.global_step} of "
                               f"{run.label}; checkpoint saved in {hooks.output_dir}",
