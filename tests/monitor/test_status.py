@@ -193,3 +193,32 @@ def test_cli_plot_prints_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert os.path.getsize(run / "plots" / "loss.png") > 1000
 
 
+
+
+# -- what a live run is doing (activity.json) ---------------------------------------------------
+
+
+def test_status_shows_what_a_live_run_is_doing_instead_of_an_eta(tmp_path: Path, nova_process: Any) -> None:
+    import time
+
+    run = make_run(tmp_path / "run")
+    write_pid(run, nova_process.pid)
+    assert read_status(run).phases[0].eta_seconds is not None  # training: step of total and an ETA
+    (run / "activity.json").write_text(json.dumps({"what": "smoke prompts", "done": 1, "total": 2,
+                                                   "since": time.time() - 65, "pid": nova_process.pid}))
+    ps = read_status(run).phases[0]
+    assert ps.doing is not None and ps.doing.startswith("smoke prompts 1/2 (for 1m0")
+    assert ps.eta_seconds is None  # not "eta 0s" while the smoke prompts are answered
+    text = "\n".join(status_lines(read_status(run)))
+    assert "  now:        smoke prompts 1/2" in text and "eta:" not in text
+    (run / "activity.json").write_text(json.dumps({"what": "training", "stage": "sft", "since": time.time()}))
+    ps = read_status(run).phases[0]
+    assert ps.eta_seconds is not None and "now:" not in "\n".join(status_lines(read_status(run)))
+
+
+def test_a_dead_run_activity_is_not_shown(tmp_path: Path, dead_pid: int) -> None:
+    run = make_run(tmp_path / "run")
+    write_pid(run, dead_pid)
+    (run / "activity.json").write_text(json.dumps({"what": "smoke prompts", "done": 1, "total": 2}))
+    ps = read_status(run).phases[0]
+    assert ps.status == "stopped" and ps.doing is None
