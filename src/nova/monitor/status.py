@@ -8,6 +8,7 @@ Text rendering is in ``nova.monitor.render``.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,13 +19,15 @@ from nova.monitor.progress import latest, step_rate, total_steps
 from nova.runs.activity import TRAINING, describe, read_activity
 from nova.runs.checkpoints import list_checkpoints
 from nova.runs.jsonl import number, read_jsonl
-from nova.runs.layout import PIPELINE, RunDir
+from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
 from nova.runs.process import ProcessInfo, read_process
 from nova.runs.record import RunRecord, read_run
 from nova.runs.retention import read_retention
 from nova.runs.state import read_pipeline
 
 LAST_ALERTS = 3
+MAX_DEPTH = 4  # how deep under a root runs are looked for (nova status with no path, nova ui)
+SKIP = {CHECKPOINTS, STAGES, "adapter", "model", "plots", "logs", "__pycache__"}
 
 
 @dataclass
@@ -258,3 +261,37 @@ def _same(recorded: Any, run_dir: Path) -> bool:
         return isinstance(recorded, str) and Path(recorded).resolve() == run_dir.resolve()
     except OSError:
         return False
+
+
+def discover(root: Path) -> list[Path]:
+    """Pipeline output directories and run directories under ``root`` (a pipeline's phases are not listed
+    twice: they are read from its pipeline.json). ``nova status`` with no path and ``nova ui`` list these."""
+    found: list[Path] = []
+    base = Path(root).resolve()
+    for here, dirs, _files in os.walk(base):
+        path = Path(here)
+        depth = len(path.relative_to(base).parts)
+        if path != base and ((path / PIPELINE).is_file() or RunDir(path).looks_like_run):
+            found.append(path)
+            dirs.clear()
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP and depth < MAX_DEPTH)
+    return found
+
+
+def read_root(root: Path, now: float | None = None) -> list[tuple[Path, RunStatus | NovaError]]:
+    """Every run and pipeline under ``root`` with its status (or why it cannot be read), newest first."""
+    checked = time.time() if now is None else now
+    out: list[tuple[Path, RunStatus | NovaError]] = []
+    for path in discover(root):
+        try:
+            out.append((path, read_status(path, checked)))
+        except NovaError as exc:
+            out.append((path, exc))
+    return sorted(out, key=lambda item: _latest(item[1]), reverse=True)
+
+
+def _latest(status: RunStatus | NovaError) -> float:
+    if isinstance(status, NovaError):
+        return 0.0
+    return max((t for p in status.phases for t in (p.last_update, p.started, p.ended) if t is not None), default=0.0)
