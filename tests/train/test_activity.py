@@ -98,3 +98,39 @@ def test_ctrl_c_during_training_still_saves_a_checkpoint(tiny_model_dir: Path, t
         run_config(load_yaml_config(config), log=RunLog(tmp_path / "log.txt"), extra_callbacks=[InterruptAtStep2()])
     assert not isinstance(caught.value, Interrupted) and caught.value.exit_code == 3
     assert (tmp_path / "run" / "checkpoints" / "sft" / "checkpoint-3").is_dir()
+
+
+class Throttle(transformers.TrainerCallback):
+    """From step ``at`` on, each optimizer step takes four times as long as the steps before it did (a throttled
+    or contended device), whatever the load on the machine running the test."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.took: list[float] = []
+        self.began = 0.0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import statistics
+        import time
+
+        if state.global_step >= self.at:
+            time.sleep(3 * statistics.median(self.took))
+        self.began = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import time
+
+        if state.global_step < self.at:
+            self.took.append(time.perf_counter() - self.began)
+
+
+@pytest.mark.slow
+def test_a_throttled_run_raises_the_throughput_alert(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = phase_yaml(tmp_path, tiny_model_dir, max_steps="22")
+    text = config.read_text().replace("logging_steps: 2", "logging_steps: 1").replace("eval_steps: 3", "eval_steps: 100")
+    config.write_text(text.replace("save_steps: 2", "save_steps: 100").replace('smoke_prompts: ["Salut"]', ""))
+    run_config(load_yaml_config(config), log=RunLog(tmp_path / "log.txt"), extra_callbacks=[Throttle(14)])
+    alerts = read_jsonl(tmp_path / "run" / "alerts.jsonl")
+    drops = [a for a in alerts if a["kind"] == "throughput_drop"]
+    assert drops and drops[0]["step"] >= 17, alerts  # 3 slow logged steps after the throttle began at 14
+    assert "for 3 logged steps" in drops[0]["message"]
