@@ -103,7 +103,7 @@ def test_no_line_wider_than_80_columns_in_a_terminal(args: tuple[str, ...]) -> N
 
 
 def test_preflight_on_a_terminal_groups_checks_under_their_stage() -> None:
-    code, shown = in_pty("preflight", "--config", DEMO)
+    _, shown = in_pty("preflight", "--config", DEMO)
     lines = shown.splitlines()
     assert max(map(len, lines)) <= 80
     assert "doica/sft:" in lines and any(x.startswith("[PASS] learning_rate  ") for x in lines)

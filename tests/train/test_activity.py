@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import transformers
+from test_train import phase_yaml
 
 from nova.config import load_yaml_config
 from nova.console import RunLog
@@ -19,7 +20,6 @@ from nova.runs.layout import RunDir
 from nova.runs.state import read_pipeline
 from nova.train.pipeline import run_config
 from nova.train.resilience import Interrupted
-from test_train import phase_yaml
 
 
 class Watch(transformers.TrainerCallback):
@@ -127,7 +127,8 @@ class Throttle(transformers.TrainerCallback):
 @pytest.mark.slow
 def test_a_throttled_run_raises_the_throughput_alert(tiny_model_dir: Path, tmp_path: Path) -> None:
     config = phase_yaml(tmp_path, tiny_model_dir, max_steps="22")
-    text = config.read_text().replace("logging_steps: 2", "logging_steps: 1").replace("eval_steps: 3", "eval_steps: 100")
+    text = config.read_text().replace("logging_steps: 2", "logging_steps: 1")
+    text = text.replace("eval_steps: 3", "eval_steps: 100")
     config.write_text(text.replace("save_steps: 2", "save_steps: 100").replace('smoke_prompts: ["Salut"]', ""))
     run_config(load_yaml_config(config), log=RunLog(tmp_path / "log.txt"), extra_callbacks=[Throttle(14)])
     alerts = read_jsonl(tmp_path / "run" / "alerts.jsonl")

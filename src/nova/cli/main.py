@@ -18,6 +18,7 @@ from nova.cli import (
     demo_cmd,
     export_cmd,
     infer_cmd,
+    init_cmd,
     merge_cmd,
     models_cmd,
     plot_cmd,
@@ -45,6 +46,7 @@ app.command("export")(export_cmd.export)
 app.command("status")(status_cmd.status)
 app.command("plot")(plot_cmd.plot)
 app.command("config")(config_cmd.config)
+app.command("init")(init_cmd.init)
 app.command("ui")(ui_cmd.ui)
 app.command("demo")(demo_cmd.demo)
 app.add_typer(models_cmd.app, name="models")
