@@ -9,7 +9,7 @@ What it decides, in order:
    lengths (the model's tokenizer when it is at hand, else about 4 characters a token), so ``max_length``
    holds all (or 99%) of the records and never more than the model's context;
 3. the holdout: about 10% of the records, at least ``HOLDOUT_MIN`` and at most ``HOLDOUT_MAX`` (none below
-   ``HOLDOUT_MIN`` x 4 records: each one is then worth more for training);
+   ``HOLDOUT_FROM`` records: each one is then worth more for training);
 4. the batch: an effective batch of 16 sequences (8 for preference pairs), the largest micro batch that
    fits the GPU memory (given, or the real GPU's free memory) by preflight's estimate, then gradient
    checkpointing only if needed (``nova.preflight.fit_stage``);
@@ -32,6 +32,7 @@ from nova.errors import NovaError
 
 HOLDOUT_MIN = 5  # fewer held-out records than this make an eval loss that is noise (preflight warns)
 HOLDOUT_MAX = 200  # more costs evaluation time and adds little precision
+HOLDOUT_FROM = 40  # below this many records each one is worth more for training than for an eval loss
 LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 EFFECTIVE_BATCH = {"sft": 16, "dpo": 8, "kto": 16, "orpo": 8, "simpo": 8, "grpo": 8}
 CHARS_PER_TOKEN = 4.0  # without the tokenizer: English-like text averages about 4 characters a token
@@ -127,8 +128,8 @@ def _max_length(lengths: list[int], context: int | None) -> tuple[int, str]:
 
 
 def _holdout(records: int) -> tuple[float, str]:
-    if records < HOLDOUT_MIN * 4:
-        return 0.0, f"{records} records are too few to hold {HOLDOUT_MIN} out: no holdout, every record trains"
+    if records < HOLDOUT_FROM:
+        return 0.0, f"{records} records are too few to spare a holdout: every record trains (no eval loss)"
     held = min(max(round(records * 0.1), HOLDOUT_MIN), HOLDOUT_MAX)
     return round(held / records, 4), f"{held} of {records} records held out for the eval loss"
 
