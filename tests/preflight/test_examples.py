@@ -36,3 +36,18 @@ def test_example_fits_its_gpu_by_preflight(path: Path, monkeypatch: pytest.Monke
     others = [c for c in report.checks if c.name.split("[")[0] not in ("model", "chat_template", "gpu")]
     assert all(c.status == "pass" for c in others), [(c.name, c.message) for c in others if c.status != "pass"]
     assert by_name["model"].message.endswith("memory estimated from nova's table of known architectures")
+
+
+def test_a_holdout_of_fewer_than_a_handful_of_records_warns(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from data_fixtures import chat, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", [chat(f"question {i}", f"answer {i}") for i in range(23)])
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nmodel: {{base: {tiny_model_dir}, quantization: none}}\n"
+                      f"data:\n  datasets: [{{path: {data}}}]\n  eval_split: 0.1\n")
+    check = next(c for c in run_preflight(load_yaml_config(config)).checks if c.name.startswith("data"))
+    assert check.status == "warn" and "21 training records, 2 held out" in check.message
+    assert "noise" in check.message and "data.eval_split" in check.fix
+    config.write_text(config.read_text().replace("eval_split: 0.1", "eval_split: 0.25"))
+    check = next(c for c in run_preflight(load_yaml_config(config)).checks if c.name.startswith("data"))
+    assert check.status == "pass" and "6 held out" in check.message

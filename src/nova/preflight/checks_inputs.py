@@ -30,6 +30,7 @@ LR_SUGGESTED = {"sft": 2e-4, "dpo": 5e-6, "kto": 5e-6, "orpo": 5e-5, "simpo": 5e
 FULL_LR_RANGE = {"sft": (1e-5, 1e-4), "dpo": (1e-7, 1e-5), "kto": (1e-7, 1e-5)}
 FULL_LR_SUGGESTED = {"sft": 2e-5, "dpo": 5e-7, "kto": 1e-6}
 EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
+HOLDOUT_MIN = 5  # fewer held-out records than a handful: the eval loss (early stopping, alerts) is noise
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
 # The largest file preflight reads, by suffix (others: READ_WHOLE). JSON and CSV are parsed whole;
@@ -152,7 +153,13 @@ def check_data(label: str, stage: StageConfig) -> tuple[Check, int | None]:
     except NovaError as exc:
         return Check(label, "fail", exc.message, exc.hint or "run 'nova data check'"), None
     count = report.train_records if report.train_records > 0 else None
-    return Check(label, "pass", f"{count} training records" if count else "data is valid"), count
+    held = report.eval_records
+    text = (f"{count} training records" if count else "data is valid") + (f", {held} held out" if held else "")
+    if 0 < held < HOLDOUT_MIN:
+        return Check(label, "warn", f"{text}: an eval loss over {held} record{'s' if held > 1 else ''} is noise",
+                     f"hold out at least {HOLDOUT_MIN}: raise data.eval_split (now {stage.data.eval_split:g}), "
+                     "give data.eval_datasets, or set eval_split: 0 for no eval loss at all"), count
+    return Check(label, "pass", text), count
 
 
 def check_learning_rate(label: str, stage: StageConfig, *, full: bool = False) -> Check:
