@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from nova.console import echo
-from nova.export.gguf_export import OUTTYPES
+from nova.export.gguf_export import EXPORT_INFO, OUTTYPES
 
 FORMATS = ("gguf", "ollama", "peft")
 
@@ -47,6 +47,17 @@ def _require_gguf_name(out: Path) -> None:
 
     if out.suffix.lower() != ".gguf":
         raise NovaError(f"--out should name a .gguf file, got '{out}'")
+
+
+def _check_output(out: Path, fmt: str, force: bool) -> None:
+    """The output checks the exporter makes, made before the banner: a refused --out says nothing else."""
+    from nova.files import check_output_dir, check_output_file
+
+    if fmt == "gguf":
+        _require_gguf_name(out)
+        check_output_file(out.expanduser(), force)
+    else:
+        check_output_dir(out.expanduser(), force, marker=EXPORT_INFO)
 
 
 def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
@@ -116,6 +127,7 @@ def export(
 ) -> None:
     """Export a merged model (GGUF, Ollama) or a run's adapter chain (PEFT, GGUF LoRA, Ollama)."""
     _check_choice(fmt, outtype, model, run)
+    _check_output(out, fmt, force)
     start = time.monotonic()
     if model is not None:
         result = _from_model(model, out, fmt, outtype, force)

@@ -36,13 +36,14 @@ def import_gguf_cmd(
 ) -> None:
     """Convert a GGUF file into a Hugging Face model directory that nova can train."""
     from nova.errors import NovaError
-    from nova.files import dir_size, human_bytes
-    from nova.model.gguf import check_gguf_file, default_import_dir, import_gguf
+    from nova.files import check_output_dir, dir_size, human_bytes
+    from nova.model.gguf import PROVENANCE_FILE, check_gguf_file, default_import_dir, import_gguf
 
     if dtype not in DTYPE_CHOICES:
         raise NovaError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{dtype}'")
     check_gguf_file(gguf_file)
     dest = out if out is not None else default_import_dir(gguf_file, "models")
+    check_output_dir(dest.expanduser(), force, marker=PROVENANCE_FILE)  # before the banner: a refusal says only that
     echo(f"importing {gguf_file} -> {dest} ({dtype})")
     start = time.monotonic()
     result = import_gguf(gguf_file, dest, dtype=dtype, force=force)
