@@ -56,7 +56,10 @@ def infer(
     conversations = read_prompts_file(prompts_file) if prompts_file else []
     if compare and compare_phases:
         raise NovaError("give --compare or --compare-phases, not both", hint="--compare-phases includes the base")
-    loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code, upto=upto)
+    from nova.console import task
+
+    with task("loading the model", line=f"loading {model}" + (f" + {adapter}" if adapter else "")):
+        loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code, upto=upto)
     if (compare or compare_phases) and not loaded.has_adapters:
         flag = "--compare" if compare else "--compare-phases"
         raise NovaError(f"{flag} needs adapters to switch off", hint="pass a run directory or --adapter")
