@@ -81,8 +81,8 @@ def test_a_moment_of_other_work_is_not_a_slowdown(tmp_path: Path) -> None:
     for i, tps in enumerate(series, start=1):
         f.train(5 * i, tps=float(tps))
     assert f.alerts() == []
-    short = Feeder(tmp_path / "short")
-    for step, tps in enumerate([180, 205, 210, 150, 120, 110], start=1):
+    short = Feeder(tmp_path / "short")  # a short run slows down as its last steps share the CPU: too short to judge
+    for step, tps in enumerate([180, 205, 210, 200, 120, 110, 100, 105], start=1):
         short.train(step, tps=float(tps))
     assert short.alerts() == []
 

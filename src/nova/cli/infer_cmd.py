@@ -57,7 +57,11 @@ def infer(
     if compare and compare_phases:
         raise NovaError("give --compare or --compare-phases, not both", hint="--compare-phases includes the base")
     from nova.console import task
+    from nova.runs.layout import is_run_dir
+    from nova.runs.record import read_run
 
+    if is_run_dir(model):
+        read_run(model)  # a broken run directory is one error line, said before "loading ..."
     with task("loading the model", line=f"loading {model}" + (f" + {adapter}" if adapter else "")):
         loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code, upto=upto)
     if (compare or compare_phases) and not loaded.has_adapters:
