@@ -201,7 +201,8 @@ class Task:
         self.stream = log.stream if log is not None else (sys.stderr if err else sys.stdout)
         self.done = 0
         self.started = time.time()
-        self._recorded = self._lined = self.started
+        self._lined = self.started
+        self._recorded = 0.0  # the first count is reported at once
         self._bar: Any = None
 
     def record(self) -> dict[str, Any]:

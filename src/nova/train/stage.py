@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.schema import StageConfig
-from nova.console import human_seconds
+from nova.console import human_seconds, task
 from nova.errors import NovaError, TrainingStopped
 from nova.files import atomic_dir, write_json_atomic
 from nova.model.trained import is_full, restore, save_trained, snapshot
@@ -162,8 +162,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None) ->
                               method=config.method)
     hooks = TrainerHooks(ctx.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, ctx.stop,
                          [monitor, *ctx.extra_callbacks], stage_strategy(ctx, config, run.placement))
-    with keep_trainable_fp32(run.model):  # TRL casts a 4-bit model's adapter to bf16
-        trainer = _build_trainer(run, config, hooks)
+    with task("preparing the trainer", quiet=True), keep_trainable_fp32(run.model):  # TRL casts a 4-bit
+        trainer = _build_trainer(run, config, hooks)  # model's adapter to bf16
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = run.lr_override if resume_from is not None else None
     t = config.training
