@@ -276,3 +276,15 @@ def test_cli_status_watch_redraws_until_the_run_ends(tmp_path: Path) -> None:
     blocks = [b for b in out.split("\n\n") if b.strip()]
     assert len(blocks) >= 3 and all("step 120 of 300" in b for b in blocks)  # piped: one block per refresh
     assert "every 0.5 s" in blocks[0] and "no run shown is alive; stopped watching" in blocks[-1]
+
+
+def test_a_stage_past_its_last_step_is_finishing_not_eta_zero(tmp_path: Path, nova_process: Any) -> None:
+    import time
+
+    run = make_run(tmp_path / "run", last_step=300, max_steps=300)
+    write_pid(run, nova_process.pid)
+    (run / "activity.json").write_text(json.dumps({"what": "training", "stage": "sft", "since": time.time()}))
+    ps = read_status(run).phases[0]
+    assert ps.eta_seconds is None and ps.doing == "finishing stage sft: its last evaluation and checkpoint"
+    text = "\n".join(status_lines(read_status(run)))
+    assert "now:        finishing stage sft" in text and "eta" not in text

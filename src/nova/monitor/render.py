@@ -6,7 +6,6 @@ import time
 
 from nova.console import human_seconds
 from nova.monitor.status import PhaseStatus, RunStatus
-from nova.runs.activity import TRAINING
 from nova.runs.jsonl import number
 
 
@@ -82,7 +81,7 @@ def phase_lines(ps: PhaseStatus, now: float) -> list[str]:
     if ps.process.state != "none" or ps.status in ("running", "stopped"):
         head += f" - process {ps.process.describe()}"
     out = [head, f"  run dir:    {ps.run_dir}"]
-    if ps.doing and (ps.activity or {}).get("what") != TRAINING:
+    if ps.doing and ps.eta_seconds is None:  # while it trains with an ETA, the step and the ETA say it all
         out.append(f"  now:        {ps.doing}")
     if ps.note:
         out.append(f"  note:       {ps.note}")
@@ -141,7 +140,7 @@ def summary_line(ps: PhaseStatus, name_width: int) -> str:
         parts.append(f"{ps.stage}{step}")
     if ps.train_loss is not None:
         parts.append(f"loss {ps.train_loss:.4f}" + (f", eval {ps.eval_loss:.4f}" if ps.eval_loss is not None else ""))
-    if ps.doing and (ps.activity or {}).get("what") != TRAINING:
+    if ps.doing and ps.eta_seconds is None:
         parts.append(f"now {ps.doing}")
     elif ps.eta_seconds is not None:
         parts.append(f"eta {human_seconds(ps.eta_seconds)}")

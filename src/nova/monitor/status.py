@@ -197,9 +197,11 @@ def _fill_stage(ps: PhaseStatus, run: RunDir, record: RunRecord | None, records:
     ps.rewards = _rewards(records)
     ps.seconds_per_step = step_rate(records)
     training = ps.activity is None or ps.activity.get("what") == TRAINING  # no ETA while it loads, evaluates, ...
-    if (ps.status == "running" and training and ps.seconds_per_step and ps.total_steps is not None
-            and ps.step is not None):
-        ps.eta_seconds = max(ps.total_steps - ps.step, 0) * ps.seconds_per_step
+    if ps.status == "running" and training and ps.total_steps is not None and ps.step is not None:
+        if ps.step >= ps.total_steps:  # the last step is taken: not "eta 0s" while it evaluates and saves
+            ps.doing = f"finishing stage {stage}: its last evaluation and checkpoint"
+        elif ps.seconds_per_step:
+            ps.eta_seconds = (ps.total_steps - ps.step) * ps.seconds_per_step
 
 
 def _rewards(records: list[dict[str, Any]]) -> dict[str, float]:
