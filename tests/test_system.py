@@ -32,7 +32,7 @@ def windows_break(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 def test_ctrl_break_saves_and_stops_like_ctrl_c(windows_break: int) -> None:
     said: list[str] = []
     before = signal.getsignal(windows_break)
-    with signal_handling(StopRequest(), said.append) as request:
+    with signal_handling(StopRequest(saving=True), said.append) as request:  # during training
         assert set(system.stop_signals()) == {signal.SIGINT, signal.SIGTERM, windows_break}
         signal.raise_signal(windows_break)  # os.kill would terminate the process on Windows
         assert request.signal_name == "SIGBREAK"
@@ -48,12 +48,20 @@ def test_a_second_ctrl_break_exits_at_once(windows_break: int, monkeypatch: pyte
         raise SystemExit(code)
 
     monkeypatch.setattr(resilience.os, "_exit", exit_now)
-    with signal_handling(StopRequest(), lambda line: None) as request:
+    with signal_handling(StopRequest(saving=True), lambda line: None) as request:
         signal.raise_signal(signal.SIGINT)
         assert request.signal_name == "SIGINT"
         with pytest.raises(SystemExit) as stopped:
             signal.raise_signal(windows_break)
     assert stopped.value.code == 128 + windows_break
+
+
+def test_ctrl_break_before_the_first_step_stops_at_once(windows_break: int) -> None:
+    from nova.train.machinery.resilience import Interrupted
+
+    with pytest.raises(Interrupted) as stopped, signal_handling(StopRequest(), lambda line: None):
+        signal.raise_signal(windows_break)
+    assert stopped.value.exit_code == 130 and "nothing to save" in stopped.value.message
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="Windows always has SIGBREAK")

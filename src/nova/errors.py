@@ -23,6 +23,7 @@ class NovaError(Exception):
     """A user-facing failure: bad config, bad data, missing file, impossible request."""
 
     exit_code = 2
+    label = "error"  # the word the CLI prints before the message
 
     def __init__(self, message: str, *, hint: str | None = None, where: str | None = None) -> None:
         super().__init__(message)
@@ -86,3 +87,4 @@ class TrainingStopped(NovaError):
     """Training stopped on purpose (signal, NaN loss); the run can be resumed."""
 
     exit_code = 3
+    label = "stopped"

@@ -139,6 +139,14 @@ def check_output_dir(out_dir: Path, force: bool, *, marker: str | None = None) -
                         "only an earlier nova output", hint="choose another --out, or move the directory away")
 
 
+def check_output_file(out: Path, force: bool) -> None:
+    """Refuse to overwrite a file output (a .gguf) unless ``force``, and never a directory in its place."""
+    if out.is_dir():
+        raise NovaError(f"output is a directory: {out}", hint="--out names the .gguf file to write")
+    if out.exists() and not force:
+        raise NovaError(f"output exists: {out}", hint="choose another --out, or pass --force to replace it")
+
+
 def portable_path(path: str | Path, base: Path) -> str:
     """``path`` as recorded in a file that travels with the output ``base``: relative to ``base``, or
     the bare name when the two share nothing below the root (``../../tmp/x`` would spell the
@@ -252,6 +260,19 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.fsync(fh.fileno())
         rename(tmp, path)  # closed first: Windows cannot rename an open file
         fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(OSError, NovaError):
+            remove_file(tmp)
+
+
+def write_status_file(path: Path, text: str) -> None:
+    """Replace a small status file that is rewritten every second and means nothing after a crash
+    (``activity.json``): temporary sibling then rename, so a reader never sees half of it, but no fsync."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        rename(tmp, path)
     finally:
         with contextlib.suppress(OSError, NovaError):
             remove_file(tmp)

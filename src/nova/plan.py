@@ -119,7 +119,11 @@ class Plan:
             return self
         names = [p.name for p in self.phases]
         if only not in names:
-            raise NovaError(f"no phase named '{only}' in this config", hint=f"phases: {', '.join(names)}")
+            import difflib
+
+            close = difflib.get_close_matches(only, names, n=1, cutoff=0.6)
+            raise NovaError(f"no phase named '{only}' in this config" + (f" (did you mean '{close[0]}'?)" if close
+                                                                         else ""), hint=f"phases: {', '.join(names)}")
         return replace(self, phases=tuple(p for p in self.phases if p.name == only))
 
 

@@ -134,3 +134,16 @@ def test_reference_documents_every_key() -> None:
 def test_docs_config_md_is_generated_from_the_schema() -> None:
     expected = "\n".join(reference_lines(markdown=True)) + "\n"
     assert (ROOT / "docs" / "config.md").read_text() == expected, "run: nova config --markdown > docs/config.md"
+
+
+def test_docs_config_md_opens_with_a_minimal_config_that_validates(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "config.md").read_text()
+    assert text.index("## A minimal config") < text.index("## Phase config")
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = tmp_path / "data" / "mine.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    (tmp_path / "mine.yaml").write_text(block.replace("data/mine.jsonl", str(data)))
+    loaded = load_yaml_config(tmp_path / "mine.yaml")
+    assert loaded.config.name == "mine" and loaded.config.stage_list[0].training.num_epochs == 2
+    assert "## Steps and epochs" in text and "## The holdout" in text

@@ -57,17 +57,43 @@ def test_grad_norm_repeats_after_repeat_steps_and_low_and_nan(tmp_path: Path) ->
 
 
 def test_throughput_drop_against_running_median(tmp_path: Path) -> None:
-    f = Feeder(tmp_path, throughput_drop=0.2)
+    f = Feeder(tmp_path, throughput_drop=0.2, throughput_persist=3, throughput_min_logs=5)
     f.train(1, tps=100.0)  # start-up sample: ignored
     for step in range(10, 60, 10):
         f.train(step, tps=1000.0)
     f.train(60, tps=700.0)
-    f.train(70, tps=650.0)  # still low: no second alert
-    f.train(80, tps=1000.0)
+    f.train(70, tps=650.0)
+    assert f.alerts() == []  # two low logs: not yet a slowdown
+    f.train(80, tps=600.0)  # the third in a row: it is
+    f.train(90, tps=640.0)  # still low: no second alert
+    f.train(100, tps=1000.0)
     alerts = f.alerts()
-    assert [(a["kind"], a["step"]) for a in alerts] == [("throughput_drop", 60)]
-    assert alerts[0]["value"] == pytest.approx(700) and alerts[0]["threshold"] == pytest.approx(800)
-    assert "30% below the median 1000" in alerts[0]["message"]
+    assert [(a["kind"], a["step"]) for a in alerts] == [("throughput_drop", 80)]
+    assert alerts[0]["value"] == pytest.approx(650) and alerts[0]["threshold"] == pytest.approx(800)
+    assert "for 3 logged steps (35% below the median 1000)" in alerts[0]["message"]
+
+
+def test_a_moment_of_other_work_is_not_a_slowdown(tmp_path: Path) -> None:
+    """The demo on a shared 2-core CPU: tokens/s dips 24% for one log, twice (it alerted 'tokens/s 155 < 164
+    (24% below the median 205)'); and a 6-step run alerted at step 5. Neither is a slowdown."""
+    f = Feeder(tmp_path)
+    series = [205, 210, 198, 207, 201, 212, 155, 204, 199, 206, 150, 208, 203, 160, 202, 209, 211, 204]
+    for i, tps in enumerate(series, start=1):
+        f.train(5 * i, tps=float(tps))
+    assert f.alerts() == []
+    short = Feeder(tmp_path / "short")  # a short run slows down as its last steps share the CPU: too short to judge
+    for step, tps in enumerate([180, 205, 210, 200, 120, 110, 100, 105], start=1):
+        short.train(step, tps=float(tps))
+    assert short.alerts() == []
+
+
+def test_a_lasting_slowdown_alerts_with_the_default_settings(tmp_path: Path) -> None:
+    f = Feeder(tmp_path)
+    for step in range(1, 13):
+        f.train(step, tps=1000.0)
+    for step in range(13, 17):
+        f.train(step, tps=500.0)  # throttled from step 13 on
+    assert [(a["kind"], a["step"]) for a in f.alerts()] == [("throughput_drop", 15)]
 
 
 def test_eval_and_save_pauses_are_not_throughput_drops(tmp_path: Path) -> None:

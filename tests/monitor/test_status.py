@@ -193,3 +193,98 @@ def test_cli_plot_prints_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert os.path.getsize(run / "plots" / "loss.png") > 1000
 
 
+
+
+# -- what a live run is doing (activity.json) ---------------------------------------------------
+
+
+def test_status_shows_what_a_live_run_is_doing_instead_of_an_eta(tmp_path: Path, nova_process: Any) -> None:
+    import time
+
+    run = make_run(tmp_path / "run")
+    write_pid(run, nova_process.pid)
+    assert read_status(run).phases[0].eta_seconds is not None  # training: step of total and an ETA
+    (run / "activity.json").write_text(json.dumps({"what": "smoke prompts", "done": 1, "total": 2,
+                                                   "since": time.time() - 65, "pid": nova_process.pid}))
+    ps = read_status(run).phases[0]
+    assert ps.doing is not None and ps.doing.startswith("smoke prompts 1/2 (for 1m0")
+    assert ps.eta_seconds is None  # not "eta 0s" while the smoke prompts are answered
+    text = "\n".join(status_lines(read_status(run)))
+    assert "  now:        smoke prompts 1/2" in text and "eta:" not in text
+    (run / "activity.json").write_text(json.dumps({"what": "training", "stage": "sft", "since": time.time()}))
+    ps = read_status(run).phases[0]
+    assert ps.eta_seconds is not None and "now:" not in "\n".join(status_lines(read_status(run)))
+
+
+def test_a_dead_run_activity_is_not_shown(tmp_path: Path, dead_pid: int) -> None:
+    run = make_run(tmp_path / "run")
+    write_pid(run, dead_pid)
+    (run / "activity.json").write_text(json.dumps({"what": "smoke prompts", "done": 1, "total": 2}))
+    ps = read_status(run).phases[0]
+    assert ps.status == "stopped" and ps.doing is None
+
+
+# -- nova status with no path, and --watch ------------------------------------------------------
+
+
+def test_cli_status_with_no_path_lists_every_run_under_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   nova_process: Any, dead_pid: int) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(monkeypatch, capsys, "status")
+    assert code == 0 and "no runs under checkpoints" in out
+    live = make_run(tmp_path / "checkpoints" / "demo" / "doica")
+    write_pid(live, nova_process.pid)
+    (tmp_path / "checkpoints" / "demo" / "pipeline.json").write_text(json.dumps(
+        {"phases": {"doica": {"status": "running", "run_dir": str(live)}, "sora": {"status": "pending"}}}))
+    old = make_run(tmp_path / "checkpoints" / "alone", last_step=40)
+    write_pid(old, dead_pid)
+    write_jsonl(old / "alerts.jsonl", [{"time": 1.0, "step": 30, "stage": "sft", "kind": "grad_norm_high",
+                                        "message": "alert: grad_norm 50 > 10 at step 30 (sft)"}])
+    for args in (("status",), ("status", "checkpoints")):  # a directory of runs is listed, not refused
+        code, out, err = run_cli(monkeypatch, capsys, *args)
+        lines = out.splitlines()
+        assert code == 0 and err == "" and lines[0] == "runs under checkpoints: 2, newest first"
+        doica = next(x for x in lines if x.startswith("  doica"))
+        assert "running" in doica and "sft step 120/300" in doica and "loss 0.5882, eval 0.7875" in doica
+        assert "eta 6m00s" in doica and f"alive (pid {nova_process.pid})" in doica
+        assert any(x.startswith("  sora") and "pending" in x for x in lines)
+        alone = next(x for x in lines if x.startswith("  alone"))
+        assert "stopped" in alone and "not running" in alone and "1 alert" in alone
+        assert "latest alert: alert: grad_norm 50 > 10 at step 30 (sft)" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "status", "--json")
+    assert code == 0 and {r["path"] for r in json.loads(out)["runs"]} == {"checkpoints/demo", "checkpoints/alone"}
+
+
+def test_cli_status_watch_redraws_until_the_run_ends(tmp_path: Path) -> None:
+    from conftest import ROOT, spawn
+
+    trainer = spawn("nova", "train")
+    run = make_run(tmp_path / "run")
+    write_pid(run, trainer.pid)
+    watcher = subprocess.Popen([sys.executable, "-m", "nova", "status", str(run), "--watch", "0.5"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    import time
+
+    time.sleep(3)
+    assert watcher.poll() is None  # still watching a live run
+    trainer.kill()
+    trainer.wait()
+    out, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, err
+    blocks = [b for b in out.split("\n\n") if b.strip()]
+    assert len(blocks) >= 3 and all("step 120 of 300" in b for b in blocks)  # piped: one block per refresh
+    assert "every 0.5 s" in blocks[0] and "no run shown is alive; stopped watching" in blocks[-1]
+
+
+def test_a_stage_past_its_last_step_is_finishing_not_eta_zero(tmp_path: Path, nova_process: Any) -> None:
+    import time
+
+    run = make_run(tmp_path / "run", last_step=300, max_steps=300)
+    write_pid(run, nova_process.pid)
+    (run / "activity.json").write_text(json.dumps({"what": "training", "stage": "sft", "since": time.time()}))
+    ps = read_status(run).phases[0]
+    assert ps.eta_seconds is None and ps.doing == "finishing stage sft: its last evaluation and checkpoint"
+    text = "\n".join(status_lines(read_status(run)))
+    assert "now:        finishing stage sft" in text and "eta" not in text

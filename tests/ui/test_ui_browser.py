@@ -121,7 +121,9 @@ def test_launch_refuse_a_second_and_stop(browser: Any, server: Server, ui_root: 
     browser.find_element(By.CSS_SELECTOR, "#launch").click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#launched"), timeout=90, what="the launch")
     run = ui_root / "launched"
-    wait_for(lambda: (run / "metrics.jsonl").exists(), timeout=120, what="training to log its first step")
+    # a logged training step: from the first optimizer step on a stop saves a checkpoint (before it, it stops at once)
+    wait_for(lambda: '"loss"' in ((run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""),
+             timeout=120, what="training to log its first step")
     browser.find_element(By.CSS_SELECTOR, "#launch").click()  # the same run again, while it trains
     refused = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#refused"), timeout=30, what="a refusal")
     assert "is in use by running (pid" in refused[0].text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from nova.console import echo
+
 
 def config(
     section: str | None = typer.Argument(None, help="Only this section, e.g. lora or training."),
@@ -13,4 +15,7 @@ def config(
     from nova.config.reference import reference_lines
 
     for line in reference_lines(section, markdown=markdown):
-        typer.echo(line)
+        if markdown:  # a document for a file: never wrapped
+            typer.echo(line)
+        else:  # a description continues at its own indent, under itself
+            echo(line, indent=len(line) - len(line.lstrip()) if line.startswith(" " * 6) else None)

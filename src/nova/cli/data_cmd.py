@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from nova.cli.options import JsonOpt, SetOpt
+from nova.console import echo
 from nova.data.formats import FIELDS, FORMAT_CHOICES
 from nova.methods import METHOD_NAMES
 
@@ -200,9 +201,9 @@ def check(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = No
             report.token_note = note
         results.append({"stage": target.label, "ok": True, "report": report.to_dict()})
         if not as_json:
-            typer.echo(f"== {target.label}")
+            echo(f"== {target.label}")
             for line in report.lines():
-                typer.echo(line)
+                echo(line)
     _finish(results, failed, as_json)
 
 
@@ -236,6 +237,6 @@ def preview_cmd(file: FileArg = None, config: ConfigOpt = None, overrides: SetOp
         tokenizer, note = _tokenizer_for(target.model, tokenizers)
         if tokenizer is None:
             raise NovaError(f"{target.label}: cannot preview without a tokenizer: {note}")
-        typer.echo(f"== {target.label}")
+        echo(f"== {target.label}")
         for line in preview(target.data, tokenizer, method=target.method, n=n):
-            typer.echo(line)
+            echo(line)

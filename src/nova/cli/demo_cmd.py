@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from nova.console import echo
 from nova.errors import NovaError
 
 PIPELINE = "configs/demo/pipeline.yaml"
@@ -61,6 +62,6 @@ def demo(
 ) -> None:
     """Train the demo pipeline, compare the tuned model with the base, merge, export (run from the checkout)."""
     if dry_run:
-        run_demo(Path.cwd(), run_step=lambda step: 0, say=typer.echo)
+        run_demo(Path.cwd(), run_step=lambda step: 0, say=echo)
     else:
-        run_demo(Path.cwd(), say=typer.echo)
+        run_demo(Path.cwd(), say=echo)

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from nova.export.gguf_export import OUTTYPES
+from nova.console import echo
+from nova.export.gguf_export import EXPORT_INFO, OUTTYPES
 
 FORMATS = ("gguf", "ollama", "peft")
 
@@ -48,16 +49,27 @@ def _require_gguf_name(out: Path) -> None:
         raise NovaError(f"--out should name a .gguf file, got '{out}'")
 
 
+def _check_output(out: Path, fmt: str, force: bool) -> None:
+    """The output checks the exporter makes, made before the banner: a refused --out says nothing else."""
+    from nova.files import check_output_dir, check_output_file
+
+    if fmt == "gguf":
+        _require_gguf_name(out)
+        check_output_file(out.expanduser(), force)
+    else:
+        check_output_dir(out.expanduser(), force, marker=EXPORT_INFO)
+
+
 def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
     if fmt == "gguf":
         from nova.export.gguf_export import export_gguf
 
         _require_gguf_name(out)
-        typer.echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
+        echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
         return export_gguf(model, out, outtype=outtype or "f16", force=force)
     from nova.export.ollama import export_ollama
 
-    typer.echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
+    echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
     return export_ollama(model, out, outtype=outtype, force=force)
 
 
@@ -65,17 +77,17 @@ def _from_run(run: Path, out: Path, fmt: str, outtype: str | None, force: bool) 
     if fmt == "peft":
         from nova.export.peft_chain import export_peft
 
-        typer.echo(f"exporting the adapter chain of {run} -> {out} (one standalone PEFT adapter)")
+        echo(f"exporting the adapter chain of {run} -> {out} (one standalone PEFT adapter)")
         return export_peft(run, out, force=force)
     if fmt == "gguf":
         from nova.export.gguf_lora import export_lora_gguf
 
         _require_gguf_name(out)
-        typer.echo(f"exporting the adapter chain of {run} -> {out} (GGUF LoRA adapter, {outtype or 'f16'})")
+        echo(f"exporting the adapter chain of {run} -> {out} (GGUF LoRA adapter, {outtype or 'f16'})")
         return export_lora_gguf(run, out, outtype=outtype or "f16", force=force)
     from nova.export.ollama import export_ollama_run
 
-    typer.echo(f"exporting {run} -> {out} (ollama: base GGUF {outtype or 'f16'} + LoRA adapter GGUF)")
+    echo(f"exporting {run} -> {out} (ollama: base GGUF {outtype or 'f16'} + LoRA adapter GGUF)")
     return export_ollama_run(run, out, outtype=outtype, force=force)
 
 
@@ -84,17 +96,17 @@ def _report(result: Any, fmt: str, seconds: float) -> None:
     from nova.files import human_bytes
 
     for note in result.notes:
-        typer.echo(f"note: {note}")
+        echo(f"note: {note}")
     path = Path(result.path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    typer.echo("wrote:")
+    echo("wrote:")
     for file in files:
-        typer.echo(f"  {file}  {human_bytes(file.stat().st_size)}")
+        echo(f"  {file}  {human_bytes(file.stat().st_size)}")
     types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
     detail = f"; tensors: {types}" if types else ""
-    typer.echo(f"total {human_bytes(result.size_bytes)} in {len(files)} file(s){detail} ({seconds:.1f} s)")
+    echo(f"total {human_bytes(result.size_bytes)} in {len(files)} file(s){detail} ({seconds:.1f} s)")
     if fmt == "ollama":
-        typer.echo(f"next: cd {path} && ollama create NAME -f Modelfile")
+        echo(f"next: cd {path} && ollama create NAME -f Modelfile")
 
 
 def export(
@@ -115,6 +127,7 @@ def export(
 ) -> None:
     """Export a merged model (GGUF, Ollama) or a run's adapter chain (PEFT, GGUF LoRA, Ollama)."""
     _check_choice(fmt, outtype, model, run)
+    _check_output(out, fmt, force)
     start = time.monotonic()
     if model is not None:
         result = _from_model(model, out, fmt, outtype, force)

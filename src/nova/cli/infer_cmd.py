@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from nova.cli.options import JsonOpt, TrustRemoteCodeOpt
+from nova.console import echo
 from nova.errors import NovaError
 
 
@@ -20,7 +21,8 @@ def infer(
     prompt: list[str] | None = typer.Option(None, "--prompt", "-p", help="A user message (repeatable)."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", help="JSONL of {prompt} or {messages}."),
     out: Path | None = typer.Option(None, "--out", help="Write the JSONL answers here instead of stdout."),
-    chat: bool = typer.Option(False, "--chat", help="Interactive multi-turn chat (empty line or /exit ends)."),
+    chat: bool = typer.Option(False, "--chat", help="Interactive multi-turn chat (Ctrl-C stops an answer; "
+                              "Ctrl-D or /exit ends)."),
     compare: bool = typer.Option(False, "--compare", help="Also answer with the base (adapters off)."),
     compare_phases: bool = typer.Option(False, "--compare-phases", help="Answer with the base and with the "
                                         "model as each phase of the chain left it, side by side."),
@@ -54,7 +56,14 @@ def infer(
     conversations = read_prompts_file(prompts_file) if prompts_file else []
     if compare and compare_phases:
         raise NovaError("give --compare or --compare-phases, not both", hint="--compare-phases includes the base")
-    loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code, upto=upto)
+    from nova.console import task
+    from nova.runs.layout import is_run_dir
+    from nova.runs.record import read_run
+
+    if is_run_dir(model):
+        read_run(model)  # a broken run directory is one error line, said before "loading ..."
+    with task("loading the model", line=f"loading {model}" + (f" + {adapter}" if adapter else "")):
+        loaded = load_model(model, adapter=adapter, trust_remote_code=trust_remote_code, upto=upto)
     if (compare or compare_phases) and not loaded.has_adapters:
         flag = "--compare" if compare else "--compare-phases"
         raise NovaError(f"{flag} needs adapters to switch off", hint="pass a run directory or --adapter")
@@ -130,18 +139,18 @@ def _answer_all(loaded: Any, conversations: list[list[dict[str, str]]], how: _Ho
                 else:
                     typer.echo(line)
                 continue
-            typer.echo(f">>> {messages[-1]['content']}")
+            echo(f">>> {messages[-1]['content']}")
             for label, view in views:
                 if label is not None:
-                    typer.echo(f"--- {label}:")
+                    echo(f"--- {label}:")
                 if view is None:
                     _say(loaded, messages, how)
                 else:
                     with view():
                         _say(loaded, messages, how)
-            typer.echo("")
+            echo("")
         if sink:
-            typer.echo(f"wrote {len(conversations)} answers to {out}")
+            echo(f"wrote {len(conversations)} answers to {out}")
     finally:
         if sink:
             sink.close()
@@ -160,15 +169,32 @@ def _say(loaded: Any, messages: list[dict[str, str]], how: _How, stream: bool | 
 
 
 def _chat(loaded: Any, head: list[dict[str, str]], how: _How) -> None:
+    """A multi-turn chat. Ctrl-C stops the answer being written and returns to the prompt (the turn is left
+    out of the conversation); Ctrl-D (end of input) or /exit leaves."""
     history = list(head)
-    typer.echo(f"chatting with {loaded.description}; an empty line or /exit ends")
+    echo(f"chatting with {loaded.description}; Ctrl-C stops an answer, Ctrl-D or /exit leaves")
     while True:
         typer.echo("you> ", nl=False)
-        line = sys.stdin.readline()
-        if not line or not line.strip() or line.strip() == "/exit":
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            typer.echo("")
+            echo("(Ctrl-D or /exit leaves)")
+            continue
+        if not line or line.strip() == "/exit":
+            if not line:
+                typer.echo("")  # the shell prompt on a line of its own after Ctrl-D
             return
+        if not line.strip():
+            continue
         history.append({"role": "user", "content": line.rstrip("\n")})
         typer.echo("nova> ", nl=False)
-        # The history keeps the answer only: templates drop earlier reasoning anyway (Qwen3, DeepSeek-R1).
-        answer = _say(loaded, history, how, stream=True)
+        try:
+            # The history keeps the answer only: templates drop earlier reasoning anyway (Qwen3, DeepSeek-R1).
+            answer = _say(loaded, history, how, stream=True)
+        except KeyboardInterrupt:
+            history.pop()
+            typer.echo("")
+            echo("(stopped; this turn is left out of the conversation)")
+            continue
         history.append({"role": "assistant", "content": answer})

@@ -18,6 +18,7 @@ from nova.cli import (
     demo_cmd,
     export_cmd,
     infer_cmd,
+    init_cmd,
     merge_cmd,
     models_cmd,
     plot_cmd,
@@ -26,6 +27,7 @@ from nova.cli import (
     train_cmd,
     ui_cmd,
 )
+from nova.console import echo
 from nova.errors import NovaError, printable
 
 app = typer.Typer(
@@ -44,6 +46,7 @@ app.command("export")(export_cmd.export)
 app.command("status")(status_cmd.status)
 app.command("plot")(plot_cmd.plot)
 app.command("config")(config_cmd.config)
+app.command("init")(init_cmd.init)
 app.command("ui")(ui_cmd.ui)
 app.command("demo")(demo_cmd.demo)
 app.add_typer(models_cmd.app, name="models")
@@ -71,8 +74,9 @@ def main(
 
 def _say(line: str) -> None:
     """The one place errors are printed: ASCII only, so a file name that is not UTF-8 (lone
-    surrogates in Python) or a non-ASCII value in a message cannot fail the printing itself."""
-    typer.echo(printable(line), err=True)
+    surrogates in Python) or a non-ASCII value in a message cannot fail the printing itself; on a
+    terminal wrapped between words to its width."""
+    echo(printable(line), err=True)
 
 
 def _click_exceptions() -> tuple[type[Exception], ...]:
@@ -113,7 +117,7 @@ def run() -> None:
 
         if report_to_launcher(exc.exit_code, lines):  # a rank of nova train --nproc-per-node: the parent says it
             sys.exit(0)
-        _say(f"error: {lines[0]}")
+        _say(f"{exc.label}: {lines[0]}")
         for line in lines[1:]:
             _say(line)
         sys.exit(exc.exit_code)

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from nova.cli.options import JsonOpt, TrustRemoteCodeOpt
+from nova.console import echo
 from nova.merge import DEFAULT_SOURCE, DEFAULT_TOLERANCE
 
 
@@ -54,11 +55,11 @@ def merge(
     from nova.merge.inputs import MergeRequest
     from nova.merge.run import merge_run
 
-    say = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
+    say = (lambda _: None) if as_json else (lambda line: echo(line, err=True))
     result = merge_run(MergeRequest(run_dir=run, out=out, dtype=dtype.value, source=source.value, force=force,
                                     tolerance=tolerance, trust_remote_code=trust_remote_code), say=say)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
     for line in result.lines():
-        typer.echo(line)
+        echo(line)

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from nova.console import echo
+
 app = typer.Typer(help="Manage local base models.", no_args_is_help=True, rich_markup_mode=None)
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
@@ -34,15 +36,16 @@ def import_gguf_cmd(
 ) -> None:
     """Convert a GGUF file into a Hugging Face model directory that nova can train."""
     from nova.errors import NovaError
-    from nova.files import dir_size, human_bytes
-    from nova.model.gguf import check_gguf_file, default_import_dir, import_gguf
+    from nova.files import check_output_dir, dir_size, human_bytes
+    from nova.model.gguf import PROVENANCE_FILE, check_gguf_file, default_import_dir, import_gguf
 
     if dtype not in DTYPE_CHOICES:
         raise NovaError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{dtype}'")
     check_gguf_file(gguf_file)
     dest = out if out is not None else default_import_dir(gguf_file, "models")
-    typer.echo(f"importing {gguf_file} -> {dest} ({dtype})")
+    check_output_dir(dest.expanduser(), force, marker=PROVENANCE_FILE)  # before the banner: a refusal says only that
+    echo(f"importing {gguf_file} -> {dest} ({dtype})")
     start = time.monotonic()
     result = import_gguf(gguf_file, dest, dtype=dtype, force=force)
     size = human_bytes(dir_size(result))
-    typer.echo(f"imported {gguf_file.name} -> {result} ({size}, {time.monotonic() - start:.1f} s)")
+    echo(f"imported {gguf_file.name} -> {result} ({size}, {time.monotonic() - start:.1f} s)")

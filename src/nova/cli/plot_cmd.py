@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from nova.console import echo
+
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory (has metrics.jsonl), or a pipeline output "
                                            "directory.", show_default=False)]
 
@@ -27,6 +29,6 @@ def plot(run_dir: RunDirArg) -> None:
             raise NovaError(f"no phase of the pipeline in {run_dir} has metrics yet",
                             hint="plots appear once a phase has logged its first step")
         for d in dirs:
-            typer.echo(str(plot_run(d)))
+            echo(str(plot_run(d)))
         return
-    typer.echo(str(plot_run(run_dir)))
+    echo(str(plot_run(run_dir)))

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from nova.cli.options import ConfigOpt, JsonOpt, SetOpt
+from nova.console import echo
 
 GpuMemoryOpt = Annotated[
     str | None,
@@ -40,7 +41,9 @@ def preflight(config: ConfigOpt, json_out: JsonOpt = False, gpu_memory: GpuMemor
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=True))
     else:
-        for line in report.lines():
-            typer.echo(line)
+        from nova.console import terminal_width
+
+        for line in report.lines(terminal_width()):
+            echo(line)
     if report.verdict == "fail":
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ import os
 import typer
 
 from nova.cli.options import ConfigOpt, SetOpt
+from nova.console import echo
 from nova.errors import NovaError
 
 
@@ -42,13 +43,13 @@ def train(
 
         result = run_dry(loaded, phase)
         for line in result.lines:
-            typer.echo(line)
+            echo(line)
         if not result.ok:
-            typer.echo("missing before this config can train here:", err=True)
+            echo("missing before this config can train here:", err=True)
             for line in result.missing:
-                typer.echo(f"  {line}", err=True)
+                echo(f"  {line}", err=True)
             raise typer.Exit(1)
-        typer.echo("dry run ok: nothing was trained")
+        echo("dry run ok: nothing was trained")
         return
     hint = " ".join(["nova train --config", str(config), *[f"--set {v}" for v in set_ or []],
                      *(["--phase", phase] if phase else [])])
@@ -66,7 +67,7 @@ def train(
             if not no_preflight:
                 _preflight_or_stop(loaded, plan)
             ranks = launch.Launch(local, nnodes, node_rank, master_addr, master_port)
-            typer.echo(ranks.describe(cuda=_cuda()))
+            echo(ranks.describe(cuda=_cuda()))
             rank_args = [a for pair in [("--config", str(config)), *[("--set", v) for v in set_ or []],
                                         *([("--phase", phase)] if phase else [])] for a in pair]
             rank_args += [f for f, on in (("--force", force), ("--fresh", fresh),
@@ -95,9 +96,9 @@ def _preflight_or_stop(loaded: object, plan: object) -> None:
     report = run_preflight(loaded, check_data=False, plan=plan)  # type: ignore[arg-type]
     shown = [c for c in report.checks if c.status in ("warn", "fail")]
     for check in shown:
-        typer.echo(f"preflight {check.status}: {check.name}: {check.message}")
+        echo(f"preflight {check.status}: {check.name}: {check.message}")
         if check.fix:
-            typer.echo(f"  fix: {check.fix}")
+            echo(f"  fix: {check.fix}")
     if report.verdict == "fail":
         raise NovaError("preflight failed; nothing was trained",
                         hint="fix the problems above, see 'nova preflight --config ...', or pass --no-preflight")

@@ -116,26 +116,31 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return parts, parsed
 
 
-def _apply_override(data: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
-    """Set one dotted key. List items are addressed by index, phases also by name."""
+def _apply_override(data: dict[str, Any], parts: list[str], value: Any, item: str) -> KeyPath:
+    """Set one dotted key and return its key path (list items as indexes). List items are addressed by index,
+    phases also by name."""
     node: Any = data
+    loc: list[str | int] = []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
             index = _list_index(node, part, item)
+            loc.append(index if index >= 0 else len(node) + index)
             if last:
                 node[index] = value
-                return
+                return tuple(loc)
             node = node[index]
         elif isinstance(node, dict):
+            loc.append(part)
             if last:
                 node[part] = value
-                return
+                return tuple(loc)
             if part not in node or node[part] is None:
                 node[part] = {}
             node = node[part]
         else:
             raise ConfigError("bad --set", [Problem(f"--set {item}", f"'{'.'.join(parts[:i])}' is not a section")])
+    return tuple(loc)
 
 
 def _list_index(node: list[Any], part: str, item: str) -> int:
@@ -145,10 +150,16 @@ def _list_index(node: list[Any], part: str, item: str) -> int:
             return index
         raise ConfigError("bad --set",
                           [Problem(f"--set {item}", f"index {index} is out of range (0..{len(node) - 1})")])
+    named = [str(entry.get("name")) for entry in node if isinstance(entry, dict) and entry.get("name") is not None]
     for i, entry in enumerate(node):
         if isinstance(entry, dict) and entry.get("name") == part:
             return i
-    raise ConfigError("bad --set", [Problem(f"--set {item}", f"no list item named '{part}'")])
+    close = difflib.get_close_matches(part, named, n=1, cutoff=0.6)
+    hint = (f"did you mean '{close[0]}'?" if close else f"named items: {', '.join(named)}" if named
+            else None) or "address it by index, e.g. 0"
+    if len(named) < len(node):
+        hint += "; items read from files are addressed by index"
+    raise ConfigError("bad --set", [Problem(f"--set {item}", f"no list item named '{part}'", hint)])
 
 
 def _model_at(model: type[BaseModel], loc: KeyPath) -> type[BaseModel] | None:
@@ -177,7 +188,8 @@ def _first_model(annotation: Any) -> Any:
 
 
 def _problems(exc: ValidationError, root: type[BaseModel], path: Path, lines: dict[KeyPath, int],
-              data: dict[str, Any], prefix: KeyPath = ()) -> list[Problem]:
+              data: dict[str, Any], prefix: KeyPath = (), overrides: dict[KeyPath, str] | None = None,
+              ) -> list[Problem]:
     out = []
     for err in exc.errors():
         loc: KeyPath = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -187,6 +199,11 @@ def _problems(exc: ValidationError, root: type[BaseModel], path: Path, lines: di
         line = lines.get((*prefix, *written)) or lines.get((*prefix, *written[:-1]))
         where = f"{path}:{line}" if line else str(path)
         message, hint = _describe(err, root, loc)
+        sets = overrides or {}
+        item = _override_of((*prefix, *written), sets) or _override_of((*prefix, *loc), sets)
+        if item is not None:  # the value came from the command line: say so, not a line of the file
+            out.append(Problem(f"--set {item if len(item) <= 80 else item[:80] + '...'}", message, hint))
+            continue
         out.append(Problem(f"{where} {key}", message, hint))
     return out
 
@@ -213,6 +230,15 @@ def _child(node: Any, part: str | int) -> Any:
         return node.get(part)
     if isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
         return node[part]
+    return None
+
+
+def _override_of(loc: KeyPath, overrides: dict[KeyPath, str]) -> str | None:
+    """The --set item that set the value at ``loc`` (or a section above it, or a key under it), if any."""
+    for set_loc, item in overrides.items():
+        n = min(len(set_loc), len(loc))
+        if set_loc[:n] == loc[:n]:
+            return item
     return None
 
 
@@ -248,25 +274,28 @@ def load_yaml_config(path: str | Path, overrides: list[str] | None = None) -> Lo
     """Load a phase or pipeline config (a file with a top-level ``phases:`` is a pipeline)."""
     path = Path(path)
     data, lines = read_yaml(path)
+    overridden: dict[KeyPath, str] = {}
     for item in overrides or []:
         parts, value = _parse_override(item)
-        _apply_override(data, parts, value, item)
+        overridden[_apply_override(data, parts, value, item)] = item
     if overrides:
         refuse_escaped_paths(data, path, lines)
     if "phases" in data:
-        return _load_pipeline(path, data, lines)
-    return LoadedConfig(path, _validate(PhaseConfig, data, path, lines), data)
+        return _load_pipeline(path, data, lines, overridden)
+    return LoadedConfig(path, _validate(PhaseConfig, data, path, lines, overrides=overridden), data)
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any], path: Path, lines: dict[KeyPath, int],
-              prefix: KeyPath = ()) -> Any:
+              prefix: KeyPath = (), overrides: dict[KeyPath, str] | None = None) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config {path}", _problems(exc, model, path, lines, data, prefix)) from None
+        problems = _problems(exc, model, path, lines, data, prefix, overrides)
+        raise ConfigError(f"invalid config {path}", problems) from None
 
 
-def _load_pipeline(path: Path, data: dict[str, Any], lines: dict[KeyPath, int]) -> LoadedConfig:
+def _load_pipeline(path: Path, data: dict[str, Any], lines: dict[KeyPath, int],
+                   overrides: dict[KeyPath, str] | None = None) -> LoadedConfig:
     phases = data.get("phases")
     if not isinstance(phases, list) or not phases:
         raise ConfigError(f"invalid config {path}",
@@ -291,7 +320,7 @@ def _load_pipeline(path: Path, data: dict[str, Any], lines: dict[KeyPath, int]) 
     if problems:
         raise ConfigError(f"invalid config {path}", problems)
     merged = {**data, "phases": resolved}
-    return LoadedConfig(path, _validate(PipelineConfig, merged, path, lines), merged)
+    return LoadedConfig(path, _validate(PipelineConfig, merged, path, lines, overrides=overrides), merged)
 
 
 def load_phase(path: str | Path, overrides: list[str] | None = None) -> PhaseConfig:

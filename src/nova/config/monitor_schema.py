@@ -28,7 +28,14 @@ class MonitorConfig(Section):
     grad_norm_min: float = Field(0.01, ge=0, description="Alert when the gradient norm falls below this "
                                  "(nothing is learning).")
     throughput_drop: float = Field(0.2, gt=0, lt=1, description="Alert when tokens/s falls this fraction "
-                                   "below its running median.")
+                                   "below its running median for throughput_persist logged steps in a row.")
+    throughput_persist: int = Field(
+        3, gt=0, le=MAX_STEPS, description="Logged steps in a row tokens/s must stay low before the throughput "
+        "alert fires: a moment of other work on a shared CPU or GPU is not a slowdown, a throttled or contended "
+        "device is.")
+    throughput_min_logs: int = Field(
+        10, gt=0, le=MAX_STEPS, description="Logged training steps of a stage before its tokens/s is judged at "
+        "all: the running median needs them, and a short run has no speed to lose.")
     loss_rising_evals: int = Field(
         3, gt=0, le=MAX_STEPS, description="Alert when the eval loss rises this many evals in a row.")
     alert_repeat_steps: int = Field(

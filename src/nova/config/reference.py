@@ -102,9 +102,54 @@ def reference_lines(section: str | None = None, *, markdown: bool = False) -> li
     return lines
 
 
+# The opening of docs/config.md: the smallest config that trains, and the three things a new user asked about.
+INTRO = """## A minimal config
+
+`nova init --model MODEL --data FILE` writes one for you, chosen from your data and your GPU. By hand, this is
+all a phase needs (everything else has a default, listed below):
+
+```yaml
+name: mine                           # the run directory: checkpoints/mine
+model:
+  base: Qwen/Qwen3-1.7B              # hub id, local directory, or a .gguf file
+data:
+  datasets:
+    - path: data/mine.jsonl          # messages, prompt/completion, alpaca, sharegpt, preference or text
+training:
+  num_epochs: 2
+```
+
+Check it with `nova preflight --config mine.yaml`, train it with `nova train --config mine.yaml`, watch it
+with `nova status --watch` from a second pane. One config per model family is in `configs/examples/`.
+
+## Steps and epochs
+
+A **step** is one optimizer update over `micro_batch_size x gradient_accumulation_steps` sequences (the
+effective batch, 16 by default). An **epoch** is one pass over the training records: about
+`ceil(records / effective batch)` steps. Set `training.num_epochs` (how often each record is seen) or
+`training.max_steps` (which wins when set). `nova preflight` prints both ways
+(`16 steps x 8 sequences over 45 records = 2.84 epochs`) and warns above 5 epochs (memorizing) or below 0.3.
+
+## The holdout
+
+`data.eval_split` holds that share of the records out of training to measure the eval loss (early stopping,
+the rising-loss alert, the forgetting table): 0.1 of 1,000 records is 100, but 0.1 of 23 records is 2, and
+an eval loss over 2 records is noise: `nova preflight` warns below 5 held-out records. Raise the share, give
+a separate `data.eval_datasets`, or set `eval_split: 0` to train on everything without an eval loss.
+
+## Where a run writes
+
+A phase run alone writes to `checkpoints/<name>` (or its `output_dir`); inside a pipeline, each phase writes
+to `<pipeline output_dir>/<phase name>`, whatever its own file says. A file whose field names differ from
+nova's maps them with `columns:` on the dataset (`columns: {prompt: question, chosen: response_j}`: nova's
+name, then the file's).
+"""
+
+
 def _markdown(phase: list[tuple[str, str, str, str]], pipeline: list[tuple[str, str, str, str]]) -> list[str]:
     lines = ["# nova config reference", "",
-             "Generated from the schema by `nova config --markdown`; do not edit by hand.", ""]
+             "Generated from the schema by `nova config --markdown`; do not edit by hand.", "",
+             *INTRO.splitlines(), ""]
     for title, table in (("Phase config", phase), ("Pipeline config", pipeline)):
         lines += [f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for key, type_name, default, desc in table:

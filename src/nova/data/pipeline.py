@@ -3,7 +3,8 @@
 ``check_data`` runs the same steps without a model (the token view only when a tokenizer is
 given) and never writes the cache; ``prepare_stage_data`` adds tokenization and the cache.
 Both raise ``DataError`` for bad records under ``on_error: fail`` and when nothing is left
-to train on; neither prints.
+to train on; neither prints, except that tokenizing a large set is said and counted through
+``nova.console.task`` (the run log in training, stderr elsewhere).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _BATCH = 1000  # datasets.map batches (worker processes)
 # Single-process batches: larger ones leave the tokenizer's threads idle less often between
 # batches (measured on 2 cores, 50k chats: 2,000 about 0.3 s faster than 1,000).
 _ENCODE_BATCH = 2000
+_SAY_TOKENIZING = 20_000  # records from which tokenizing takes long enough (seconds) to be said and counted
 
 
 @dataclass
@@ -238,17 +240,23 @@ def _encode_lists(examples: list[Example], encoder: Encoder, *,
     _sft_arrow); bookkeeping columns stay lists."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from nova.console import task
+
     cols: dict[str, list[Any]] = {"status": [], "length": [], "trained": [], "masked": [], "row": []}
     chunks: list[Any] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    n = len(examples)
+    with ThreadPoolExecutor(max_workers=1) as pool, task("tokenizing", n, quiet=n < _SAY_TOKENIZING,
+                                                         line=f"tokenizing {n} records") as doing:
         pending = None
-        for start in range(0, len(examples), _ENCODE_BATCH):
+        for start in range(0, n, _ENCODE_BATCH):
             prepared = encoder.prepare([ex.example for ex in examples[start:start + _ENCODE_BATCH]])
             if pending is not None:
                 _collect(pending[1].result(), cols, chunks, keep_ids, pending[0])
+                doing.advance(_ENCODE_BATCH)
             pending = (start, pool.submit(encoder.finish, prepared, compact=True))
         if pending is not None:
             _collect(pending[1].result(), cols, chunks, keep_ids, pending[0])
+            doing.advance(n - pending[0])
     return cols, chunks
 
 

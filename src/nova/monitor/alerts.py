@@ -145,6 +145,7 @@ class Watcher:
         self._grad_baseline: list[float] = []  # the first finite norms: what "normal" is for this stage
         self._tps: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)
         self._tps_seen = 0
+        self._tps_low: list[float] = []  # the samples of a drop under way
         self._evals: list[tuple[int, float]] = []
         self._rises = 0
         self._best: tuple[int, float] | None = None
@@ -205,19 +206,28 @@ class Watcher:
                 self._grad_baseline.append(norm)
 
     def _throughput(self, step: int, tps: float) -> list[Alert]:
-        """The first sample is skipped: it carries start-up (CUDA init, first allocations), not speed."""
+        """A drop alerts only when it lasts ``throughput_persist`` logged steps, and only after the stage logged
+        ``throughput_min_logs`` (the first sample, start-up, never counts). Low samples are kept out of the
+        running median while they last, so a slowdown is measured against the speed before it."""
+        c = self.config
         self._tps_seen += 1
         if self._tps_seen == 1:
             return []
-        out: list[Alert] = []
-        if len(self._tps) >= THROUGHPUT_MIN_SAMPLES:
-            median = statistics.median(self._tps)
-            floor = median * (1 - self.config.throughput_drop)
-            drop = 1 - tps / median if median > 0 else 0.0
-            out = self._alert("throughput_drop", tps < floor, step, round(tps, 2), round(floor, 2),
-                              f"alert: tokens/s {tps:.0f} < {floor:.0f} ({drop:.0%} below the median {median:.0f})")
-        self._tps.append(tps)
-        return out
+        if self._tps_seen <= c.throughput_min_logs or len(self._tps) < THROUGHPUT_MIN_SAMPLES:
+            self._tps.append(tps)
+            return []
+        median = statistics.median(self._tps)
+        floor = median * (1 - c.throughput_drop)
+        if tps < floor:
+            self._tps_low.append(tps)
+        else:
+            self._tps_low = []
+            self._tps.append(tps)
+        low = statistics.median(self._tps_low) if self._tps_low else tps
+        drop = 1 - low / median if median > 0 else 0.0
+        return self._alert("throughput_drop", len(self._tps_low) >= c.throughput_persist, step, round(low, 2),
+                           round(floor, 2), f"alert: tokens/s {low:.0f} < {floor:.0f} for {len(self._tps_low)} "
+                           f"logged steps ({drop:.0%} below the median {median:.0f})")
 
     def observe_gpu(self, step: int, gpu: GpuSample) -> list[Alert]:
         """GPU memory (all processes, as NVML sees it) and temperature."""

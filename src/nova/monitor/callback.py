@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.monitor_schema import MonitorConfig
-from nova.console import RunLog
+from nova.console import RunLog, Task
 from nova.lazy import require
 from nova.methods import method_spec
 from nova.monitor.alerts import Alert, AlertSink, GpuSample, StepClock, Throughput, Watcher
+from nova.runs.activity import TRAINING
 from nova.runs.jsonl import number, read_jsonl
 from nova.runs.layout import RunDir
 
@@ -53,10 +54,14 @@ class MonitorCallback(transformers.TrainerCallback):
         self._last_plot_step = 0
         self._plot_due = False
         self._plot_failed = False
+        self._training: Task | None = None  # the activity while optimizer steps run (nova status: step, ETA)
+        self._evaluating: Task | None = None  # an evaluation pass under way, counted per batch
 
     # -- events -------------------------------------------------------------------------------
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self._training = Task(TRAINING, log=self.log, quiet=True, extra={"stage": self.stage}).__enter__()
         self.steps = StepClock(self.clock)
         self.throughput = Throughput(self.steps, int(state.num_input_tokens_seen or 0))
         self._last_plot_step = state.global_step
@@ -119,6 +124,28 @@ class MonitorCallback(transformers.TrainerCallback):
         if state.is_world_process_zero:
             self._plot_due = False
             self.draw()
+        if self._training is not None:
+            self._training.__exit__()
+            self._training = None
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """One batch of an evaluation: said as "evaluating 3/10" (a bar on a terminal, the activity record)."""
+        if not state.is_world_process_zero:
+            return
+        if self._evaluating is None:
+            loader = kwargs.get("eval_dataloader")
+            try:
+                total = len(loader) if loader is not None else None
+            except TypeError:  # an iterable dataset has no length
+                total = None
+            self._evaluating = Task("evaluating the holdout", total, log=self.log, quiet=True,
+                                    extra={"stage": self.stage}).__enter__()
+        self._evaluating.advance()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._evaluating is not None:
+            self._evaluating.__exit__()
+            self._evaluating = None
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ def phase_lines(ps: PhaseStatus, now: float) -> list[str]:
     if ps.process.state != "none" or ps.status in ("running", "stopped"):
         head += f" - process {ps.process.describe()}"
     out = [head, f"  run dir:    {ps.run_dir}"]
+    if ps.doing and ps.eta_seconds is None:  # while it trains with an ETA, the step and the ETA say it all
+        out.append(f"  now:        {ps.doing}")
     if ps.note:
         out.append(f"  note:       {ps.note}")
     if ps.stage is not None:
@@ -123,4 +125,52 @@ def status_lines(status: RunStatus) -> list[str]:
         out.append(f"pipeline {status.path}: {len(status.phases)} phases ({summary})")
     for p in status.phases:
         out.extend(phase_lines(p, status.checked))
+    return [line.encode("ascii", "replace").decode("ascii") for line in out]
+
+
+def summary_line(ps: PhaseStatus, name_width: int) -> str:
+    """One phase in one line (the list of ``nova status`` with no path): state, stage and step, loss, ETA or
+    what it is doing, alive or not, alerts."""
+    parts = []
+    if ps.stage is not None:
+        step = ""
+        if ps.step is not None:
+            total = "" if ps.total_steps is None else f"/{'' if ps.total_exact else '~'}{ps.total_steps}"
+            step = f" step {ps.step}{total}"
+        parts.append(f"{ps.stage}{step}")
+    if ps.train_loss is not None:
+        parts.append(f"loss {ps.train_loss:.4f}" + (f", eval {ps.eval_loss:.4f}" if ps.eval_loss is not None else ""))
+    if ps.doing and ps.eta_seconds is None:
+        parts.append(f"now {ps.doing}")
+    elif ps.eta_seconds is not None:
+        parts.append(f"eta {human_seconds(ps.eta_seconds)}")
+    alive = ps.process.state == "running"
+    parts.append(f"alive (pid {ps.process.pid})" if alive else (
+        ps.process.describe() if ps.process.state == "other_host" else "not running"))
+    if ps.alert_count:
+        parts.append(f"{ps.alert_count} alert{'s' if ps.alert_count > 1 else ''}")
+    return f"  {ps.name.ljust(name_width)}  {ps.status:8} {'; '.join(parts)}"
+
+
+def root_lines(root: str, entries: list[tuple[str, RunStatus | Exception]]) -> list[str]:
+    """``nova status`` with no path: every run and pipeline under the output root, one line per phase,
+    the newest alert of each phase that has one below it."""
+    if not entries:
+        return [f"no runs under {root} (nova train writes them there; or give a run directory)"]
+    out = [f"runs under {root}: {len(entries)}, newest first"]
+    for path, status in entries:
+        if isinstance(status, Exception):
+            out.append(f"{path}: unreadable: {getattr(status, 'message', status)}")
+            continue
+        counts: dict[str, int] = {}
+        for p in status.phases:
+            counts[p.status] = counts.get(p.status, 0) + 1
+        kind = "pipeline" if status.kind == "pipeline" else "run"
+        out.append(f"{path} ({kind}: {', '.join(f'{n} {s}' for s, n in counts.items())})")
+        width = max(len(p.name) for p in status.phases) if status.phases else 0
+        for p in status.phases:
+            out.append(summary_line(p, width))
+            if p.last_alerts:
+                latest = p.last_alerts[-1]
+                out.append(f"  {' ' * width}  latest alert: {latest.get('message', latest.get('kind', '?'))}")
     return [line.encode("ascii", "replace").decode("ascii") for line in out]

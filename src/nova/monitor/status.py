@@ -8,6 +8,7 @@ Text rendering is in ``nova.monitor.render``.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,15 +16,18 @@ from typing import Any
 
 from nova.errors import NovaError
 from nova.monitor.progress import latest, step_rate, total_steps
+from nova.runs.activity import TRAINING, describe, read_activity
 from nova.runs.checkpoints import list_checkpoints
 from nova.runs.jsonl import number, read_jsonl
-from nova.runs.layout import PIPELINE, RunDir
+from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
 from nova.runs.process import ProcessInfo, read_process
 from nova.runs.record import RunRecord, read_run
 from nova.runs.retention import read_retention
 from nova.runs.state import read_pipeline
 
 LAST_ALERTS = 3
+MAX_DEPTH = 4  # how deep under a root runs are looked for (nova status with no path, nova ui)
+SKIP = {CHECKPOINTS, STAGES, "adapter", "model", "plots", "logs", "__pycache__"}
 
 
 @dataclass
@@ -58,6 +62,9 @@ class PhaseStatus:
     forgetting: dict[str, dict[str, Any]] = field(default_factory=dict)
     # GRPO: the newest reward (total and rewards/<name>/mean), kl, completions/mean_length, eval_reward
     rewards: dict[str, float] = field(default_factory=dict)
+    # what a live training process is doing now (activity.json): its record, and as text ("smoke prompts 1/2 ...")
+    activity: dict[str, Any] | None = None
+    doing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,9 +94,11 @@ def _record(run: RunDir) -> tuple[RunRecord | None, str | None]:
         return None, exc.message
 
 
-def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] | None = None) -> PhaseStatus:
+def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] | None = None,
+                 now: float | None = None) -> PhaseStatus:
     """Everything ``nova status`` says about one run directory; ``entry`` is its pipeline.json record."""
     entry = entry or {}
+    checked = time.time() if now is None else now
     run = RunDir(run_dir)
     record, bad_config = _record(run)
     records = read_jsonl(run.metrics)
@@ -105,6 +114,8 @@ def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] |
     ps.status, ps.note = _decide(run, process, entry, bool(records))
     if bad_config:
         ps.note = "; ".join(n for n in (f"config.yaml unreadable: {bad_config}", ps.note) if n)
+    if process.state == "running":
+        _fill_activity(ps, run, checked)
     ps.started = number(entry.get("started")) or process.started
     ps.ended = number(entry.get("ended")) if ps.status != "running" else None
     ps.recoveries = len(read_jsonl(run.recoveries))
@@ -118,6 +129,14 @@ def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] |
     _fill_alerts(ps, run)
     ps.forgetting = _forgetting(run, entry)
     return ps
+
+
+def _fill_activity(ps: PhaseStatus, run: RunDir, now: float) -> None:
+    """What the live process is doing, when it says (activity.json)."""
+    record = read_activity(run)
+    if record is not None:
+        ps.activity = record
+        ps.doing = describe(record, now)
 
 
 def _forgetting(run: RunDir, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -177,8 +196,12 @@ def _fill_stage(ps: PhaseStatus, run: RunDir, record: RunRecord | None, records:
     ps.tokens_per_second, _ = latest([r for r in records if "loss" in r], "tokens_per_second")
     ps.rewards = _rewards(records)
     ps.seconds_per_step = step_rate(records)
-    if ps.status == "running" and ps.seconds_per_step and ps.total_steps is not None and ps.step is not None:
-        ps.eta_seconds = max(ps.total_steps - ps.step, 0) * ps.seconds_per_step
+    training = ps.activity is None or ps.activity.get("what") == TRAINING  # no ETA while it loads, evaluates, ...
+    if ps.status == "running" and training and ps.total_steps is not None and ps.step is not None:
+        if ps.step >= ps.total_steps:  # the last step is taken: not "eta 0s" while it evaluates and saves
+            ps.doing = f"finishing stage {stage}: its last evaluation and checkpoint"
+        elif ps.seconds_per_step:
+            ps.eta_seconds = (ps.total_steps - ps.step) * ps.seconds_per_step
 
 
 def _rewards(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -213,15 +236,15 @@ def read_status(path: Path, now: float | None = None) -> RunStatus:
         data = read_pipeline(pipeline)
         if data is None:
             raise NovaError(f"{pipeline} is not readable pipeline state", hint="it should hold {\"phases\": {...}}")
-        phases = [phase_status(_phase_dir(path, name, e.get("run_dir")), name, e)
+        phases = [phase_status(_phase_dir(path, name, e.get("run_dir")), name, e, checked)
                   for name, e in data["phases"].items() if isinstance(e, dict)]
         return RunStatus(str(path), "pipeline", phases, checked)
     if not RunDir(path).looks_like_run:
         raise NovaError(f"{path} is neither a run directory nor a pipeline output directory",
                         hint="a run directory has metrics.jsonl or config.yaml; a pipeline's has pipeline.json")
     entry = _parent_entry(path)
-    return RunStatus(str(path), "run", [phase_status(path, entry[0] if entry else None, entry[1] if entry else None)],
-                     checked)
+    return RunStatus(str(path), "run", [phase_status(path, entry[0] if entry else None, entry[1] if entry else None,
+                                                     checked)], checked)
 
 
 def _parent_entry(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
@@ -240,3 +263,37 @@ def _same(recorded: Any, run_dir: Path) -> bool:
         return isinstance(recorded, str) and Path(recorded).resolve() == run_dir.resolve()
     except OSError:
         return False
+
+
+def discover(root: Path) -> list[Path]:
+    """Pipeline output directories and run directories under ``root`` (a pipeline's phases are not listed
+    twice: they are read from its pipeline.json). ``nova status`` with no path and ``nova ui`` list these."""
+    found: list[Path] = []
+    base = Path(root).resolve()
+    for here, dirs, _files in os.walk(base):
+        path = Path(here)
+        depth = len(path.relative_to(base).parts)
+        if path != base and ((path / PIPELINE).is_file() or RunDir(path).looks_like_run):
+            found.append(path)
+            dirs.clear()
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP and depth < MAX_DEPTH)
+    return found
+
+
+def read_root(root: Path, now: float | None = None) -> list[tuple[Path, RunStatus | NovaError]]:
+    """Every run and pipeline under ``root`` with its status (or why it cannot be read), newest first."""
+    checked = time.time() if now is None else now
+    out: list[tuple[Path, RunStatus | NovaError]] = []
+    for path in discover(root):
+        try:
+            out.append((path, read_status(path, checked)))
+        except NovaError as exc:
+            out.append((path, exc))
+    return sorted(out, key=lambda item: _latest(item[1]), reverse=True)
+
+
+def _latest(status: RunStatus | NovaError) -> float:
+    if isinstance(status, NovaError):
+        return 0.0
+    return max((t for p in status.phases for t in (p.last_update, p.started, p.ended) if t is not None), default=0.0)

@@ -22,6 +22,7 @@ from nova.preflight.model_source import ModelSource
 from nova.preflight.report import Check
 
 EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
+HOLDOUT_MIN = 5  # fewer held-out records than a handful: the eval loss (early stopping, alerts) is noise
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
 # The largest file preflight reads, by suffix (others: READ_WHOLE). JSON and CSV are parsed whole;
@@ -144,7 +145,13 @@ def check_data(label: str, stage: StageConfig) -> tuple[Check, int | None]:
     except NovaError as exc:
         return Check(label, "fail", exc.message, exc.hint or "run 'nova data check'"), None
     count = report.train_records if report.train_records > 0 else None
-    return Check(label, "pass", f"{count} training records" if count else "data is valid"), count
+    held = report.eval_records
+    text = (f"{count} training records" if count else "data is valid") + (f", {held} held out" if held else "")
+    if 0 < held < HOLDOUT_MIN:
+        return Check(label, "warn", f"{text}: an eval loss over {held} record{'s' if held > 1 else ''} is noise",
+                     f"hold out at least {HOLDOUT_MIN}: raise data.eval_split (now {stage.data.eval_split:g}), "
+                     "give data.eval_datasets, or set eval_split: 0 for no eval loss at all"), count
+    return Check(label, "pass", text), count
 
 
 def check_learning_rate(label: str, stage: StageConfig, *, full: bool = False) -> Check:

@@ -5,7 +5,7 @@ One place owns the layout, so train, monitor, status, merge, infer and export ag
     <pipeline output_dir>/pipeline.json         each phase's status, times and paths
     <run_dir>/config.yaml                       the resolved config (what the weights were trained with)
     <run_dir>/metrics.jsonl, alerts.jsonl, recoveries.jsonl, smoke.jsonl, nova.pid, nova.lock,
-                                                plots/loss.png
+                                                activity.json, plots/loss.png
     <run_dir>/checkpoints/<stage>/checkpoint-N/ sealed checkpoints
     <run_dir>/stages/<stage>/adapter/, DONE, data_report.json
     <run_dir>/adapter/                          the phase's final adapter
@@ -33,6 +33,7 @@ ALERTS = "alerts.jsonl"
 RECOVERIES = "recoveries.jsonl"
 SMOKE = "smoke.jsonl"
 RETENTION = "retention.json"  # holdout losses after the phase and its forgetting table
+ACTIVITY = "activity.json"  # what the training process is doing now (loading, evaluating, smoke prompts 1/2)
 PID_FILE = "nova.pid"  # who holds the run: pid, host, start time (while it trains)
 LOCK_FILE = "nova.lock"  # the operating-system lock itself (nova.runs.lock); stays after the run
 RUN_MARKER = "nova_run.json"  # written when nova makes a run directory: --fresh deletes only in these
@@ -42,6 +43,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # The longest path a run writes below its directory (a checkpoint moved aside while a save replaces it, a
 # shard of a full fine-tuning checkpoint): what Windows' path limit is checked against (preflight).
+DEFAULT_ROOT = "checkpoints"  # where runs go unless a config says otherwise (nova status and nova ui look here)
 DEEPEST_FILE = "checkpoints/sft-10/.checkpoint-1000000.old-4294967-1700000000000/model-00001-of-00009.safetensors"
 # What --fresh forgets of an earlier attempt of a phase.
 ATTEMPT_STATE = (CHECKPOINTS, STAGES, METRICS, RECOVERIES, ALERTS, RETENTION)
@@ -125,6 +127,10 @@ class RunDir:
     @property
     def retention(self) -> Path:
         return self.path / RETENTION
+
+    @property
+    def activity(self) -> Path:
+        return self.path / ACTIVITY
 
     @property
     def pid_file(self) -> Path:

@@ -52,6 +52,7 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
             plan: Plan | None = None) -> DryRun:
     """The plan of ``loaded`` (``plan``: already made), checked: model access, data, and preflight's view."""
     out = DryRun()
+    tokenizers: dict[str, tuple[object, str | None]] = {}
     try:
         whole = plan or make_plan(loaded)
         plan = whole.select(phase)
@@ -59,8 +60,11 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
         out.lines.append(f"config {loaded.path}: a valid phase config that cannot run on its own")
         out.missing.extend(exc.lines())
         return out
-    kind = "pipeline" if plan.is_pipeline else "phase"
-    out.lines.append(f"config {loaded.path}: {kind} with {len(plan.pipeline.phases)} phase(s), valid")
+    plan = plan.select(phase)  # a --phase that names no phase is a usage error, as it is for training
+    names = [p.name for p in plan.pipeline.phases]
+    what = (f"pipeline of {len(names)} phase{'s' if len(names) > 1 else ''} ({', '.join(names)})"
+            if plan.is_pipeline else f"phase {names[0]}")
+    out.lines.append(f"config {loaded.path}: {what}, valid")
     for item in plan.phases:
         model = item.model
         status = "finished, would be skipped" if item.run.is_complete else "would train"
@@ -79,7 +83,7 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
             out.lines.append(f"  stage {stage.label}: {steps}, micro batch {t.micro_batch_size} x accumulation "
                              f"{t.gradient_accumulation_steps} = {t.effective_batch_size}, lr {t.learning_rate:g} "
                              f"{t.lr_scheduler}, {len(stage.config.data.datasets)} data source(s)")
-            out.lines.extend(_data_lines(stage, out))
+            out.lines.extend(_data_lines(stage, out, item.base_model, tokenizers))
     if preflight:
         _preflight_lines(loaded, whole, out)
     return out
@@ -98,7 +102,8 @@ def _preflight_lines(loaded: LoadedConfig, plan: Plan, out: DryRun) -> None:
             out.missing.append(f"{check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else ""))
 
 
-def _data_lines(stage: PlannedStage, out: DryRun) -> list[str]:
+def _data_lines(stage: PlannedStage, out: DryRun, model: ModelConfig,
+                tokenizers: dict[str, tuple[object, str | None]]) -> list[str]:
     from nova.data import check_data
     from nova.train.phase import check_before_loading
 
@@ -110,9 +115,24 @@ def _data_lines(stage: PlannedStage, out: DryRun) -> list[str]:
         check_before_loading(stage)
     except NovaError as exc:
         out.missing.extend(exc.lines())
+    tokenizer, note = _tokenizer(model, tokenizers)
     try:
-        report = check_data(cfg.data, method=cfg.method, dpo=cfg.length_settings)
+        report = check_data(cfg.data, method=cfg.method, dpo=cfg.length_settings, tokenizer=tokenizer,
+                            seed=cfg.training.seed)
     except NovaError as exc:
         out.missing.extend(exc.lines())
         return ["    data: INVALID (see below)"]
+    if note:
+        report.token_note = note
     return [f"    {line}" for line in report.lines()]
+
+
+def _tokenizer(model: ModelConfig, cache: dict[str, tuple[object, str | None]]) -> tuple[object, str | None]:
+    """The base's tokenizer when it is on this machine (the token view: lengths, truncation, trained tokens),
+    else why not; never the network (a dry run must answer offline), once per model."""
+    if model.base not in cache:
+        from nova.model.loading import tokenizer_for_check
+
+        cache[model.base] = (tokenizer_for_check(model) if model_access(model) is None
+                             else (None, f"the model {model.base} is not on this machine"))
+    return cache[model.base]

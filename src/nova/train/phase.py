@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from nova.console import task
 from nova.errors import NovaError
 from nova.files import write_json_atomic, write_text_atomic
 from nova.plan import PlannedStage
@@ -245,11 +246,11 @@ def load_model(run: PhaseRun, inputs: PhaseInputs, data: PhaseData, stages: tupl
 
     frozen = f" + frozen adapters: {', '.join(r.name for r in run.chain)}" if run.chain else ""
     placement = inputs.placement
-    run.log.say(f"[{run.phase.name}] loading {inputs.source} ({run.model_cfg.quantization}, {placement.dtype_name}, "
-                f"{placement.device}){frozen}")
     shard = any(stage_strategy(run, s.config, placement).shards_weights for s in stages)
-    base = load_base_model(run.model_cfg, placement, inputs.source, shard=shard,
-                           weights_dtype=run.kind.weights_dtype())
+    with task("loading the model", line=f"[{run.phase.name}] loading {inputs.source} ({run.model_cfg.quantization}, "
+              f"{placement.dtype_name}, {placement.device}){frozen}"):
+        base = load_base_model(run.model_cfg, placement, inputs.source, shard=shard,
+                               weights_dtype=run.kind.weights_dtype())
     require("transformers").set_seed(stages[0].config.training.seed)  # the new adapter's init
     model = run.kind.prepare(base, run.phase.lora, run.chain, placement)
     if not shard:  # sharded weights cannot be scored outside the engine: the table is left out (said below)
@@ -325,20 +326,33 @@ def _write_cards(run: PhaseRun, adapter_tmp: Path) -> None:
     mark_requires(adapter_tmp, record)
 
 
+def _answer_each(model: Any, tokenizer: Any, prompts: list[str], doing: Any) -> list[str]:
+    """The smoke answers one prompt at a time, each counted (nova status: "smoke prompts 2/6")."""
+    from nova.model.generate import generate_answers
+
+    out = []
+    for prompt in prompts:
+        out += generate_answers(model, tokenizer, [prompt], max_new_tokens=64)
+        doing.advance()
+    return out
+
+
 def _smoke_prompts(run: PhaseRun, model: Any, tokenizer: Any) -> None:
     """Answer the config's smoke prompts with the tuned model and save them beside the adapter."""
     prompts = run.phase.smoke_prompts
     if not prompts:
         return
     from nova.model.adapters import active_adapters
-    from nova.model.generate import generate_answers
 
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=64)
-    base: list[str | None] = [None] * len(answers)
     base_adapters = run.kind.base_adapters()  # None: the base is not in memory any more (full fine-tuning)
-    if base_adapters is not None:
-        with active_adapters(model, base_adapters):  # the base beside it: what the tuning changed is visible
-            base = list(generate_answers(model, tokenizer, prompts, max_new_tokens=64))
+    models = "the tuned model" if base_adapters is None else "the tuned model, then the base"
+    with task("smoke prompts", len(prompts) * (1 if base_adapters is None else 2),
+              line=f"[{run.phase.name}] smoke prompts: answering {len(prompts)} with {models}") as doing:
+        answers = _answer_each(model, tokenizer, prompts, doing)
+        base: list[str | None] = [None] * len(answers)
+        if base_adapters is not None:
+            with active_adapters(model, base_adapters):  # the base beside it: what the tuning changed is visible
+                base = list(_answer_each(model, tokenizer, prompts, doing))
     lines = []
     for prompt, answer, before in zip(prompts, answers, base, strict=True):
         lines.append(json.dumps({"prompt": prompt, "answer": answer, "base_answer": before}) + "\n")

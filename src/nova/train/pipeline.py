@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.load import LoadedConfig
-from nova.console import RunLog, human_seconds
+from nova.console import RunLog, human_seconds, speaking
 from nova.errors import TrainingStopped
 from nova.model.trained import trained_kind
 from nova.plan import Plan, PlannedPhase, make_plan
+from nova.runs.activity import activity_writer, clear_activity
 from nova.runs.lock import locked
 from nova.runs.state import PhaseEntry, PipelineState
 from nova.train.context import PhaseResult, PhaseRun
@@ -58,9 +59,11 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
         if plan.is_pipeline:
             distributed.on_main(ranks, lambda: stack.enter_context(
                 locked(Path(plan.pipeline.output_dir), "pipeline directory")) and None)
-        stack.enter_context(signal_handling(stop, log.say))
+        rerun_hint = rerun_hint or f"nova train --config {loaded.path}"
+        stack.enter_context(signal_handling(stop, log.say, log, rerun_hint))
+        stack.enter_context(speaking(log))  # data, model and training steps that take a while say so through it
         return _run_phases(plan, options, log=log, stop=stop, ranks=ranks,
-                           rerun_hint=rerun_hint or f"nova train --config {loaded.path}",
+                           rerun_hint=rerun_hint,
                            extra_callbacks=extra_callbacks or [])
 
 
@@ -98,6 +101,8 @@ def _run_one(run: PhaseRun, item: PlannedPhase, state: PipelineState, log: RunLo
         began = True
         state.update(item.name, status="running", started=time.time(), ended=None, error=None)
 
+    if run.ranks.main:  # what the phase is doing, for nova status (activity.json)
+        log.activity = activity_writer(item.run)
     try:
         result = run_phase(run, on_start)
     except BaseException as exc:
@@ -106,6 +111,10 @@ def _run_one(run: PhaseRun, item: PlannedPhase, state: PipelineState, log: RunLo
             state.update(item.name, status="stopped" if stopped else "failed", ended=time.time(),
                          error=f"{type(exc).__name__}: {exc}"[:500])
         raise
+    finally:
+        log.activity, log.doing = None, []
+        if run.ranks.main:
+            clear_activity(item.run)
     state.update(item.name, status="done", ended=time.time(), seconds=round(result.seconds, 1),
                  **_retention_fields(item))
     log.say(f"[{item.name}] finished in {human_seconds(result.seconds)}; {trained_kind(item.full).noun}: "

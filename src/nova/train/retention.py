@@ -164,11 +164,13 @@ class Retention:
         if not self.retention_sets:
             return
         with active_adapters(model, [r.name for r in ctx.chain]):
-            self.start = _score(model, tokenizer, {k: self.sets[k] for k in self.retention_sets})
+            self.start = _score(model, tokenizer, {k: self.sets[k] for k in self.retention_sets},
+                                f"[{ctx.phase.name}] forgetting: scoring the retention sets before training")
 
     def finish(self, model: Any, tokenizer: Any, ctx: PhaseRun) -> dict[str, Any]:
         """Score every set on the final composition; rank 0 writes retention.json and alerts."""
-        after = _score(model, tokenizer, self.sets)
+        after = _score(model, tokenizer, self.sets, f"[{ctx.phase.name}] forgetting: scoring {len(self.sets)} "
+                       f"holdout(s) on the new model ({', '.join(self.sets)})")
         table = forgetting_table(after, self.start, ctx.planned.earlier)
         distributed.on_main(ctx.ranks, lambda: self._record(ctx, after, table))
         return table
@@ -197,12 +199,17 @@ def _redraw(ctx: PhaseRun) -> None:
         ctx.log.say(f"[{ctx.phase.name}] monitor: cannot redraw the plot: {exc}")
 
 
-def _score(model: Any, tokenizer: Any, sets: dict[str, Any]) -> dict[str, Any]:
+def _score(model: Any, tokenizer: Any, sets: dict[str, Any], line: str) -> dict[str, Any]:
+    from nova.console import task
     from nova.model.evaluate import holdout_loss
 
     out = {}
-    for name, data in sets.items():
-        result = holdout_loss(model, data, tokenizer.pad_token_id)
-        if result is not None:
-            out[name] = result.to_dict()
+    if not sets:
+        return out
+    with task("scoring holdouts", len(sets), line=line) as doing:
+        for name, data in sets.items():
+            result = holdout_loss(model, data, tokenizer.pad_token_id)
+            if result is not None:
+                out[name] = result.to_dict()
+            doing.advance()
     return out

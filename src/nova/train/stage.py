@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nova.config.schema import StageConfig
-from nova.console import human_seconds
+from nova.console import human_seconds, task
 from nova.errors import NovaError, TrainingStopped
 from nova.files import atomic_dir, write_json_atomic
 from nova.model.trained import restore, save_trained, snapshot
@@ -148,8 +148,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
     hooks = TrainerHooks(phase.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, phase.stop,
                          [monitor, *phase.extra_callbacks], stage_strategy(phase, config, run.placement))
     inputs = TrainerInputs(run.model, run.tokenizer, config, run.data, hooks, run.reference, run.say, run.memo)
-    with keep_trainable_fp32(run.model):  # TRL casts a 4-bit model's adapter to bf16
-        trainer = resolve(config.spec.trainer)(inputs)  # the method's trainer (nova.train.methods)
+    with task("preparing the trainer", quiet=True), keep_trainable_fp32(run.model):  # TRL casts a 4-bit
+        trainer = resolve(config.spec.trainer)(inputs)  # model's adapter to bf16; the method's trainer
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = lr_override if resume_from is not None else None
     t = config.training
@@ -178,6 +178,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
         if not is_oom(exc) and not phase.ranks.distributed:  # saving takes every rank; the others are stuck
             _save_what_we_can(run, trainer, exc)
         raise
+    finally:
+        phase.stop.saving = False  # no step under way: a signal from here on stops at once
     if phase.stop.requested:
         raise TrainingStopped(f"stopped by {phase.stop.signal_name} at step {trainer.state.global_step} of "
                               f"{run.label}; checkpoint saved in {hooks.output_dir}",

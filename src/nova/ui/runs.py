@@ -9,44 +9,25 @@ run trains.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from nova.config.load import read_yaml
 from nova.errors import NovaError
-from nova.monitor.status import PhaseStatus, read_status
+from nova.monitor.status import PhaseStatus, discover, read_status
 from nova.runs.card import CARD
 from nova.runs.checkpoints import list_checkpoints, seal_fingerprint
 from nova.runs.fingerprint import Fingerprint, flatten
 from nova.runs.jsonl import read_json, read_jsonl
-from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
+from nova.runs.layout import RunDir
 from nova.ui.security import inside
 from nova.ui.series import charts
 
 # ``nova eval`` (issue 24) writes this beside a run: {"models": [{"name", "scores": {task: value}}], ...}.
 EVAL_FILE = "eval.json"
 TEXT_LIMIT = 256 * 1024  # a config or model card larger than this is cut (and says so)
-MAX_DEPTH = 4  # how deep under the root runs are looked for
-SKIP = {CHECKPOINTS, STAGES, "adapter", "model", "plots", "logs", "__pycache__"}
 STATES = {"done": "finished", "running": "running", "failed": "failed", "stopped": "interrupted",
           "pending": "pending"}
-
-
-def discover(root: Path) -> list[Path]:
-    """Pipeline output directories and run directories under ``root`` (a pipeline's phases are not listed
-    twice: they are read from its pipeline.json)."""
-    found: list[Path] = []
-    base = root.resolve()
-    for here, dirs, _files in os.walk(base):
-        path = Path(here)
-        depth = len(path.relative_to(base).parts)
-        if path != base and ((path / PIPELINE).is_file() or RunDir(path).looks_like_run):
-            found.append(path)
-            dirs.clear()
-            continue
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP and depth < MAX_DEPTH)
-    return found
 
 
 def relative(root: Path, path: Path | str) -> str | None:

@@ -4,8 +4,9 @@
   renamed to ``checkpoint-N`` only when complete (the format and its checks: nova.runs.checkpoints).
 - The HF Trainer's own PEFT resume switches a stacked composition down to one adapter (it
   activates only the first active adapter), so nova loads the trained adapter's weights itself.
-- SIGINT / SIGTERM (Ctrl-C; on Windows also Ctrl-Break, SIGBREAK) ask for a checkpoint at the
-  end of the current step and a clean exit; a second signal exits at once.
+- SIGINT / SIGTERM (Ctrl-C; on Windows also Ctrl-Break, SIGBREAK) during training ask for a checkpoint
+  at the end of the current step and a clean exit (code 3); before the first optimizer step and after
+  the last there is nothing to save, so they stop at once (code 130); a second signal exits at once.
 - A non-finite loss stops the run before the optimizer step can spread it into the weights;
   the last good checkpoint stays as it was.
 """
@@ -121,11 +122,17 @@ def apply_peak_lr(optimizer: Any, scheduler: Any, lr: float) -> None:
 
 @dataclass
 class StopRequest:
-    """Set by a signal handler; read at the end of each training step."""
+    """Set by a signal handler; read at the end of each training step.
+
+    ``saving`` is True while optimizer steps run and one has finished: only then is there something a
+    checkpoint at the end of the step would keep. Before it (loading, tokenizing, the first evaluation,
+    the first step) and after training (saving, smoke prompts, scoring holdouts) a signal stops at once.
+    """
 
     signal_name: str | None = None
     at_step: int | None = None
     hard_exit: bool = True
+    saving: bool = False
 
     @property
     def requested(self) -> bool:
@@ -145,6 +152,7 @@ def stop_callback(request: StopRequest) -> Any:
 
     class StopOnSignal(transformers.TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            request.saving = True  # from here on a signal saves a checkpoint at the end of the step
             if distributed.any_rank(ranks, request.requested):
                 request.signal_name = request.signal_name or "a signal on another rank"
                 request.at_step = state.global_step
@@ -152,13 +160,24 @@ def stop_callback(request: StopRequest) -> Any:
                 control.should_training_stop = True
             return control
 
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            request.saving = False
+            return control
+
     return StopOnSignal()
 
 
+class Interrupted(TrainingStopped):
+    """A stop signal while no training step was under way: nothing to save, so nova stopped at once."""
+
+    exit_code = 130  # the shell's code for Ctrl-C; 3 is a stop that saved a checkpoint
+
+
 @contextmanager
-def signal_handling(request: StopRequest, say: Any) -> Iterator[StopRequest]:
-    """SIGINT/SIGTERM (and Ctrl-Break, SIGBREAK, on Windows): the first one asks for a checkpoint and a
-    clean stop; a second one exits at once."""
+def signal_handling(request: StopRequest, say: Any, log: Any = None, rerun_hint: str = "") -> Iterator[StopRequest]:
+    """SIGINT/SIGTERM (and Ctrl-Break, SIGBREAK, on Windows): during training the first one asks for a
+    checkpoint at the end of the step and a clean stop; before the first step and after the last (nothing a
+    checkpoint would keep) it stops at once, raising Interrupted; a second one exits without a word more."""
     names = stop_signals()
 
     def handler(signum: int, frame: Any) -> None:
@@ -167,6 +186,13 @@ def signal_handling(request: StopRequest, say: Any) -> Iterator[StopRequest]:
             say(f"{name} again: exiting now without saving")
             os._exit(128 + signum)
         request.signal_name = name
+        if not request.saving:
+            doing = log.doing[-1].what if log is not None and log.doing else None
+            when = f" ({doing})" if doing and doing != "training" else " (before the first optimizer step)" \
+                if doing else ""
+            raise Interrupted(f"{name} received with no training step under way{when}: nothing to save, "
+                              "stopped at once",
+                              hint=f"to start again from what is saved: {rerun_hint}" if rerun_hint else None)
         say(f"{name} received: saving a checkpoint at the end of this step, then stopping "
             "(send it again to quit at once)")
 
