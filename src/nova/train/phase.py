@@ -217,8 +217,8 @@ def _train_phase(ctx: PhaseContext, tokenizer: Any, placement: Any, source: str,
     datasets, retention = data
 
     def record() -> None:
-        write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain,
-                                                  _resolved(ctx, placement, source, fits)))
+        resolved = {**_resolved(ctx, placement, source, fits), "system_prompt": _system(ctx, tokenizer).to_dict()}
+        write_run_config(ctx.run, resolved_config(ctx.phase, ctx.model_cfg, ctx.chain, resolved))
         _write_data_reports(ctx, datasets)
 
     distributed.on_main(ctx.ranks, record)
@@ -333,6 +333,13 @@ def _freeze_stage_start(model: Any, adapter_dir: Path) -> None:
     activate(model, active, trainable=[TRAINABLE])
 
 
+def _system(ctx: PhaseContext, tokenizer: Any) -> Any:
+    """The phase's system prompt as training renders it (nova.data.system)."""
+    from nova.data.system import phase_system
+
+    return phase_system([stage.config.data for stage in ctx.planned.stages], tokenizer)
+
+
 def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
     """Answer the config's smoke prompts with the tuned model and save them beside the adapter."""
     if not ctx.phase.smoke_prompts:
@@ -340,14 +347,18 @@ def _smoke_prompts(ctx: PhaseContext, model: Any, tokenizer: Any) -> None:
     from nova.model.adapters import active_adapters
     from nova.model.generate import generate_answers
 
-    answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64)
+    system = _system(ctx, tokenizer)  # asked as trained: the run's system prompt (nova.data.system)
+    head = system.messages()
+    ctx.log.say(f"[{ctx.phase.name}] smoke prompts; system prompt: {system.describe()}")
+    answers = generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64, system=head)
     base: list[str | None] = [None] * len(answers)  # full fine-tuning: the base is not in memory any more
     if not ctx.planned.full:
         with active_adapters(model, []):  # the base beside it: what the tuning changed is visible at once
-            base = list(generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64))
+            base = list(generate_answers(model, tokenizer, ctx.phase.smoke_prompts, max_new_tokens=64, system=head))
     lines = []
     for prompt, answer, before in zip(ctx.phase.smoke_prompts, answers, base, strict=True):
-        lines.append(json.dumps({"prompt": prompt, "answer": answer, "base_answer": before}) + "\n")
+        lines.append(json.dumps({"prompt": prompt, "system": system.text, "answer": answer,
+                                 "base_answer": before}) + "\n")
         ctx.log.say(f"[{ctx.phase.name}] smoke: {prompt!r}")
         ctx.log.say(f"    tuned: {answer[:200]!r}")
         if before is not None:
