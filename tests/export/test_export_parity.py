@@ -30,6 +30,7 @@ ROWS = [("What is the capital of France?", "The capital of France is Paris."),
 # llama.cpp f32 (dequantized base + LoRA) vs the nf4 composition in fp32: measured 3.9e-4 (f16: 4.0e-4); the same
 # export over the original base is 0.016 away from the trained model
 EXACT = 0.004
+SMOKE_ASKED: list[list[dict[str, str]]] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,6 +45,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import nova.model.generate as generate
     from nova.config.load import load_yaml_config
     from nova.train.pipeline import run_config
 
@@ -66,7 +68,15 @@ def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     config = work / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"output_dir": str(work / "out"), "phases": phases}))
-    run_config(load_yaml_config(config))
+    real = generate.generate_reply
+
+    def spy(model: Any, tokenizer: Any, messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Any:
+        SMOKE_ASKED.append(messages)  # what the smoke prompts were asked with
+        return real(model, tokenizer, messages, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generate, "generate_reply", spy)
+        run_config(load_yaml_config(config))
     return work / "out" / "second"
 
 
@@ -167,6 +177,8 @@ def test_infer_and_smoke_use_the_run_system_prompt(run: Path, monkeypatch: pytes
 
     smoke = [json.loads(line) for line in (run / "smoke.jsonl").read_text().splitlines()]
     assert smoke and all(row["system"] == SYSTEM for row in smoke)
+    asked = [m for m in SMOKE_ASKED if m[-1]["content"] == "Who are you?"]
+    assert len(asked) == 2 and all(m[0] == {"role": "system", "content": SYSTEM} for m in asked)  # tuned and base
     seen: list[list[dict[str, str]]] = []
 
     def fake_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Reply:
