@@ -18,6 +18,7 @@ def fake_run(root: Path, base: Path | str, *, trust_remote_code: bool = True, na
                                       "trust_remote_code": trust_remote_code},
               "data": {"datasets": []}, "_chain": [], "_resolved": {}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "COMPLETE").write_text("{}")  # finished: merge, export and infer refuse a run without it
     return run
 
 
@@ -59,6 +60,7 @@ def chained_runs(root: Path, base: Path) -> dict[str, Path]:
                   "data": {"datasets": [{"path": str(root / "data" / f"{name}.jsonl")}]},
                   "_chain": chain, "_resolved": {}}
         (run / "config.yaml").write_text(yaml.safe_dump(config))
+        (run / "COMPLETE").write_text("{}")
         (run / "stages" / "sft").mkdir(parents=True)
         (run / "stages" / "sft" / "data_report.json").write_text(json.dumps({
             "method": "sft", "sources": [{"path": str(root / "data" / f"{name}.jsonl"), "formats": {"messages": 12},

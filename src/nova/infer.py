@@ -24,6 +24,12 @@ class LoadedModel:
     has_adapters: bool = False
     run: RunRecord | None = None
     adapter_names: list[str] = field(default_factory=list)  # the stacked chain, oldest first
+    system: Any = None  # a run's system prompt (nova.data.system.SystemPrompt); None for a model directory
+
+    def system_messages(self) -> list[dict[str, str]]:
+        """What goes before a chat without a system message: the run's system prompt, as it was trained
+        (a merged model's chat template carries it itself)."""
+        return self.system.messages() if self.system is not None else []
 
     def base_view(self) -> Any:
         """A context in which the model answers as its base (every adapter off), for --compare."""
@@ -69,8 +75,12 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
     path = Path(path)
     record: RunRecord | None = None
     if is_run_dir(path):
+        from nova.runs.guard import require_finished
+        from nova.runs.locate import located_model
+
         record = read_run(path)
-        model_cfg = record.model.changed(trust_remote_code=trust_remote_code)
+        require_finished(record.run.path, "nova infer", [r.path.parent for r in record.chain])
+        model_cfg = located_model(record).changed(trust_remote_code=trust_remote_code)
         if record.full:  # adapter: full: the run's model directory is the tuned model, no adapters
             model_cfg = model_cfg.changed(base=str(record.require_model()), quantization="none", revision=None)
             adapters = []
@@ -93,8 +103,13 @@ def load_model(path: str | Path, *, adapter: str | Path | None = None, base_only
         activate(model, [r.name for r in adapters])
     model.eval()
     names = " + ".join(r.name for r in adapters) if stacked else "no adapter"
+    system = None
+    if record is not None:
+        from nova.data.system import run_system
+
+        system = run_system(record, tokenizer)
     return LoadedModel(model, tokenizer, f"{source} ({model_cfg.quantization}) + {names}", stacked, record,
-                       [r.name for r in adapters] if stacked else [])
+                       [r.name for r in adapters] if stacked else [], system)
 
 
 MAX_PROMPTS_BYTES = 64 * 1024 * 1024  # prompts are answered one by one: a bigger file is a mistake

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from nova.errors import NovaError
+from nova.methods import method_spec
 
 HOLDOUT_MIN = 5  # fewer held-out records than this make an eval loss that is noise (preflight warns)
 HOLDOUT_MAX = 200  # more costs evaluation time and adds little precision
 HOLDOUT_FROM = 40  # below this many records each one is worth more for training than for an eval loss
 LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-EFFECTIVE_BATCH = {"sft": 16, "dpo": 8, "kto": 16, "orpo": 8, "simpo": 8, "grpo": 8}
 CHARS_PER_TOKEN = 4.0  # without the tokenizer: English-like text averages about 4 characters a token
 
 
@@ -144,16 +144,21 @@ def _schedule(records: int, effective: int) -> tuple[int, int, int, str]:
 
 def _fit(model_cfg: dict[str, Any], model: str, method: str, max_length: int, effective: int,
          budget: int | None) -> tuple[int, int, bool, str]:
-    from nova.config.schema import LoraConfig, ModelConfig, StageConfig
+    from nova.config.load import LoadedConfig
+    from nova.config.schema import PhaseConfig
+    from nova.plan import make_plan
     from nova.preflight import fit_stage
 
     if budget is None:
         return 4, max(1, effective // 4), True, ("no GPU to fit for (pass --gpu-memory 24GiB): micro batch 4, "
                                                  "gradient checkpointing on")
-    stage = StageConfig.model_validate({"method": method, "data": {"datasets": [], "max_length": max_length},
-                                        "training": {"micro_batch_size": effective, "gradient_accumulation_steps": 1,
-                                                     "gradient_checkpointing": False}})
-    choice = fit_stage(model_cfg, ModelConfig(base=model), LoraConfig(), stage, budget)
+    phase = PhaseConfig.model_validate({
+        "name": "init", "model": {"base": model}, "method": method,
+        "data": {"datasets": [], "max_length": max_length},
+        "training": {"micro_batch_size": effective, "gradient_accumulation_steps": 1,
+                     "gradient_checkpointing": False}})
+    planned = make_plan(LoadedConfig(Path("init.yaml"), phase, {})).phases[0]  # sized as training sizes it
+    choice = fit_stage(model_cfg, planned, planned.stages[0], budget)
     if not choice.fits:
         raise NovaError(f"{model} at max_length {max_length} does not fit: {choice.reason}")
     return choice.micro_batch_size, choice.gradient_accumulation_steps, choice.gradient_checkpointing, choice.reason
@@ -184,14 +189,12 @@ def choose(model: str, data: Path, *, method: str | None = None, gpu_memory: str
     max_length, length_why = _max_length(lengths, model_cfg.get("max_position_embeddings"))
     records = report.train_records + report.eval_records
     eval_split, holdout_why = _holdout(records)
-    effective = EFFECTIVE_BATCH.get(method, 16)
+    effective = method_spec(method).typical_effective_batch
     budget, budget_why = _budget(gpu_memory)
     micro, accum, checkpointing, fit_why = _fit(model_cfg, model, method, max_length, effective, budget)
     train_records = records - round(records * eval_split)
     epochs, steps, every, schedule_why = _schedule(train_records, micro * accum)
-    from nova.preflight.checks_inputs import LR_SUGGESTED
-
-    lr = LR_SUGGESTED.get(method, 2e-4)
+    lr = method_spec(method).lora_lr.suggested
     why = [f"model: {where}", f"method {method}: {method_why}", f"max_length {max_length}: {length_why} ({how})",
            f"eval_split {eval_split:g}: {holdout_why}",
            f"batch {micro} x {accum} = {micro * accum}, gradient checkpointing "

@@ -81,3 +81,37 @@ def test_dpo_from_a_chained_phase_learns_the_preference(real_run: Path) -> None:
     assert end["eval_rewards/margins"] > start["eval_rewards/margins"]
     assert end["eval_rewards/accuracies"] > start["eval_rewards/accuracies"]
     assert end["eval_loss"] < start["eval_loss"]
+
+
+def test_a_qlora_chain_exported_for_ollama_gives_the_merged_models_next_tokens(real_run: Path,
+                                                                               tmp_path: Path) -> None:
+    """The done-when of issue 26: `nova export --run --format ollama` of the QLoRA chain (Doica's SFT and
+    Sora's DPO adapters over the nf4 base) is the model `nova merge` writes, next token for next token on
+    the run's held-out chats, and prints and records its parity figures; over the original base it is not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import run_nova
+    from nova.export.parity import compare, llama_cpp_logits
+    from nova.export.run_source import open_run
+    from nova.merge.parity import compute_logits
+
+    sora = real_run / "sora"
+    result = run_nova("export", "--run", str(sora), "--format", "ollama", "--out", str(tmp_path / "ollama"))
+    assert result.returncode == 0, result.stderr
+    assert "parity: llama.cpp (base-f16.gguf + adapter.gguf) vs the trained composition" in result.stdout
+    info = json.loads((tmp_path / "ollama" / "nova_export.json").read_text())
+    assert info["base"]["from"] == "dequantized" and info["parity"]["agreement"] >= 0.98, info["parity"]
+    assert run_nova("merge", "--run", str(sora), "--out", str(tmp_path / "merged")).returncode == 0
+    run = open_run(sora)  # the held-out chats (Sora's held-out pairs) and the check's token ids
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32)
+    reference = compute_logits(merged, run.batches)
+    exported = llama_cpp_logits(tmp_path / "ollama" / "base-f16.gguf", run.batches,
+                                lora=tmp_path / "ollama" / "adapter.gguf")
+    agreement, _, tokens = compare(reference, exported)
+    assert agreement >= 0.98 and tokens > 200, (agreement, tokens)
+    original = run_nova("export", "--run", str(sora), "--format", "ollama", "--from", "original", "--out",
+                        str(tmp_path / "original"))
+    assert original.returncode == 0 and "warning: --from original" in original.stdout
+    trained = json.loads((tmp_path / "original" / "nova_export.json").read_text())["parity"]["vs_trained"]
+    assert trained["agreement"] < agreement, trained  # the original base is another model

@@ -65,7 +65,7 @@ def test_stop_tokens_come_from_the_tokenizer(tiny_model_dir: Path) -> None:
 
 
 def test_ollama_export_of_a_run_has_base_and_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from nova.export.ollama import export_ollama_run
+    from nova.export.run_export import export_ollama_run
 
     runs = chained_runs(tmp_path / "runs", tiny_model_dir)
     out = export_ollama_run(runs["second"], tmp_path / "ollama-run").path

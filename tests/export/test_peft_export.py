@@ -61,7 +61,7 @@ def test_standalone_adapter_equals_the_stacked_chain(runs: dict[str, Path], tiny
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from nova.export.peft_chain import export_peft
+    from nova.export.run_export import export_peft
 
     out = export_peft(runs["second"], tmp_path / "standalone").path
     config = json.loads((out / "adapter_config.json").read_text())
@@ -101,7 +101,7 @@ def test_cli_export_prints_each_file_and_refuses_what_it_cannot_do(runs: dict[st
 def test_missing_earlier_adapter_is_one_clear_error(runs: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
-    from nova.export.peft_chain import export_peft
+    from nova.export.run_export import export_peft
 
     moved = tmp_path / "moved"
     shutil.copytree(runs["second"], moved / "pipe" / "second")
@@ -115,7 +115,7 @@ def test_missing_earlier_adapter_is_one_clear_error(runs: dict[str, Path], tmp_p
 def test_dora_adapters_are_refused(runs: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
-    from nova.export.peft_chain import export_peft
+    from nova.export.run_export import export_peft
 
     copy = tmp_path / "pipe"
     shutil.copytree(runs["first"].parent, copy)
@@ -130,7 +130,7 @@ def test_gguf_lora_over_the_base_gguf_equals_the_stacked_chain(runs: dict[str, P
     """llama.cpp applies the exported GGUF LoRA over the base's GGUF: the logits of the stacked chain."""
     from nova.export import llama_cpp
     from nova.export.gguf_export import export_gguf
-    from nova.export.gguf_lora import export_lora_gguf
+    from nova.export.run_export import export_lora_gguf
 
     base = export_gguf(tiny_model_dir, tmp_path / "base-f32.gguf", outtype="f32").path
     lora = export_lora_gguf(runs["second"], tmp_path / "chain-lora.gguf", outtype="f32").path

@@ -204,7 +204,7 @@ def test_training_leaves_cards_and_a_marked_chain_that_exports_standalone(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from nova.export.peft_chain import export_peft
+    from nova.export.run_export import export_peft
 
     first, second = (runs[n] / "adapter" for n in ("first", "second"))
     assert "[More Information Needed]" not in (first / "README.md").read_text()
@@ -264,8 +264,11 @@ def test_run_without_adapter_fails_clearly_and_writes_nothing(runs: dict[str, Pa
     from nova.merge.inputs import default_out
 
     run = tmp_path / "unfinished"
-    shutil.copytree(runs["first"], run, ignore=shutil.ignore_patterns("adapter", "COMPLETE"))
+    shutil.copytree(runs["first"], run, ignore=shutil.ignore_patterns("adapter"))
     with pytest.raises(NovaError, match="has no adapter"):
+        _merge(run, None)
+    (run / "COMPLETE").unlink()
+    with pytest.raises(NovaError, match="did not finish training"):
         _merge(run, None)
     assert not default_out(run).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unfinished"]

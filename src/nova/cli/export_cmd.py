@@ -60,51 +60,54 @@ def _check_output(out: Path, fmt: str, force: bool) -> None:
         check_output_dir(out.expanduser(), force, marker=EXPORT_INFO)
 
 
-def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
-    if fmt == "gguf":
-        from nova.export.gguf_export import export_gguf
+def _say(line: str) -> None:
+    echo(line, err=True)
 
+
+def _from_model(model: Path, out: Path, fmt: str, outtype: str | None, force: bool, check: bool) -> Any:
+    from nova.export.model_export import export_model
+
+    if fmt == "gguf":
         _require_gguf_name(out)
         echo(f"exporting {model} -> {out} (gguf, {outtype or 'f16'})")
-        return export_gguf(model, out, outtype=outtype or "f16", force=force)
-    from nova.export.ollama import export_ollama
-
-    echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
-    return export_ollama(model, out, outtype=outtype, force=force)
+    else:
+        echo(f"exporting {model} -> {out} (ollama{', gguf ' + outtype if outtype else ', safetensors'})")
+    return export_model(model, out, fmt, outtype, force=force, check=check, say=_say)
 
 
-def _from_run(run: Path, out: Path, fmt: str, outtype: str | None, force: bool) -> Any:
+def _from_run(run: Path, out: Path, fmt: str, outtype: str | None, force: bool, base_from: str | None,
+              check: bool) -> Any:
+    from nova.export.run_export import RunExportRequest, export_run
+
     if fmt == "peft":
-        from nova.export.peft_chain import export_peft
-
         echo(f"exporting the adapter chain of {run} -> {out} (one standalone PEFT adapter)")
-        return export_peft(run, out, force=force)
-    if fmt == "gguf":
-        from nova.export.gguf_lora import export_lora_gguf
-
+    elif fmt == "gguf":
         _require_gguf_name(out)
         echo(f"exporting the adapter chain of {run} -> {out} (GGUF LoRA adapter, {outtype or 'f16'})")
-        return export_lora_gguf(run, out, outtype=outtype or "f16", force=force)
-    from nova.export.ollama import export_ollama_run
-
-    echo(f"exporting {run} -> {out} (ollama: base GGUF {outtype or 'f16'} + LoRA adapter GGUF)")
-    return export_ollama_run(run, out, outtype=outtype, force=force)
+    else:
+        echo(f"exporting {run} -> {out} (ollama: base GGUF {outtype or 'f16'} + LoRA adapter GGUF)")
+    return export_run(RunExportRequest(run, out, fmt, outtype, force, base_from, check), say=_say)
 
 
 def _report(result: Any, fmt: str, seconds: float) -> None:
-    """Each file written, with its size, then the total."""
+    """Each file written, with its size, then the total, the parity figures and any warning."""
     from nova.files import human_bytes
 
     for note in result.notes:
         echo(f"note: {note}")
     path = Path(result.path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = result.files or (sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
     echo("wrote:")
     for file in files:
         echo(f"  {file}  {human_bytes(file.stat().st_size)}")
     types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
     detail = f"; tensors: {types}" if types else ""
     echo(f"total {human_bytes(result.size_bytes)} in {len(files)} file(s){detail} ({seconds:.1f} s)")
+    if result.parity is not None:
+        for line in result.parity.lines():
+            echo(line)
+    for warning in result.warnings:
+        echo(f"warning: {warning}")
     if fmt == "ollama":
         echo(f"next: cd {path} && ollama create NAME -f Modelfile")
 
@@ -124,14 +127,30 @@ def export(
                                        "adapter is f16 or f32."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    base_from: Annotated[
+        str | None,
+        typer.Option("--from", help="With --run (gguf, ollama), for a QLoRA run: the base the adapter goes with. "
+                                    "dequantized (default): the nf4/int8 weights the chain was trained on, "
+                                    "dequantized, so base + adapter is the trained model; original: the base's own "
+                                    "weights, which is not the trained model (recorded, and warned with the "
+                                    "measured difference)."),
+    ] = None,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Skip the parity check (the export run with llama.cpp "
+                                           "or PEFT against the model it comes from); recorded in "
+                                           "nova_export.json.")] = False,
 ) -> None:
-    """Export a merged model (GGUF, Ollama) or a run's adapter chain (PEFT, GGUF LoRA, Ollama)."""
+    """Export a merged model (GGUF, Ollama) or a run's adapter chain (PEFT, GGUF LoRA, Ollama), then check it."""
     _check_choice(fmt, outtype, model, run)
     _check_output(out, fmt, force)
     start = time.monotonic()
     if model is not None:
-        result = _from_model(model, out, fmt, outtype, force)
+        if base_from is not None:
+            from nova.errors import NovaError
+
+            raise NovaError("--from applies to --run exports", hint="a merged model chose its base when it was "
+                            "merged (nova merge --from)")
+        result = _from_model(model, out, fmt, outtype, force, not no_check)
     else:
         assert run is not None
-        result = _from_run(run, out, fmt, outtype, force)
+        result = _from_run(run, out, fmt, outtype, force, base_from, not no_check)
     _report(result, fmt, time.monotonic() - start)

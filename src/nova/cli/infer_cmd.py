@@ -29,7 +29,8 @@ def infer(
     upto: str | None = typer.Option(None, "--upto", help="Compose the chain only up to this phase "
                                     "(e.g. --upto doica on Sora's run: Doica's model)."),
     evaluate: bool = typer.Option(False, "--eval", help="Holdout loss and perplexity of a run directory."),
-    system: str | None = typer.Option(None, "--system", help="System message."),
+    system: str | None = typer.Option(None, "--system", help="System message [default: a run's own system "
+                                      "prompt, the one it was trained with; --system '' for an empty one]."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy decoding."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
@@ -74,7 +75,10 @@ def infer(
                        f"perplexity {row['perplexity']:.2f} over {row['tokens']} tokens")
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                         repetition_penalty=repetition_penalty)
-    head = [{"role": "system", "content": system}] if system else []
+    head = [{"role": "system", "content": system}] if system is not None else loaded.system_messages()
+    if loaded.system is not None and system is None and not as_json:
+        typer.echo(f"system prompt: {loaded.system.describe()}", err=True)
+    conversations = [c if c[0]["role"] == "system" else [*head, *c] for c in conversations]
     conversations += [[*head, {"role": "user", "content": p}] for p in prompt or []]
     how = _How(sampling, think, show_reasoning, stream)
     if conversations:

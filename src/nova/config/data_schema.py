@@ -77,7 +77,15 @@ class DataConfig(Section):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="A bad record stops the run ('fail') or is skipped and counted ('skip').")
     dedup: bool = Field(True, description="Remove exact duplicates (after whitespace normalization) from train.")
-    system_prompt: str | None = Field(None, description="System message added to chats that have none.")
+    system_prompt: str | None = Field(
+        None, description="System message added to chats that have none; also what nova serves with (smoke "
+        "prompts, nova infer, the merged model's and GGUF's chat template, the Ollama Modelfile's SYSTEM).")
+    default_system: Literal["keep", "none"] | None = Field(
+        None, description="Chats without a system message, when system_prompt is unset: some chat templates write "
+        "their own default into them (SmolLM2: 'You are a helpful AI assistant named SmolLM...', Qwen2.5: 'You are "
+        "Qwen...'). keep: train and serve with that default; none: give those chats an empty system message (the "
+        "template then writes an empty system turn, not its default text). Unset: keep, and nova data check, "
+        "preview and the training log say how many chats get the default.")
     loss_on: Literal["assistant", "all"] = Field(
         "assistant", description="Train on assistant tokens only (default) or on the whole sequence.")
     num_proc: int | None = Field(None, gt=0, le=1024, description="Processes for tokenization; default picks by size.")
@@ -95,6 +103,13 @@ class DataConfig(Section):
         None, gt=0, lt=1, description="Share of training chats with reasoning (e.g. 0.5 for a 50/50 mix of "
         "thinking and plain replies), held by repeating or sampling each group (seeded) after the source "
         "weights; the data report shows the mix either way.")
+
+    @property
+    def inserted_system(self) -> str | None:
+        """The system message nova adds to chats without one (None: none is added)."""
+        if self.system_prompt:
+            return self.system_prompt
+        return "" if self.default_system == "none" else None
 
     @model_validator(mode="after")
     def _eval_source_is_single(self, info: ValidationInfo) -> DataConfig:

@@ -17,7 +17,10 @@ from nova.config.data_schema import DataConfig
 from nova.data.sources import FileProblem, list_files, looks_like_hub_id
 from nova.files import atomic_dir
 
-PIPELINE_VERSION = "nova-data-3"  # 2: prompt/completion trains the completion only; 3: reasoning, per-turn masks
+# 2: prompt/completion trains the completion only; 3: reasoning, per-turn masks; 4: a reply of a template that
+# ends replies only at the next turn trains that turn's marker (nova.data.template), a trained user turn its content
+# and end, not its role header
+PIPELINE_VERSION = "nova-data-4"
 
 
 def _hash_file(path: Path, h: Any) -> None:

@@ -23,7 +23,7 @@ from nova.data.load import Example, LoadContext, load_sources
 from nova.data.mix import dedup, holdout, mix, remove_leakage
 from nova.data.report import DataReport, TokenStats
 from nova.data.turns import TurnSettings
-from nova.errors import DataError, Problem
+from nova.errors import DataError, NovaError, Problem
 from nova.methods import Method, method_spec
 
 _HELPERS = ("where", "row", "length", "trained", "masked", "status", "prompt_cut", "completion_cut", "reasoning",
@@ -114,7 +114,7 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int,
     if not cfg.datasets:
         raise DataError("no training data", [Problem("data.datasets", "the list is empty",
                                                      "add at least one dataset with a path")])
-    ctx = LoadContext(method=method, system_prompt=cfg.system_prompt, report=report, fields=fields)
+    ctx = LoadContext(method=method, system_prompt=cfg.inserted_system, report=report, fields=fields)
     train = load_sources(list(cfg.datasets), ctx)
     evals = load_sources(list(cfg.eval_datasets), ctx, eval_side=True)
     _fail_if_bad(report, cfg)
@@ -137,6 +137,23 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int,
     return report, train, evals
 
 
+def holdout_chats(cfg: DataConfig, *, method: Method, seed: int, limit: int) -> list[list[dict[str, Any]]]:
+    """Up to ``limit`` chats of the stage's holdout (eval_datasets, else its eval_split of the training data, the
+    same records training held out), as messages with the system prompt training gave them; a preference
+    record as its prompt and chosen reply. [] when the data cannot be read (moved files, a hub dataset offline)."""
+    try:
+        _, _, evals = _assemble(cfg, method=method, seed=seed)
+    except (NovaError, OSError):
+        return []
+    chats = []
+    for ex in evals[:limit]:
+        example = ex.example
+        messages = example.get("messages") or [*example.get("prompt", []), example.get("chosen") or
+                                                example.get("completion") or {}]
+        chats.append([{k: m[k] for k in ("role", "content", "reasoning_content") if k in m} for m in messages if m])
+    return [c for c in chats if c]
+
+
 def _require_some(report: DataReport, train: list[Example], cfg: DataConfig) -> None:
     if train:
         return
@@ -154,11 +171,18 @@ def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, rep
     model_name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     needs_template = method_spec(method).cuts_prompts or any(ex.example["kind"] == "chat" for ex in [*train, *evals])
     template = ChatTemplate(tokenizer, model_name) if needs_template else None
+    trains_replies = not method_spec(method).generates  # a generating method's stop is the sampler's
+    if template is not None and trains_replies and template.behaviour.stop_problem:
+        raise NovaError(f"the model cannot learn to stop: {template.behaviour.stop_problem}",
+                        hint="use a model.chat_template that ends each reply with an end-of-turn token (or whose "
+                        "next-turn marker is a special token of the tokenizer)")
     prompt_len, completion_len = _dpo_lengths(dpo)
     encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
                       loss_on=cfg.loss_on, max_prompt_length=prompt_len, max_completion_length=completion_len,
                       turns=turn_settings(cfg))
     report.tokenizer = model_name
+    if template is not None:
+        _system_note(cfg, template, report, [*train, *evals])
     train_ds, report.tokens, report.train_records = _tokenize(train, encoder, cfg, report, build=build)
     eval_ds, report.eval_tokens, report.eval_records = (
         _tokenize(evals, encoder, cfg, report, build=build) if evals else (None, None, 0))
@@ -166,6 +190,15 @@ def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, rep
     if report.train_records == 0:
         _require_some(report, [], cfg)
     return train_ds, eval_ds
+
+
+def _system_note(cfg: DataConfig, template: ChatTemplate, report: DataReport, examples: list[Example]) -> None:
+    """Say when the template's own default system message reaches chats the config did not choose it for."""
+    from nova.data.system import chats_without_system, default_note, served_system
+
+    note = default_note(served_system(cfg, template), *chats_without_system(examples))
+    if note and note not in report.notes:
+        report.notes.append(note)
 
 
 def turn_settings(cfg: DataConfig) -> TurnSettings:

@@ -24,13 +24,15 @@ OPEN, CLOSE = "[[", "]]"
 def preview(cfg: DataConfig, tokenizer: Any, *, method: str, n: int = 3) -> list[str]:
     """Lines showing the first ``n`` valid examples of the stage's training sources."""
     report = DataReport(method=method)
-    examples = load_sources(list(cfg.datasets), LoadContext(method, cfg.system_prompt, report))[:n]
+    loaded = load_sources(list(cfg.datasets), LoadContext(method, cfg.inserted_system, report))
+    examples = loaded[:n]
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     template = ChatTemplate(tokenizer, name) if getattr(tokenizer, "chat_template", None) else None
+    notes = _system_lines(cfg, template, loaded)
     encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
                       loss_on=cfg.loss_on, max_prompt_length=cfg.max_length, max_completion_length=cfg.max_length,
                       turns=TurnSettings(cfg.rewritten_turns, cfg.train_empty_think))
-    out = [f"{len(examples)} example(s); trained tokens are wrapped in {OPEN} {CLOSE}"]
+    out = [f"{len(examples)} example(s); trained tokens are wrapped in {OPEN} {CLOSE}", *notes]
     for i, ex in enumerate(examples, 1):
         try:
             shown = _show(ex.example, tokenizer, encoder, method)
@@ -45,6 +47,17 @@ def preview(cfg: DataConfig, tokenizer: Any, *, method: str, n: int = 3) -> list
     if report.problem_count:
         out.append(f"({report.problem_count} invalid record(s) not shown; run 'nova data check')")
     return out
+
+
+def _system_lines(cfg: DataConfig, template: ChatTemplate | None, loaded: list[Any]) -> list[str]:
+    """The system prompt chats without one are trained (and served) with, and the note when the config
+    did not choose the template's default."""
+    from nova.data.system import chats_without_system, default_note, served_system
+
+    system = served_system(cfg, template)
+    lines = [f"system prompt: {system.describe()}"]
+    note = default_note(system, *chats_without_system(loaded))
+    return lines + ([f"note: {note}"] if note else [])
 
 
 def _show(example: dict[str, Any], tokenizer: Any, encoder: Encoder, method: str) -> list[str]:

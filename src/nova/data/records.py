@@ -247,7 +247,8 @@ def _alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def with_system(messages: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
-    if system_prompt and messages and messages[0]["role"] != "system":
+    """Put ``system_prompt`` first in a chat without a system message ('' adds an empty one: default_system none)."""
+    if system_prompt is not None and messages and messages[0]["role"] != "system":
         return [{"role": "system", "content": system_prompt}, *messages]
     return messages
 

@@ -30,7 +30,7 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")  # transformers' tes
 # nova writes it in the inline form where the reply starts, after the template's own think opener).
 INLINE, REBUILT = "inline", "rebuilt"
 
-_Q, _A, _R = "NOVAPROBEQUESTION", "NOVAPROBEANSWER", "NOVAPROBEREASONING"
+_Q, _A, _R, _Q2 = "NOVAPROBEQUESTION", "NOVAPROBEANSWER", "NOVAPROBEREASONING", "NOVAPROBEFOLLOWUP"
 
 
 def _compile(source: str) -> Any:
@@ -66,6 +66,11 @@ class Behaviour:
     # would have written the reasoning there (Qwen3: "<think>\n\n</think>\n\n"); '' for none.
     empty_think: str
     marks: bool  # the template marks replies with {% generation %}
+    # What ends a final reply when the template writes nothing after it (GLM-4.5: a reply ends only where the
+    # next role marker starts): that marker, with the whitespace before it; nova trains it after every reply
+    # so the model learns to stop, and generation stops on it. '' when the template ends replies itself.
+    stop: str = ""
+    stop_problem: str = ""  # why no stop can be learned with this template ('' when one can)
 
 
 class ChatTemplate:
@@ -82,6 +87,7 @@ class ChatTemplate:
         self.model_name = model_name
         # apply_chat_template passes the special tokens (bos_token, eos_token, ...) to the template
         self.kwargs = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        self.specials = special_tokens(tokenizer)
         self._compiled: Any = None
         self._behaviour: Behaviour | None = None
         self._switch: str | None = None
@@ -168,8 +174,48 @@ class ChatTemplate:
         return out
 
 
+def special_tokens(tokenizer: Any) -> frozenset[str]:
+    """Every special token of ``tokenizer`` (eos, bos, pad, ... and added tokens marked special)."""
+    found = {str(t) for t in getattr(tokenizer, "all_special_tokens", None) or [] if t}
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found |= {str(t.content) for t in decoder.values() if getattr(t, "special", False) and t.content}
+    return frozenset(found)
+
+
+def _reply_stop(template: ChatTemplate) -> tuple[str, str]:
+    """(what nova appends after a final reply so its end is trained, why no stop can be learned).
+
+    Most templates close a reply themselves (``<|im_end|>``, ``<|eot_id|>``, eos): nothing to add.
+    A template that writes nothing after the last reply ends replies only where the next turn
+    begins; the special token that begins it (GLM-4.5's ``<|user|>``) is what the model must emit
+    to end its turn, so it is trained after every reply and generation stops on it.
+    """
+    user, reply = {"role": "user", "content": _Q}, {"role": "assistant", "content": _A}
+    try:
+        plain = template.render([user, reply])
+        follow = template.render([user, reply, {"role": "user", "content": _Q2}])
+    except RecordProblem:
+        return "", ""
+    at = plain.rfind(_A)
+    if at < 0 or plain[at + len(_A):].strip():
+        return "", ""
+    at, nxt = follow.find(_A), follow.find(_Q2)
+    between = follow[at + len(_A): nxt] if 0 <= at < nxt else ""
+    marker = leading_special(between.lstrip(), template.specials)
+    if marker:
+        return between[: len(between) - len(between.lstrip())] + marker, ""
+    shown = repr(between.strip()) if between.strip() else "nothing"
+    return "", (f"the chat template of {template.model_name} writes nothing after the last reply and {shown} "
+                "between a reply and the next turn, which is not a special token the model could learn to stop on")
+
+
+def leading_special(text: str, specials: frozenset[str]) -> str:
+    """The longest special token ``text`` starts with, or ''."""
+    return max((t for t in specials if text.startswith(t)), key=len, default="")
+
+
 def _probe(template: ChatTemplate) -> Behaviour:
-    """Render a one-turn chat with sentinel texts to learn where reasoning goes."""
+    """Render a one-turn chat with sentinel texts to learn where reasoning goes and what ends a reply."""
     user = {"role": "user", "content": _Q}
     marks = bool(_GENERATION_TAG.search(template.source))
     try:
@@ -179,6 +225,7 @@ def _probe(template: ChatTemplate) -> Behaviour:
         # A template that needs more than a plain one-turn chat (a system message, say): records tell
         # their own problems; reasoning goes into the content, where any template writes it.
         return Behaviour(INLINE, "", marks)
+    stop, stop_problem = _reply_stop(template)
     style = REBUILT
     shown = ""
     for name in FIELDS:
@@ -190,7 +237,7 @@ def _probe(template: ChatTemplate) -> Behaviour:
         text = _try_render(template, [user, {"role": "assistant", "content": as_inline(_R, _A)}])
         if _R in text:
             style, shown = INLINE, text
-    return Behaviour(style, _empty_think(prompt, plain, shown), marks)
+    return Behaviour(style, _empty_think(prompt, plain, shown), marks, stop, stop_problem)
 
 
 def _try_render(template: ChatTemplate, messages: list[dict[str, Any]]) -> str:
@@ -234,3 +281,23 @@ def thinking_switch(source: str, environment: Any = None) -> str:
     except jinja2.TemplateError:
         names = set()
     return "thinking" if "thinking" in names and "enable_thinking" not in names else "enable_thinking"
+
+
+def reply_end_ids(tokenizer: Any) -> list[int]:
+    """The token ids that end an assistant turn with this tokenizer's chat template, for generation to stop on:
+    the special token the template writes right after a reply (``<|im_end|>``, ``<|eot_id|>``), or, for a
+    template that ends replies only where the next turn starts, that turn's marker (``Behaviour.stop``)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    try:
+        template = ChatTemplate(tokenizer, str(getattr(tokenizer, "name_or_path", "") or "tokenizer"))
+        text = template.render([{"role": "user", "content": _Q}, {"role": "assistant", "content": _A}])
+    except (NovaError, RecordProblem):
+        return []
+    at = text.rfind(_A)
+    tail = text[at + len(_A):].lstrip() if at >= 0 else ""
+    marker = leading_special(tail, template.specials) or template.behaviour.stop.strip()
+    if not marker:
+        return []
+    ids = tokenizer.convert_tokens_to_ids([marker])
+    return [int(i) for i in ids if i is not None and i != getattr(tokenizer, "unk_token_id", None)]

@@ -28,7 +28,7 @@ from typing import Any
 
 from nova.data.reasoning import CLOSE, FIELD, OPEN, as_inline
 from nova.data.records import RecordProblem
-from nova.data.template import REBUILT, ChatTemplate, think_opener
+from nova.data.template import REBUILT, ChatTemplate, leading_special, think_opener
 
 Span = tuple[int, int]
 
@@ -123,11 +123,23 @@ def _whole(template: ChatTemplate, canonical: list[dict[str, Any]], messages: li
         if not (full.startswith(upto) and upto.startswith(prefix)):
             raise _Rewritten()
         if marked and i in marked:
-            _add_reply(seq, *marked[i], canonical[i], behaviour.empty_think, settings, on_problem=_Rewritten)
-        else:
+            _add_reply(seq, *marked[i], canonical[i], behaviour.empty_think, settings, on_problem=_Rewritten,
+                       stop=(behaviour.stop, template.specials))
+        elif messages[i]["role"] == "assistant":
             _add_reply(seq, len(prefix), len(upto), canonical[i], behaviour.empty_think, settings,
+                       on_problem=_Rewritten, stop=(behaviour.stop, template.specials))
+        else:
+            _add_reply(seq, _content_start(upto, len(prefix), messages[i]), len(upto), canonical[i], "", settings,
                        on_problem=_Rewritten)
     return seq
+
+
+def _content_start(text: str, start: int, message: dict[str, Any]) -> int:
+    """Where a trained non-assistant turn's content starts: its role header is not trained (as in TRL and
+    axolotl), its content and the end of its turn are. The header's start when the content is not found."""
+    content = message.get("content")
+    at = text.find(content, start) if isinstance(content, str) and content.strip() else -1
+    return at if at >= 0 else start
 
 
 def _final_turn(template: ChatTemplate, canonical: list[dict[str, Any]], messages: list[dict[str, Any]], i: int,
@@ -160,13 +172,15 @@ def _final_turn(template: ChatTemplate, canonical: list[dict[str, Any]], message
         marked = _marked(template, messages[: i + 1], opts, full)
         start, end = marked[i] if marked and i in marked else (start, end)
     _add_reply(seq, start, end, message, template.behaviour.empty_think, settings, on_problem=None,
-               model=template.model_name)
+               model=template.model_name, stop=(template.behaviour.stop, template.specials))
     return seq
 
 
 def _add_reply(seq: Sequence, start: int, end: int, message: dict[str, Any], empty_think: str,
-               settings: TurnSettings, *, on_problem: type[_Rewritten] | None, model: str = "") -> None:
-    """Add the span of one reply, minus a leading empty think block and trailing whitespace."""
+               settings: TurnSettings, *, on_problem: type[_Rewritten] | None, model: str = "",
+               stop: tuple[str, frozenset[str]] = ("", frozenset())) -> None:
+    """Add the span of one reply, minus a leading empty think block and trailing whitespace; with ``stop``
+    (a template that ends replies only where the next turn starts), plus the marker that ends it."""
     text = seq.text
     reasoning = FIELD in message
     if empty_think and not reasoning and not settings.train_empty_think and text.startswith(empty_think, start):
@@ -174,6 +188,9 @@ def _add_reply(seq: Sequence, start: int, end: int, message: dict[str, Any], emp
         seq.empty_think += 1
     while end > start and text[end - 1].isspace():
         end -= 1  # a newline after <|im_end|> is formatting, not something to learn
+    if stop[0]:
+        end = _with_stop(seq, end, *stop)
+        text = seq.text
     if (reasoning or "tool_calls" in message) and (problem := _missing(text[start:end], message)):
         if on_problem is not None:
             raise on_problem(problem)
@@ -183,6 +200,20 @@ def _add_reply(seq: Sequence, start: int, end: int, message: dict[str, Any], emp
         seq.spans.append((start, end))
     if reasoning:
         seq.reasoning = True
+
+
+def _with_stop(seq: Sequence, end: int, stop: str, specials: frozenset[str]) -> int:
+    """The end of a reply including the marker that ends it: the next turn's marker where one follows
+    (``<|user|>``, or ``<|observation|>`` before a tool result: the template's own text), else (the final
+    reply) ``stop`` appended, the marker the model is to emit to end its turn."""
+    tail = seq.text[end:]
+    marker = leading_special(tail.lstrip(), specials)
+    if marker:
+        return end + len(tail) - len(tail.lstrip()) + len(marker)
+    if not tail.strip():
+        seq.text = seq.text[:end] + stop
+        return len(seq.text)
+    return end
 
 
 def _missing(turn: str, message: dict[str, Any]) -> str:

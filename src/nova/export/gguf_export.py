@@ -62,6 +62,9 @@ class ExportResult:
     size_bytes: int
     notes: list[str] = field(default_factory=list)
     tensor_types: dict[str, int] = field(default_factory=dict)
+    parity: Any = None  # nova.export.parity.Parity: what the check measured (or why it was skipped)
+    warnings: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # what was written, when it is more than ``path``
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,11 +365,13 @@ def load_merged(model_dir: Path) -> tuple[Any, Any]:
 
 
 def export_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "f16",
-                force: bool = False) -> ExportResult:
+                force: bool = False, verify: Callable[[Path, Any, Any], Any] | None = None) -> ExportResult:
     """Write ``model_dir`` (a merged HF model) to ``out_file`` as GGUF and return what was written.
 
     The file is written next to ``out_file`` under a temporary name and renamed at the end; an
-    existing ``out_file`` is replaced only with ``force``.
+    existing ``out_file`` is replaced only with ``force``. ``verify(written file, model, tokenizer)``
+    runs before the rename (the parity check: nova.export.model_export); what it returns is the
+    result's ``parity``, and when it raises nothing is kept.
     """
     if outtype not in OUTTYPES:
         raise NovaError(f"unknown GGUF outtype '{outtype}'", hint=f"use one of: {', '.join(OUTTYPES)}")
@@ -391,10 +396,13 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "
     notes: list[str] = []
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out)
+    parity = None
     try:
         counts = write_gguf(tmp, model, tok, spec, outtype, src.resolve().name, notes)
+        if verify is not None:
+            parity = verify(tmp, model, tok)
         replace_path(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     notes += _type_notes(outtype, counts)
-    return ExportResult(path=out, size_bytes=out.stat().st_size, notes=notes, tensor_types=counts)
+    return ExportResult(path=out, size_bytes=out.stat().st_size, notes=notes, tensor_types=counts, parity=parity)

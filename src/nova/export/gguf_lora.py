@@ -18,8 +18,7 @@ from typing import Any
 
 from nova import __version__
 from nova.errors import NovaError
-from nova.export.gguf_export import ExportResult, check_supported, gguf_tensor_name, permute_qk
-from nova.files import replace_path, temp_sibling
+from nova.export.gguf_export import gguf_tensor_name, permute_qk
 from nova.lazy import require
 
 LORA_OUTTYPES = ("f16", "f32")
@@ -73,39 +72,3 @@ def write_lora_gguf(path: Path, combined: Any, config: Any, spec: Any, outtype: 
         writer.close()
     return len(tensors)
 
-
-def export_lora_gguf(run_dir: str | Path, out_file: str | Path, *, outtype: str = "f16",
-                     force: bool = False) -> ExportResult:
-    """``nova export --run RUN_DIR --format gguf``: the chain as one GGUF LoRA adapter for the base's GGUF."""
-    from nova.export.peft_chain import combine
-    from nova.model.loading import resolve_base
-    from nova.runs import read_run
-
-    if outtype not in LORA_OUTTYPES:
-        raise NovaError(f"a GGUF LoRA adapter is written as f16 or f32, not '{outtype}'",
-                        hint="quantize the base instead: nova export --model BASE --outtype q4_k_m")
-    out = Path(out_file).expanduser()
-    if out.is_dir():
-        raise NovaError(f"output is a directory: {out}", hint="--out names the .gguf file to write")
-    if out.exists() and not force:
-        raise NovaError(f"output exists: {out}", hint="choose another --out, or pass --force to replace it")
-    record = read_run(Path(run_dir).expanduser())
-    refs = record.require_adapters()
-    source = resolve_base(record.model)
-    try:
-        config = require("transformers").AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise NovaError(f"cannot read the config of the run's base '{source}': {type(exc).__name__}: {exc}",
-                        hint="the tensor names of a GGUF LoRA come from the base; make it available locally") from None
-    spec = check_supported(config)
-    combined = combine(refs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    try:
-        count = write_lora_gguf(tmp, combined, config, spec, outtype, f"{record.name} (LoRA)")
-        replace_path(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    notes = [f"{' + '.join(combined.sources)} as one LoRA adapter of rank {combined.rank} ({count // 2} modules); "
-             "load it over the base's GGUF: llama-cli -m BASE.gguf --lora " + out.name]
-    return ExportResult(path=out, size_bytes=out.stat().st_size, notes=notes, tensor_types={outtype.upper(): count})

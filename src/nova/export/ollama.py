@@ -59,8 +59,11 @@ def stop_tokens(tok: Any, fmt: ChatFormat) -> list[str]:
     specials |= set(getattr(tok, "all_special_tokens", []) or [])
     found = sorted((closing.index(t), t) for t in specials if t and t in closing)
     written = "".join([*fmt.assistant, *fmt.user, fmt.generation_prompt])
+    from nova.data.template import reply_end_ids
+
+    ends = [str(t) for t in tok.convert_ids_to_tokens(reply_end_ids(tok))]  # GLM-4.5: the next turn's <|user|>
     stops: list[str] = []
-    for token in [tok.eos_token, *(t for _, t in found), *(t for t in END_OF_TURN_TOKENS if t in written)]:
+    for token in [tok.eos_token, *(t for _, t in found), *ends, *(t for t in END_OF_TURN_TOKENS if t in written)]:
         if token and token not in stops:
             stops.append(token)
     return stops
@@ -81,8 +84,10 @@ def sampling_parameters(model_dir: Path) -> dict[str, float | int]:
     return params
 
 
-def modelfile_text(model_dir: Path, tok: Any, config: Any, source: str = ".", adapter: str | None = None) -> str:
-    """The Modelfile for ``model_dir`` (NovaError when its chat template cannot be expressed)."""
+def modelfile_text(model_dir: Path, tok: Any, config: Any, source: str = ".", adapter: str | None = None,
+                   system: Any = None) -> str:
+    """The Modelfile for ``model_dir`` (NovaError when its chat template cannot be expressed); ``system``
+    (nova.data.system.SystemPrompt): the run's system prompt, written as SYSTEM."""
     fmt = derive_chat_format(tok)
     template = go_template(fmt)
     check_template(tok, template, system=fmt.has_system, implicit_bos=fmt.implicit_bos, fmt=fmt)
@@ -102,12 +107,25 @@ def modelfile_text(model_dir: Path, tok: Any, config: Any, source: str = ".", ad
     if adapter:
         lines.append(f"ADAPTER {adapter}")
     lines.append(f'TEMPLATE """{template}"""')
+    lines += _system_lines(system, fmt.has_system)
     lines += [f"PARAMETER stop {_modelfile_string(s)}" for s in stop_tokens(tok, fmt)]
     for key, value in sampling_parameters(model_dir).items():
         lines.append(f"PARAMETER {key} {value}")
     ctx = int(getattr(config, "max_position_embeddings", 4096) or 4096)
     lines.append(f"PARAMETER num_ctx {min(ctx, 8192)}")
     return "\n".join(lines) + "\n"
+
+
+def _system_lines(system: Any, has_system: bool) -> list[str]:
+    """SYSTEM: the system prompt the model was trained with, sent when a chat brings none."""
+    if system is None or not has_system:
+        return []
+    if not system.text:
+        return [f"# System prompt: {system.describe()}"]
+    if '"""' in system.text:
+        raise NovaError('the system prompt contains """, which a Modelfile SYSTEM cannot hold')
+    return [f"# System prompt: {system.source} (what training rendered into chats without one)",
+            f'SYSTEM """{system.text}"""']
 
 
 def _modelfile_string(text: str) -> str:
@@ -125,7 +143,7 @@ def _modelfile_string(text: str) -> str:
 
 
 def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | None = None,
-                  force: bool = False) -> ExportResult:
+                  force: bool = False, verify: Any = None, system: Any = None) -> ExportResult:
     """Write an Ollama model directory: model files (or a GGUF) plus a Modelfile.
 
     Without ``outtype`` the merged safetensors and tokenizer files are copied and the Modelfile
@@ -144,62 +162,31 @@ def export_ollama(model_dir: str | Path, out_dir: str | Path, *, outtype: str | 
         raise NovaError(f"{src} is a quantized checkpoint; export a merged full-precision model",
                         hint="merge the adapter into an unquantized base first")
     gguf_name = f"model-{outtype}.gguf" if outtype else None
-    text = modelfile_text(src, tok, config, source=f"./{gguf_name}" if gguf_name else ".")
+    text = modelfile_text(src, tok, config, source=f"./{gguf_name}" if gguf_name else ".", system=system)
     notes: list[str] = []
+    parity = None
     with atomic_dir(out, force, check=False) as tmp:
         if gguf_name:
-            notes += export_gguf(src, tmp / gguf_name, outtype=outtype or "f16").notes
+            written = export_gguf(src, tmp / gguf_name, outtype=outtype or "f16", verify=verify)
+            notes += written.notes
+            parity = written.parity
         else:
             _copy_model_files(src, tmp)
+            parity = verify.copied(tmp) if verify is not None else None
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
-        info = {"format": 1, "kind": "ollama", "source": portable_path(src, out), "weights": gguf_name or "safetensors",
-                "nova_version": __version__}
+        info = {"format": 2, "kind": "ollama", "source": portable_path(src, out), "weights": gguf_name or "safetensors",
+                "system_prompt": system.to_dict() if system is not None else None,
+                "parity": parity.to_dict() if parity is not None else None, "nova_version": __version__}
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        write_model_dir_card(tmp, src, kind="ollama")
-    return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)
+        write_model_dir_card(tmp, src, kind="ollama", export=info)
+    return ExportResult(path=out, size_bytes=dir_size(out), notes=notes, parity=parity)
 
 
-def export_ollama_run(run_dir: str | Path, out_dir: str | Path, *, outtype: str | None = None,
-                      force: bool = False) -> ExportResult:
-    """An Ollama directory for a run without merging: the base as GGUF plus the chain as a GGUF LoRA adapter.
-
-    The Modelfile says ``FROM ./base-<outtype>.gguf`` and ``ADAPTER ./adapter.gguf``; the TEMPLATE
-    comes from the run's tokenizer (the base's, or the run's chat_template override).
-    """
-    from nova.export.gguf_lora import export_lora_gguf
-    from nova.model.loading import load_tokenizer, resolve_base
-    from nova.runs import read_run
-    from nova.runs.card import write_card
-
-    out = Path(out_dir).expanduser()
-    check_output_dir(out, force, marker=EXPORT_INFO)
-    record = read_run(Path(run_dir).expanduser())
-    record.require_adapters()
-    source = Path(resolve_base(record.model))
-    if not (source / "config.json").is_file():
-        raise NovaError(f"the run's base '{record.model.base}' is not a local model directory, and an Ollama export "
-                        "of a run writes the base as GGUF", hint="set model.base to a local copy, or merge the run "
-                        "and export the merged model (nova merge, then nova export --model)")
-    tok = load_tokenizer(record.model, str(source))
-    config = require("transformers").AutoConfig.from_pretrained(str(source))
-    base_name = f"base-{outtype or 'f16'}.gguf"
-    text = modelfile_text(source, tok, config, source=f"./{base_name}", adapter="./adapter.gguf")
-    with atomic_dir(out, force, check=False) as tmp:
-        notes = export_gguf(source, tmp / base_name, outtype=outtype or "f16").notes
-        notes += export_lora_gguf(record.run.path, tmp / "adapter.gguf").notes
-        (tmp / "Modelfile").write_text(text, encoding="utf-8")
-        info = {"format": 1, "kind": "ollama", "run_dir": portable_path(record.run.path, out), "weights": base_name,
-                "adapter": "adapter.gguf", "nova_version": __version__}
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        write_card(tmp, record, kind="ollama")
-    return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)
-
-
-def write_model_dir_card(directory: Path, model_dir: Path, *, kind: str) -> None:
+def write_model_dir_card(directory: Path, model_dir: Path, *, kind: str, export: dict[str, Any] | None = None) -> None:
     """The card of an export of ``model_dir``: the run's card when nova merged it, else what is known."""
     from nova.runs.card import model_dir_card
 
-    (directory / "README.md").write_text(model_dir_card(model_dir, kind), encoding="utf-8")
+    (directory / "README.md").write_text(model_dir_card(model_dir, kind, export=export), encoding="utf-8")
 
 
 def _copy_model_files(src: Path, dest: Path) -> None:

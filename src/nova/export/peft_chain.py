@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nova import __version__
 from nova.errors import NovaError
 from nova.lazy import require
 
@@ -139,24 +138,3 @@ def write_standalone(record: RunRecord, out: Path) -> Combined:
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return combined
 
-
-def export_peft(run_dir: str | Path, out_dir: str | Path, *, force: bool = False) -> Any:
-    """``nova export --format peft``: one standalone adapter of the run's whole chain, with its model card."""
-    from nova.export.gguf_export import EXPORT_INFO, ExportResult
-    from nova.files import atomic_dir, check_output_dir, dir_size, portable_path
-    from nova.runs import read_run
-    from nova.runs.card import write_card
-
-    out = Path(out_dir).expanduser()
-    record = read_run(Path(run_dir).expanduser())
-    record.require_adapters()
-    check_output_dir(out, force, marker=EXPORT_INFO)
-    with atomic_dir(out, force, check=False) as tmp:
-        combined = write_standalone(record, tmp)
-        write_card(tmp, record, kind="standalone", rank=combined.rank)
-        info = {"format": 1, "kind": "peft", "run_dir": portable_path(record.run.path, out),
-                "adapters": combined.sources, "r": combined.rank, "nova_version": __version__}
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    notes = [f"{' + '.join(combined.sources)} folded into one LoRA adapter of rank {combined.rank} "
-             f"(lora_alpha {combined.rank}, scales folded into B)"]
-    return ExportResult(path=out, size_bytes=dir_size(out), notes=notes)

@@ -13,7 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nova.errors import NovaError
 from nova.files import human_bytes
@@ -74,23 +74,27 @@ class MergePlan:
     dtype_name: str
     source_kind: str  # dequantized or original (original when the run was not quantized)
     estimate: int | None
+    system: Any = None  # the run's system prompt (nova.data.system.SystemPrompt), set once the tokenizer is loaded
 
 
-def read_inputs(run_dir: Path, *, trust_remote_code: bool = False) -> MergeInputs:
+def read_inputs(run_dir: Path, *, trust_remote_code: bool = False, command: str = "nova merge") -> MergeInputs:
     """Read a run directory written by ``nova train``; fails unless its adapter (and the chain's) exist.
 
     ``trust_remote_code`` replaces the recorded setting: a run directory can come from someone else
     (a shared disk, a download), and its config.yaml must not be what lets a model's code run.
     """
     from nova.runs import read_run
+    from nova.runs.guard import require_finished
+    from nova.runs.locate import located_model
 
     record = read_run(Path(run_dir))
+    require_finished(record.run.path, command, [r.path.parent for r in record.chain])
     if record.full:  # adapter: full wrote the model itself: nothing to merge
         model_dir = record.require_model()
         raise NovaError(f"{record.run.path} is a full fine-tuning run: there is nothing to merge; the model is "
                         f"{model_dir}", hint=f"load it directly (nova infer --model {record.run.path}, nova export "
                         f"--model {model_dir}, or AutoModelForCausalLM.from_pretrained)")
-    model_cfg = record.model.changed(trust_remote_code=trust_remote_code)
+    model_cfg = located_model(record).changed(trust_remote_code=trust_remote_code)
     return MergeInputs(record, record.require_adapters(), check_conversations(record), model_cfg)
 
 
@@ -145,16 +149,17 @@ def _same_model_dir(a: Path, b: Path) -> bool:
         return False
 
 
-def check_adapter_base(ref: AdapterRef, model_cfg: ModelConfig, source: str) -> None:
+def check_adapter_base(ref: AdapterRef, model_cfg: ModelConfig, source: str, configured: str | None = None) -> None:
     """The adapter must have been trained on the run's base (by name or path; shapes are checked later).
 
     nova records a local base by its directory's name when it was configured by an absolute path
-    (``nova.model.adapters.save_trainable``), so a bare name matches the name of the base or source.
+    (``nova.model.adapters.save_trainable``), so a bare name matches the name of the base or source;
+    ``configured`` is model.base as the run's config.yaml says (a relative path, before it was located).
     """
     from nova.runs.layout import ADAPTER_CONFIG
 
     recorded = json.loads((ref.path / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not recorded or recorded in (model_cfg.base, source):
+    if not recorded or recorded in (model_cfg.base, source, configured):
         return
     if Path(recorded).name == recorded and recorded in (Path(model_cfg.base).name, Path(source).name):
         return
@@ -257,7 +262,7 @@ def plan_merge(request: MergeRequest) -> MergePlan:
     out = Path(request.out).resolve() if request.out else default_out(inputs.run_dir)
     check_output(out, inputs, source, request.force)
     for ref in inputs.adapters:
-        check_adapter_base(ref, inputs.model_cfg, source)
+        check_adapter_base(ref, inputs.model_cfg, source, inputs.record.model.base)
     dtype_name = resolve_dtype(request.dtype, source)
     estimate = estimate_bytes(source, dtype_name)
     if estimate is not None:

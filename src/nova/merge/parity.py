@@ -31,8 +31,9 @@ class Parity:
     tokens: int = 0
 
 
-def encode_conversations(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]) -> list[Any]:
-    """Token ids (1 x n tensors) of each conversation rendered with the chat template, truncated."""
+def encode_conversations(tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
+                         max_tokens: int = MAX_PROMPT_TOKENS) -> list[Any]:
+    """Token ids (1 x n tensors) of each conversation rendered with the chat template, cut to ``max_tokens``."""
     torch = require("torch")
     encoded = []
     for messages in conversations:
@@ -43,7 +44,7 @@ def encode_conversations(tokenizer: Any, conversations: Sequence[list[dict[str, 
         else:
             ids = tokenizer("\n".join(m["content"] for m in messages)).input_ids
         if ids:
-            encoded.append(torch.tensor([ids[:MAX_PROMPT_TOKENS]], dtype=torch.long))
+            encoded.append(torch.tensor([ids[:max_tokens]], dtype=torch.long))
     return encoded
 
 

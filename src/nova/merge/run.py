@@ -15,6 +15,7 @@ from nova.merge.weights import Say, merge_in_fp32
 from nova.merge.write import (
     as_id_list,
     restore_padding_side,
+    serve_system_prompt,
     write_verified,
 )
 
@@ -74,11 +75,13 @@ def merge_run(request: MergeRequest, say: Say = _quiet) -> MergeResult:
     inputs = plan.inputs
     tokenizer = load_tokenizer(inputs.model_cfg, plan.source)
     restore_padding_side(tokenizer, plan.source)
+    plan.system = serve_system_prompt(tokenizer, inputs.record)
     batches = encode_conversations(tokenizer, inputs.conversations)
     model, merged, parity = merge_in_fp32(plan, batches, request.tolerance, say)
     gen = write_verified(plan, model, tokenizer, batches, merged, parity, request.tolerance, say)
     notes = [] if inputs.model_cfg.quantization != "none" else [
         "the run used quantization: none, so --from does not matter"]
+    notes.append(f"system prompt of chats without one (in the merged chat template): {plan.system.describe()}")
     return MergeResult(plan.out, plan.dtype_name, plan.source_kind, [r.name for r in inputs.adapters], parity,
                        as_id_list(gen.eos_token_id), dir_size(plan.out), dir_size(inputs.record.run.checkpoints_root),
                        time.time() - started, notes)

@@ -27,21 +27,11 @@ MERGE_INFO = "nova_merge.json"
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
-    """The special token the chat template puts after an assistant message (e.g. <|im_end|>), if any."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    marker = "NOVAMERGEMARKER"
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception:  # a template may reject this conversation; then there is nothing to learn from it
-        return None
-    if marker not in text:
-        return None
-    tail = text.split(marker, 1)[1].lstrip()
-    ids = tokenizer(tail, add_special_tokens=False).input_ids if tail else []
-    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
-    return int(ids[0]) if ids and ids[0] in special else None
+    """The special token that ends an assistant turn (e.g. <|im_end|>, or GLM's next-turn <|user|>), if any."""
+    from nova.data.template import reply_end_ids
+
+    ids = reply_end_ids(tokenizer)
+    return ids[0] if ids else None
 
 
 def as_id_list(value: Any) -> list[int]:
@@ -69,6 +59,17 @@ def generation_config(source: str, model: Any, tokenizer: Any) -> Any:
     if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
     return gen
+
+
+def serve_system_prompt(tokenizer: Any, record: Any) -> Any:
+    """The run's system prompt, written into the chat template the merged model ships with, so a chat
+    without a system message gets the one training gave it (nova.data.system); returns it."""
+    from nova.data.system import run_system, with_default
+
+    system = run_system(record, tokenizer)
+    if isinstance(getattr(tokenizer, "chat_template", None), str):
+        tokenizer.chat_template = with_default(tokenizer.chat_template, system)
+    return system
 
 
 def restore_padding_side(tokenizer: Any, source: str) -> None:
@@ -104,6 +105,7 @@ def write_info(path: Path, plan: MergePlan, parity: Parity) -> None:
             "base_source": local(plan.source), "quantization": cfg.quantization, "double_quant": cfg.double_quant,
             "adapters": [{"name": r.name, "path": portable_path(r.path, plan.out)} for r in plan.inputs.adapters],
             "from": plan.source_kind, "dtype": plan.dtype_name, "parity": parity.__dict__,
+            "system_prompt": plan.system.to_dict() if plan.system is not None else None,
             "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")  # inside the temporary directory
 
@@ -138,4 +140,4 @@ def _write_card(tmp: Path, plan: MergePlan) -> None:
     """The merged model's README.md: what was merged, the data, settings, eval losses, how to load it."""
     from nova.runs.card import write_card
 
-    write_card(tmp, plan.inputs.record, kind="merged", here=".")
+    write_card(tmp, plan.inputs.record, kind="merged", here=".", system=plan.system)

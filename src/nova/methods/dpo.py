@@ -25,6 +25,7 @@ class DPOConfig(Section):
 
 SPEC = MethodSpec(
     name="dpo",
+    typical_effective_batch=8,  # pairs or groups: each record is two or more sequences
     summary="chosen over rejected replies, kept near the reference",
     records="pairs",
     paired=True,

@@ -189,6 +189,7 @@ def _group(g: GRPOConfig) -> int:
 
 SPEC = MethodSpec(
     name="grpo",
+    typical_effective_batch=8,  # pairs or groups: each record is two or more sequences
     summary="its own sampled answers, the ones its rewards score above their group's mean made likelier",
     records="prompts",
     reference="start_if_beta",

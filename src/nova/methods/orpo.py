@@ -18,6 +18,7 @@ class ORPOConfig(PromptLengths):
 
 SPEC = MethodSpec(
     name="orpo",
+    typical_effective_batch=8,  # pairs or groups: each record is two or more sequences
     summary="SFT on chosen plus an odds-ratio push away from rejected",
     records="pairs",
     paired=True,

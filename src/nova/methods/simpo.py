@@ -22,6 +22,7 @@ class SimPOConfig(PromptLengths):
 
 SPEC = MethodSpec(
     name="simpo",
+    typical_effective_batch=8,  # pairs or groups: each record is two or more sequences
     summary="a length-normalized margin of chosen over rejected",
     records="pairs",
     paired=True,

@@ -80,6 +80,7 @@ class MethodSpec:
     memory_note: str = ""  # what preflight's estimate says about the method's step
     card: Callable[[str, Any], dict[str, Any]] = field(default=_no_card)  # settings its model card shows
     monitor_metric: str = "eval_loss"  # the holdout metric alerts and early stopping watch
+    typical_effective_batch: int = 16  # records per optimizer step a first config starts from (nova init)
     before_loading: str | None = None  # ``module:function`` checking its inputs before a model loads
 
     @property

@@ -103,6 +103,21 @@ def text_streamer(tokenizer: Any, show_reasoning: bool = True) -> Any:
     return ReplyStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """What generation stops at: the model's eos ids, the tokenizer's eos, and the token that ends a reply
+    with its chat template (for GLM-style templates the next turn's marker, which nova trains after replies)."""
+    from nova.data.template import reply_end_ids
+
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    found = [*(eos if isinstance(eos, list | tuple) else [eos]), tokenizer.eos_token_id, *reply_end_ids(tokenizer)]
+    out: list[int] = []
+    for i in found:
+        if i is not None and int(i) not in out:
+            out.append(int(i))
+    return out
+
+
 def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], sampling: Sampling | None = None,
                    streamer: Any = None, think: bool | None = None) -> Reply:
     """Answer one conversation: the new text, split into reasoning and answer."""
@@ -117,7 +132,7 @@ def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], s
     model.eval()
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-                             **sampling.generate_kwargs(tokenizer))
+                             eos_token_id=stop_ids(model, tokenizer), **sampling.generate_kwargs(tokenizer))
     if was_training:
         model.train()
     return split_reply(tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True), opened)
@@ -131,10 +146,11 @@ def generate_chat(model: Any, tokenizer: Any, messages: list[dict[str, str]],
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 128,
                      sampling: Sampling | None = None, think: bool | None = None,
-                     show_reasoning: bool = True) -> list[str]:
+                     show_reasoning: bool = True, system: Sequence[dict[str, str]] = ()) -> list[str]:
     """Answers to single-turn prompts (the smoke prompts): with ``show_reasoning`` the whole reply,
-    else only the answer after the think block."""
+    else only the answer after the think block. ``system``: the messages before each prompt (the run's
+    system prompt, nova.data.system), so the model is asked as it was trained."""
     sampling = sampling or Sampling(max_new_tokens=max_new_tokens)
-    replies = [generate_reply(model, tokenizer, [{"role": "user", "content": p}], sampling, think=think)
+    replies = [generate_reply(model, tokenizer, [*system, {"role": "user", "content": p}], sampling, think=think)
                for p in prompts]
     return [r.text.strip() if show_reasoning else r.answer for r in replies]

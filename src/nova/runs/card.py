@@ -158,8 +158,11 @@ def render(record: RunRecord, kind: str, **extra: Any) -> str:
              f"This directory holds {what}, trained with nova {__version__} on the base "
              f"`{portable_base(record.model.base)}` (quantization during training: {record.model.quantization}).",
              ""]
-    body = [*intro, *_requires(record, kind), *_chain_table(phases), *_data_table(phases),
-            *_settings_table(phases), *_eval_table(phases), *_usage(record, kind, extra),
+    from nova.runs.card_export import export_lines, system_lines
+
+    body = [*intro, *_requires(record, kind), *export_lines(extra), *system_lines(record, extra),
+            *_chain_table(phases), *_data_table(phases), *_settings_table(phases), *_eval_table(phases),
+            *_usage(record, kind, extra),
             f"Made with nova {__version__} from the run directory `{record.run.path.name}`.", ""]
     return _front_matter(record, kind, methods) + "\n" + "\n".join(body)
 
@@ -172,6 +175,12 @@ def write_card(directory: Path, record: RunRecord, *, kind: str, **extra: Any) -
 
 
 MERGE_INFO = "nova_merge.json"  # written by nova.merge.write beside a merged model; its run_dir is relative
+
+
+def _merge_info(model_dir: Path) -> dict[str, Any]:
+    from nova.runs.jsonl import read_json
+
+    return read_json(Path(model_dir) / MERGE_INFO) or {}
 
 
 def run_of_model_dir(model_dir: Path) -> RunRecord | None:
@@ -190,13 +199,15 @@ def run_of_model_dir(model_dir: Path) -> RunRecord | None:
         return None
 
 
-def model_dir_card(model_dir: Path, kind: str) -> str:
+def model_dir_card(model_dir: Path, kind: str, export: dict[str, Any] | None = None) -> str:
     """The card of an export of ``model_dir``: its run's full card when known, else what the directory says."""
+    from nova.runs.card_export import export_lines
     from nova.runs.card_facts import front_matter
 
     record = run_of_model_dir(model_dir)
     if record is not None:
-        return render(record, kind, here=".")
+        merged = _merge_info(model_dir).get("system_prompt")
+        return render(record, kind, here=".", export=export, **({"system": merged} if merged else {}))
     known = front_matter(Path(model_dir) / CARD)
     meta = {k: known[k] for k in ("base_model", "license") if k in known}
     meta.update({"library_name": _LIBRARY[kind], "tags": ["nova", "gguf", *(["ollama"] if kind == "ollama" else [])],
@@ -207,5 +218,5 @@ def model_dir_card(model_dir: Path, kind: str) -> str:
             f"{MERGE_INFO}), or its run directory is gone, so how it was trained is not recorded here; see the "
             "model directory's own card.", "", "## How to use", "", "```bash",
             "ollama create NAME -f Modelfile && ollama run NAME" if kind == "ollama" else
-            "llama-cli -m <the .gguf file here> -cnv", "```", ""]
+            "llama-cli -m <the .gguf file here> -cnv", "```", "", *export_lines({"export": export})]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + "\n".join(body)

@@ -66,6 +66,36 @@ def locked(directory: Path, what: str) -> Iterator[None]:
         _remove_unused(created, directory / LOCK_FILE)
 
 
+def current_holder(directory: Path) -> str | None:
+    """Who holds the lock of ``directory`` right now ("pid N on host H"), or None when nobody does.
+
+    Asked of the operating system (a try of the lock, released at once), so a holder that died
+    (kill -9, a reboot) never counts: its stale ``nova.pid`` says nothing. Where the lock cannot
+    be tried (a read-only copy of a run), ``nova.pid`` answers for a live process on this host,
+    or any process named on another host.
+    """
+    import filelock
+
+    from nova.runs.process import read_process
+
+    lock_file = directory / LOCK_FILE
+    if lock_file.exists():
+        lock = filelock.FileLock(str(lock_file), timeout=0)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return _holder(directory / PID_FILE)
+        except OSError:
+            pass  # not writable here: fall back on the pid record
+        else:
+            lock.release()
+            return None
+    info = read_process(directory)
+    if info.state in ("running", "other_host"):
+        return f"pid {info.pid} on host {info.host or socket.gethostname()}"
+    return None
+
+
 def _remove_unused(created: list[Path], lock_file: Path) -> None:
     """A run that stopped before writing anything leaves no empty directory (nor its lock file) behind."""
     if not created or any(p.name != LOCK_FILE for p in created[0].iterdir()):

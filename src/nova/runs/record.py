@@ -102,6 +102,13 @@ def resolved_config(phase: PhaseConfig, model: ModelConfig, chain: list[AdapterR
 
 
 def write_run_config(run: RunDir, data: dict[str, Any]) -> None:
+    """Write config.yaml, with where the run's local files are (nova.runs.locate) added to ``_resolved``."""
+    from nova.runs.locate import LOCATIONS_KEY, data_paths, record_locations
+
+    resolved = dict(data.get(RESOLVED_KEY) or {})
+    locations = record_locations(run.path, data.get("model") or {}, resolved, data_paths(data))
+    if locations:
+        data = {**data, RESOLVED_KEY: {**resolved, LOCATIONS_KEY: locations}}
     write_text_atomic(run.config, yaml.safe_dump(data, sort_keys=False))
 
 

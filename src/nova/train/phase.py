@@ -226,7 +226,8 @@ def _resolved(run: PhaseRun, inputs: PhaseInputs, fits: dict[str, Any]) -> dict[
         run.log.say(f"[{run.phase.name}/{change['stage']}] resuming with changes: " + ", ".join(
             f"{k} {v[0]} -> {v[1]}" for k, v in change.items() if isinstance(v, list)))
     return {"device": inputs.placement.device, "compute_dtype": inputs.placement.dtype_name, "base": inputs.source,
-            "auto_fit": fits or None, "resumed_with_changes": (earlier + applied) or None}
+            "auto_fit": fits or None, "resumed_with_changes": (earlier + applied) or None,
+            "system_prompt": _system(run, inputs.tokenizer).to_dict()}
 
 
 @dataclass(frozen=True)
@@ -326,15 +327,22 @@ def _write_cards(run: PhaseRun, adapter_tmp: Path) -> None:
     mark_requires(adapter_tmp, record)
 
 
-def _answer_each(model: Any, tokenizer: Any, prompts: list[str], doing: Any) -> list[str]:
+def _answer_each(model: Any, tokenizer: Any, prompts: list[str], doing: Any, system: Any) -> list[str]:
     """The smoke answers one prompt at a time, each counted (nova status: "smoke prompts 2/6")."""
     from nova.model.generate import generate_answers
 
     out = []
     for prompt in prompts:
-        out += generate_answers(model, tokenizer, [prompt], max_new_tokens=64)
+        out += generate_answers(model, tokenizer, [prompt], max_new_tokens=64, system=system)
         doing.advance()
     return out
+
+
+def _system(run: PhaseRun, tokenizer: Any) -> Any:
+    """The phase's system prompt as training renders it (nova.data.system)."""
+    from nova.data.system import phase_system
+
+    return phase_system([stage.config.data for stage in run.planned.stages], tokenizer)
 
 
 def _smoke_prompts(run: PhaseRun, model: Any, tokenizer: Any) -> None:
@@ -344,18 +352,22 @@ def _smoke_prompts(run: PhaseRun, model: Any, tokenizer: Any) -> None:
         return
     from nova.model.adapters import active_adapters
 
+    system = _system(run, tokenizer)  # asked as trained: the run's system prompt (nova.data.system)
+    head = system.messages()
     base_adapters = run.kind.base_adapters()  # None: the base is not in memory any more (full fine-tuning)
     models = "the tuned model" if base_adapters is None else "the tuned model, then the base"
     with task("smoke prompts", len(prompts) * (1 if base_adapters is None else 2),
-              line=f"[{run.phase.name}] smoke prompts: answering {len(prompts)} with {models}") as doing:
-        answers = _answer_each(model, tokenizer, prompts, doing)
+              line=f"[{run.phase.name}] smoke prompts: answering {len(prompts)} with {models}; system prompt: "
+              f"{system.describe()}") as doing:
+        answers = _answer_each(model, tokenizer, prompts, doing, head)
         base: list[str | None] = [None] * len(answers)
         if base_adapters is not None:
             with active_adapters(model, base_adapters):  # the base beside it: what the tuning changed is visible
-                base = list(_answer_each(model, tokenizer, prompts, doing))
+                base = list(_answer_each(model, tokenizer, prompts, doing, head))
     lines = []
     for prompt, answer, before in zip(prompts, answers, base, strict=True):
-        lines.append(json.dumps({"prompt": prompt, "answer": answer, "base_answer": before}) + "\n")
+        lines.append(json.dumps({"prompt": prompt, "system": system.text, "answer": answer,
+                                 "base_answer": before}) + "\n")
         run.log.say(f"[{run.phase.name}] smoke: {prompt!r}")
         run.log.say(f"    tuned: {answer[:200]!r}")
         if before is not None:
