@@ -19,7 +19,7 @@ LAYERS = [
     ("nova.runs", "nova.plan"),
     ("nova.data", "nova.model"),
     ("nova.monitor", "nova.preflight"),
-    ("nova.train", "nova.merge", "nova.infer", "nova.export", "nova.ui"),
+    ("nova.train", "nova.merge", "nova.infer", "nova.export", "nova.eval", "nova.ui"),
     ("nova.cli", "nova.__main__"),
 ]
 

@@ -112,6 +112,17 @@ def _forgetting(ps: PhaseStatus) -> list[str]:
     return out
 
 
+def _eval_lines(status: RunStatus) -> list[str]:
+    """The task scores of eval.json (nova eval, eval gates): the table, then each gate."""
+    from nova.runs.eval_results import gate_lines, legend, table_lines
+
+    table = table_lines(status.eval) if status.eval else []
+    if not table:
+        return []
+    return ["task scores (eval.json):", *[f"  {line}" for line in table], f"  {legend()}",
+            *[f"  {line}" for line in gate_lines(status.eval or {})]]
+
+
 def status_lines(status: RunStatus) -> list[str]:
     """All of ``nova status`` as ASCII lines."""
     out = []
@@ -123,4 +134,5 @@ def status_lines(status: RunStatus) -> list[str]:
         out.append(f"pipeline {status.path}: {len(status.phases)} phases ({summary})")
     for p in status.phases:
         out.extend(phase_lines(p, status.checked))
+    out += _eval_lines(status)
     return [line.encode("ascii", "replace").decode("ascii") for line in out]

@@ -16,6 +16,7 @@ from typing import Any
 from nova.errors import NovaError
 from nova.monitor.progress import latest, step_rate, total_steps
 from nova.runs.checkpoints import list_checkpoints
+from nova.runs.eval_results import read_eval
 from nova.runs.jsonl import number, read_jsonl
 from nova.runs.layout import PIPELINE, RunDir
 from nova.runs.process import ProcessInfo, read_process
@@ -71,10 +72,11 @@ class RunStatus:
     kind: str  # run or pipeline
     phases: list[PhaseStatus]
     checked: float
+    eval: dict[str, Any] | None = None  # eval.json of the run or pipeline (nova.runs.eval_results)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "checked": self.checked,
-                "phases": [p.to_dict() for p in self.phases]}
+                "phases": [p.to_dict() for p in self.phases], "eval": self.eval}
 
 
 def _record(run: RunDir) -> tuple[RunRecord | None, str | None]:
@@ -215,13 +217,13 @@ def read_status(path: Path, now: float | None = None) -> RunStatus:
             raise NovaError(f"{pipeline} is not readable pipeline state", hint="it should hold {\"phases\": {...}}")
         phases = [phase_status(_phase_dir(path, name, e.get("run_dir")), name, e)
                   for name, e in data["phases"].items() if isinstance(e, dict)]
-        return RunStatus(str(path), "pipeline", phases, checked)
+        return RunStatus(str(path), "pipeline", phases, checked, read_eval(RunDir(path)))
     if not RunDir(path).looks_like_run:
         raise NovaError(f"{path} is neither a run directory nor a pipeline output directory",
                         hint="a run directory has metrics.jsonl or config.yaml; a pipeline's has pipeline.json")
     entry = _parent_entry(path)
     return RunStatus(str(path), "run", [phase_status(path, entry[0] if entry else None, entry[1] if entry else None)],
-                     checked)
+                     checked, read_eval(RunDir(path)))
 
 
 def _parent_entry(run_dir: Path) -> tuple[str, dict[str, Any]] | None:

@@ -4,8 +4,8 @@ One place owns the layout, so train, monitor, status, merge, infer and export ag
 
     <pipeline output_dir>/pipeline.json         each phase's status, times and paths
     <run_dir>/config.yaml                       the resolved config (what the weights were trained with)
-    <run_dir>/metrics.jsonl, alerts.jsonl, recoveries.jsonl, smoke.jsonl, nova.pid, nova.lock,
-                                                plots/loss.png
+    <run_dir>/metrics.jsonl, alerts.jsonl, recoveries.jsonl, smoke.jsonl, retention.json, eval.json,
+                                                nova.pid, nova.lock, plots/loss.png
     <run_dir>/checkpoints/<stage>/checkpoint-N/ sealed checkpoints
     <run_dir>/stages/<stage>/adapter/, DONE, data_report.json
     <run_dir>/adapter/                          the phase's final adapter
@@ -33,6 +33,7 @@ ALERTS = "alerts.jsonl"
 RECOVERIES = "recoveries.jsonl"
 SMOKE = "smoke.jsonl"
 RETENTION = "retention.json"  # holdout losses after the phase and its forgetting table
+EVAL_RESULTS = "eval.json"  # task scores of the base, each phase and exports (nova eval, gates; nova.runs.eval_results)
 PID_FILE = "nova.pid"  # who holds the run: pid, host, start time (while it trains)
 LOCK_FILE = "nova.lock"  # the operating-system lock itself (nova.runs.lock); stays after the run
 RUN_MARKER = "nova_run.json"  # written when nova makes a run directory: --fresh deletes only in these
@@ -125,6 +126,10 @@ class RunDir:
     @property
     def retention(self) -> Path:
         return self.path / RETENTION
+
+    @property
+    def eval_results(self) -> Path:
+        return self.path / EVAL_RESULTS
 
     @property
     def pid_file(self) -> Path:

@@ -20,12 +20,12 @@ from nova.runs.card import CARD
 from nova.runs.checkpoints import list_checkpoints, seal_fingerprint
 from nova.runs.fingerprint import Fingerprint, flatten
 from nova.runs.jsonl import read_json, read_jsonl
-from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
+from nova.runs.layout import CHECKPOINTS, EVAL_RESULTS, PIPELINE, STAGES, RunDir
 from nova.ui.security import inside
 from nova.ui.series import charts
 
-# ``nova eval`` (issue 24) writes this beside a run: {"models": [{"name", "scores": {task: value}}], ...}.
-EVAL_FILE = "eval.json"
+# ``nova eval`` writes this beside a run: {"models": [{"name", "scores": {task: value}}], ...} (nova.runs.eval_results).
+EVAL_FILE = EVAL_RESULTS
 TEXT_LIMIT = 256 * 1024  # a config or model card larger than this is cut (and says so)
 MAX_DEPTH = 4  # how deep under the root runs are looked for
 SKIP = {CHECKPOINTS, STAGES, "adapter", "model", "plots", "logs", "__pycache__"}
