@@ -172,3 +172,27 @@ def test_a_gate_stops_the_pipeline_before_the_next_phase(tmp_path: Path, tiny_mo
     assert state["phases"]["sora"]["gate"] == {**state["phases"]["sora"]["gate"], "passed": False, "forced": True}
     gates = json.loads((tmp_path / "out" / "sora" / "eval.json").read_text())["gates"]
     assert any(g["task"] == "holdout:doica" and g["forced"] for g in gates)
+
+
+def test_lm_eval_task_runs_on_the_composition_offline(trained: Path) -> None:
+    """lm-evaluation-harness' own task machinery (the shipped YAML over a local file) on each phase, unmerged."""
+    results = evaluate(EvalRequest(trained / "out", ["lm:hellaswag_nova"], ["base", "sora"], limit=4),
+                       say=lambda _: None)
+    spec = results["tasks"]["lm:hellaswag_nova"]
+    assert spec["metric"] == "acc_norm" and spec["items"] == 4
+    values = [m["scores"]["lm:hellaswag_nova"] for m in results["models"]]
+    assert all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in values)
+
+
+def test_export_eval_task_scores_the_model_and_its_gguf(trained: Path, gguf: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from nova.cli.export_cmd import export
+
+    merged = trained / "out" / "sora-merged"
+    export(out=trained / "check.gguf", model=merged, run=None, fmt="gguf", outtype="f32", force=False,
+           eval_task="xquad_ro")
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    assert lines[header + 1].split()[0] == "sora-merged" and lines[header + 2].split()[0] == "check.gguf"
+    scores = [float(line.split()[1]) for line in lines[header + 1: header + 3]]
+    assert scores[0] == scores[1]  # f32 in llama.cpp picks the same choices as the merged model

@@ -149,12 +149,12 @@ def normalise(text: str) -> str:
 
 
 def last_number(text: str) -> str | None:
-    """The last number in ``text`` with thousands separators and a trailing ``.0`` removed."""
+    """The last number in ``text``, thousands separators removed and written canonically (1,250.00 -> 1250)."""
     found = _NUMBER.findall(text.replace("$", ""))
     if not found:
         return None
-    value = found[-1].replace(",", "")
-    return value[:-2] if value.endswith(".0") else value
+    value = float(found[-1].replace(",", ""))
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def is_right(item: Item, reply: str) -> bool:

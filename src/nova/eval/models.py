@@ -135,9 +135,9 @@ def _path_row(target: Target, spec: str) -> Row:
 def resolve_rows(target: Target, names: list[str] | None) -> list[Row]:
     """The rows asked for (see the module docstring), in the order given; duplicates are an error."""
     if target.kind in ("model", "gguf"):
-        rows = [_path_row(target, str(target.path))]
-        rows += [_path_row(target, n) for n in names or [] if Path(n).resolve() != target.path.resolve()]
-        return rows
+        first = _path_row(target, str(target.path))
+        others = [_path_row(target, n) for n in names or [] if Path(n).resolve() != target.path.resolve()]
+        return [first, *[Row(r.name, r.kind, r.path, first.name, r.key) for r in others]]
     phases = [r.name for r in target.records]
     rows = []
     for name in names or [BASE, *phases]:

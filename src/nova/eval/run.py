@@ -59,14 +59,22 @@ def _tasks(request: EvalRequest, target: Target, tokenizer: Any, system: str | N
     return out
 
 
-def _cached(old: dict[str, Any] | None, row: Row, task: Task) -> float | None:
-    if not old or old.get("tasks", {}).get(task.name, {}).get("signature") != task.signature:
-        return None
-    for entry in old.get("models", []):
-        if entry.get("name") == row.name and entry.get("key") == row.key:
+def _cached(olds: list[dict[str, Any]], row: Row, task: Task) -> float | None:
+    """A score stored for the same weights (row key) on the same items (task signature), if any."""
+    for old in olds:
+        if old.get("tasks", {}).get(task.name, {}).get("signature") != task.signature:
+            continue
+        for entry in old.get("models", []):
             value = entry.get("scores", {}).get(task.name)
-            return float(value) if isinstance(value, int | float) else None
+            if entry.get("name") == row.name and entry.get("key") == row.key and isinstance(value, int | float):
+                return float(value)
     return None
+
+
+def _stored_results(target: Target) -> list[dict[str, Any]]:
+    """What eval.json already holds in PATH and in each phase's run directory (a gate's scores)."""
+    dirs = [target.path, *[r.run.path for r in target.records]] if _stored(target) else []
+    return [data for d in dirs if (data := read_eval(RunDir(d))) is not None]
 
 
 def _hf_groups(target: Target, rows: list[Row]) -> Iterator[tuple[Callable[[], Any], list[tuple[Row, Any]]]]:
@@ -135,11 +143,11 @@ def evaluate(request: EvalRequest, say: Say = print) -> dict[str, Any]:
     tokenizer = load_tokenizer_for(target)
     named = _tasks(request, target, tokenizer, system, say)
     tasks = [t for _, t in named]
-    old = read_eval(RunDir(target.path)) if _stored(target) and not request.rescore else None
+    olds = [] if request.rescore else _stored_results(target)
     scores = {r.name: {"scores": {}, "seconds": {}} for r in rows}
     for row in rows:
         for task in tasks:
-            if (value := _cached(old, row, task)) is not None:
+            if (value := _cached(olds, row, task)) is not None:
                 scores[row.name]["scores"][task.name] = value
     todo = [r for r in rows if any(t.name not in scores[r.name]["scores"] for t in tasks)]
     prompter = Prompter(tokenizer, system)
