@@ -33,7 +33,8 @@ def test_shared_prefix_loglik_equals_a_plain_forward(tiny: tuple[Any, Any]) -> N
     requests = []
     for _ in range(9):  # contexts of several lengths, each with 1 to 4 continuations of several lengths
         ctx = [rng.randrange(10, 300) for _ in range(rng.randint(1, 24))]
-        requests += [(ctx, [rng.randrange(10, 300) for _ in range(rng.randint(1, 7))]) for _ in range(rng.randint(1, 4))]
+        for _ in range(rng.randint(1, 4)):
+            requests.append((ctx, [rng.randrange(10, 300) for _ in range(rng.randint(1, 7))]))
     got = HFBackend(model, tokenizer).loglik(requests)
     for (ctx, cont), (value, greedy) in zip(requests, got, strict=True):
         with torch.no_grad():

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nova.errors import NovaError
 from nova.eval.items import Item, read_items
 
@@ -75,12 +77,43 @@ def file_task(name: str, path: Path, limit: int | None, system: str | None) -> T
     return task
 
 
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise NovaError(f"cannot read lm-eval task {path}: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
+        raise NovaError(f"{path} is not an lm-eval task config (no 'task' name)", hint="see docs/eval.md")
+    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(files, dict):  # relative to the YAML file, so a task ships with its data
+        config["dataset_kwargs"]["data_files"] = {k: str((path.parent / v).resolve()) for k, v in files.items()}
+    elif isinstance(files, str):
+        config["dataset_kwargs"]["data_files"] = str((path.parent / files).resolve())
+    return config
+
+
+def lm_task(name: str, limit: int | None) -> Any:
+    """The Task of ``lm:NAME`` / ``lm:FILE.yaml`` (read now; lm-eval itself is imported when it runs)."""
+    spec = name.removeprefix("lm:")
+    path = SHIPPED_DIR / f"{spec}.yaml" if (SHIPPED_DIR / f"{spec}.yaml").is_file() else Path(spec)
+    if spec.endswith((".yaml", ".yml")) or path.is_file():
+        config = _load_yaml(path)
+        column = f"lm:{config['task']}"
+        task = Task(column, "lm", str(path), lm=config, metric="lm-eval", count=limit or 0)
+        files = config.get("dataset_kwargs", {}).get("data_files")
+        contents = [Path(f).read_bytes().hex()[:4096] if Path(f).is_file() else f
+                    for f in (files.values() if isinstance(files, dict) else [files]) if f]
+        task.signature = _digest(config, contents, limit)
+        return task
+    task = Task(name, "lm", f"lm-eval registry task {spec}", lm=spec, metric="lm-eval", count=limit or 0)
+    task.signature = _digest(spec, limit)
+    return task
+
+
 def resolve(names: list[str], limit: int | None, system: str | None) -> list[Task | str]:
     """Each name in order: its Task when it is read from a file (shipped, the user's, lm-eval), else the
     name of a run task (``holdout``, ``preference``: built once the run's tokenizer is loaded).
     An unknown name is one error listing what exists."""
-    from nova.eval.lmeval import lm_task
-
     out: list[Task | str] = []
     for name in names:
         if name in (HOLDOUT, PREFERENCE):
