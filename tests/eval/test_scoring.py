@@ -50,8 +50,10 @@ def test_batched_generation_equals_one_at_a_time(tiny: tuple[Any, Any]) -> None:
     from nova.eval.backend import HFBackend
 
     model, tokenizer = tiny
-    prompts = [[1, 50, 60, 70, 80], [1, 90], [1, 33, 44]]
+    rng = random.Random(1)  # prompts of several lengths (left padding) whose replies differ (order kept)
+    prompts = [[rng.randrange(10, 300) for _ in range(n)] for n in (5, 1, 3, 12, 7)]
     batched = HFBackend(model, tokenizer).generate(prompts, 6)
+    assert len({tuple(b) for b in batched}) > 1
     for prompt, out in zip(prompts, batched, strict=True):
         with torch.no_grad():
             alone = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
