@@ -147,6 +147,7 @@ def test_cli_prints_the_table_and_json(trained: Path) -> None:
     assert "xquad_ro" in status.stdout and "preference" in status.stdout
 
 
+@pytest.mark.slow  # trains a second pipeline (three phases), then runs it twice more
 def test_a_gate_stops_the_pipeline_before_the_next_phase(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Sora trains on English at a high rate: Doica's holdout loss rises. max_drop 0 against the phase
     # before makes that rise a failure, so the third phase must not run.
