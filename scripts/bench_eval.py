@@ -4,7 +4,9 @@
 
 Loads the model as a run's composition loads it (``nova.infer.load_model``, nf4 or unquantized), then
 scores each task once, timing only the scoring (the model load is printed apart). The load average
-is printed before and after: on a shared machine other work slows every figure.
+is printed before and after: on a shared machine other work slows every wall-clock figure, so the
+process's CPU time is printed too (torch uses every core: on an idle machine the wall time is about
+the CPU time divided by the cores).
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ def main() -> None:
     prompter = Prompter(loaded.tokenizer, None)
     for task in resolve(args.tasks.split(","), args.limit, None):
         assert isinstance(task, Task)
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         value = score(task, backend, prompter)
-        took = time.monotonic() - start
-        print(f"{task.name}: {task.count} items ({task.kind}), score {value:.3f}, {took:.1f} s "
-              f"({task.count / took:.2f} items/s)")
+        took, used = time.monotonic() - start, time.process_time() - cpu
+        print(f"{task.name}: {task.count} items ({task.kind}), score {value:.3f}, {took:.1f} s wall, "
+              f"{used:.1f} s CPU, load average {os.getloadavg()[0]:.2f}")
     print(f"load average {os.getloadavg()[0]:.2f} after")
 
 
