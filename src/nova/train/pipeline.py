@@ -93,7 +93,8 @@ def _gates(ctx: PhaseContext, state: PipelineState, options: RunOptions, next_ph
         return
     from nova.eval.gates import check_gates
 
-    check_gates(ctx.planned, ctx.phase.start_from, force=options.force or options.force_gates,
+    parent = ctx.planned.chain[-1][0] if ctx.planned.chain else None  # the adapter phase it stacks on
+    check_gates(ctx.planned, parent, force=options.force or options.force_gates,
                 next_phase=next_phase, rerun_hint=ctx.rerun_hint, say=ctx.log.say,
                 record=lambda gate: state.update(ctx.phase.name, gate=gate))
 
