@@ -45,6 +45,7 @@ class Target:
     path: Path
     kind: str  # run, pipeline, model, gguf
     records: list[RunRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
 
     @property
     def leaf(self) -> RunRecord | None:
@@ -84,15 +85,17 @@ def resolve_target(path: Path) -> Target:
         from nova.runs.state import read_pipeline
 
         data = read_pipeline(path / PIPELINE) or {"phases": {}}
-        records = []
+        records, notes = [], []
         for name, entry in data["phases"].items():
             run = Path(entry.get("run_dir") or path / name) if isinstance(entry, dict) else path / name
             run = run if run.is_dir() else path / name
             if RunDir(run).is_complete:
                 records.append(read_run(run))
+            else:
+                notes.append(f"phase '{name}' has not finished ({run}): left out")
         if not records:
             raise NovaError(f"no phase of {path} has finished", hint="train it first (nova train)")
-        return Target(path, "pipeline", records)
+        return Target(path, "pipeline", records, notes)
     if is_run_dir(path):
         record = read_run(path)
         if not RunDir(path).is_complete:

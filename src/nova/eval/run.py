@@ -134,6 +134,8 @@ def evaluate(request: EvalRequest, say: Say = print) -> dict[str, Any]:
     from nova.eval.score import Prompter
 
     target = resolve_target(request.path)
+    for note in target.notes:
+        say(f"eval: {note}")
     rows = resolve_rows(target, request.models)
     system = system_prompt(target)
     resolve(request.tasks, request.limit, system)  # file tasks checked before anything loads

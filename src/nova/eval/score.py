@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from nova.errors import NovaError
 from nova.eval.items import Item, is_right
 from nova.eval.tasks import Task
 
@@ -53,9 +54,13 @@ class Prompter:
         if self.template is None:
             eos = self.tokenizer.eos_token_id
             return self._plain_context(item), self.encode(text) + ([eos] if eos is not None else [])
+        from nova.data.records import RecordProblem
         from nova.data.turns import reply_texts
 
-        prompt, reply = reply_texts(self.template, self._messages(item), {"role": "assistant", "content": text})
+        try:
+            prompt, reply = reply_texts(self.template, self._messages(item), {"role": "assistant", "content": text})
+        except RecordProblem as exc:
+            raise NovaError(f"cannot write an eval item as a chat: {exc.message}", hint=exc.hint) from None
         return self.encode(prompt), self.encode(reply)
 
 
