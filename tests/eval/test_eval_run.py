@@ -173,6 +173,8 @@ def test_a_gate_stops_the_pipeline_before_the_next_phase(tmp_path: Path, tiny_mo
     assert state["phases"]["sora"]["gate"] == {**state["phases"]["sora"]["gate"], "passed": False, "forced": True}
     gates = json.loads((tmp_path / "out" / "sora" / "eval.json").read_text())["gates"]
     assert any(g["task"] == "holdout:doica" and g["forced"] for g in gates)
+    status = run_nova("status", str(tmp_path / "out"))
+    assert "eval gate:  FAILED, continued with --force-gates: holdout:doica" in status.stdout
 
 
 def test_lm_eval_task_runs_on_the_composition_offline(trained: Path) -> None:

@@ -97,7 +97,18 @@ def phase_lines(ps: PhaseStatus, now: float) -> list[str]:
         out.append(f"  recoveries: {ps.recoveries} (out-of-memory retries with a smaller batch; see recoveries.jsonl)")
     if ps.error:
         out.append(f"  error:      {ps.error}")
-    return out + _forgetting(ps) + _alerts(ps)
+    return out + _forgetting(ps) + _gate(ps) + _alerts(ps)
+
+
+def _gate(ps: PhaseStatus) -> list[str]:
+    """The phase's eval gate (its eval: tasks and limits), when it has one."""
+    if not ps.gate:
+        return []
+    if ps.gate.get("passed"):
+        return ["  eval gate:  passed"]
+    state = "FAILED, continued with --force-gates" if ps.gate.get("forced") else "FAILED (the pipeline stopped here)"
+    failed = ps.gate.get("failed") or []
+    return [f"  eval gate:  {state}" + (f": {failed[0]}" if failed else "")]
 
 
 def _forgetting(ps: PhaseStatus) -> list[str]:

@@ -59,6 +59,8 @@ class PhaseStatus:
     forgetting: dict[str, dict[str, Any]] = field(default_factory=dict)
     # GRPO: the newest reward (total and rewards/<name>/mean), kl, completions/mean_length, eval_reward
     rewards: dict[str, float] = field(default_factory=dict)
+    # the phase's eval gate from pipeline.json: passed, forced, failed (messages) (nova.eval.gates)
+    gate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +121,7 @@ def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] |
         _fill_stage(ps, run, record, [r for r in records if str(r.get("stage", "")) == ps.stage])
     _fill_alerts(ps, run)
     ps.forgetting = _forgetting(run, entry)
+    ps.gate = entry.get("gate") if isinstance(entry.get("gate"), dict) else None
     return ps
 
 
