@@ -31,8 +31,11 @@ def read_eval(run: RunDir) -> dict[str, Any] | None:
     data = read_json(run.eval_results)
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         return None
-    data.setdefault("tasks", {})
-    data.setdefault("gates", [])
+    # A hand-edited or older file: keep what has the expected shape, so readers never trip on it.
+    data["models"] = [m for m in data["models"] if isinstance(m, dict) and isinstance(m.get("scores"), dict)]
+    tasks = data.get("tasks")
+    data["tasks"] = {k: v for k, v in tasks.items() if isinstance(v, dict)} if isinstance(tasks, dict) else {}
+    data["gates"] = [g for g in data.get("gates") or [] if isinstance(g, dict)]
     return data
 
 
@@ -117,8 +120,9 @@ def cell_text(results: dict[str, Any], row: dict[str, Any], task: str) -> str:
 
 def table_lines(results: dict[str, Any], tasks: Sequence[str] | None = None) -> list[str]:
     """The table as ASCII lines: models as rows, tasks as columns, each cell with its deltas."""
-    names = list(tasks) if tasks is not None else list(results.get("tasks", {}))
     rows = [m for m in results.get("models", []) if isinstance(m, dict)]
+    names = list(tasks) if tasks is not None else list(results.get("tasks", {})) or list(
+        dict.fromkeys(t for m in rows for t in m.get("scores", {})))
     if not rows or not names:
         return []
     header = ["model", *[_title(n, results) for n in names]]
