@@ -137,7 +137,8 @@ def _title(task: str, results: dict[str, Any]) -> str:
     metric = {"accuracy": "acc", "exact_match": "em", "loss": "loss"}.get(str(spec.get("metric")),
                                                                          str(spec.get("metric", "")))
     items = spec.get("items")
-    return f"{task} ({metric}{', n=' + str(items) if items else ''})"
+    parts = [p for p in (metric, f"n={items}" if items else "") if p]
+    return f"{task} ({', '.join(parts)})" if parts else task
 
 
 def legend() -> str:
