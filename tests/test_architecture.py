@@ -21,7 +21,7 @@ LAYERS = [
     ("nova.runs", "nova.plan"),
     ("nova.data", "nova.model"),
     ("nova.monitor", "nova.preflight"),
-    ("nova.train", "nova.merge", "nova.infer", "nova.export", "nova.ui", "nova.init"),
+    ("nova.train", "nova.merge", "nova.infer", "nova.export", "nova.eval", "nova.ui", "nova.init"),
     ("nova.cli", "nova.__main__"),
 ]
 
@@ -164,8 +164,13 @@ def method_name_comparisons(root: Path = SRC) -> list[str]:
         where = path.relative_to(root).as_posix()
         if where.startswith(METHOD_NAME_OWNERS):
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Compare) and any(_is_method_name(n, names) for n in (node.left, *node.comparators)):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        compared = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Compare) for n in c.comparators}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Tuple | ast.List | ast.Set) and id(node) not in compared and len(node.elts) > 1
+                    and all(_is_method_name(e, names) for e in node.elts)):
+                found.append(f"{where}:{node.lineno}: a list of method names")
+            elif isinstance(node, ast.Compare) and any(_is_method_name(n, names) for n in (node.left, *node.comparators)):
                 found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
             elif isinstance(node, ast.Dict) and any(k is not None and _is_method_name(k, names) for k in node.keys):
                 found.append(f"{where}:{node.lineno}: a table keyed by method names")
@@ -176,9 +181,9 @@ def test_the_finder_sees_method_name_comparisons(tmp_path: Path) -> None:
     pkg = tmp_path / "nova" / "data"
     pkg.mkdir(parents=True)
     (pkg / "x.py").write_text('def f(m, kind):\n    a = m == "dpo"\n    b = m in ("kto", "orpo")\n'
-                              '    c = kind == "pairs"\n    return {"sft": 1}\n')
+                              '    c = kind == "pairs"\n    d = ("dpo", "simpo")\n    return {"sft": 1}\n')
     assert [f.split(": ", 1)[1] for f in method_name_comparisons(tmp_path)] == [
-        "m == 'dpo'", "m in ('kto', 'orpo')", "a table keyed by method names"]
+        "m == 'dpo'", "m in ('kto', 'orpo')", "a list of method names", "a table keyed by method names"]
 
 
 def test_methods_are_told_apart_by_their_specs_only() -> None:

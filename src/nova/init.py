@@ -110,11 +110,13 @@ def _method(data: Path, method: str | None) -> tuple[str, str]:
             break
     except FileProblem as exc:
         raise NovaError(f"cannot read {data}: {exc}") from None
-    if kind == "preference":
-        return "dpo", "the records are preference pairs (prompt, chosen, rejected)"
-    if kind == "unpaired":
-        return "kto", "the records are replies labelled good or bad"
-    return "sft", f"the records are {kind or 'text'} (pass --method dpo, kto, ... for another)"
+    from nova.data.formats import records_of
+    from nova.methods import METHOD_NAMES, reading
+
+    chosen = reading(records_of(kind))[0] if kind is not None else METHOD_NAMES[0]
+    others = ", ".join(m for m in METHOD_NAMES if m != chosen)
+    return chosen, (f"the records are {kind or 'text'}, the first method that reads them "
+                    f"(pass --method {others} for another)")
 
 
 def _max_length(lengths: list[int], context: int | None) -> tuple[int, str]:

@@ -20,10 +20,14 @@ from nova.errors import NovaError
 def test_the_demo_runs_every_step_in_order_from_the_checkout() -> None:
     ran: list[Sequence[str]] = []
     demo_cmd.run_demo(ROOT, run_step=lambda step: ran.append(step) or 0, say=lambda line: None)
-    assert [s[0] for s in ran] == ["train", "infer", "merge", "export", "export", "export", "status"]
+    assert [s[0] for s in ran] == ["train", "infer", "merge", "export", "export", "export", "eval", "status"]
     assert ran[0] == ("train", "--config", "configs/demo/pipeline.yaml") and (ROOT / ran[0][2]).is_file()
     assert ran[1].count("--prompt") == 3 and "--compare-phases" in ran[1]
     assert [s[s.index("--format") + 1] for s in ran[3:6]] == ["gguf", "ollama", "peft"]
+    # the eval table: base and each phase, on a Romanian and an English task and the held-out preference pairs
+    evaluated = ran[6]
+    assert evaluated[evaluated.index("--models") + 1].split(",") == ["base", "doica", "sora"]
+    assert evaluated[evaluated.index("--tasks") + 1].split(",") == ["xquad_ro", "hellaswag", "preference"]
 
 
 def test_the_first_failing_step_stops_the_demo_with_its_code() -> None:

@@ -1,10 +1,12 @@
 """``nova demo``: the demo end to end, the same on Linux, macOS and Windows (scripts/demo.sh calls it).
 
 Doica (SFT on Romanian chats) then Sora (SFT, then DPO) on SmolLM2-135M, then the tuned model
-beside the base, merged into a standalone model, exported for llama.cpp and Ollama, and the
-Doica + Sora chain as one standalone PEFT adapter. Each step is the ``nova`` command a user
-would type, run in its own process as the shell script ran it, so what the demo shows is what
-those commands do; the first step that fails stops the demo with its exit code.
+beside the base, merged into a standalone model, exported for llama.cpp and Ollama, the
+Doica + Sora chain as one standalone PEFT adapter, and the eval table: the base, Doica and Sora on
+a Romanian task, an English task and the held-out identity preference pairs.
+Each step is the ``nova`` command a user would type, run in its own process as the shell script
+ran it, so what the demo shows is what those commands do; the first step that fails stops the
+demo with its exit code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from nova.errors import NovaError
 PIPELINE = "configs/demo/pipeline.yaml"
 RUN = "checkpoints/demo/sora"
 MERGED = f"{RUN}-merged"
+GGUF = "checkpoints/demo/sora-f16.gguf"
+# The eval table: a Romanian task, an English task, DPO's held-out pairs; 50 items each (docs/eval.md).
+# The GGUF is left out here: llama.cpp scores one sequence at a time, slow on 2 cores (docs/eval.md, Speed).
+EVAL_TASKS = "xquad_ro,hellaswag,preference"
 # Prompts that are not in the training data: the base, Doica's model and Sora's model side by side.
 PROMPTS = ("Tell me who you are, in one sentence.", "Cine esti tu, de fapt?", "Care este capitala Romaniei?")
 
@@ -31,9 +37,10 @@ STEPS: tuple[tuple[str, ...], ...] = (
     ("infer", "--model", RUN, "--compare-phases", "--max-new-tokens", "40",
      *(arg for p in PROMPTS for arg in ("--prompt", p))),
     ("merge", "--run", RUN, "--force"),
-    ("export", "--model", MERGED, "--format", "gguf", "--out", "checkpoints/demo/sora-f16.gguf", "--force"),
+    ("export", "--model", MERGED, "--format", "gguf", "--out", GGUF, "--force"),
     ("export", "--model", MERGED, "--format", "ollama", "--out", "checkpoints/demo/sora-ollama", "--force"),
     ("export", "--run", RUN, "--format", "peft", "--out", "checkpoints/demo/sora-standalone", "--force"),
+    ("eval", "checkpoints/demo", "--tasks", EVAL_TASKS, "--models", "base,doica,sora", "--limit", "50"),
     ("status", "checkpoints/demo"),
 )
 
@@ -60,7 +67,7 @@ def run_demo(root: Path, run_step: Callable[[Sequence[str]], int] = _run_step,
 def demo(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the steps without running them.")] = False,
 ) -> None:
-    """Train the demo pipeline, compare the tuned model with the base, merge, export (run from the checkout)."""
+    """Train the demo pipeline, compare the tuned model with the base, merge, export, score (run from the checkout)."""
     if dry_run:
         run_demo(Path.cwd(), run_step=lambda step: 0, say=echo)
     else:

@@ -138,6 +138,9 @@ def export(
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the parity check (the export run with llama.cpp "
                                            "or PEFT against the model it comes from); recorded in "
                                            "nova_export.json.")] = False,
+    eval_task: Annotated[str | None, typer.Option("--eval-task", help="After a GGUF export of a merged model, score "
+                                                  "this task (as nova eval names it) on the model and on the GGUF "
+                                                  "in llama.cpp, side by side.")] = None,
 ) -> None:
     """Export a merged model (GGUF, Ollama) or a run's adapter chain (PEFT, GGUF LoRA, Ollama), then check it."""
     _check_choice(fmt, outtype, model, run)
@@ -154,3 +157,22 @@ def export(
         assert run is not None
         result = _from_run(run, out, fmt, outtype, force, base_from, not no_check)
     _report(result, fmt, time.monotonic() - start)
+    if eval_task is not None:
+        _eval_check(model, Path(result.path), fmt, eval_task)
+
+
+EXPORT_EVAL_LIMIT = 50  # items of --eval-task: a quick check, the same items for the model and the file
+
+
+def _eval_check(model: Path | None, path: Path, fmt: str, task: str) -> None:
+    """--eval-task: the task on the merged model and on its GGUF (nova.eval), as one small table."""
+    from nova.errors import NovaError
+    from nova.eval.run import EvalRequest, evaluate
+    from nova.runs.eval_results import table_lines
+
+    if model is None or fmt != "gguf":
+        raise NovaError("--eval-task scores a GGUF file exported from a merged model",
+                        hint="use it with --model MERGED --format gguf; score other exports with nova eval")
+    results = evaluate(EvalRequest(model, [task], [str(path)], EXPORT_EVAL_LIMIT), say=echo)
+    for line in table_lines(results):
+        echo(line)

@@ -16,6 +16,7 @@ from nova.cli import (
     config_cmd,
     data_cmd,
     demo_cmd,
+    eval_cmd,
     export_cmd,
     infer_cmd,
     init_cmd,
@@ -43,6 +44,7 @@ app.command("train")(train_cmd.train)
 app.command("merge")(merge_cmd.merge)
 app.command("infer")(infer_cmd.infer)
 app.command("export")(export_cmd.export)
+app.command("eval")(eval_cmd.eval_)
 app.command("status")(status_cmd.status)
 app.command("plot")(plot_cmd.plot)
 app.command("config")(config_cmd.config)

@@ -15,7 +15,11 @@ def train(
     config: ConfigOpt,
     set_: SetOpt = None,
     phase: str | None = typer.Option(None, "--phase", help="Run only this phase (its inputs must exist)."),
-    force: bool = typer.Option(False, "--force", help="Retrain phases that already finished."),
+    force: bool = typer.Option(False, "--force", help="Retrain phases that already finished (and go on past "
+                               "failed eval gates)."),
+    force_gates: bool = typer.Option(False, "--force-gates", help="Go on past a phase whose eval tasks are past "
+                                     "their limits (its eval: section), without retraining; recorded in "
+                                     "pipeline.json."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate config, data and model access; print the plan."),
     no_preflight: bool = typer.Option(False, "--no-preflight", help="Skip the preflight checks before training."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints of unfinished phases."),
@@ -78,7 +82,7 @@ def train(
     from nova.train.pipeline import run_config
 
     results = run_config(loaded, phase=phase, force=force, fresh=fresh, resume_with_changes=resume_with_changes,
-                         rerun_hint=hint, plan=plan)
+                         rerun_hint=hint, plan=plan, force_gates=force_gates)
     if not results:
         raise NovaError("nothing to train")
 

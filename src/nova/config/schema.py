@@ -22,6 +22,7 @@ from pydantic import Field, ValidationInfo, create_model, model_validator
 
 from nova.config.base import MAX_BATCH, MAX_STEPS, Section
 from nova.config.data_schema import DataConfig
+from nova.config.eval_schema import EvalConfig
 from nova.config.full_rules import check_chain_kinds, check_full_phase
 from nova.config.monitor_schema import MonitorConfig
 from nova.errors import printable
@@ -246,6 +247,8 @@ class PhaseConfig(Section):
         "start, against forgetting (needs start_from).")
     smoke_prompts: list[str] = Field(
         default_factory=list, description="Prompts answered by the tuned model at the end of training.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Tasks scored when the phase finishes, and "
+                             "limits that stop a pipeline (docs/eval.md).")
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Several GPUs or machines (a phase file run on its own; "
         "in a pipeline the pipeline's distributed section applies to every phase).")

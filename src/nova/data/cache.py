@@ -75,7 +75,7 @@ def load(cache_dir: str, key: str) -> tuple[Any, Any, dict[str, Any]] | None:
         report = json.loads((root / "report.json").read_text(encoding="utf-8"))
         train = load_from_disk(str(root / "train"))
         evals = load_from_disk(str(root / "eval")) if (root / "eval").exists() else None
-    except (OSError, ValueError, FileNotFoundError):
+    except (OSError, ValueError, IndexError):  # IndexError: datasets cannot read back an empty split it saved
         return None  # a half-deleted cache entry is a miss, not an error
     return train, evals, report
 

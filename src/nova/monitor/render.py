@@ -99,7 +99,18 @@ def phase_lines(ps: PhaseStatus, now: float) -> list[str]:
         out.append(f"  recoveries: {ps.recoveries} (out-of-memory retries with a smaller batch; see recoveries.jsonl)")
     if ps.error:
         out.append(f"  error:      {ps.error}")
-    return out + _forgetting(ps) + _alerts(ps)
+    return out + _forgetting(ps) + _gate(ps) + _alerts(ps)
+
+
+def _gate(ps: PhaseStatus) -> list[str]:
+    """The phase's eval gate (its eval: tasks and limits), when it has one."""
+    if not ps.gate:
+        return []
+    if ps.gate.get("passed"):
+        return ["  eval gate:  passed"]
+    state = "FAILED, continued with --force-gates" if ps.gate.get("forced") else "FAILED (the pipeline stopped here)"
+    failed = ps.gate.get("failed") or []
+    return [f"  eval gate:  {state}" + (f": {failed[0]}" if failed else "")]
 
 
 def _forgetting(ps: PhaseStatus) -> list[str]:
@@ -114,6 +125,17 @@ def _forgetting(ps: PhaseStatus) -> list[str]:
     return out
 
 
+def _eval_lines(status: RunStatus) -> list[str]:
+    """The task scores of eval.json (nova eval, eval gates): the table, then each gate."""
+    from nova.runs.eval_results import gate_lines, legend, table_lines
+
+    table = table_lines(status.eval) if status.eval else []
+    if not table:
+        return []
+    return ["task scores (eval.json):", *[f"  {line}" for line in table], f"  {legend()}",
+            *[f"  {line}" for line in gate_lines(status.eval or {})]]
+
+
 def status_lines(status: RunStatus) -> list[str]:
     """All of ``nova status`` as ASCII lines."""
     out = []
@@ -125,6 +147,7 @@ def status_lines(status: RunStatus) -> list[str]:
         out.append(f"pipeline {status.path}: {len(status.phases)} phases ({summary})")
     for p in status.phases:
         out.extend(phase_lines(p, status.checked))
+    out += _eval_lines(status)
     return [line.encode("ascii", "replace").decode("ascii") for line in out]
 
 

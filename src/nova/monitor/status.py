@@ -18,6 +18,7 @@ from nova.errors import NovaError
 from nova.monitor.progress import latest, step_rate, total_steps
 from nova.runs.activity import TRAINING, describe, read_activity
 from nova.runs.checkpoints import list_checkpoints
+from nova.runs.eval_results import read_eval
 from nova.runs.jsonl import number, read_jsonl
 from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
 from nova.runs.process import ProcessInfo, read_process
@@ -65,6 +66,8 @@ class PhaseStatus:
     # what a live training process is doing now (activity.json): its record, and as text ("smoke prompts 1/2 ...")
     activity: dict[str, Any] | None = None
     doing: str | None = None
+    # the phase's eval gate from pipeline.json: passed, forced, failed (messages) (nova.eval.gates)
+    gate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,10 +81,11 @@ class RunStatus:
     kind: str  # run or pipeline
     phases: list[PhaseStatus]
     checked: float
+    eval: dict[str, Any] | None = None  # eval.json of the run or pipeline (nova.runs.eval_results)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "checked": self.checked,
-                "phases": [p.to_dict() for p in self.phases]}
+                "phases": [p.to_dict() for p in self.phases], "eval": self.eval}
 
 
 def _record(run: RunDir) -> tuple[RunRecord | None, str | None]:
@@ -128,6 +132,7 @@ def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] |
         _fill_stage(ps, run, record, [r for r in records if str(r.get("stage", "")) == ps.stage])
     _fill_alerts(ps, run)
     ps.forgetting = _forgetting(run, entry)
+    ps.gate = entry.get("gate") if isinstance(entry.get("gate"), dict) else None
     return ps
 
 
@@ -238,13 +243,14 @@ def read_status(path: Path, now: float | None = None) -> RunStatus:
             raise NovaError(f"{pipeline} is not readable pipeline state", hint="it should hold {\"phases\": {...}}")
         phases = [phase_status(_phase_dir(path, name, e.get("run_dir")), name, e, checked)
                   for name, e in data["phases"].items() if isinstance(e, dict)]
-        return RunStatus(str(path), "pipeline", phases, checked)
+        return RunStatus(str(path), "pipeline", phases, checked, read_eval(RunDir(path)))
     if not RunDir(path).looks_like_run:
         raise NovaError(f"{path} is neither a run directory nor a pipeline output directory",
                         hint="a run directory has metrics.jsonl or config.yaml; a pipeline's has pipeline.json")
     entry = _parent_entry(path)
     return RunStatus(str(path), "run", [phase_status(path, entry[0] if entry else None, entry[1] if entry else None,
-                                                     checked)], checked)
+                                                     checked)], checked,
+                     read_eval(RunDir(path)))
 
 
 def _parent_entry(run_dir: Path) -> tuple[str, dict[str, Any]] | None:

@@ -142,6 +142,18 @@ def _eval_table(phases: list[PhaseFacts]) -> list[str]:
     return lines
 
 
+def _task_table(record: RunRecord) -> list[str]:
+    """The run's eval.json (nova eval, eval gates): every model's task scores with their changes."""
+    from nova.runs.eval_results import gate_lines, legend, read_eval, table_lines
+
+    results = read_eval(record.run)
+    lines = table_lines(results) if results else []
+    if not lines:
+        return []
+    return ["## Task scores", "", f"Scored by `nova eval` on the same items for every model ({legend()}).", "",
+            "```", *lines, "```", "", *[f"- {g}" for g in gate_lines(results or {})], ""]
+
+
 def _usage(record: RunRecord, kind: str, extra: dict[str, Any]) -> list[str]:
     from nova.runs.card_usage import usage_lines
 
@@ -162,7 +174,7 @@ def render(record: RunRecord, kind: str, **extra: Any) -> str:
 
     body = [*intro, *_requires(record, kind), *export_lines(extra), *system_lines(record, extra),
             *_chain_table(phases), *_data_table(phases), *_settings_table(phases), *_eval_table(phases),
-            *_usage(record, kind, extra),
+            *_task_table(record), *_usage(record, kind, extra),
             f"Made with nova {__version__} from the run directory `{record.run.path.name}`.", ""]
     return _front_matter(record, kind, methods) + "\n" + "\n".join(body)
 

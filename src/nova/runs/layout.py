@@ -4,8 +4,8 @@ One place owns the layout, so train, monitor, status, merge, infer and export ag
 
     <pipeline output_dir>/pipeline.json         each phase's status, times and paths
     <run_dir>/config.yaml                       the resolved config (what the weights were trained with)
-    <run_dir>/metrics.jsonl, alerts.jsonl, recoveries.jsonl, smoke.jsonl, nova.pid, nova.lock,
-                                                activity.json, plots/loss.png
+    <run_dir>/metrics.jsonl, alerts.jsonl, recoveries.jsonl, smoke.jsonl, retention.json, eval.json,
+                                                nova.pid, nova.lock, activity.json, plots/loss.png
     <run_dir>/checkpoints/<stage>/checkpoint-N/ sealed checkpoints
     <run_dir>/stages/<stage>/adapter/, DONE, data_report.json
     <run_dir>/adapter/                          the phase's final adapter
@@ -34,6 +34,7 @@ RECOVERIES = "recoveries.jsonl"
 SMOKE = "smoke.jsonl"
 RETENTION = "retention.json"  # holdout losses after the phase and its forgetting table
 ACTIVITY = "activity.json"  # what the training process is doing now (loading, evaluating, smoke prompts 1/2)
+EVAL_RESULTS = "eval.json"  # task scores of the base, each phase and exports (nova eval, gates; nova.runs.eval_results)
 PID_FILE = "nova.pid"  # who holds the run: pid, host, start time (while it trains)
 LOCK_FILE = "nova.lock"  # the operating-system lock itself (nova.runs.lock); stays after the run
 RUN_MARKER = "nova_run.json"  # written when nova makes a run directory: --fresh deletes only in these
@@ -131,6 +132,10 @@ class RunDir:
     @property
     def activity(self) -> Path:
         return self.path / ACTIVITY
+
+    @property
+    def eval_results(self) -> Path:
+        return self.path / EVAL_RESULTS
 
     @property
     def pid_file(self) -> Path:

@@ -34,11 +34,13 @@ class RunOptions:
     force: bool = False  # retrain finished phases
     fresh: bool = False  # ignore checkpoints of unfinished phases
     resume_with_changes: bool = False  # a resume may change the learning rate and max_steps
+    force_gates: bool = False  # a phase past its eval limits does not stop the pipeline (recorded)
 
 
 def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = False, fresh: bool = False,
                resume_with_changes: bool = False, log: RunLog | None = None, rerun_hint: str | None = None,
-               extra_callbacks: list[Any] | None = None, plan: Plan | None = None) -> list[PhaseResult]:
+               extra_callbacks: list[Any] | None = None, plan: Plan | None = None,
+               force_gates: bool = False) -> list[PhaseResult]:
     """Train every selected phase in order; returns the results of phases that ran or were skipped.
 
     Interrupted phases resume from their newest complete checkpoint unless ``fresh``; SIGINT and
@@ -54,7 +56,7 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
     log = log or RunLog(Path(plan.phases[0].phase.logs_dir) / f"{_log_name(loaded)}.log")
     if not ranks.main:
         log = RunLog(None, quiet=True)
-    options = RunOptions(force, fresh, resume_with_changes)
+    options = RunOptions(force, fresh, resume_with_changes, force_gates)
     with ExitStack() as stack:
         if plan.is_pipeline:
             distributed.on_main(ranks, lambda: stack.enter_context(
@@ -72,7 +74,7 @@ def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopReque
     state = PipelineState(plan.state_path if ranks.main else None,
                           [PhaseEntry(p.name, p.run, p.phase.start_from) for p in plan.phases])
     results = []
-    for item in plan.phases:
+    for index, item in enumerate(plan.phases):
         run = PhaseRun(item, tuple(item.chain_refs()), log, resume=not (options.fresh or options.force), stop=stop,
                        rerun_hint=rerun_hint, extra_callbacks=tuple(extra_callbacks),
                        resume_with_changes=options.resume_with_changes, ranks=ranks, distributed=plan.distributed)
@@ -80,9 +82,26 @@ def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopReque
             _check_finished(run)
             log.say(f"[{item.name}] already finished ({item.run.output}); skipping (use --force to retrain)")
             results.append(PhaseResult(item.name, item.run_dir, item.run.output, [], 0.0, skipped=True))
-            continue
-        results.append(_run_one(run, item, state, log))
+        else:
+            results.append(_run_one(run, item, state, log))
+        _gates(run, state, options, plan.phases[index + 1].name if index + 1 < len(plan.phases) else None)
     return results
+
+
+def _gates(run: PhaseRun, state: PipelineState, options: RunOptions, next_phase: str | None) -> None:
+    """The phase's eval tasks and their limits (nova.eval.gates); a failed gate stops the pipeline here."""
+    if not run.phase.eval.tasks:
+        return
+    if run.ranks.distributed:
+        run.log.say(f"[{run.phase.name}] eval gates are not checked in a multi-rank run; check them with "
+                    f"nova eval {run.run_dir}")
+        return
+    from nova.eval.gates import check_gates
+
+    parent = run.planned.chain[-1][0] if run.planned.chain else None  # the adapter phase it stacks on
+    check_gates(run.planned, parent, force=options.force or options.force_gates,
+                next_phase=next_phase, rerun_hint=run.rerun_hint, say=run.log.say,
+                record=lambda gate: state.update(run.phase.name, gate=gate))
 
 
 def _check_finished(run: PhaseRun) -> None:

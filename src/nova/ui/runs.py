@@ -19,12 +19,12 @@ from nova.runs.card import CARD
 from nova.runs.checkpoints import list_checkpoints, seal_fingerprint
 from nova.runs.fingerprint import Fingerprint, flatten
 from nova.runs.jsonl import read_json, read_jsonl
-from nova.runs.layout import RunDir
+from nova.runs.layout import EVAL_RESULTS, RunDir
 from nova.ui.security import inside
 from nova.ui.series import charts
 
-# ``nova eval`` (issue 24) writes this beside a run: {"models": [{"name", "scores": {task: value}}], ...}.
-EVAL_FILE = "eval.json"
+# ``nova eval`` writes this beside a run: {"models": [{"name", "scores": {task: value}}], ...} (nova.runs.eval_results).
+EVAL_FILE = EVAL_RESULTS
 TEXT_LIMIT = 256 * 1024  # a config or model card larger than this is cut (and says so)
 STATES = {"done": "finished", "running": "running", "failed": "failed", "stopped": "interrupted",
           "pending": "pending"}
