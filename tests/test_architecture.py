@@ -170,7 +170,8 @@ def method_name_comparisons(root: Path = SRC) -> list[str]:
             if (isinstance(node, ast.Tuple | ast.List | ast.Set) and id(node) not in compared and len(node.elts) > 1
                     and all(_is_method_name(e, names) for e in node.elts)):
                 found.append(f"{where}:{node.lineno}: a list of method names")
-            elif isinstance(node, ast.Compare) and any(_is_method_name(n, names) for n in (node.left, *node.comparators)):
+            elif isinstance(node, ast.Compare) and any(_is_method_name(n, names)
+                                                       for n in (node.left, *node.comparators)):
                 found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
             elif isinstance(node, ast.Dict) and any(k is not None and _is_method_name(k, names) for k in node.keys):
                 found.append(f"{where}:{node.lineno}: a table keyed by method names")

@@ -55,12 +55,11 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
     tokenizers: dict[str, tuple[object, str | None]] = {}
     try:
         whole = plan or make_plan(loaded)
-        plan = whole.select(phase)
     except NovaError as exc:  # e.g. a phase file with start_from, which needs its pipeline
         out.lines.append(f"config {loaded.path}: a valid phase config that cannot run on its own")
         out.missing.extend(exc.lines())
         return out
-    plan = plan.select(phase)  # a --phase that names no phase is a usage error, as it is for training
+    plan = whole.select(phase)  # a --phase that names no phase is a usage error, as it is for training
     names = [p.name for p in plan.pipeline.phases]
     what = (f"pipeline of {len(names)} phase{'s' if len(names) > 1 else ''} ({', '.join(names)})"
             if plan.is_pipeline else f"phase {names[0]}")
