@@ -86,7 +86,7 @@ def export_model(model_dir: Path, out: Path, fmt: str, outtype: str | None, *, f
     from nova.runs.jsonl import read_json
 
     if check:
-        require_llama_cpp()
+        require_llama_cpp(outtype)
     kind = outtype or ("f16" if fmt == "gguf" else "safetensors")
     verifier = Verifier(model_dir, outtype or "f16", say) if check else None
     if fmt == "gguf":

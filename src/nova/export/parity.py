@@ -163,9 +163,14 @@ def llama_cpp_logits(model_path: Path, batches: Sequence[Any], lora: Path | None
         runner.close()
 
 
-def require_llama_cpp() -> None:
-    """Fail before any work when llama.cpp, which the GGUF check runs, is missing."""
+def require_llama_cpp(outtype: str | None = None) -> None:
+    """Fail before any work when llama.cpp, which the GGUF check runs, is missing; a quantized preset
+    (q4_k_m, ...) needs it to be written at all, which is said first (--no-check would not help)."""
     from nova.export import llama_cpp
+    from nova.export.gguf_quant import PRESETS, quantizer
+
+    if outtype in PRESETS:
+        quantizer(outtype)
 
     try:
         llama_cpp.library()

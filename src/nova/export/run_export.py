@@ -63,7 +63,7 @@ def export_run(request: RunExportRequest, say: Say = _quiet) -> ExportResult:
         raise NovaError("--from does not apply to --format peft: the adapter is loaded over the base as the user has "
                         "it; its card says how to load that base as trained", hint="leave out --from")
     if request.check and request.fmt != "peft":
-        require_llama_cpp()
+        require_llama_cpp(request.outtype)
     run = open_run(request.run_dir)
     if request.fmt == "peft":
         return _peft(run, request, say)
