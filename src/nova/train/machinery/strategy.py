@@ -142,9 +142,8 @@ def whole_trainable(model: Any) -> dict[str, Any] | None:
     initial values on resume). ``full_tensor()`` is a collective, so every rank calls this in the
     same order; only the adapter is gathered, never the sharded base.
     """
-    from nova.lazy import require
+    from torch.distributed.tensor import DTensor as dtensor  # torch is there: a model is
 
-    dtensor = require("torch").distributed.tensor.DTensor
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not any(isinstance(p, dtensor) for _, p in params):
         return None
