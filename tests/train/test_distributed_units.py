@@ -122,3 +122,19 @@ def test_the_other_ranks_wait_for_the_data_with_progress_and_no_collective_timeo
     quiet: list[str] = []  # a second rank of a node: its node's first rank speaks for it
     wait_for_key(SlowStore(ready_after=20), "k", Ranks(4, 3, 1), say=quiet.append, poll_s=0.005, report_s=0.01)
     assert quiet == []
+
+
+def test_deepspeed_on_cpu_ranks_without_a_compiler_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from nova.config.schema import DistributedConfig, ModelConfig, StageConfig
+    from nova.train.machinery import strategy
+
+    monkeypatch.setattr(strategy.importlib.util, "find_spec", lambda name: object())  # as if installed
+    model, stage = ModelConfig(base="m", quantization="none"), StageConfig.model_validate({})
+    cfg = DistributedConfig(strategy="deepspeed")
+    assert strategy.strategy_for(cfg, 2, model, stage, cuda=False, bf16=False, fp16=False).name == "deepspeed"
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(NovaError, match=r"no C\+\+ compiler was found"):
+        strategy.strategy_for(cfg, 2, model, stage, cuda=False, bf16=False, fp16=False)
+    assert strategy.strategy_for(cfg, 2, model, stage, cuda=True, bf16=True, fp16=False).name == "deepspeed"

@@ -93,6 +93,19 @@ def check_combination(name: str, model: ModelConfig, stage: StageConfig) -> None
                         hint="pip install 'nova-tune[deepspeed]', or use ddp or fsdp")
 
 
+def check_deepspeed_on_cpu() -> None:
+    """DeepSpeed's CPU accelerator (deepspeed.accelerator.cpu_accelerator) runs ZeRO-2/3 on gloo ranks,
+    but first compiles its shared-memory collective (``deepspeed_shm_comm_op``, C++ through ninja, about
+    4 minutes on 2 cores, cached in ~/.cache/torch_extensions): without a C++ compiler it fails deep
+    inside the first step, so it is refused here with the way out."""
+    import shutil
+
+    if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        raise NovaError("distributed.strategy is deepspeed on CPU ranks, but no C++ compiler was found (DeepSpeed's "
+                        "CPU backend compiles its shared-memory collective on first use)",
+                        hint="install g++ (apt-get install g++), or use distributed.strategy: ddp or fsdp")
+
+
 def deepspeed_config(cfg: DistributedConfig, stage: StageConfig, bf16: bool, fp16: bool) -> dict[str, Any]:
     """A ZeRO config from nova's settings ("auto" lets the HF integration fill in the rest)."""
     t = stage.training
@@ -123,6 +136,8 @@ def strategy_for(cfg: DistributedConfig, world: int, model: ModelConfig, stage: 
     if name == "single":
         return Strategy(name, {})
     check_combination(name, model, stage)
+    if name == "deepspeed" and not cuda:
+        check_deepspeed_on_cpu()
     common: dict[str, Any] = {"ddp_timeout": cfg.timeout_s, "ddp_backend": "nccl" if cuda else "gloo"}
     if name == "ddp":
         return Strategy(name, {**common, "ddp_find_unused_parameters": False})
