@@ -152,14 +152,14 @@ def _descendants(root: int) -> list[int]:
 
 
 def _worker_pids(root: int) -> list[int]:
-    """The ranks below ``root``: Python processes running nova train, not torchrun itself."""
+    """The ranks below ``root``: Python processes running nova train, not torchrun itself (nova.train.torchrun)."""
     found = []
     for pid in _descendants(root):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"nova" in cmd and b"torch.distributed.run" not in cmd:
+        if b"nova" in cmd and b"torch.distributed.run" not in cmd and b"nova.train.torchrun" not in cmd:
             found.append(pid)
     return found
 
