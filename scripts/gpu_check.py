@@ -546,6 +546,8 @@ def main() -> None:
     parser.add_argument("--time-budget-s", type=float, default=300.0, help="start no case after this many seconds")
     parser.add_argument("--no-e2e", action="store_true", help="skip nova train / TRL baseline / merge / export")
     parser.add_argument("--no-grid", action="store_true", help="only the end-to-end case")
+    parser.add_argument("--multi-gpu", action="store_true",
+                        help="run the multi-GPU case even on one device (2 ranks; gloo CPU ranks without CUDA)")
     args = parser.parse_args()
     args.steps = args.steps or (2 if args.dry_run else 3)
     args.work = args.work or args.out / "work"
@@ -563,9 +565,21 @@ def main() -> None:
         run_grid(args, out, save)
     if not args.no_e2e:
         out["end_to_end"] = end_to_end(args.work / "e2e", dry_run=args.dry_run)
+        gpus = _gpu_count()
+        if gpus > 1 or args.multi_gpu:  # the multi-GPU case (scripts/gpu_check_multi.py)
+            from gpu_check_multi import multi_gpu
+
+            out["multi_gpu"] = multi_gpu(args.work / "e2e" / "phase.yaml", args.work / "multi", max(gpus, 2), _cli)
+            save()
     save()
     write_rows(out, args.out)
     print(f"wrote {path}")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _card_gib() -> float:

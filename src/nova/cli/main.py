@@ -117,8 +117,9 @@ def run() -> None:
         lines = exc.lines()
         from nova.train.launch import report_to_launcher
 
-        if report_to_launcher(exc.exit_code, lines):  # a rank of nova train --nproc-per-node: the parent says it
-            sys.exit(0)
+        reported = report_to_launcher(exc.exit_code, lines)
+        if reported is not None:  # a rank of nova train --nproc-per-node: the parent says it
+            sys.exit(reported)
         _say(f"{exc.label}: {lines[0]}")
         for line in lines[1:]:
             _say(line)

@@ -61,6 +61,8 @@ def train(
     from nova.train import launch
     from nova.train.machinery import distributed
 
+    hint = os.environ.get(launch.RERUN_ENV) or hint  # a rank: the launch command, flags included
+
     plan = make_plan(loaded)  # once: the launch, preflight and training all read it
     here = distributed.current()
     if not here.distributed and os.environ.get(distributed.LAUNCHED_ENV) is None:
@@ -81,8 +83,14 @@ def train(
         _preflight_or_stop(loaded, plan)
     from nova.train.pipeline import run_config
 
-    results = run_config(loaded, phase=phase, force=force, fresh=fresh, resume_with_changes=resume_with_changes,
-                         rerun_hint=hint, plan=plan, force_gates=force_gates)
+    try:
+        results = run_config(loaded, phase=phase, force=force, fresh=fresh, resume_with_changes=resume_with_changes,
+                             rerun_hint=hint, plan=plan, force_gates=force_gates)
+    except Exception as exc:  # a dead peer mid-collective: one line, not gloo's or nccl's traceback
+        lost = distributed.peer_lost(exc, here, hint)
+        if lost is None:
+            raise
+        raise lost from exc
     if not results:
         raise NovaError("nothing to train")
 

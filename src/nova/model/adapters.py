@@ -151,7 +151,8 @@ def active_adapters(peft_model: Any, names: Sequence[str]) -> Iterator[None]:
                 p.requires_grad_(grads[n])
 
 
-def save_trainable(peft_model: Any, out_dir: Path, base: str | None = None) -> None:
+def save_trainable(peft_model: Any, out_dir: Path, base: str | None = None,
+                   state_dict: dict[str, Any] | None = None) -> None:
     """Save only the trainable adapter as a standard PEFT adapter directory at ``out_dir``.
 
     PEFT records the base as the model's ``name_or_path``, which for a local base is the path it was
@@ -159,7 +160,7 @@ def save_trainable(peft_model: Any, out_dir: Path, base: str | None = None) -> N
     becomes ``base`` (the configured ``model.base``) when that is a hub id or a relative path, else
     the model directory's name (``nova.merge.inputs.check_adapter_base`` accepts both).
     """
-    peft_model.save_pretrained(str(out_dir), selected_adapters=[TRAINABLE])
+    peft_model.save_pretrained(str(out_dir), selected_adapters=[TRAINABLE], state_dict=state_dict)
     config_path = Path(out_dir) / ADAPTER_CONFIG
     config = json.loads(config_path.read_text(encoding="utf-8"))
     recorded = config.get("base_model_name_or_path")

@@ -84,10 +84,12 @@ def restore(model: Any, source: Path | dict[str, Any]) -> None:
                         hint="resume with the same model.base, or start the stage again with --fresh")
 
 
-def save_trained(model: Any, out_dir: Path, *, base: str | None, tokenizer: Any = None) -> None:
-    """Save the adapter (LoRA) or the whole model with its tokenizer (full) into ``out_dir``."""
+def save_trained(model: Any, out_dir: Path, *, base: str | None, tokenizer: Any = None,
+                 state_dict: dict[str, Any] | None = None) -> None:
+    """Save the adapter (LoRA) or the whole model with its tokenizer (full) into ``out_dir``;
+    ``state_dict``: the adapter gathered whole from sharded ranks (nova.train.machinery.strategy)."""
     if not is_full(model):
-        save_trainable(model, out_dir, base=base)
+        save_trainable(model, out_dir, base=base, state_dict=state_dict)
         return
     model.save_pretrained(str(out_dir))
     if tokenizer is not None:

@@ -22,6 +22,8 @@ from nova.runs.layout import ADAPTER_WEIGHTS
 SEAL = "nova_checkpoint.json"
 TRAINER_STATE = "trainer_state.json"
 REQUIRED_FILES = (ADAPTER_WEIGHTS, "optimizer.pt", "scheduler.pt", TRAINER_STATE)
+# FSDP (accelerate) writes the optimizer state as optimizer.bin, beside its pytorch_model_fsdp.bin
+SAME_AS = {"optimizer.pt": ("optimizer.bin",)}
 FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # a full fine-tuning checkpoint's model
 TMP_PREFIX = ".tmp-checkpoint-"
 BROKEN_PREFIX = "broken-"
@@ -95,7 +97,8 @@ def checkpoint_problem(path: Path, *, deep: bool = False) -> str | None:
     if record is None:
         return "not sealed (written partially, e.g. killed while saving)"
     weights = _weights_file(path)
-    missing = [f for f in REQUIRED_FILES if not (path / f).exists() and f != ADAPTER_WEIGHTS]
+    missing = [f for f in REQUIRED_FILES if f != ADAPTER_WEIGHTS
+               and not any((path / g).exists() for g in (f, *SAME_AS.get(f, ())))]
     if weights is None:
         missing.insert(0, ADAPTER_WEIGHTS)
     if missing:

@@ -5,7 +5,8 @@ The run (this folder): ``pipeline.py`` runs each phase of a config in order (``r
 finish (``run_phase``); ``stage.py`` runs one stage: skip, resume, OOM retry, save (``run_stage``);
 ``context.py`` holds the frozen values they pass down; ``fingerprint.py`` decides whether earlier
 work may be reused; ``retention.py`` replays earlier phases' data and measures forgetting;
-``dryrun.py`` and ``launch.py`` are ``nova train --dry-run`` and the torchrun launcher.
+``dryrun.py`` and ``launch.py`` are ``nova train --dry-run`` and the torchrun launcher (``torchrun.py``: torch's
+launcher without its own failure report).
 
 A method (``methods/``): one trainer module per training method (``sft.py``, ``dpo.py``, ``kto.py``,
 ``pairwise.py`` for ORPO and SimPO, ``grpo.py`` with ``rewards.py``), each with one entry,

@@ -22,8 +22,10 @@ from pathlib import Path
 from nova.config.schema import DistributedConfig
 from nova.errors import NovaError
 from nova.train.machinery.distributed import LAUNCHED_ENV
+from nova.train.torchrun import QUIET_ENV
 
 RESULT_ENV = "NOVA_RESULT_FILE"
+RERUN_ENV = "NOVA_RERUN_HINT"  # the launch command that resumes, for the ranks' own messages
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class Launch:
     @property
     def world(self) -> int:
         return self.nproc_per_node * self.nnodes
+
+    def flags(self) -> list[str]:
+        """The launch flags, for the command that resumes (the same on every node but --node-rank)."""
+        if self.nnodes == 1:
+            return ["--nproc-per-node", str(self.nproc_per_node)]
+        return ["--nproc-per-node", str(self.nproc_per_node), "--nnodes", str(self.nnodes), "--node-rank",
+                str(self.node_rank), "--master-addr", self.master_addr, "--master-port", str(self.master_port)]
 
     def describe(self, cuda: bool) -> str:
         backend = "nccl" if cuda else "gloo"
@@ -70,7 +79,7 @@ def ranks_on_this_node(cfg: DistributedConfig, nproc_flag: int | None) -> int:
 
 
 def torchrun_command(launch: Launch, rank_args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}",
+    return [sys.executable, "-m", "nova.train.torchrun", f"--nproc-per-node={launch.nproc_per_node}",
             f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}", f"--master-addr={launch.master_addr}",
             f"--master-port={launch.master_port}", "-m", "nova", "train", *rank_args]
 
@@ -79,7 +88,9 @@ def run_ranks(launch: Launch, rank_args: list[str], rerun_hint: str) -> int:
     """Start the ranks and wait; returns the exit code to leave with (errors already printed)."""
     with tempfile.TemporaryDirectory(prefix="nova-launch-") as tmp:
         result = Path(tmp) / "result.json"
-        env = {**os.environ, LAUNCHED_ENV: "1", RESULT_ENV: str(result)}
+        rerun_hint = f"{rerun_hint} {' '.join(launch.flags())}" + (
+            ", the same on every node but --node-rank" if launch.nnodes > 1 else "")
+        env = {**os.environ, LAUNCHED_ENV: "1", RESULT_ENV: str(result), QUIET_ENV: "1", RERUN_ENV: rerun_hint}
         proc = subprocess.Popen(torchrun_command(launch, rank_args), env=env)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -114,12 +125,18 @@ def _report(code: int, result: Path, rerun_hint: str) -> int:
     return 0
 
 
-def report_to_launcher(code: int, lines: list[str]) -> bool:
+def report_to_launcher(code: int, lines: list[str]) -> int | None:
     """In a rank started by ``nova train --nproc-per-node``: hand an error or a stop to the parent
-    (rank 0 writes it) and return True, so the rank can exit quietly; False otherwise."""
+    (each node's local rank 0 writes it for its own launcher) and return the code the rank exits
+    with, so it can exit quietly; None otherwise.
+
+    On one node that code is 0 (the parent reports it); over several nodes it is the error's own:
+    a rank leaving with 0 would keep its torchrun at the exit barrier, waiting up to 5 minutes for
+    a node that died.
+    """
     path = os.environ.get(RESULT_ENV)
     if not path:
-        return False
-    if os.environ.get("RANK", "0") == "0":
+        return None
+    if os.environ.get("LOCAL_RANK", "0") == "0":
         Path(path).write_text(json.dumps({"code": code, "lines": lines}), encoding="utf-8")
-    return True
+    return code if int(os.environ.get("GROUP_WORLD_SIZE") or 1) > 1 else 0

@@ -298,7 +298,11 @@ def finish(run: PhaseRun, inputs: PhaseInputs, model: PhaseModel, data: PhaseDat
     else:
         data.holdouts.finish(model.model, inputs.tokenizer, run)
     result = PhaseResult(run.phase.name, run.run_dir, run.kind.output(run.run), results, seconds)
-    distributed.on_main(run.ranks, lambda: _write_outputs(run, inputs, model.model, result))
+    if model.sharded and run.phase.smoke_prompts:  # rank 0 alone cannot run a sharded model's forward
+        run.log.say(f"[{run.phase.name}] smoke prompts: not answered (the weights are sharded across ranks); "
+                    f"nova infer --run {run.run_dir} answers them")
+    answering = None if model.sharded else model.model
+    distributed.on_main(run.ranks, lambda: _write_outputs(run, inputs, answering, result))
     return result
 
 
@@ -306,7 +310,8 @@ def _write_outputs(run: PhaseRun, inputs: PhaseInputs, model: Any, result: Phase
     """The phase's adapter (or model), its smoke answers, and COMPLETE (written last)."""
     run.kind.finish(run.run, run.planned.stages[-1].name, lambda tmp: _write_cards(run, tmp),
                     lambda line: run.log.say(f"[{run.phase.name}] {line}"))
-    _smoke_prompts(run, model, inputs.tokenizer)
+    if model is not None:  # None: sharded across ranks (said in finish)
+        _smoke_prompts(run, model, inputs.tokenizer)
     write_json_atomic(run.run.complete_marker, {
         "phase": run.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
         "stages": [r.__dict__ for r in result.stages], "adapter": str(result.adapter_dir),

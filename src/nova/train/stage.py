@@ -26,6 +26,7 @@ from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
 from nova.train.context import StageResult, StageRun
 from nova.train.machinery import distributed
 from nova.train.machinery.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
+from nova.train.machinery.strategy import whole_trainable
 
 
 def run_stage(run: StageRun) -> StageResult:
@@ -62,16 +63,17 @@ def run_stage(run: StageRun) -> StageResult:
             config = _recover_from_oom(run, config, start_weights)
             resume_from = latest_checkpoint(checkpoints)
             retries += 1
-    distributed.on_main(ranks, lambda: _save_stage(run, config, result))
+    whole = whole_trainable(run.model)  # every rank: FSDP2's adapter shards gathered (None if not sharded)
+    distributed.on_main(ranks, lambda: _save_stage(run, config, result, whole))
     return result
 
 
-def _save_stage(run: StageRun, config: StageConfig, result: StageResult) -> None:
+def _save_stage(run: StageRun, config: StageConfig, result: StageResult, whole: dict[str, Any] | None = None) -> None:
     """The stage's adapter, then its DONE record (last: a stage counts as done only with both)."""
     rd, name = run.phase.run, run.stage.name
     out = run.phase.kind.stage_output(rd, name)
     with atomic_dir(out, check=False) as tmp:
-        save_trained(run.model, tmp, base=run.phase.model_cfg.base, tokenizer=run.tokenizer)
+        save_trained(run.model, tmp, base=run.phase.model_cfg.base, tokenizer=run.tokenizer, state_dict=whole)
     t = config.training
     result.settings = {"micro_batch_size": t.micro_batch_size, "gradient_accumulation_steps":
                        t.gradient_accumulation_steps, "gradient_checkpointing": t.gradient_checkpointing,
@@ -101,9 +103,9 @@ def _load_problem(checkpoint: Path) -> str | None:
     from nova.lazy import require
 
     torch = require("torch")
-    for name in ("optimizer.pt", "scheduler.pt"):
+    for name in ("optimizer.pt", "optimizer.bin", "scheduler.pt"):  # .bin: FSDP's (nova.runs.checkpoints)
         path = checkpoint / name
-        if path.stat().st_size > 1024**3:
+        if not path.exists() or path.stat().st_size > 1024**3:
             continue
         try:
             torch.load(path, map_location="cpu", weights_only=True)
@@ -150,6 +152,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
     inputs = TrainerInputs(run.model, run.tokenizer, config, run.data, hooks, run.reference, run.say, run.memo)
     with task("preparing the trainer", quiet=True), keep_trainable_fp32(run.model):  # TRL casts a 4-bit
         trainer = resolve(config.spec.trainer)(inputs)  # model's adapter to bf16; the method's trainer
+    if hooks.strategy.name != "single":
+        run.say(hooks.strategy.describe(phase.ranks.world))
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = lr_override if resume_from is not None else None
     t = config.training

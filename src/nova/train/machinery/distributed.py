@@ -11,7 +11,9 @@ the same step, and an error found by rank 0 alone is raised on every rank.
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,13 +121,65 @@ def on_main(ranks: Ranks, fn: Callable[[], T]) -> T:
     return value
 
 
+# What gloo and nccl say when the rank at the other end of a collective is gone (killed, node down)
+PEER_LOST = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused",
+             "communicator was aborted", "remote process exited", "socket timeout", "timed out")
+
+
+def peer_lost(exc: BaseException, ranks: Ranks, rerun_hint: str) -> NovaError | None:
+    """The one-line error for a collective whose peer died (a rank killed, a node gone), or None when
+    ``exc`` is something else. gloo notices a closed socket at once; a peer that hangs without closing
+    it is caught by the collective timeout (distributed.timeout_s)."""
+    if not ranks.distributed or isinstance(exc, NovaError):
+        return None
+    text = str(exc).lower()
+    if type(exc).__name__ != "DistBackendError" and not any(s in text for s in PEER_LOST):
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    why = first.split("] ", 1)[-1].split(". ", 1)[0]  # gloo: "[.../pair.cc:537] Read error ...: Connection reset"
+    return NovaError(f"rank {ranks.rank} lost another rank of the run ({why}): a process or node died or was "
+                     "killed; this node stopped", hint=f"to resume: {rerun_hint}")
+
+
+_main_first_calls = itertools.count()  # every rank enters main_first in the same order: the same keys
+WAIT_POLL_S = 0.5
+WAIT_REPORT_S = 60.0
+
+
 @contextmanager
 def main_first(ranks: Ranks) -> Iterator[None]:
-    """Rank 0 runs the block first (it fills the data cache), then the others (they read it)."""
-    if ranks.distributed and not ranks.main:
-        barrier(ranks)
+    """Rank 0 runs the block first (it fills the data cache: tokenization happens once per job), then
+    the others (they read it).
+
+    The others do not wait in a collective, which would time out after ``distributed.timeout_s``
+    while rank 0 tokenizes a large dataset for hours: they poll a key in the process group's store
+    (torchrun's rendezvous store), saying every minute that they are waiting. A rank 0 that dies
+    takes the store's connection with it, so the wait ends there too.
+    """
+    if not ranks.distributed:
+        yield
+        return
+    store = require("torch").distributed.distributed_c10d._get_default_store()
+    key = f"nova/main_first/{next(_main_first_calls)}"
+    if not ranks.main:
+        wait_for_key(store, key, ranks, say=print)
     try:
         yield
     finally:
-        if ranks.distributed and ranks.main:
-            barrier(ranks)
+        if ranks.main:
+            store.set(key, "done")
+
+
+def wait_for_key(store: Any, key: str, ranks: Ranks, *, say: Callable[[str], None],
+                 poll_s: float = WAIT_POLL_S, report_s: float = WAIT_REPORT_S) -> float:
+    """Poll ``store`` until rank 0 sets ``key``; the first rank of each other node reports the wait
+    (rank 0's own node shows rank 0's progress). Returns the seconds waited."""
+    started = last = time.monotonic()
+    while not store.check([key]):
+        time.sleep(poll_s)
+        now = time.monotonic()
+        if now - last >= report_s and ranks.local_rank == 0:
+            say(f"[rank {ranks.rank}] waiting for rank 0 to prepare the data (tokenized once for every rank): "
+                f"{int(now - started)} s")
+            last = now
+    return time.monotonic() - started

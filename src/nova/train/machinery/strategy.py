@@ -40,6 +40,34 @@ class Strategy:
         return self.name == "fsdp" or (self.name == "deepspeed" and self.args.get("deepspeed", {}).get(
             "zero_optimization", {}).get("stage") == 3)
 
+    def describe(self, world: int) -> str:
+        """One line for the console: the engine and what it splits."""
+        if self.name == "fsdp":
+            return f"engine: weights sharded over {world} ranks (fsdp, FSDP2 fully_shard)"
+        if self.name == "deepspeed":
+            stage = self.args.get("deepspeed", {}).get("zero_optimization", {}).get("stage")
+            return f"engine: deepspeed ZeRO-{stage} over {world} ranks"
+        return f"engine: {self.name} over {world} ranks"
+
+    def engage(self) -> None:
+        """Make accelerate build the engine named here, before the Trainer creates its Accelerator.
+
+        accelerate turns FSDP on only for GPU-like process groups (``AcceleratorState``: the
+        ``MULTI_GPU``, ``MULTI_XPU``, ... branch); on CPU ranks (``MULTI_CPU``, gloo) it silently
+        wraps DDP instead. torch's FSDP2 (``fully_shard``) itself runs on gloo, so for fsdp on CPU
+        ranks the process group is labelled multi-device for accelerate, which then shards for real.
+        """
+        if self.name != "fsdp":
+            return
+        from accelerate.state import AcceleratorState, PartialState
+        from accelerate.utils import DistributedType
+
+        state = PartialState()
+        if state.num_processes > 1 and state.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU):
+            PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+            if AcceleratorState._shared_state:  # an earlier stage's state would keep DDP
+                AcceleratorState._reset_state()
+
 
 def resolve(cfg: DistributedConfig, world: int, replica_fits: bool | None) -> str:
     """The strategy name for ``world`` ranks (nova.plan.resolve_strategy: preflight uses it too)."""
@@ -65,6 +93,19 @@ def check_combination(name: str, model: ModelConfig, stage: StageConfig) -> None
                         hint="pip install 'nova-tune[deepspeed]', or use ddp or fsdp")
 
 
+def check_deepspeed_on_cpu() -> None:
+    """DeepSpeed's CPU accelerator (deepspeed.accelerator.cpu_accelerator) runs ZeRO-2/3 on gloo ranks,
+    but first compiles its shared-memory collective (``deepspeed_shm_comm_op``, C++ through ninja, about
+    4 minutes on 2 cores, cached in ~/.cache/torch_extensions): without a C++ compiler it fails deep
+    inside the first step, so it is refused here with the way out."""
+    import shutil
+
+    if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        raise NovaError("distributed.strategy is deepspeed on CPU ranks, but no C++ compiler was found (DeepSpeed's "
+                        "CPU backend compiles its shared-memory collective on first use)",
+                        hint="install g++ (apt-get install g++), or use distributed.strategy: ddp or fsdp")
+
+
 def deepspeed_config(cfg: DistributedConfig, stage: StageConfig, bf16: bool, fp16: bool) -> dict[str, Any]:
     """A ZeRO config from nova's settings ("auto" lets the HF integration fill in the rest)."""
     t = stage.training
@@ -81,7 +122,7 @@ def deepspeed_config(cfg: DistributedConfig, stage: StageConfig, bf16: bool, fp1
 
 def fsdp_args(stage: StageConfig) -> dict[str, Any]:
     """FSDP2 over every decoder layer (the model's own _no_split_modules), adapter saved whole."""
-    return {"fsdp": "full_shard auto_wrap",
+    return {"fsdp": True,  # full_shard + auto_wrap, as fsdp_config spells it (the string form is deprecated)
             "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                             "cpu_ram_efficient_loading": True, "state_dict_type": "FULL_STATE_DICT",
                             "activation_checkpointing": stage.training.gradient_checkpointing,
@@ -95,10 +136,44 @@ def strategy_for(cfg: DistributedConfig, world: int, model: ModelConfig, stage: 
     if name == "single":
         return Strategy(name, {})
     check_combination(name, model, stage)
+    if name == "deepspeed" and not cuda:
+        check_deepspeed_on_cpu()
     common: dict[str, Any] = {"ddp_timeout": cfg.timeout_s, "ddp_backend": "nccl" if cuda else "gloo"}
     if name == "ddp":
         return Strategy(name, {**common, "ddp_find_unused_parameters": False})
     if name == "fsdp":
         # FSDP's own activation checkpointing replaces the Trainer's (which would all-gather twice)
-        return Strategy(name, {**common, **fsdp_args(stage), "gradient_checkpointing": False})
+        cpu_ranks = {} if cuda else {"accelerator_config": {"use_configured_state": True}}  # see engage()
+        return Strategy(name, {**common, **fsdp_args(stage), "gradient_checkpointing": False, **cpu_ranks})
     return Strategy(name, {**common, "deepspeed": deepspeed_config(cfg, stage, bf16, fp16)})
+
+
+def whole_trainable(model: Any) -> dict[str, Any] | None:
+    """Every rank: the trainable weights gathered whole onto the CPU when FSDP2 has sharded them
+    (None when nothing is sharded: the model saves itself as on one process).
+
+    Under FSDP2 each parameter is a DTensor holding 1/N of the tensor; saving it on rank 0 alone
+    would write only rank 0's shard (the trap that once put (N-1)/N of an adapter back to its
+    initial values on resume). ``full_tensor()`` is a collective, so every rank calls this in the
+    same order; only the adapter is gathered, never the sharded base.
+    """
+    from torch.distributed.tensor import DTensor as dtensor  # torch is there: a model is
+
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not any(isinstance(p, dtensor) for _, p in params):
+        return None
+    return {name: (p.full_tensor() if isinstance(p, dtensor) else p).detach().to("cpu", copy=True)
+            for name, p in params}
+
+
+def check_engine(trainer: Any, strategy: Strategy | None) -> None:
+    """Refuse to train under another engine than the one configured (accelerate falls back to DDP
+    without a word where it cannot set FSDP or DeepSpeed up)."""
+    if strategy is None or strategy.name in ("single", "ddp"):
+        return
+    running = ("fsdp" if getattr(trainer, "is_fsdp_enabled", False) else
+               "deepspeed" if getattr(trainer, "is_deepspeed_enabled", False) else "ddp")
+    if running != strategy.name:
+        raise NovaError(f"distributed.strategy is {strategy.name} but the trainer set up {running} (accelerate "
+                        f"could not enable {strategy.name} on these ranks)", hint="use distributed.strategy: ddp, "
+                        "or report the versions of torch and accelerate")

@@ -20,7 +20,7 @@ from nova.model.loading import Placement
 from nova.model.trained import StageReference
 from nova.train.machinery.callbacks import MetricsCallback, ProgressCallback
 from nova.train.machinery.resilience import StopRequest, stop_callback
-from nova.train.machinery.strategy import Strategy
+from nova.train.machinery.strategy import Strategy, check_engine
 
 
 def _report_to(targets: Sequence[str]) -> list[str] | str:
@@ -131,11 +131,14 @@ class TrainerInputs:
     def args(self, **overrides: Any) -> dict[str, Any]:
         """The TrainingArguments every method shares, with the method's own on top."""
         h = self.hooks
+        if h.strategy is not None:
+            h.strategy.engage()
         return {**common_args(self.stage, h.output_dir, h.placement, self.data.eval is not None, h.strategy),
                 **overrides}
 
 
 def attach_callbacks(trainer: Any, hooks: TrainerHooks) -> Any:
+    check_engine(trainer, hooks.strategy)  # the engine the config names, or a refusal
     transformers = require("transformers")
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)

@@ -1,0 +1,78 @@
+"""FSDP2 for real on CPU ranks (gloo): LoRA over a sharded base, saved whole, resumed exactly.
+
+torch 2.13's ``fully_shard`` runs on gloo; accelerate would silently fall back to DDP on CPU ranks,
+which nova prevents (nova.train.machinery.strategy: Strategy.engage and check_engine)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_distributed import adapter, assert_same_training, kill_run, losses, nova_train, start, write_config
+
+pytestmark = pytest.mark.slow
+FSDP = ("--nproc-per-node", "2", "--set", "distributed.strategy=fsdp")
+
+
+def checkpoint_adapters(run: Path) -> dict[str, dict]:
+    from safetensors.torch import load_file
+
+    found = sorted((run / "checkpoints" / "sft").glob("checkpoint-*/adapter_model.safetensors"))
+    return {p.parent.name: load_file(str(p)) for p in found}
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("fsdp")
+    run = tmp / "fsdp"
+    cfg = write_config(tmp, tiny_model_dir, run, micro_batch_size=2, gradient_accumulation_steps=1, max_steps=6)
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "smoke_prompts": ["Hello?"]}))
+    done = nova_train(cfg, *FSDP)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "weights sharded over 2 ranks (fsdp" in done.stdout
+    # rank 0 alone cannot run a sharded forward (it hung there): said, not attempted
+    assert "smoke prompts: not answered (the weights are sharded across ranks)" in done.stdout
+    return run
+
+
+def test_fsdp_two_ranks_train_what_one_process_trains_and_save_whole_adapters(
+        fsdp_run: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    one = tmp_path / "one"
+    cfg = write_config(tmp_path, tiny_model_dir, one, micro_batch_size=2, gradient_accumulation_steps=2, max_steps=6)
+    done = nova_train(cfg)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_training(one, fsdp_run)
+    # the FSDP engine really ran: its own checkpoint format sits beside the adapter
+    assert (fsdp_run / "checkpoints" / "sft" / "checkpoint-6" / "pytorch_model_fsdp.bin").exists()
+    sharded, single = checkpoint_adapters(fsdp_run), checkpoint_adapters(one)
+    assert sorted(sharded) == sorted(single) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    for name, tensors in single.items():  # whole: every tensor, full shape, same values, at every checkpoint
+        assert sharded[name].keys() == tensors.keys()
+        for key, value in tensors.items():
+            torch.testing.assert_close(sharded[name][key], value, rtol=1e-3, atol=1e-5)
+    final = adapter(fsdp_run)
+    assert all(final[k].shape == v.shape for k, v in adapter(one).items())
+
+
+def test_fsdp_kill_and_resume_follows_the_same_trajectory(fsdp_run: Path, tiny_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    run = tmp_path / "fsdp"
+    cfg = write_config(tmp_path, tiny_model_dir, run, micro_batch_size=2, gradient_accumulation_steps=1, max_steps=6)
+    proc = start(cfg, *FSDP)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "sft" / "checkpoint-2" / "nova_checkpoint.json").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    kill_run(proc)
+    resumed = nova_train(cfg, *FSDP)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    assert_same_training(fsdp_run, run)
+    assert sorted(losses(run)) == list(range(1, 7))
+    done = json.loads((run / "stages" / "sft" / "DONE").read_text())
+    assert done["settings"]["world_size"] == 2
