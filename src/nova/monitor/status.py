@@ -24,7 +24,7 @@ from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
 from nova.runs.process import ProcessInfo, read_process
 from nova.runs.record import RunRecord, read_run
 from nova.runs.retention import read_retention
-from nova.runs.state import read_pipeline
+from nova.runs.state import check_pipeline, read_pipeline
 
 LAST_ALERTS = 3
 MAX_DEPTH = 4  # how deep under a root runs are looked for (nova status with no path, nova ui)
@@ -238,11 +238,9 @@ def read_status(path: Path, now: float | None = None) -> RunStatus:
         raise NovaError(f"{path} is not a directory", hint="give a run directory or a pipeline output directory")
     pipeline = path / PIPELINE
     if pipeline.exists():
-        data = read_pipeline(pipeline)
-        if data is None:
-            raise NovaError(f"{pipeline} is not readable pipeline state", hint="it should hold {\"phases\": {...}}")
+        data = check_pipeline(pipeline)
         phases = [phase_status(_phase_dir(path, name, e.get("run_dir")), name, e, checked)
-                  for name, e in data["phases"].items() if isinstance(e, dict)]
+                  for name, e in data["phases"].items()]
         return RunStatus(str(path), "pipeline", phases, checked, read_eval(RunDir(path)))
     if not RunDir(path).looks_like_run:
         raise NovaError(f"{path} is neither a run directory nor a pipeline output directory",

@@ -65,6 +65,7 @@ def claimed(run: PhaseRun) -> Iterator[None]:
 
     with ExitStack() as stack:
         def claim() -> None:
+            check_run_dir(run.run)  # before the lock writes nova.lock into someone else's directory
             stack.enter_context(locked(run.run_dir, "run directory"))
             check_run_dir(run.run)
 
