@@ -82,7 +82,7 @@ def test_someones_pipeline_json_is_not_adopted(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "pipeline.json").write_text(json.dumps({"stages": ["build", "deploy"]}))
-    with pytest.raises(NovaError, match="pipeline.json that nova did not write"):
+    with pytest.raises(NovaError, match=r"pipeline\.json that nova did not write"):
         check_pipeline_dir(out)
     (out / "pipeline.json").write_text(json.dumps({"phases": {"a": {"status": "done", "run_dir": str(out / "a")}}}))
     check_pipeline_dir(out)  # a pipeline written by nova before the marker existed
@@ -94,7 +94,8 @@ def test_a_pipeline_json_with_junk_entries_is_one_clear_error(tmp_path: Path) ->
     out = tmp_path / "out"
     out.mkdir()
     (out / RUN_MARKER).write_text("{}")
-    (out / "pipeline.json").write_text(json.dumps({"phases": {"a": 3, "b": ["x"], "c": {"status": "done", "run_dir": 7}}}))
+    junk = {"phases": {"a": 3, "b": ["x"], "c": {"status": "done", "run_dir": 7}}}
+    (out / "pipeline.json").write_text(json.dumps(junk))
     with pytest.raises(NovaError, match=r"3 of 3 phase entries are not nova's \('a', 'b', 'c'\)"):
         read_status(out)  # not "0 phases"
     with pytest.raises(NovaError, match="not pipeline state nova can read"):

@@ -132,18 +132,50 @@ def changes(old: Fingerprint, new: Fingerprint) -> dict[str, list[Any]]:
 
 
 def compute_fingerprints(run: PhaseRun, stages: Sequence[PlannedStage], source: str, compute_dtype: str,
-                         tokenizer: Any) -> tuple[Fingerprint, ...]:
-    """The fingerprint of every stage of the phase as the config asks for it now (no weights loaded)."""
+                         tokenizer: Any, *, keep_legacy: bool | None = None) -> tuple[Fingerprint, ...]:
+    """The fingerprint of every stage of the phase as the config asks for it now (no weights loaded).
+
+    ``keep_legacy`` (default: a resume): work sealed by an older nova with the weaker model identity
+    is compared with that identity (see ``base_identity``).
+    """
     from nova.data import data_key
-    from nova.model.identity import model_identity
 
     keys = [data_key(s.config.data, tokenizer, method=s.method, seed=s.config.training.seed,
                      dpo=s.config.length_settings)
             for s in stages]
-    model = run.model_cfg
-    inputs = FingerprintInputs(model_identity(model.base, source, model.revision), compute_dtype, keys, run.chain,
-                               run.ranks.world)
+    keep = run.resume if keep_legacy is None else keep_legacy
+    inputs = FingerprintInputs(base_identity(run, source, keep), compute_dtype, keys, run.chain, run.ranks.world)
     return tuple(phase_fingerprints(run.planned, inputs, stages))
+
+
+def base_identity(run: PhaseRun, source: str, keep_legacy: bool) -> str:
+    """The base's identity over every byte of its weights (nova.model.identity); but where the earlier work
+    a resume reuses was sealed by an older nova with the weaker identity (first and last MiB of each file),
+    and that one still matches, the weaker one: so the resume's fingerprints chain as they were sealed."""
+    from nova.model.identity import is_legacy, legacy_identity, local_directory, model_identity
+
+    model = run.model_cfg
+    if keep_legacy:
+        sealed = [v for v in _sealed_identities(run) if is_legacy(v)]
+        directory = local_directory(source, model.revision) if sealed else None
+        if directory is not None and legacy_identity(directory) in sealed:
+            return legacy_identity(directory)
+    return model_identity(model.base, source, model.revision)
+
+
+def _sealed_identities(run: PhaseRun) -> list[Any]:
+    """The model identities recorded in the phase's COMPLETE, its stages' DONE and their newest checkpoints."""
+    from nova.runs.checkpoints import list_checkpoints, seal_fingerprint
+
+    rd = run.run
+    records: list[Any] = list(_recorded(rd.complete_marker, "fingerprints") or [])
+    for stage in run.planned.stages:
+        records.append(_recorded(rd.stage_done(stage.name), "fingerprint"))
+        found = list_checkpoints(rd.checkpoints(stage.name))
+        if found:
+            records.append(seal_fingerprint(found[-1][1]))
+    return [r["values"].get("model.identity") for r in records
+            if isinstance(r, dict) and isinstance(r.get("values"), dict)]
 
 
 def _recorded(path: Path, key: str) -> Any:

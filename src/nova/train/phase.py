@@ -381,4 +381,4 @@ def finished_fingerprints(run: PhaseRun) -> tuple[Any, ...]:
     from nova.train.fingerprint import compute_fingerprints
 
     source, placement, tokenizer = model_source(run)
-    return compute_fingerprints(run, run.planned.stages, source, placement.dtype_name, tokenizer)
+    return compute_fingerprints(run, run.planned.stages, source, placement.dtype_name, tokenizer, keep_legacy=True)
