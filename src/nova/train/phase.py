@@ -55,7 +55,11 @@ def run_phase(run: PhaseRun, on_start: Callable[[], None] | None = None) -> Phas
         distributed.on_main(run.ranks, lambda: first_writes(run, inputs, data, fits, on_start))
         model = load_model(run, inputs, data, stages)
         results = train_stages(run, inputs, model, data, stages)
-        return finish(run, inputs, model, data, results, time.time() - started)
+        run.stop.trained = f"every stage is trained and saved under {run.run.path / 'stages'}"
+        try:
+            return finish(run, inputs, model, data, results, started)
+        finally:
+            run.stop.trained = None
 
 
 @contextmanager
@@ -292,24 +296,26 @@ def train_stages(run: PhaseRun, inputs: PhaseInputs, model: PhaseModel, data: Ph
 
 
 def finish(run: PhaseRun, inputs: PhaseInputs, model: PhaseModel, data: PhaseData, results: list[StageResult],
-           seconds: float) -> PhaseResult:
-    """The forgetting table, then on rank 0 the phase's adapter (or model), smoke answers and COMPLETE."""
+           started: float) -> PhaseResult:
+    """The forgetting table, then on rank 0 the phase's adapter (or model), smoke answers and COMPLETE.
+    The phase's time runs from ``started`` to COMPLETE: the finish (smoke prompts included) counts."""
     if model.sharded:
         run.log.say(f"[{run.phase.name}] forgetting: not measured (the weights are sharded across ranks)")
     else:
         data.holdouts.finish(model.model, inputs.tokenizer, run)
-    result = PhaseResult(run.phase.name, run.run_dir, run.kind.output(run.run), results, seconds)
-    distributed.on_main(run.ranks, lambda: _write_outputs(run, inputs, model.model, result))
-    return result
+    result = PhaseResult(run.phase.name, run.run_dir, run.kind.output(run.run), results, time.time() - started)
+    distributed.on_main(run.ranks, lambda: _write_outputs(run, inputs, model.model, result, started))
+    return replace(result, seconds=time.time() - started)
 
 
-def _write_outputs(run: PhaseRun, inputs: PhaseInputs, model: Any, result: PhaseResult) -> None:
+def _write_outputs(run: PhaseRun, inputs: PhaseInputs, model: Any, result: PhaseResult, started: float) -> None:
     """The phase's adapter (or model), its smoke answers, and COMPLETE (written last)."""
     run.kind.finish(run.run, run.planned.stages[-1].name, lambda tmp: _write_cards(run, tmp),
                     lambda line: run.log.say(f"[{run.phase.name}] {line}"))
+    run.stop.trained = f"the {run.kind.noun} is saved in {run.kind.output(run.run)}"
     _smoke_prompts(run, model, inputs.tokenizer)
     write_json_atomic(run.run.complete_marker, {
-        "phase": run.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
+        "phase": run.phase.name, "finished": time.time(), "seconds": round(time.time() - started, 1),
         "stages": [r.__dict__ for r in result.stages], "adapter": str(result.adapter_dir),
         "fingerprints": [f.to_dict() for f in inputs.fingerprints],
     })

@@ -63,6 +63,11 @@ def run_stage(run: StageRun) -> StageResult:
             resume_from = latest_checkpoint(checkpoints)
             retries += 1
     distributed.on_main(ranks, lambda: _save_stage(run, config, result))
+    if phase.stop.requested:  # it came during the last step: the stage is finished and saved, then the run stops
+        raise TrainingStopped(f"stopped by {phase.stop.signal_name} after the last step of {run.label}: its "
+                              f"{phase.kind.noun} is saved in {phase.kind.stage_output(rd, stage.name)}; skipped: "
+                              "the rest of the phase (later stages, smoke prompts, COMPLETE)",
+                              hint=f"to finish (nothing trained is trained again): {phase.rerun_hint}")
     return result
 
 
@@ -180,7 +185,7 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
         raise
     finally:
         phase.stop.saving = False  # no step under way: a signal from here on stops at once
-    if phase.stop.requested:
+    if phase.stop.requested and trainer.state.global_step < trainer.state.max_steps:
         raise TrainingStopped(f"stopped by {phase.stop.signal_name} at step {trainer.state.global_step} of "
                               f"{run.label}; checkpoint saved in {hooks.output_dir}",
                               hint=f"to resume: {phase.rerun_hint}")
