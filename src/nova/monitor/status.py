@@ -19,7 +19,7 @@ from nova.monitor.progress import latest, step_rate, total_steps
 from nova.runs.activity import TRAINING, describe, read_activity
 from nova.runs.checkpoints import list_checkpoints
 from nova.runs.eval_results import read_eval
-from nova.runs.jsonl import number, read_jsonl
+from nova.runs.jsonl import number, read_jsonl, read_jsonl_tail
 from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
 from nova.runs.process import ProcessInfo, read_process
 from nova.runs.record import RunRecord, read_run
@@ -105,7 +105,7 @@ def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] |
     checked = time.time() if now is None else now
     run = RunDir(run_dir)
     record, bad_config = _record(run)
-    records = read_jsonl(run.metrics)
+    records, _ = read_jsonl_tail(run.metrics)  # the newest records: a file of any size is read in milliseconds
     process = read_process(run.path)
     ps = PhaseStatus(name=name or (record.name if record else run.path.name), run_dir=str(run.path),
                      status="pending", process=process,
