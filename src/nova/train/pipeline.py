@@ -50,6 +50,7 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
     ``plan``: the plan ``nova train`` already made of ``loaded`` (made here when not given).
     """
     plan = (plan or make_plan(loaded)).select(phase)
+    _check_paths(plan)
     ranks = distributed.current()
     distributed.init(ranks, plan.distributed.timeout_s)
     stop = StopRequest()
@@ -66,6 +67,17 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
         return _run_phases(plan, options, log=log, stop=stop, ranks=ranks,
                            rerun_hint=rerun_hint,
                            extra_callbacks=extra_callbacks or [])
+
+
+def _check_paths(plan: Plan) -> None:
+    """Every directory the run writes can be one and can be written, before any work (nova.files)."""
+    from nova.files import check_writable_dir
+
+    if plan.is_pipeline:
+        check_writable_dir(plan.pipeline.output_dir, "output_dir")
+    for item in plan.phases:
+        check_writable_dir(item.run_dir, "output_dir")
+        check_writable_dir(item.phase.logs_dir, "logs_dir")
 
 
 def _claim_pipeline(stack: ExitStack, output_dir: Path) -> None:

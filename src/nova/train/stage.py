@@ -19,7 +19,7 @@ from typing import Any
 from nova.config.schema import StageConfig
 from nova.console import human_seconds, task
 from nova.errors import NovaError, TrainingStopped
-from nova.files import atomic_dir, write_json_atomic
+from nova.files import atomic_dir, os_error, write_json_atomic
 from nova.model.trained import restore, save_trained, snapshot
 from nova.runs.checkpoints import checkpoint_step, clean_leftovers, latest_checkpoint, move_aside
 from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
@@ -180,6 +180,10 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException as exc:
         run.memo["last_step"] = trainer.state.global_step
+        fault = os_error(exc, hooks.output_dir) if isinstance(exc, Exception) else None
+        if fault is not None:  # a full disk or read-only filesystem while saving: no second save is tried
+            raise NovaError(f"[{run.label}] {fault.message}", hint=f"{fault.hint}; the newest complete checkpoint "
+                            f"is kept and a resume starts from it: {phase.rerun_hint}") from exc
         if not is_oom(exc) and not phase.ranks.distributed:  # saving takes every rank; the others are stuck
             _save_what_we_can(run, trainer, exc)
         raise
