@@ -14,8 +14,8 @@ from nova.config import load_yaml_config
 from nova.console import RunLog
 from nova.errors import NovaError
 from nova.runs.layout import LOCK_FILE, RUN_MARKER, RunDir
-from nova.runs.lock import check_pipeline_dir, check_run_dir, made_by_nova
-from nova.runs.state import PipelineState, check_pipeline
+from nova.runs.lock import check_run_dir, made_by_nova
+from nova.runs.state import PipelineState, check_pipeline, check_pipeline_dir
 from nova.train.pipeline import run_config
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from nova import __version__
 from nova.errors import NovaError
 from nova.files import remove_file, write_json_atomic
-from nova.runs.layout import CONFIG, LOCK_FILE, PID_FILE, PIPELINE, RUN_MARKER, RunDir
+from nova.runs.layout import CONFIG, LOCK_FILE, PID_FILE, RUN_MARKER, RunDir
 
 
 def _holder(path: Path) -> str:
@@ -126,10 +126,11 @@ def check_run_dir(run: RunDir) -> None:
 
 def mark_run_dir(run: RunDir) -> None:
     """Mark a run directory as nova's (at its first write)."""
-    _mark(run.path, "run")
+    write_marker(run.path, "run")
 
 
-def _mark(path: Path, kind: str) -> None:
+def write_marker(path: Path, kind: str) -> None:
+    """nova's marker in a directory it makes (``kind``: run or pipeline); kept when there already."""
     marker = path / RUN_MARKER
     if not marker.exists():
         write_json_atomic(marker, {"created_by": f"nova {__version__}", "created": time.time(), "kind": kind})
@@ -159,24 +160,3 @@ def _legacy_record(config: Path) -> bool:
         return False
     resolved = data.get("_resolved") if isinstance(data, dict) else None
     return isinstance(resolved, dict) and isinstance(resolved.get("base"), str)
-
-
-def check_pipeline_dir(path: Path) -> None:
-    """Refuse a pipeline output directory whose pipeline.json nova did not write (it would be rewritten)."""
-    state = path / PIPELINE
-    if (path / RUN_MARKER).is_file() or not (state.exists() or state.is_symlink()):
-        return
-    from nova.runs.state import pipeline_problem
-
-    try:
-        problem = pipeline_problem(json.loads(state.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        problem = f"unreadable ({type(exc).__name__})"
-    if problem is not None:
-        raise NovaError(f"pipeline directory {path} holds a {PIPELINE} that nova did not write ({problem}; "
-                        f"no {RUN_MARKER})", hint="choose another pipeline output_dir, or move that file away")
-
-
-def mark_pipeline_dir(path: Path) -> None:
-    """Mark a pipeline output directory as nova's (under its lock, before pipeline.json is written)."""
-    _mark(path, "pipeline")

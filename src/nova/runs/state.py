@@ -5,6 +5,7 @@ Written atomically by the pipeline runner after every change; read by ``nova sta
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 from nova.errors import NovaError
 from nova.files import write_json_atomic
 from nova.runs.jsonl import read_json
-from nova.runs.layout import RunDir
+from nova.runs.layout import PIPELINE, RUN_MARKER, RunDir
+from nova.runs.lock import write_marker
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,22 @@ def check_pipeline(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_pipeline_dir(path: Path) -> None:
+    """Refuse a pipeline output directory whose pipeline.json nova did not write (it would be rewritten):
+    nova's marker proves a directory is its own; without one (a pipeline from before the marker), only a
+    pipeline.json in nova's shape does."""
+    state = path / PIPELINE
+    if (path / RUN_MARKER).is_file() or not (state.exists() or state.is_symlink()):
+        return
+    try:
+        problem = pipeline_problem(json.loads(state.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        problem = f"unreadable ({type(exc).__name__})"
+    if problem is not None:
+        raise NovaError(f"pipeline directory {path} holds a {PIPELINE} that nova did not write ({problem}; "
+                        f"no {RUN_MARKER})", hint="choose another pipeline output_dir, or move that file away")
+
+
 class PipelineState:
     """The pipeline.json of a pipeline run (``path`` None: a single phase, nothing is written)."""
 
@@ -74,7 +92,5 @@ class PipelineState:
     def update(self, name: str, **fields: Any) -> None:
         self.data["phases"][name].update(fields)
         if self.path is not None:
-            from nova.runs.lock import mark_pipeline_dir
-
-            mark_pipeline_dir(self.path.parent)  # nova's own from its first write (nova.runs.lock)
+            write_marker(self.path.parent, "pipeline")  # nova's own from its first write (nova.runs.lock)
             write_json_atomic(self.path, self.data)

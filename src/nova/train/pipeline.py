@@ -19,8 +19,8 @@ from nova.errors import TrainingStopped
 from nova.model.trained import trained_kind
 from nova.plan import Plan, PlannedPhase, make_plan
 from nova.runs.activity import activity_writer, clear_activity
-from nova.runs.lock import check_pipeline_dir, locked
-from nova.runs.state import PhaseEntry, PipelineState
+from nova.runs.lock import locked
+from nova.runs.state import PhaseEntry, PipelineState, check_pipeline_dir
 from nova.train.context import PhaseResult, PhaseRun
 from nova.train.machinery import distributed
 from nova.train.machinery.resilience import NonFiniteLoss, StopRequest, signal_handling
