@@ -167,13 +167,52 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{int(time.time() * 1000)}"
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)-(?P<pid>\d+)-\d+$")
+
+
+def clean_stale_siblings(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` that a killed nova left (a merge, an export or a data cache
+    save killed half-way leaves hundreds of MB behind); returns what was cleaned.
+
+    Only nova's own names (``.<name>.tmp-<pid>-<ms>``, ``.<name>.old-<pid>-<ms>``) beside ``path``, and
+    only when their process is gone. An ``old`` sibling with nothing at ``path`` is the only copy of the
+    earlier output (the kill came between the two renames of ``replace_path``): it is put back.
+    """
+    from nova.system import process_alive
+
+    path = Path(path)
+    cleaned: list[Path] = []
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(f".{path.name}.")]
+    except OSError:
+        return cleaned
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or match["name"] != path.name:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or process_alive(pid):
+            continue
+        with contextlib.suppress(OSError, NovaError):
+            if match["tag"] == "old" and not (path.exists() or path.is_symlink()):
+                rename(entry, path)
+            elif entry.is_dir() and not entry.is_symlink():
+                remove_tree(entry)
+            else:
+                remove_file(entry)
+            cleaned.append(entry)
+    return cleaned
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: Path, force: bool = True, *, check: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir`` and move it into place only if the block succeeds.
 
     A crash or Ctrl-C leaves the old output (or nothing) in place, never a half-written model that
-    a later run would mistake for a good one. ``check`` refuses a non-empty ``out_dir`` unless ``force``.
+    a later run would mistake for a good one; what a killed earlier run left beside it is cleaned up
+    first. ``check`` refuses a non-empty ``out_dir`` unless ``force``.
     """
+    clean_stale_siblings(out_dir)
     if check:
         check_output_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
