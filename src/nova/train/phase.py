@@ -130,13 +130,14 @@ def prepare_data(run: PhaseRun, inputs: PhaseInputs) -> PhaseData:
     return PhaseData(tuple(prepared), holdouts)
 
 
-def check_before_loading(stage: PlannedStage) -> None:
-    """The method's own check of its inputs before a model loads (GRPO: the user's reward files import)."""
+def check_before_loading(stage: PlannedStage, *, run_code: bool = True) -> None:
+    """The method's own check of its inputs before a model loads (GRPO: the user's reward files import);
+    ``run_code=False`` (a dry run): the same check without running any of the user's code."""
     hook = stage.config.spec.before_loading
     if hook is not None:
         from nova.lazy import resolve
 
-        resolve(hook)(stage.config, stage.keys)
+        resolve(hook)(stage.config, stage.keys, run_code=run_code)
 
 
 def auto_fit_stages(run: PhaseRun, stages: tuple[PlannedStage, ...], source: str, placement: Any,
