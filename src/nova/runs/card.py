@@ -186,6 +186,17 @@ def write_card(directory: Path, record: RunRecord, *, kind: str, **extra: Any) -
     return path
 
 
+def write_run_cards(record: RunRecord) -> None:
+    """Cards for a finished phase's adapter and its stages' adapters, again (``nova eval`` stores new scores)."""
+    from nova.runs.layout import has_adapter
+
+    if has_adapter(record.run.adapter):
+        write_card(record.run.adapter, record, kind="adapter")
+    for name in record.stage_names:
+        if has_adapter(record.run.stage_adapter(name)):
+            write_card(record.run.stage_adapter(name), record, kind="stage", stage=name)
+
+
 MERGE_INFO = "nova_merge.json"  # written by nova.merge.write beside a merged model; its run_dir is relative
 
 
