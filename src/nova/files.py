@@ -405,7 +405,6 @@ def check_writable_dir(path: str | Path, what: str) -> None:
 
 
 def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (AttributeError, OSError):  # Windows has no statvfs
-        return False
+    from nova.system import read_only_filesystem
+
+    return read_only_filesystem(path)
