@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# nova's user cache (the weight hashes of nova.model.identity) stays out of the user's home.
+os.environ.setdefault("NOVA_CACHE_HOME", str(Path(__import__("tempfile").mkdtemp(prefix="nova-test-cache-"))))
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MODEL = Path(os.environ.get("NOVA_REAL_MODEL", ROOT / "models" / "smollm2-135m-instruct"))

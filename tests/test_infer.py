@@ -69,3 +69,20 @@ def test_infer_command_passes_only_its_flag(tmp_path: Path, tiny_model_dir: Path
     result = CliRunner().invoke(app, ["infer", "--model", str(run), "--prompt", "hi", *flag])
     assert isinstance(result.exception, NovaError) and str(result.exception) == "stop"
     assert seen["trust_remote_code"] is bool(flag)
+
+
+def test_a_prompt_past_the_model_context_is_refused_at_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The tiny model reads 512 positions: a 3,000-word prompt is one clear line naming the limit, no generation."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    prompt = " ".join(["word"] * 3000)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "nova", "infer", "--model", str(tiny_model_dir), "--prompt", prompt,
+                           "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "the model's context is 512 tokens" in done.stderr and "shorten the prompt" in done.stderr
+    assert time.monotonic() - started < 120

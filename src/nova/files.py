@@ -167,13 +167,52 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{int(time.time() * 1000)}"
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)-(?P<pid>\d+)-\d+$")
+
+
+def clean_stale_siblings(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` that a killed nova left (a merge, an export or a data cache
+    save killed half-way leaves hundreds of MB behind); returns what was cleaned.
+
+    Only nova's own names (``.<name>.tmp-<pid>-<ms>``, ``.<name>.old-<pid>-<ms>``) beside ``path``, and
+    only when their process is gone. An ``old`` sibling with nothing at ``path`` is the only copy of the
+    earlier output (the kill came between the two renames of ``replace_path``): it is put back.
+    """
+    from nova.system import process_alive
+
+    path = Path(path)
+    cleaned: list[Path] = []
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(f".{path.name}.")]
+    except OSError:
+        return cleaned
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or match["name"] != path.name:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or process_alive(pid):
+            continue
+        with contextlib.suppress(OSError, NovaError):
+            if match["tag"] == "old" and not (path.exists() or path.is_symlink()):
+                rename(entry, path)
+            elif entry.is_dir() and not entry.is_symlink():
+                remove_tree(entry)
+            else:
+                remove_file(entry)
+            cleaned.append(entry)
+    return cleaned
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: Path, force: bool = True, *, check: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir`` and move it into place only if the block succeeds.
 
     A crash or Ctrl-C leaves the old output (or nothing) in place, never a half-written model that
-    a later run would mistake for a good one. ``check`` refuses a non-empty ``out_dir`` unless ``force``.
+    a later run would mistake for a good one; what a killed earlier run left beside it is cleaned up
+    first. ``check`` refuses a non-empty ``out_dir`` unless ``force``.
     """
+    clean_stale_siblings(out_dir)
     if check:
         check_output_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -281,3 +320,91 @@ def write_status_file(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON atomically (see ``write_text_atomic``)."""
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- filesystem faults as one clear line
+
+# How torch and safetensors report a failed write (they raise RuntimeError or their own error, not OSError).
+_DISK_FULL = ("No space left on device", "StorageFull", "file write failed", "unexpected pos", "Disk quota exceeded")
+_READ_ONLY = ("Read-only file system", "ReadOnlyFilesystem")
+
+
+def os_error(exc: BaseException, path: str | Path | None = None) -> NovaError | None:
+    """A filesystem fault as a NovaError naming the path and the fix, or None when it is not one.
+
+    Besides OSError by errno, the errors torch and safetensors raise for a failed write (a full disk
+    reaches them as "file write failed", "unexpected pos" or "StorageFull") count, with ``path``
+    as the place (they do not name it).
+    """
+    import errno
+
+    where = str(getattr(exc, "filename", None) or path or "a file")
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    text = str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and any(s in text for s in _DISK_FULL)):
+        return NovaError(f"the disk is full: cannot write {where}{_free(where)}",
+                         hint="free space on that disk, or point the output at another one; then run again")
+    if code == errno.EROFS or (code is None and any(s in text for s in _READ_ONLY)):
+        return NovaError(f"{where} is on a read-only filesystem", hint="choose a writable location for the output")
+    if code in (errno.EACCES, errno.EPERM):
+        return NovaError(f"permission denied: {where}", hint="check its permissions, or choose another location")
+    if code == errno.ENAMETOOLONG:
+        return NovaError(f"the path is too long for this filesystem ({len(where)} characters): {where[:120]}...",
+                         hint="use a shorter output_dir, logs_dir or name (a name may have at most 255 bytes)")
+    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return NovaError(f"{where}: {_kind_clash(Path(where))}", hint="choose another path, or move that file away")
+    if code == errno.ENOENT and isinstance(exc, FileNotFoundError):
+        return NovaError(f"{where} does not exist (it may have been deleted while nova ran)",
+                         hint="check the path, then run again")
+    return None
+
+
+def _free(where: str) -> str:
+    for parent in Path(where).parents:
+        with contextlib.suppress(OSError):
+            return f" ({human_bytes(shutil.disk_usage(parent).free)} free there)"
+    return ""
+
+
+def _kind_clash(path: Path) -> str:
+    """What stands in the way: a file where a directory is needed (itself or a parent), or the reverse."""
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir() and part != path:
+            return f"{part} is a file, not a directory"
+    if path.exists() and not path.is_dir():
+        return "a file stands where a directory is needed"
+    if path.is_dir():
+        return "a directory stands where a file is needed"
+    return "a file or directory is in the way"
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Before a run writes anything: ``path`` (a directory, made if missing) can be one and can be written.
+
+    A file in its place or above it, a name past the filesystem's limit, or a read-only or foreign
+    parent is one line naming ``what`` (the config key) now, instead of a fault minutes later.
+    """
+    import errno
+
+    target = Path(path).expanduser().absolute()
+    for name in target.parts:
+        if len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise NovaError(f"{what}: the name {name[:40]}... in it is {len(name)} characters; a name may "
+                            "have at most 255 bytes", hint=f"use a shorter {what}")
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "a device or special file"
+        raise NovaError(f"{what} {target}: {existing} is {kind}, not a directory", hint=f"choose another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        err = errno.EROFS if _read_only(existing) else errno.EACCES
+        problem = os_error(OSError(err, os.strerror(err), str(existing)))
+        if problem is not None:
+            raise NovaError(f"{what} {target}: {problem.message}", hint=problem.hint)
+
+
+def _read_only(path: Path) -> bool:
+    from nova.system import read_only_filesystem
+
+    return read_only_filesystem(path)

@@ -230,3 +230,15 @@ def windows_long_paths_enabled() -> bool:
 LONG_PATHS_FIX = (r"enable long paths once, as administrator: New-ItemProperty -Path "
                   r"HKLM:\SYSTEM\CurrentControlSet\Control\FileSystem -Name LongPathsEnabled -Value 1 "
                   r"-PropertyType DWORD -Force")
+
+
+def read_only_filesystem(path: Path | str) -> bool:
+    """True when ``path`` lies on a filesystem mounted read-only (POSIX statvfs; False where it cannot tell)."""
+    statvfs = getattr(os, "statvfs", None)
+    if statvfs is None:  # Windows
+        return False
+    try:
+        return bool(statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+    except OSError:
+        return False
+

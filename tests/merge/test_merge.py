@@ -239,6 +239,7 @@ def test_existing_output_is_refused_without_force(runs: dict[str, Path]) -> None
     out = runs["work"] / "existing"
     out.mkdir()
     (out / "config.json").write_text("{}")
+    (out / "nova_merge.json").write_text("{}")  # an earlier merge
     with pytest.raises(NovaError, match="already exists"):
         _merge(runs["first"], out)
     assert (out / "config.json").read_text() == "{}"
@@ -252,7 +253,8 @@ def test_force_never_replaces_a_directory_that_is_not_a_model(runs: dict[str, Pa
     out = runs["work"] / "precious"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
-    with pytest.raises(NovaError, match="not a model directory"):
+    (out / "config.json").write_text("{}")  # someone's own model: a config.json proves nothing
+    with pytest.raises(NovaError, match="nova merge did not write"):
         _merge(runs["first"], out, force=True)
     with pytest.raises(NovaError, match="overwrite an input"):
         _merge(runs["second"], runs["first"], force=True)

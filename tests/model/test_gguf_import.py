@@ -268,3 +268,37 @@ def test_cli_modules_import_no_heavy_packages() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'gguf', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def _without_tensor(src: Path, dest: Path, drop: str) -> Path:
+    """A copy of a GGUF file with every key and every tensor but ``drop``."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(dest), str(reader.fields["general.architecture"].contents()))
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vtype = field.types[0]
+        writer.add_key_value(name, field.contents(), vtype,
+                             sub_type=field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    names = [t.name for t in reader.tensors]
+    assert drop in names
+    for t in reader.tensors:
+        if t.name != drop:
+            writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dest
+
+
+def test_a_gguf_missing_a_tensor_the_model_needs_is_refused(tiny_gguf: Path, tmp_path: Path) -> None:
+    from nova.model.gguf import import_gguf
+
+    broken = _without_tensor(tiny_gguf, tmp_path / "Broken.F32.gguf", "blk.1.ffn_down.weight")
+    with pytest.raises(NovaError, match=r"lacks 1 tensor\(s\) the model needs: model.layers.1.mlp.down_proj.weight"):
+        import_gguf(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["Broken.F32.gguf"]

@@ -125,7 +125,7 @@ def test_status_errors(tmp_path: Path) -> None:
     with pytest.raises(NovaError, match="neither a run directory nor a pipeline"):
         read_status(tmp_path)
     (tmp_path / "pipeline.json").write_text("{oops")
-    with pytest.raises(NovaError, match="not readable pipeline state"):
+    with pytest.raises(NovaError, match="not pipeline state nova can read"):
         read_status(tmp_path)
 
 

@@ -86,7 +86,7 @@ def test_the_lock_file_is_not_a_foreign_file(tmp_path: Path) -> None:
     with locked(run, "run directory"):
         check_run_dir(RunDir(run))  # nova.lock and nova.pid are nova's own
     (run / "notes.txt").write_text("mine")
-    with pytest.raises(NovaError, match=r"not made by nova \(it holds notes.txt\)"):
+    with pytest.raises(NovaError, match=r"not made by nova \(it holds notes.txt;"):
         check_run_dir(RunDir(run))
 
 

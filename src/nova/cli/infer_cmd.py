@@ -201,4 +201,9 @@ def _chat(loaded: Any, head: list[dict[str, str]], how: _How) -> None:
             typer.echo("")
             echo("(stopped; this turn is left out of the conversation)")
             continue
+        except NovaError as exc:  # a conversation past the model's context: said, and the chat goes on
+            history.pop()
+            typer.echo("")
+            echo(f"({exc.message}; this turn is left out of the conversation; {exc.hint or 'try a shorter one'})")
+            continue
         history.append({"role": "assistant", "content": answer})

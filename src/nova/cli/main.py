@@ -133,6 +133,14 @@ def run() -> None:
         _say("aborted")
         sys.exit(1)
     except Exception as exc:  # the last line of defence: one line, not a traceback
+        from nova.files import os_error
+
+        fault = os_error(exc) if isinstance(exc, OSError) else None
+        if fault is not None and not debug:  # a full disk, a read-only or foreign path: the path and the fix
+            _say(f"error: {fault.lines()[0]}")
+            for line in fault.lines()[1:]:
+                _say(line)
+            sys.exit(fault.exit_code)
         if isinstance(exc, _click_exceptions()):
             sys.exit(_show_click_error(exc))
         if debug:

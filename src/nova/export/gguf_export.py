@@ -30,7 +30,7 @@ from typing import Any
 from nova.errors import NovaError
 from nova.export.gguf_quant import FILE_TYPES, PRESETS, preset_type, quantizer
 from nova.export.gguf_vocab import write_tokenizer
-from nova.files import replace_path, temp_sibling
+from nova.files import clean_stale_siblings, replace_path, temp_sibling
 from nova.lazy import require
 
 OUTTYPES = ("f16", "q8_0", "f32", *PRESETS)
@@ -395,6 +395,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "
     spec = check_supported(model.config)
     notes: list[str] = []
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_siblings(out)  # what a killed export left beside it
     tmp = temp_sibling(out)
     parity = None
     try:

@@ -33,7 +33,15 @@ from nova.export.run_source import (
     open_run,
     trained_logits,
 )
-from nova.files import atomic_dir, check_output_dir, dir_size, portable_path, replace_path, temp_sibling
+from nova.files import (
+    atomic_dir,
+    check_output_dir,
+    clean_stale_siblings,
+    dir_size,
+    portable_path,
+    replace_path,
+    temp_sibling,
+)
 
 BASE_FROM = ("dequantized", "original")
 
@@ -208,6 +216,8 @@ def _lora_file(run: RunSource, request: RunExportRequest, say: Say) -> ExportRes
     w = _weights(run, request, kind, say)
     spec = check_supported(w.base.config)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for target in (out, base_out):
+        clean_stale_siblings(target)  # what a killed export left beside it
     tmp_lora, tmp_base = temp_sibling(out), temp_sibling(base_out)
     notes: list[str] = []
     try:

@@ -20,6 +20,8 @@ from nova.files import human_bytes
 from nova.lazy import require
 from nova.merge import DEFAULT_SOURCE, DEFAULT_TOLERANCE, DTYPES, SOURCES
 
+MERGE_INFO = "nova_merge.json"  # written into every merged model: the proof that --force may replace it
+
 if TYPE_CHECKING:
     from nova.config.schema import ModelConfig
     from nova.runs import AdapterRef, RunRecord
@@ -196,8 +198,8 @@ def check_output(out: Path, inputs: MergeInputs, source: str, force: bool) -> No
         raise NovaError(f"output directory {out} already exists", hint="pass --force to replace it, or choose --out")
     if not out.is_dir():
         raise NovaError(f"--out {out} exists and is not a directory")
-    if any(out.iterdir()) and not (out / "config.json").exists():
-        raise NovaError(f"--out {out} is a non-empty directory that is not a model directory; "
+    if any(out.iterdir()) and not (out / MERGE_INFO).is_file():  # a config.json anyone's model may have
+        raise NovaError(f"--out {out} is a non-empty directory that nova merge did not write (no {MERGE_INFO}); "
                         "--force only replaces an earlier merged model", hint="choose another --out")
 
 

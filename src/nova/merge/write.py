@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 from nova.errors import NovaError
 from nova.files import atomic_dir, portable_path
 from nova.lazy import require
-from nova.merge.inputs import check_disk
+from nova.merge.inputs import MERGE_INFO, check_disk
 from nova.merge.parity import Parity, check_saved, compute_logits, max_abs_diff
 from nova.merge.weights import Say, round_parameters
 
 if TYPE_CHECKING:
     from nova.merge.inputs import MergePlan
 
-MERGE_INFO = "nova_merge.json"
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:

@@ -47,6 +47,12 @@ def _check_adapter_dir(ref: AdapterRef) -> None:
     if not has_adapter(ref.path):
         raise NovaError(f"adapter of '{ref.name}' not found at {ref.path} (no adapter_config.json)",
                         hint="train that phase first, or check the run directory")
+    from nova.model.weights_check import check_adapter, read_header
+
+    check_adapter(ref.path)  # an absurd rank would be allocated before PEFT noticed
+    weights = ref.path / "adapter_model.safetensors"
+    if weights.is_file():
+        read_header(weights)  # cut off or oversized: one line
 
 
 def stack_frozen(model: Any, chain: Sequence[AdapterRef]) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 
 from nova.data.reasoning import CLOSE, OPEN
 from nova.data.template import thinking_switch
+from nova.errors import NovaError
 from nova.lazy import require
 
 
@@ -118,12 +119,30 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return out
 
 
+def context_length(model: Any) -> int | None:
+    """The most positions the model was built for (config.json's max_position_embeddings), when it says."""
+    config = getattr(model, "config", None)
+    value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_context(model: Any, prompt_tokens: int) -> None:
+    """Refuse, at once, a prompt the model cannot read: one past its context would be minutes of work for an
+    answer from positions it never saw."""
+    limit = context_length(model)
+    if limit is not None and prompt_tokens >= limit:
+        raise NovaError(f"the prompt is {prompt_tokens} tokens long; the model's context is {limit} tokens "
+                        "(max_position_embeddings in its config.json), with room needed for the answer",
+                        hint=f"shorten the prompt (or the conversation) below {limit} tokens")
+
+
 def generate_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], sampling: Sampling | None = None,
                    streamer: Any = None, think: bool | None = None) -> Reply:
     """Answer one conversation: the new text, split into reasoning and answer."""
     torch = require("torch")
     sampling = sampling or Sampling()
     input_ids, prompt = _render(tokenizer, messages, think)
+    check_context(model, int(input_ids.shape[1]))
     input_ids = input_ids.to(model.device)
     opened = opens_think(prompt)
     if hasattr(streamer, "begin"):

@@ -208,13 +208,14 @@ def _convert(src: Path, tmp: Path, *, dtype: str, arch: str) -> None:
     try:
         with quiet_progress():
             tok = transformers.AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-            loaded = transformers.AutoModelForCausalLM.from_pretrained(
-                str(src.parent), gguf_file=src.name, dtype=torch_dtype)
+            loaded, info = transformers.AutoModelForCausalLM.from_pretrained(
+                str(src.parent), gguf_file=src.name, dtype=torch_dtype, output_loading_info=True)
     except NovaError:
         raise
     except Exception as exc:
         raise NovaError(f"transformers could not load {src.name} ({arch}): {type(exc).__name__}: {exc}",
                         hint="rerun with --debug for the traceback") from exc
+    _check_complete(src, arch, loaded, info)
     _fix_tokenizer(tok, src)
     model = _plain_copy(loaded, torch_dtype)
     del loaded
@@ -222,6 +223,19 @@ def _convert(src: Path, tmp: Path, *, dtype: str, arch: str) -> None:
     with quiet_progress():
         model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
+
+
+def _check_complete(src: Path, arch: str, loaded: Any, info: dict[str, Any]) -> None:
+    """Every weight the architecture needs came from the file: transformers leaves a missing one at its random
+    initial value with only a warning, which would ship a model that looks imported and answers garbage.
+    Only a tied output head (the embedding stands for it) may be absent."""
+    tied = bool(getattr(loaded.config, "tie_word_embeddings", False))
+    missing = sorted(k for k in info.get("missing_keys") or [] if not (tied and k.endswith("lm_head.weight")))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise NovaError(f"{src.name} ({arch}) lacks {len(missing)} tensor(s) the model needs: {shown}",
+                        hint="the file is incomplete or was written for another model layout; convert it again "
+                             "from the original model, or use another GGUF")
 
 
 @contextlib.contextmanager

@@ -185,10 +185,31 @@ def load_tokenizer(model_cfg: ModelConfig, source: str | None = None) -> Any:
             tokenizer.chat_template = template_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise NovaError(f"cannot read model.chat_template {template_path}: {exc}") from None
+    check_template_syntax(tokenizer.chat_template, f"model.chat_template {model_cfg.chat_template}"
+                          if model_cfg.chat_template else f"the chat template of {source}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def check_template_syntax(template: Any, where: str) -> None:
+    """A chat template that does not parse is one line naming its line and the fix, when the tokenizer loads
+    (not an internal error at the first record or prompt). Parsed only: nothing of it runs here."""
+    templates = template.values() if isinstance(template, dict) else [template]
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment()
+    for text in templates:
+        if not isinstance(text, str):
+            continue
+        try:
+            env.parse(text)
+        except TemplateSyntaxError as exc:
+            raise NovaError(f"{where} does not parse (line {exc.lineno}: {exc.message})",
+                            hint="fix the template (model.chat_template names a file of your own to use "
+                                 "instead)") from None
 
 
 def tokenizer_for_check(model_cfg: ModelConfig) -> tuple[Any | None, str | None]:
@@ -255,11 +276,21 @@ def load_base_model(model_cfg: ModelConfig, placement: Placement, source: str | 
         kwargs["quantization_config"] = qconfig
         if not shard:
             kwargs["device_map"] = {"": placement.gpu_index} if placement.device == "cuda" else {"": placement.device}
+    if Path(source).is_dir():  # damaged or mismatched files: one line before transformers meets them
+        from nova.model.weights_check import check_model_dir
+
+        check_model_dir(Path(source), trust_remote_code=model_cfg.trust_remote_code)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise NovaError(f"cannot load model '{source}': {str(exc).splitlines()[0]}",
                         hint="check model.base; offline, a hub id must already be in the local cache") from None
+    except (RuntimeError, ValueError) as exc:
+        if "mismatched" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        raise NovaError(f"the weights of '{source}' do not have the shapes its config.json describes",
+                        hint="config.json looks edited or belongs to another model; restore the one that came "
+                             "with the weights") from None
     if qconfig is None and placement.device != "cpu":
         model = model.to(placement.torch_device)
     if qconfig is not None and placement.device == "cpu":

@@ -19,12 +19,12 @@ from nova.monitor.progress import latest, step_rate, total_steps
 from nova.runs.activity import TRAINING, describe, read_activity
 from nova.runs.checkpoints import list_checkpoints
 from nova.runs.eval_results import read_eval
-from nova.runs.jsonl import number, read_jsonl
+from nova.runs.jsonl import number, read_jsonl, read_jsonl_tail
 from nova.runs.layout import CHECKPOINTS, PIPELINE, STAGES, RunDir
 from nova.runs.process import ProcessInfo, read_process
 from nova.runs.record import RunRecord, read_run
 from nova.runs.retention import read_retention
-from nova.runs.state import read_pipeline
+from nova.runs.state import check_pipeline, read_pipeline
 
 LAST_ALERTS = 3
 MAX_DEPTH = 4  # how deep under a root runs are looked for (nova status with no path, nova ui)
@@ -105,7 +105,7 @@ def phase_status(run_dir: Path, name: str | None = None, entry: dict[str, Any] |
     checked = time.time() if now is None else now
     run = RunDir(run_dir)
     record, bad_config = _record(run)
-    records = read_jsonl(run.metrics)
+    records, _ = read_jsonl_tail(run.metrics)  # the newest records: a file of any size is read in milliseconds
     process = read_process(run.path)
     ps = PhaseStatus(name=name or (record.name if record else run.path.name), run_dir=str(run.path),
                      status="pending", process=process,
@@ -238,11 +238,9 @@ def read_status(path: Path, now: float | None = None) -> RunStatus:
         raise NovaError(f"{path} is not a directory", hint="give a run directory or a pipeline output directory")
     pipeline = path / PIPELINE
     if pipeline.exists():
-        data = read_pipeline(pipeline)
-        if data is None:
-            raise NovaError(f"{pipeline} is not readable pipeline state", hint="it should hold {\"phases\": {...}}")
+        data = check_pipeline(pipeline)
         phases = [phase_status(_phase_dir(path, name, e.get("run_dir")), name, e, checked)
-                  for name, e in data["phases"].items() if isinstance(e, dict)]
+                  for name, e in data["phases"].items()]
         return RunStatus(str(path), "pipeline", phases, checked, read_eval(RunDir(path)))
     if not RunDir(path).looks_like_run:
         raise NovaError(f"{path} is neither a run directory nor a pipeline output directory",

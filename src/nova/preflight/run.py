@@ -33,6 +33,7 @@ from nova.preflight.checks_inputs import (
     count_records,
 )
 from nova.preflight.checks_memory import MemoryContext, check_memory, planned_settings
+from nova.preflight.checks_weights import check_weights
 from nova.preflight.environment import Environment, environment
 from nova.preflight.estimate import (
     CALIBRATED,
@@ -151,6 +152,7 @@ def _model_checks(report: PreflightReport, plan: Plan) -> dict[str, ModelSource]
         if key not in sources:
             sources[key] = resolve_model(ph.model.base, revision=ph.model.revision, models_dir=ph.model.models_dir)
             report.add(check_model(sources[key]))
+            report.checks.extend(check_weights(sources[key], ph.model))
         stages = [s.config for s in ph.stages]
         report.add(_named(check_chat_template(ph.model, sources[key], stages), plan, ph))
     return sources

@@ -47,6 +47,23 @@ class Fingerprint:
         return cls(dict(data["values"]))
 
 
+def read_recorded(record: Any, key: str) -> tuple[Fingerprint | None, str | None]:
+    """The fingerprint ``record[key]`` (a seal, DONE or COMPLETE entry) and, when it cannot be trusted, why.
+
+    (None, None): nothing recorded (written by a nova older than fingerprints). (None, reason): one was
+    written but is not one nova writes, or its values no longer give its digest: it was changed afterwards.
+    """
+    if not isinstance(record, dict) or record.get(key) is None:
+        return None, None
+    raw = record[key]
+    found = Fingerprint.from_dict(raw)
+    if found is None:
+        return None, "it is not a fingerprint as nova writes one"
+    if raw.get("digest") != found.digest:
+        return None, "its values no longer give its digest"
+    return found, None
+
+
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}`` (lists stay values)."""
     if not isinstance(value, dict):

@@ -9,8 +9,12 @@ second process trying the lock may truncate it, so the record cannot live in the
 A second ``nova train`` on the same directory is refused with the pid and host of the first;
 ``nova status`` reads ``nova.pid`` to say who is training.
 
-Also here: the marker nova writes into every run directory it makes, so ``--fresh`` and
-``--force`` only ever delete inside directories nova owns.
+Also here: the marker nova writes into every run directory (and pipeline output directory) it
+makes, so ``--fresh`` and ``--force`` only ever delete, and training only ever writes, inside
+directories nova owns. A file name anyone may have (``config.yaml``, ``metrics.jsonl``,
+``pipeline.json``) proves nothing; a run written before the marker existed is recognised by
+nova's own record in its config.yaml (a ``_resolved`` section naming the base), a pipeline by a
+``pipeline.json`` in nova's shape, and is marked at its next run.
 """
 
 from __future__ import annotations
@@ -116,17 +120,43 @@ def check_run_dir(run: RunDir) -> None:
     foreign = sorted(p.name for p in run.path.iterdir() if p.name not in (PID_FILE, LOCK_FILE))
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise NovaError(f"run directory {run.path} exists and was not made by nova (it holds {shown})",
-                        hint="choose another output_dir, or empty that directory")
+        raise NovaError(f"run directory {run.path} exists and was not made by nova (it holds {shown}; "
+                        f"no {RUN_MARKER})", hint="choose another output_dir, or empty that directory")
 
 
 def mark_run_dir(run: RunDir) -> None:
     """Mark a run directory as nova's (at its first write)."""
-    marker = run.path / RUN_MARKER
+    write_marker(run.path, "run")
+
+
+def write_marker(path: Path, kind: str) -> None:
+    """nova's marker in a directory it makes (``kind``: run or pipeline); kept when there already."""
+    marker = path / RUN_MARKER
     if not marker.exists():
-        write_json_atomic(marker, {"created_by": f"nova {__version__}", "created": time.time()})
+        write_json_atomic(marker, {"created_by": f"nova {__version__}", "created": time.time(), "kind": kind})
 
 
 def made_by_nova(path: Path) -> bool:
-    """Holds nova's marker, or a config.yaml (a run written before the marker existed)."""
-    return (path / RUN_MARKER).exists() or (path / CONFIG).exists()
+    """Holds nova's marker, or nova's own record in config.yaml (a run written before the marker existed).
+
+    Only ``_resolved.base`` counts of a config.yaml, never its name: anyone's project may hold one.
+    """
+    if (path / RUN_MARKER).is_file():
+        return True
+    return _legacy_record(path / CONFIG)
+
+
+def _legacy_record(config: Path) -> bool:
+    """config.yaml as nova wrote it before the marker: a small YAML mapping with ``_resolved: {base: ...}``."""
+    import yaml
+
+    from nova.config.safe_yaml import MAX_BYTES
+
+    try:
+        if not config.is_file() or config.stat().st_size > MAX_BYTES:
+            return False
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    resolved = data.get("_resolved") if isinstance(data, dict) else None
+    return isinstance(resolved, dict) and isinstance(resolved.get("base"), str)

@@ -110,8 +110,8 @@ def _data_lines(stage: PlannedStage, out: DryRun, model: ModelConfig,
     if not cfg.data.datasets:
         out.missing.append(f"stage {stage.label} has no data.datasets")
         return ["    data: none configured"]
-    try:  # the method's own check before loading (GRPO: the user's reward files import)
-        check_before_loading(stage)
+    try:  # the method's own check before loading, running no user code (GRPO: reward files parsed, not imported)
+        check_before_loading(stage, run_code=False)
     except NovaError as exc:
         out.missing.extend(exc.lines())
     tokenizer, note = _tokenizer(model, tokenizers)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nova.errors import Problem, ProblemList
 from nova.model.trained import trained_kind
 from nova.plan import PlannedPhase, PlannedStage
-from nova.runs.fingerprint import ADJUSTABLE, MUTABLE_TRAINING, Fingerprint, differences, show
+from nova.runs.fingerprint import ADJUSTABLE, MUTABLE_TRAINING, Fingerprint, differences, read_recorded, show
 from nova.runs.record import AdapterRef
 
 if TYPE_CHECKING:
@@ -101,11 +101,17 @@ def _describe(key: str, old: Any, new: Any) -> str:
 
 
 def mismatch(what: str, where: Path, old: Fingerprint | None, new: Fingerprint, *,
-             allow_adjust: bool, fix: str | None = None) -> ResumeMismatch | None:
+             allow_adjust: bool, fix: str | None = None, changed: str | None = None) -> ResumeMismatch | None:
     """None when ``old`` may be reused for ``new``; else the error that says why, key by key.
 
-    ``fix`` replaces the default way forward (restart the stage with --fresh, or revert).
+    ``fix`` replaces the default way forward (restart the stage with --fresh, or revert). ``changed``: why
+    the recorded fingerprint cannot be trusted (edited or damaged after it was written).
     """
+    if changed is not None:
+        return ResumeMismatch(f"{what} {where} has a fingerprint that was changed after nova wrote it ({changed}), "
+                              "so nova cannot tell what it was trained with",
+                              [Problem(str(where), "fingerprint changed", fix or "add --fresh to train this stage "
+                                       "again")])
     if old is None:
         return ResumeMismatch(f"{what} {where} has no fingerprint (written by an older nova), so nova cannot "
                               "tell what it was trained with",
@@ -132,18 +138,50 @@ def changes(old: Fingerprint, new: Fingerprint) -> dict[str, list[Any]]:
 
 
 def compute_fingerprints(run: PhaseRun, stages: Sequence[PlannedStage], source: str, compute_dtype: str,
-                         tokenizer: Any) -> tuple[Fingerprint, ...]:
-    """The fingerprint of every stage of the phase as the config asks for it now (no weights loaded)."""
+                         tokenizer: Any, *, keep_legacy: bool | None = None) -> tuple[Fingerprint, ...]:
+    """The fingerprint of every stage of the phase as the config asks for it now (no weights loaded).
+
+    ``keep_legacy`` (default: a resume): work sealed by an older nova with the weaker model identity
+    is compared with that identity (see ``base_identity``).
+    """
     from nova.data import data_key
-    from nova.model.identity import model_identity
 
     keys = [data_key(s.config.data, tokenizer, method=s.method, seed=s.config.training.seed,
                      dpo=s.config.length_settings)
             for s in stages]
-    model = run.model_cfg
-    inputs = FingerprintInputs(model_identity(model.base, source, model.revision), compute_dtype, keys, run.chain,
-                               run.ranks.world)
+    keep = run.resume if keep_legacy is None else keep_legacy
+    inputs = FingerprintInputs(base_identity(run, source, keep), compute_dtype, keys, run.chain, run.ranks.world)
     return tuple(phase_fingerprints(run.planned, inputs, stages))
+
+
+def base_identity(run: PhaseRun, source: str, keep_legacy: bool) -> str:
+    """The base's identity over every byte of its weights (nova.model.identity); but where the earlier work
+    a resume reuses was sealed by an older nova with the weaker identity (first and last MiB of each file),
+    and that one still matches, the weaker one: so the resume's fingerprints chain as they were sealed."""
+    from nova.model.identity import is_legacy, legacy_identity, local_directory, model_identity
+
+    model = run.model_cfg
+    if keep_legacy:
+        sealed = [v for v in _sealed_identities(run) if is_legacy(v)]
+        directory = local_directory(source, model.revision) if sealed else None
+        if directory is not None and legacy_identity(directory) in sealed:
+            return legacy_identity(directory)
+    return model_identity(model.base, source, model.revision)
+
+
+def _sealed_identities(run: PhaseRun) -> list[Any]:
+    """The model identities recorded in the phase's COMPLETE, its stages' DONE and their newest checkpoints."""
+    from nova.runs.checkpoints import list_checkpoints, seal_fingerprint
+
+    rd = run.run
+    records: list[Any] = list(_recorded(rd.complete_marker, "fingerprints") or [])
+    for stage in run.planned.stages:
+        records.append(_recorded(rd.stage_done(stage.name), "fingerprint"))
+        found = list_checkpoints(rd.checkpoints(stage.name))
+        if found:
+            records.append(seal_fingerprint(found[-1][1]))
+    return [r["values"].get("model.identity") for r in records
+            if isinstance(r, dict) and isinstance(r.get("values"), dict)]
 
 
 def _recorded(path: Path, key: str) -> Any:
@@ -157,10 +195,11 @@ def check_checkpoint(stage: PlannedStage, checkpoint: Path, new: Fingerprint,
                      resume_with_changes: bool) -> dict[str, Any]:
     """Raise unless ``checkpoint`` continues the stage as configured (its fingerprint ``new``); returns the
     allowed changes applied (``resume_with_changes``: the learning rate and max_steps may differ)."""
-    from nova.runs.checkpoints import checkpoint_step, seal_fingerprint
+    from nova.runs.checkpoints import checkpoint_step, read_seal
 
-    old = Fingerprint.from_dict(seal_fingerprint(checkpoint))
-    problem = mismatch(f"stage {stage.label}: checkpoint", checkpoint, old, new, allow_adjust=resume_with_changes)
+    old, changed = read_recorded(read_seal(checkpoint), "fingerprint")
+    problem = mismatch(f"stage {stage.label}: checkpoint", checkpoint, old, new, allow_adjust=resume_with_changes,
+                       changed=changed)
     if problem is not None:
         raise problem
     applied = changes(old, new) if old is not None else {}
@@ -177,9 +216,9 @@ def check_reuse(run: PhaseRun, stages: Sequence[PlannedStage],
     rd = run.run
     for stage in stages:
         if rd.stage_is_done(stage.name):
-            old = Fingerprint.from_dict(_recorded(rd.stage_done(stage.name), "fingerprint"))
+            old, changed = read_recorded({"f": _recorded(rd.stage_done(stage.name), "fingerprint")}, "f")
             problem = mismatch(f"stage {stage.label}: its finished adapter in", rd.stage_dir(stage.name), old,
-                               fingerprints[stage.index], allow_adjust=False,
+                               fingerprints[stage.index], allow_adjust=False, changed=changed,
                                fix="add --fresh to train the phase again, or revert the change")
             if problem is not None:
                 raise problem
@@ -196,12 +235,13 @@ def check_reuse(run: PhaseRun, stages: Sequence[PlannedStage],
 def check_finished(run: PhaseRun, fingerprints: Sequence[Fingerprint]) -> None:
     """A finished phase is reused (skipped) only when it was trained as the config asks for now."""
     recorded = _recorded(run.run.complete_marker, "fingerprints")
-    olds = [Fingerprint.from_dict(r) for r in recorded] if isinstance(recorded, list) else []
+    olds = [read_recorded({"f": r}, "f") for r in recorded] if isinstance(recorded, list) else []
     if len(olds) != len(fingerprints):
-        olds = [None] * len(fingerprints)
-    for stage, old, new in zip(run.planned.stages, olds, fingerprints, strict=True):
+        olds = [(None, None)] * len(fingerprints)
+    for stage, (old, changed), new in zip(run.planned.stages, olds, fingerprints, strict=True):
         problem = mismatch(f"phase {run.phase.name} finished, but stage {stage.label} in", run.run_dir, old, new,
-                           allow_adjust=False, fix="add --force to train it again, or revert the change")
+                           allow_adjust=False, changed=changed, fix="add --force to train it again, or revert the "
+                           "change")
         if problem is not None:
             raise problem
 

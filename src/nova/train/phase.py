@@ -55,7 +55,11 @@ def run_phase(run: PhaseRun, on_start: Callable[[], None] | None = None) -> Phas
         distributed.on_main(run.ranks, lambda: first_writes(run, inputs, data, fits, on_start))
         model = load_model(run, inputs, data, stages)
         results = train_stages(run, inputs, model, data, stages)
-        return finish(run, inputs, model, data, results, time.time() - started)
+        run.stop.trained = f"every stage is trained and saved under {run.run.path / 'stages'}"
+        try:
+            return finish(run, inputs, model, data, results, started)
+        finally:
+            run.stop.trained = None
 
 
 @contextmanager
@@ -65,6 +69,7 @@ def claimed(run: PhaseRun) -> Iterator[None]:
 
     with ExitStack() as stack:
         def claim() -> None:
+            check_run_dir(run.run)  # before the lock writes nova.lock into someone else's directory
             stack.enter_context(locked(run.run_dir, "run directory"))
             check_run_dir(run.run)
 
@@ -125,13 +130,14 @@ def prepare_data(run: PhaseRun, inputs: PhaseInputs) -> PhaseData:
     return PhaseData(tuple(prepared), holdouts)
 
 
-def check_before_loading(stage: PlannedStage) -> None:
-    """The method's own check of its inputs before a model loads (GRPO: the user's reward files import)."""
+def check_before_loading(stage: PlannedStage, *, run_code: bool = True) -> None:
+    """The method's own check of its inputs before a model loads (GRPO: the user's reward files import);
+    ``run_code=False`` (a dry run): the same check without running any of the user's code."""
     hook = stage.config.spec.before_loading
     if hook is not None:
         from nova.lazy import resolve
 
-        resolve(hook)(stage.config, stage.keys)
+        resolve(hook)(stage.config, stage.keys, run_code=run_code)
 
 
 def auto_fit_stages(run: PhaseRun, stages: tuple[PlannedStage, ...], source: str, placement: Any,
@@ -291,29 +297,31 @@ def train_stages(run: PhaseRun, inputs: PhaseInputs, model: PhaseModel, data: Ph
 
 
 def finish(run: PhaseRun, inputs: PhaseInputs, model: PhaseModel, data: PhaseData, results: list[StageResult],
-           seconds: float) -> PhaseResult:
-    """The forgetting table, then on rank 0 the phase's adapter (or model), smoke answers and COMPLETE."""
+           started: float) -> PhaseResult:
+    """The forgetting table, then on rank 0 the phase's adapter (or model), smoke answers and COMPLETE.
+    The phase's time runs from ``started`` to COMPLETE: the finish (smoke prompts included) counts."""
     if model.sharded:
         run.log.say(f"[{run.phase.name}] forgetting: not measured (the weights are sharded across ranks)")
     else:
         data.holdouts.finish(model.model, inputs.tokenizer, run)
-    result = PhaseResult(run.phase.name, run.run_dir, run.kind.output(run.run), results, seconds)
+    result = PhaseResult(run.phase.name, run.run_dir, run.kind.output(run.run), results, time.time() - started)
     if model.sharded and run.phase.smoke_prompts:  # rank 0 alone cannot run a sharded model's forward
         run.log.say(f"[{run.phase.name}] smoke prompts: not answered (the weights are sharded across ranks); "
                     f"nova infer --run {run.run_dir} answers them")
     answering = None if model.sharded else model.model
-    distributed.on_main(run.ranks, lambda: _write_outputs(run, inputs, answering, result))
-    return result
+    distributed.on_main(run.ranks, lambda: _write_outputs(run, inputs, answering, result, started))
+    return replace(result, seconds=time.time() - started)
 
 
-def _write_outputs(run: PhaseRun, inputs: PhaseInputs, model: Any, result: PhaseResult) -> None:
+def _write_outputs(run: PhaseRun, inputs: PhaseInputs, model: Any, result: PhaseResult, started: float) -> None:
     """The phase's adapter (or model), its smoke answers, and COMPLETE (written last)."""
     run.kind.finish(run.run, run.planned.stages[-1].name, lambda tmp: _write_cards(run, tmp),
                     lambda line: run.log.say(f"[{run.phase.name}] {line}"))
+    run.stop.trained = f"the {run.kind.noun} is saved in {run.kind.output(run.run)}"
     if model is not None:  # None: sharded across ranks (said in finish)
         _smoke_prompts(run, model, inputs.tokenizer)
     write_json_atomic(run.run.complete_marker, {
-        "phase": run.phase.name, "finished": time.time(), "seconds": round(result.seconds, 1),
+        "phase": run.phase.name, "finished": time.time(), "seconds": round(time.time() - started, 1),
         "stages": [r.__dict__ for r in result.stages], "adapter": str(result.adapter_dir),
         "fingerprints": [f.to_dict() for f in inputs.fingerprints],
     })
@@ -385,4 +393,4 @@ def finished_fingerprints(run: PhaseRun) -> tuple[Any, ...]:
     from nova.train.fingerprint import compute_fingerprints
 
     source, placement, tokenizer = model_source(run)
-    return compute_fingerprints(run, run.planned.stages, source, placement.dtype_name, tokenizer)
+    return compute_fingerprints(run, run.planned.stages, source, placement.dtype_name, tokenizer, keep_legacy=True)

@@ -20,7 +20,7 @@ from nova.model.trained import trained_kind
 from nova.plan import Plan, PlannedPhase, make_plan
 from nova.runs.activity import activity_writer, clear_activity
 from nova.runs.lock import locked
-from nova.runs.state import PhaseEntry, PipelineState
+from nova.runs.state import PhaseEntry, PipelineState, check_pipeline_dir
 from nova.train.context import PhaseResult, PhaseRun
 from nova.train.machinery import distributed
 from nova.train.machinery.resilience import NonFiniteLoss, StopRequest, signal_handling
@@ -50,6 +50,7 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
     ``plan``: the plan ``nova train`` already made of ``loaded`` (made here when not given).
     """
     plan = (plan or make_plan(loaded)).select(phase)
+    _check_paths(plan)
     ranks = distributed.current()
     distributed.init(ranks, plan.distributed.timeout_s)
     stop = StopRequest()
@@ -59,14 +60,32 @@ def run_config(loaded: LoadedConfig, *, phase: str | None = None, force: bool = 
     options = RunOptions(force, fresh, resume_with_changes, force_gates)
     with ExitStack() as stack:
         if plan.is_pipeline:
-            distributed.on_main(ranks, lambda: stack.enter_context(
-                locked(Path(plan.pipeline.output_dir), "pipeline directory")) and None)
+            distributed.on_main(ranks, lambda: _claim_pipeline(stack, Path(plan.pipeline.output_dir)))
         rerun_hint = rerun_hint or f"nova train --config {loaded.path}"
         stack.enter_context(signal_handling(stop, log.say, log, rerun_hint))
         stack.enter_context(speaking(log))  # data, model and training steps that take a while say so through it
         return _run_phases(plan, options, log=log, stop=stop, ranks=ranks,
                            rerun_hint=rerun_hint,
                            extra_callbacks=extra_callbacks or [])
+
+
+def _check_paths(plan: Plan) -> None:
+    """Every directory the run writes can be one and can be written, before any work (nova.files)."""
+    from nova.files import check_writable_dir
+
+    if plan.is_pipeline:
+        check_writable_dir(plan.pipeline.output_dir, "output_dir")
+    for item in plan.phases:
+        check_writable_dir(item.run_dir, "output_dir")
+        check_writable_dir(item.phase.logs_dir, "logs_dir")
+
+
+def _claim_pipeline(stack: ExitStack, output_dir: Path) -> None:
+    """The pipeline directory locked for the run, and nova's own: someone's pipeline.json is never adopted
+    (checked before the lock writes anything there, and again under it)."""
+    check_pipeline_dir(output_dir)
+    stack.enter_context(locked(output_dir, "pipeline directory"))
+    check_pipeline_dir(output_dir)
 
 
 def _run_phases(plan: Plan, options: RunOptions, *, log: RunLog, stop: StopRequest, ranks: distributed.Ranks,

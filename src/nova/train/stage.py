@@ -19,7 +19,7 @@ from typing import Any
 from nova.config.schema import StageConfig
 from nova.console import human_seconds, task
 from nova.errors import NovaError, TrainingStopped
-from nova.files import atomic_dir, write_json_atomic
+from nova.files import atomic_dir, os_error, write_json_atomic
 from nova.model.trained import restore, save_trained, snapshot
 from nova.runs.checkpoints import checkpoint_step, clean_leftovers, latest_checkpoint, move_aside
 from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
@@ -65,6 +65,11 @@ def run_stage(run: StageRun) -> StageResult:
             retries += 1
     whole = whole_trainable(run.model)  # every rank: FSDP2's adapter shards gathered (None if not sharded)
     distributed.on_main(ranks, lambda: _save_stage(run, config, result, whole))
+    if phase.stop.requested:  # it came during the last step: the stage is finished and saved, then the run stops
+        raise TrainingStopped(f"stopped by {phase.stop.signal_name} after the last step of {run.label}: its "
+                              f"{phase.kind.noun} is saved in {phase.kind.stage_output(rd, stage.name)}; skipped: "
+                              "the rest of the phase (later stages, smoke prompts, COMPLETE)",
+                              hint=f"to finish (nothing trained is trained again): {phase.rerun_hint}")
     return result
 
 
@@ -179,12 +184,16 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except BaseException as exc:
         run.memo["last_step"] = trainer.state.global_step
+        fault = os_error(exc, hooks.output_dir) if isinstance(exc, Exception) else None
+        if fault is not None:  # a full disk or read-only filesystem while saving: no second save is tried
+            raise NovaError(f"[{run.label}] {fault.message}", hint=f"{fault.hint}; the newest complete checkpoint "
+                            f"is kept and a resume starts from it: {phase.rerun_hint}") from exc
         if not is_oom(exc) and not phase.ranks.distributed:  # saving takes every rank; the others are stuck
             _save_what_we_can(run, trainer, exc)
         raise
     finally:
         phase.stop.saving = False  # no step under way: a signal from here on stops at once
-    if phase.stop.requested:
+    if phase.stop.requested and trainer.state.global_step < trainer.state.max_steps:
         raise TrainingStopped(f"stopped by {phase.stop.signal_name} at step {trainer.state.global_step} of "
                               f"{run.label}; checkpoint saved in {hooks.output_dir}",
                               hint=f"to resume: {phase.rerun_hint}")

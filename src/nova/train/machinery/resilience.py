@@ -133,6 +133,7 @@ class StopRequest:
     at_step: int | None = None
     hard_exit: bool = True
     saving: bool = False
+    trained: str | None = None  # after the last step: what is saved already (a stop then says so, and how to finish)
 
     @property
     def requested(self) -> bool:
@@ -188,6 +189,11 @@ def signal_handling(request: StopRequest, say: Any, log: Any = None, rerun_hint:
         request.signal_name = name
         if not request.saving:
             doing = log.doing[-1].what if log is not None and log.doing else None
+            if request.trained is not None:
+                raise Interrupted(f"{name} received after training{f' ({doing})' if doing else ''}: stopped; "
+                                  f"{request.trained}; skipped: the rest of the phase's finish (forgetting table, "
+                                  "smoke prompts, COMPLETE)", hint="to finish the phase (nothing is trained again)"
+                                  + (f": {rerun_hint}" if rerun_hint else ": run nova train again"))
             when = f" ({doing})" if doing and doing != "training" else " (before the first optimizer step)" \
                 if doing else ""
             raise Interrupted(f"{name} received with no training step under way{when}: nothing to save, "

@@ -173,10 +173,64 @@ def _as_rewards(out: Any, n: int, who: str) -> list[float | None]:
     return [None if v is None else float(v) for v in out]
 
 
-def check_rewards(stage: Any, keys: str = "") -> None:
+def check_rewards(stage: Any, keys: str = "", *, run_code: bool = True) -> None:
     """GRPO's check before the model loads (its spec's ``before_loading``): every reward file imports and
-    names its function. ``keys``: where the stage's keys are in the config (``stages[1].``, or the phase)."""
-    build_rewards(stage.grpo, f"{keys}grpo.rewards")
+    names its function. ``keys``: where the stage's keys are in the config (``stages[1].``, or the phase).
+    ``run_code=False`` (a dry run, which runs no user code): each file is read and parsed, never imported."""
+    if run_code:
+        build_rewards(stage.grpo, f"{keys}grpo.rewards")
+        return
+    for i, spec in enumerate(stage.grpo.rewards):
+        if spec.file is not None:
+            check_user_function_statically(spec, f"{keys}grpo.rewards[{i}]")
+
+
+MAX_REWARD_FILE = 10 * 1024 * 1024  # a reward file is a page of Python; more is not parsed
+
+
+def check_user_function_statically(spec: RewardSpec, key: str) -> None:
+    """The reward file exists, parses as Python and binds ``spec.function`` at its top level (a def, an
+    assignment or an import): read with ``ast``, nothing of it runs."""
+    import ast
+
+    assert spec.file is not None and spec.function is not None
+    path = Path(spec.file).expanduser()
+    shown = printable(spec.file)
+
+    def fail(message: str, hint: str) -> ConfigError:
+        return ConfigError("invalid config", [Problem(key, f"reward file {shown}: {message}", hint)])
+
+    if not path.is_file():
+        raise fail("not found", "paths are relative to the directory nova runs in")
+    if path.stat().st_size > MAX_REWARD_FILE:
+        raise fail(f"more than {MAX_REWARD_FILE} bytes", "a reward file is a short Python file")
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError) as exc:
+        line = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        raise fail(f"is not valid Python{line}: {printable(str(exc))[:200]}", "fix the file") from None
+    bound = _top_level_names(tree)
+    if spec.function not in bound:
+        defs = sorted(n for n, kind in bound.items() if kind == "def" and not n.startswith("_"))
+        raise fail(f"has no function '{spec.function}'", f"functions in it: {', '.join(defs) or 'none'}")
+
+
+def _top_level_names(tree: Any) -> dict[str, str]:
+    """Names a module binds at its top level: ``def`` for functions, ``name`` for anything else."""
+    import ast
+
+    out: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            out[node.name] = "def"
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.update({t.id: "name" for t in targets if isinstance(t, ast.Name)})
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            out.update({(a.asname or a.name).split(".")[0]: "name" for a in node.names})
+        elif isinstance(node, ast.ClassDef):
+            out[node.name] = "name"
+    return out
 
 
 def build_rewards(grpo: GRPOConfig, key: str = "grpo.rewards") -> tuple[list[RewardFn], list[float]]:
