@@ -39,6 +39,11 @@ class DatasetSpec(Section):
     weight: float | None = Field(
         None, gt=0, le=1_000_000, description="Relative share of this source in the training mix: repeats or "
         "samples its records (seeded); when any source has a weight, a source without one counts as 1.")
+    ignore: list[str] = Field(
+        default_factory=list, max_length=100, description="Globs of files in a data directory that are not data "
+        "(e.g. ['*.txt', 'raw/*']), matched case-insensitively against each file's name and its path inside the "
+        "directory. A directory holding files nova cannot read (.txt, .tsv, .zip, ...) is refused unless they are "
+        "named here; either way the data report counts every file not read.")
     enable_thinking: bool | None = Field(
         None, description="Passed to chat templates that take it, for this source's records (a record's own "
         "enable_thinking field wins): Qwen3 with false writes an empty think block into the prompt, the way it "
@@ -76,6 +81,12 @@ class DataConfig(Section):
         "truncate", description="What happens to sequences longer than max_length (always reported).")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="A bad record stops the run ('fail') or is skipped and counted ('skip').")
+    skip_warn_share: float = Field(
+        0.05, ge=0, le=1, description="With on_error: skip, the share of records skipped above which the data report, "
+        "preflight and nova train --dry-run warn, naming the top reasons.")
+    skip_fail_share: float = Field(
+        0.5, ge=0, le=1, description="With on_error: skip, the share of records skipped above which the data is "
+        "refused (preflight fails, training does not start): most of the data being unusable is a bug, not noise.")
     dedup: bool = Field(True, description="Remove exact duplicates (after whitespace normalization) from train.")
     system_prompt: str | None = Field(
         None, description="System message added to chats that have none; also what nova serves with (smoke "

@@ -17,9 +17,9 @@ from nova.data.prompts import FORMAT as PROMPT_FORMAT
 from nova.data.prompts import normalize_prompt
 from nova.data.records import RecordProblem, apply_columns, dedup_key, detect_format, normalize
 from nova.data.report import DataReport, SourceReport
-from nova.data.sources import FileProblem, RawRecord, hub_records, list_files, looks_like_hub_id, read_file
+from nova.data.sources import FileProblem, RawRecord, hub_records, listing, looks_like_hub_id, read_file
 from nova.data.unpaired import normalize_unpaired
-from nova.errors import Problem
+from nova.errors import DataError, Problem
 from nova.methods import method_spec, reading
 
 
@@ -71,12 +71,19 @@ def _load_source(spec: DatasetSpec, index: int, ctx: LoadContext, source: Source
             _file_problem(ctx.report, exc)
             return []
     try:
-        files = list_files(Path(spec.path).expanduser())
+        found = listing(Path(spec.path).expanduser(), spec.ignore)
     except FileProblem as exc:
+        if exc.reason == "cannot_read":  # never skipped: the config must say these files are not data
+            raise DataError(f"data directory {spec.path} holds files nova cannot read",
+                            [Problem(exc.where, exc.message, exc.hint)]) from None
         _file_problem(ctx.report, exc)
         return []
+    if found.directory:
+        source.files_total, source.not_read = found.total, dict(found.not_read)
+        for label, n in found.not_read.items():
+            ctx.report.skipped_files[f"not read: {label}"] += n
     out: list[Example] = []
-    for file in files:
+    for file in found.files:
         source.files += 1
         try:
             header, records = read_file(file)

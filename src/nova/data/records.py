@@ -38,14 +38,27 @@ _MAY_FOLLOW: dict[str, tuple[str | None, ...]] = {
 }
 
 
+# What fixes a record, by reason, for the problems raised without a fix of their own: every data error
+# says what would fix the data (skipping it is a choice, never the fix).
+FIXES = {
+    "invalid_json": "make the line one JSON object (JSON Lines: one record per line)",
+    "not_an_object": 'make each record a JSON object, e.g. {"messages": [...]}',
+    "missing_field": "add the field, or map the file's name for it with columns:",
+    "empty_field": "fill it in or remove the record",
+    "non_string_content": "write the content as text",
+    "no_assistant_turn": "give at least one assistant message loss_weight 1",
+    "not_utf8": "save the file as UTF-8",
+}
+
+
 class RecordProblem(Exception):
-    """A record that cannot be used, with the reason it is counted under."""
+    """A record that cannot be used, with the reason it is counted under and what would fix it."""
 
     def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.hint = hint
+        self.hint = hint or FIXES.get(reason)
 
 
 def detect_format(record: dict[str, Any]) -> str | None:

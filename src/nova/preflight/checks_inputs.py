@@ -15,6 +15,7 @@ from nova.config.data_schema import DataConfig, DatasetSpec
 from nova.config.schema import ModelConfig, StageConfig
 from nova.data import sources
 from nova.data.formats import BY_NAME
+from nova.data.listing import compression, data_suffix
 from nova.data.records import RecordProblem, apply_columns, detect_format
 from nova.errors import NovaError, ProblemList
 from nova.files import MiB
@@ -28,6 +29,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 # The largest file preflight reads, by suffix (others: READ_WHOLE). JSON and CSV are parsed whole;
 # JSON Lines are peeked at by their first line and counted by lines; Parquet counted from its footer.
 READ_WHOLE = 64 * MiB
+COMPRESSION_RATIO = 8  # a .gz/.zst file is sized as if it held this many times its bytes
 PEEK_LIMITS = {".jsonl": math.inf}
 COUNT_LIMITS = {".jsonl": 512 * MiB, ".parquet": math.inf}
 
@@ -80,14 +82,15 @@ def _source_files(spec: DatasetSpec) -> list[Path] | None:
     if sources.looks_like_hub_id(spec.path):
         return None
     try:
-        return sources.list_files(Path(spec.path).expanduser())
+        return sources.list_files(Path(spec.path).expanduser(), spec.ignore)
     except sources.FileProblem:
         return None
 
 
 def _small_enough(path: Path, limits: dict[str, float]) -> bool:
     """Whether reading ``path`` this way stays within preflight's second (see PEEK_LIMITS, COUNT_LIMITS)."""
-    return path.stat().st_size <= limits.get(path.suffix.lower(), READ_WHOLE)
+    limit = limits.get(data_suffix(path) or "", READ_WHOLE)
+    return path.stat().st_size * (COMPRESSION_RATIO if compression(path) else 1) <= limit
 
 
 def check_chat_template(model: ModelConfig, source: ModelSource, stages: list[StageConfig]) -> Check:
@@ -129,24 +132,30 @@ def tokenizer_chat_template(directory: Path) -> str | None:
 
 
 def check_data(label: str, stage: StageConfig) -> tuple[Check, int | None]:
-    """nova.data's own validation; the record count feeds the schedule check."""
+    """nova.data's own validation; the record count feeds the schedule check. A skipped share above
+    data.skip_warn_share warns and above skip_fail_share fails, as the dry run and training judge it."""
     if not stage.data.datasets:
         return Check(label, "fail", "data.datasets is empty", "add at least one training file under "
                      "data.datasets"), None
     from nova.data import check_data as data_check
+    from nova.data.skipped import skipped_verdict
 
     try:
         report = data_check(stage.data, method=stage.method, dpo=stage.length_settings)
     except ProblemList as exc:
         shown = "; ".join(p.render() for p in exc.problems[:3])
         more = f" (+{len(exc.problems) - 3} more)" if len(exc.problems) > 3 else ""
+        fix = next((p.hint for p in exc.problems if p.hint), None)
         return Check(label, "fail", f"{exc.title}: {shown}{more}",
-                     "run 'nova data check' for the full list, or set data.on_error: skip"), None
+                     (f"{fix}; " if fix else "") + "'nova data check' lists every problem"), None
     except NovaError as exc:
         return Check(label, "fail", exc.message, exc.hint or "run 'nova data check'"), None
     count = report.train_records if report.train_records > 0 else None
     held = report.eval_records
     text = (f"{count} training records" if count else "data is valid") + (f", {held} held out" if held else "")
+    verdict = skipped_verdict(report, stage.data)
+    if verdict is not None:
+        return Check(label, verdict[0], f"{text}; {verdict[1]}", verdict[2]), count
     if 0 < held < HOLDOUT_MIN:
         return Check(label, "warn", f"{text}: an eval loss over {held} record{'s' if held > 1 else ''} is noise",
                      f"hold out at least {HOLDOUT_MIN}: raise data.eval_split (now {stage.data.eval_split:g}), "

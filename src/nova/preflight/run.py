@@ -259,7 +259,12 @@ def _data(report: PreflightReport, name: str, stage: StageConfig, enabled: bool)
     """The data check (or its skip); returns the training record count for the schedule check."""
     if not enabled:
         report.add(Check(name, "skip", "data check turned off"))
-        return count_records(stage.data) if stage.data.datasets else None
+        if not stage.data.datasets:
+            return None
+        from nova.data.pipeline import checked_train_records  # the dry run's own count, when it checked the data
+
+        known = checked_train_records(stage.data, stage.method)
+        return known if known is not None else count_records(stage.data)
     check, records = check_data(name, stage)
     report.add(check)
     if records is None and stage.data.datasets:
