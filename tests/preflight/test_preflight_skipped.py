@@ -13,14 +13,15 @@ from nova.errors import DataError
 from nova.preflight import run_preflight
 
 
-def _config(tmp: Path, good: int, bad: int, **data: object) -> LoadedConfig:
+def _config(tmp: Path, good: int, bad: int, lr: float = 2e-4, **data: object) -> LoadedConfig:
     path = tmp / "mixed.jsonl"
     rows = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
             for i in range(good)] + ["{oops"] * bad
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     cfg = {"name": "pf", "output_dir": str(tmp / "run"), "model": {"base": str(model_dir(tmp))},
            "data": {"datasets": [{"path": str(path)}], "on_error": "skip", **data},
-           "training": {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_steps": 10}}
+           "training": {"micro_batch_size": 1, "gradient_accumulation_steps": 1, "max_steps": 10,
+                        "learning_rate": lr}}
     (tmp / "phase.yaml").write_text(yaml.safe_dump(cfg))
     return load_yaml_config(tmp / "phase.yaml")
 
@@ -58,10 +59,11 @@ def test_training_refuses_data_above_the_fail_share(tmp_path: Path) -> None:
 def test_the_dry_run_schedule_counts_the_records_its_data_check_kept(tmp_path: Path) -> None:
     from nova.train.dryrun import dry_run
 
-    loaded = _config(tmp_path, good=16, bad=4, skip_warn_share=0.5)  # 16 kept -> 14 train, 2 held out
+    loaded = _config(tmp_path, good=16, bad=4, lr=5e-6, skip_warn_share=0.5)  # 16 kept -> 14 train, 2 held out
     out = dry_run(loaded)
     text = "\n".join(out.lines)
     assert "train 14, eval 2" in text
+    assert "(fix: raise training.learning_rate to about 0.0002" in text  # a warning of the dry run has its fix
     pf = run_preflight(loaded, probe=no_gpu(), check_data=False)  # as the dry run calls it
     schedule = next(c for c in pf.checks if c.name == "schedule")
     assert "over 14 records" in schedule.message, schedule.message

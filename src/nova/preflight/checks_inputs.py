@@ -23,6 +23,7 @@ from nova.preflight.model_source import ModelSource
 from nova.preflight.report import Check
 
 EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
+WARMUP_MAX = 0.2  # warmup over more of the run than this: most steps train below the learning rate
 HOLDOUT_MIN = 5  # fewer held-out records than a handful: the eval loss (early stopping, alerts) is noise
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
@@ -174,12 +175,15 @@ def check_learning_rate(label: str, stage: StageConfig, *, full: bool = False) -
     kind, what = ("full fine-tuning", "the model") if full else ("LoRA", "the adapter")
     if lr < low:
         return Check(label, "warn", f"learning_rate {lr:g} is low for {kind} {stage.method} (typical "
-                     f"{low:g}..{high:g}); {what} will barely learn",
-                     f"raise training.learning_rate to about {rates.suggested:g}")
+                     f"{low:g}..{high:g}, {rates.suggested / lr:.0f}x below the usual {rates.suggested:g}); "
+                     f"{what} will barely learn",
+                     f"raise training.learning_rate to about {rates.suggested:g}, the typical rate for {kind} "
+                     f"{stage.method}")
     if lr > high:
         return Check(label, "warn", f"learning_rate {lr:g} is high for {kind} {stage.method} (typical "
                      f"{low:g}..{high:g}); expect loss spikes or divergence",
-                     f"lower training.learning_rate to about {rates.suggested:g}")
+                     f"lower training.learning_rate to about {rates.suggested:g}, the typical rate for {kind} "
+                     f"{stage.method}")
     return Check(label, "pass", f"learning_rate {lr:g} (typical {low:g}..{high:g})")
 
 
@@ -205,6 +209,37 @@ def check_schedule(label: str, stage: StageConfig, records: int | None) -> Check
         return Check(label, "warn", f"{msg}: under a third of the data is seen",
                      "raise training.max_steps (or use num_epochs: 1)")
     return Check(label, "pass", msg)
+
+
+def run_steps(stage: StageConfig, records: int | None) -> int | None:
+    """Optimizer steps of a stage: max_steps, else epochs over the records (None without a count)."""
+    t = stage.training
+    if t.max_steps is not None:
+        return t.max_steps
+    if not records:
+        return None
+    per_step = max(1, t.effective_batch_size // stage.spec.group_size(stage.method_settings))
+    return max(1, math.ceil(records / per_step * t.num_epochs))
+
+
+def check_warmup(label: str, stage: StageConfig, records: int | None) -> Check:
+    """Warmup over more than WARMUP_MAX of the run leaves little of it at the intended learning rate."""
+    t = stage.training
+    steps = run_steps(stage, records)
+    if t.warmup_steps is None:
+        share, what = t.warmup_ratio, f"warmup_ratio {t.warmup_ratio:g}"
+    elif steps:
+        share, what = t.warmup_steps / steps, f"warmup_steps {t.warmup_steps} of {steps} steps"
+    else:
+        return Check(label, "skip", f"warmup_steps {t.warmup_steps}: cannot tell the run's steps without a record "
+                     "count")
+    if share > WARMUP_MAX:
+        longer = " (longer than the run: it never reaches the learning rate)" if share >= 1 else ""
+        fix = (f"set training.warmup_steps to about {max(1, round(steps * 0.05))} (5% of {steps} steps)" if steps
+               else "") or "set training.warmup_ratio to about 0.05"
+        return Check(label, "warn", f"{what} = {share:.0%} of the run{longer}; most of the run trains below "
+                     f"the learning rate", fix + ", or unset warmup_steps and use warmup_ratio: 0.05")
+    return Check(label, "pass", f"{what} = {share:.0%} of the run")
 
 
 def count_records(data: DataConfig) -> int | None:

@@ -30,6 +30,7 @@ from nova.preflight.checks_inputs import (
     check_learning_rate,
     check_model,
     check_schedule,
+    check_warmup,
     count_records,
 )
 from nova.preflight.checks_memory import MemoryContext, check_memory, planned_settings
@@ -180,6 +181,7 @@ def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: 
     records = _data(report, f"data{suffix}", cfg, with_data)
     report.add(check_learning_rate(f"learning_rate{suffix}", cfg, full=ph.full))
     report.add(check_schedule(f"schedule{suffix}", cfg, records))
+    report.add(check_warmup(f"warmup{suffix}", cfg, records))
     return est, auto
 
 

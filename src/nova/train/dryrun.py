@@ -96,7 +96,7 @@ def _preflight_lines(loaded: LoadedConfig, plan: Plan, out: DryRun) -> None:
     out.lines.append(f"preflight: {report.verdict}")
     for check in report.checks:
         if check.status == "warn":
-            out.lines.append(f"  warn {check.name}: {check.message}")
+            out.lines.append(f"  warn {check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else ""))
         elif check.status == "fail":
             out.missing.append(f"{check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else ""))
 
