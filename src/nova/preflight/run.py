@@ -177,7 +177,7 @@ def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: 
     auto: dict[str, Any] | None = None
     if shape is not None:
         ctx = MemoryContext(snap, gpu, env.cpu.ram_available_bytes, apple)
-        est, auto = _memory(report, plan, f"memory{suffix}", shape, ph, stage, ctx, world)
+        est, auto = _memory(report, plan, f"memory{suffix}", shape, ph, stage, ctx, world, env.cpu.bf16)
     records = _data(report, f"data{suffix}", cfg, with_data)
     report.add(check_learning_rate(f"learning_rate{suffix}", cfg, full=ph.full))
     report.add(check_schedule(f"schedule{suffix}", cfg, records))
@@ -238,12 +238,13 @@ def _shape(source: ModelSource, report: PreflightReport, plan: Plan, ph: Planned
 
 
 def _memory(report: PreflightReport, plan: Plan, name: str, shape: ModelShape, ph: PlannedPhase,
-            stage: PlannedStage, ctx: MemoryContext, world: int = 1) -> tuple[Estimate, dict[str, Any] | None]:
+            stage: PlannedStage, ctx: MemoryContext, world: int = 1,
+            cpu_bf16: bool = False) -> tuple[Estimate, dict[str, Any] | None]:
     """The memory check of one stage (per rank with several); returns its estimate and the auto-fit choice."""
     from dataclasses import replace
 
     cfg = stage.config
-    settings = planned_settings(shape, ph, stage, on_gpu=ctx.gpu is not None, apple=ctx.apple)
+    settings = planned_settings(shape, ph, stage, on_gpu=ctx.gpu is not None, apple=ctx.apple, cpu_bf16=cpu_bf16)
     if world > 1:
         replica = replace(settings, ddp=True)
         free = ctx.gpu.free_bytes if ctx.gpu is not None else None
