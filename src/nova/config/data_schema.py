@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from nova.config.base import MAX_RECORDS, MAX_TOKENS, Section
 from nova.data.formats import FIELDS, FORMAT_CHOICES, FORMATS
 from nova.errors import printable
+from nova.files import did_you_mean, looks_like_local_path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?<!\.jsonl)(?<!\.json)(?<!\.csv)(?<!\.parquet)$")
 
@@ -34,6 +35,10 @@ class DatasetSpec(Section):
         description="Map the file's field names to nova's, e.g. {prompt: question, chosen: response_j}. nova's "
         f"fields: {', '.join(FIELDS)}; and for a grpo stage the fields its rewards read, of any name.",
     )
+    roles: dict[str, Literal["system", "user", "assistant", "tool"]] = Field(
+        default_factory=dict, description="Map the file's role values to nova's, in every message's role (or "
+        "ShareGPT's from), e.g. {chatgpt: assistant, model: assistant, human: user}; recorded, and part of the data's "
+        "fingerprint.")
     max_samples: int | None = Field(
         None, gt=0, le=MAX_RECORDS, description="Use at most this many records of this source (the first valid ones).")
     weight: float | None = Field(
@@ -60,9 +65,11 @@ class DatasetSpec(Section):
         # its own clear message.
         path = Path(value).expanduser()
         # "data/doica" where ./data exists is a mistyped local path, not a hub id.
-        looks_local = not _HUB_ID.match(value) or path.parent.is_dir()
+        looks_local = not _HUB_ID.match(value) or path.parent.is_dir() or looks_like_local_path(value)
         if not path.exists() and looks_local:
-            raise ValueError(f"data file or directory not found: {printable(value)}")
+            close = did_you_mean(value)
+            raise ValueError(f"data file or directory not found: {printable(value)}"
+                             + (f" (did you mean {printable(close)}?)" if close else ""))
         return value
 
 

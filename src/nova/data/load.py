@@ -15,7 +15,7 @@ from nova.config.data_schema import DatasetSpec
 from nova.data import formats
 from nova.data.prompts import FORMAT as PROMPT_FORMAT
 from nova.data.prompts import normalize_prompt
-from nova.data.records import RecordProblem, apply_columns, dedup_key, detect_format, normalize
+from nova.data.records import RecordProblem, apply_columns, apply_roles, dedup_key, detect_format, normalize
 from nova.data.report import DataReport, SourceReport
 from nova.data.sources import FileProblem, RawRecord, hub_records, listing, looks_like_hub_id, read_file
 from nova.data.unpaired import normalize_unpaired
@@ -183,7 +183,7 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
     if raw.problem is not None:
         raise raw.problem
     assert raw.data is not None
-    record = apply_columns(raw.data, spec.columns)
+    record = apply_roles(apply_columns(raw.data, spec.columns), spec.roles)
     if ctx.records == "prompts":
         return _prompt_record(record, spec, ctx)
     detected = detect_format(record)

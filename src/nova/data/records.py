@@ -78,6 +78,31 @@ def apply_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, 
     return out
 
 
+_MESSAGE_FIELDS = ("messages", "conversations", "prompt", "completion", "chosen", "rejected", "chosen_messages",
+                   "rejected_messages")
+
+
+def apply_roles(record: dict[str, Any], roles: dict[str, str]) -> dict[str, Any]:
+    """Rename role values (``roles`` maps the file's value -> nova's role: ``chatgpt: assistant``) in the
+    ``role``/``from`` of every message of the record, before it is read; the record is not changed in place."""
+    if not roles:
+        return record
+
+    def message(m: Any) -> Any:
+        if not isinstance(m, dict):
+            return m
+        return {k: roles.get(v, v) if k in ("role", "from") and isinstance(v, str) else v for k, v in m.items()}
+
+    out = dict(record)
+    for name in _MESSAGE_FIELDS:
+        value = out.get(name)
+        if isinstance(value, list):
+            out[name] = [message(m) for m in value]
+        elif isinstance(value, dict):
+            out[name] = message(value)
+    return out
+
+
 def normalize(record: dict[str, Any], fmt: str, *, system_prompt: str | None = None,
               enable_thinking: bool | None = None) -> dict[str, Any]:
     """Normalize one record of a known format (raises RecordProblem). ``enable_thinking`` is the
@@ -180,7 +205,8 @@ def _message(raw: Any, where: str, *, sharegpt: bool) -> dict[str, Any]:
     mapped = SHAREGPT_ROLES.get(role) if sharegpt else (role if role in ROLES else None)
     if mapped is None:
         known = sorted(SHAREGPT_ROLES) if sharegpt else list(ROLES)
-        raise RecordProblem("unknown_role", f"{where} has unknown role '{role}'", f"use one of {', '.join(known)}")
+        raise RecordProblem("unknown_role", f"{where} has unknown role '{role}'", f"use one of {', '.join(known)}, "
+                            f"or map it on the dataset: roles: {{{role}: assistant}}")
     has_calls = bool(raw.get("tool_calls"))
     if content_key not in raw and not has_calls:
         raise RecordProblem("missing_field", f"{where} has no '{content_key}'")

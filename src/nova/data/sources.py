@@ -23,6 +23,7 @@ import orjson
 
 from nova.data.listing import FileProblem, compression, data_suffix, decompress_errors, list_files, listing, open_stream
 from nova.data.records import RecordProblem
+from nova.files import looks_like_local_path
 
 BOM = b"\xef\xbb\xbf"
 MiB = 1024 * 1024
@@ -52,7 +53,7 @@ class RawRecord:
 def looks_like_hub_id(path: str) -> bool:
     """'owner/name' that is not a local path: a Hugging Face hub dataset id."""
     return bool(_HUB_ID.match(path)) and not Path(path).expanduser().exists() and \
-        data_suffix(Path(path)) is None
+        data_suffix(Path(path)) is None and not looks_like_local_path(path)
 
 
 def read_file(path: Path) -> tuple[list[str] | None, Iterator[RawRecord]]:

@@ -19,7 +19,7 @@ from nova.data.listing import compression, data_suffix
 from nova.data.records import RecordProblem, apply_columns, detect_format
 from nova.errors import NovaError, ProblemList
 from nova.files import MiB
-from nova.preflight.model_source import ModelSource
+from nova.preflight.model_source import ModelSource, hub_download_command
 from nova.preflight.report import Check
 
 EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
@@ -46,10 +46,13 @@ def check_model(source: ModelSource) -> Check:
         return Check("model", "pass", source.message)
     if source.kind == "hub_remote":
         return Check("model", "warn", f"{source.message}; it will be downloaded on the first run",
-                     f"download it ahead: huggingface-cli download {source.base}")
+                     f"download it ahead: {hub_download_command(source.base)}")
+    if source.message.startswith("local path "):
+        return Check("model", "fail", source.message, "fix model.base (a local directory with config.json or a "
+                     ".gguf file)")
     return Check("model", "fail", source.message,
                  "check model.base (a local directory with config.json, a .gguf file, or a hub id); for a hub id "
-                 f"run 'huggingface-cli download {source.base}' while online")
+                 f"run '{hub_download_command(source.base)}' while online")
 
 
 def needs_chat_template(data: DataConfig) -> bool | None:

@@ -225,6 +225,9 @@ def _named(check: Check, plan: Plan, ph: PlannedPhase) -> Check:
 
 def _shape(source: ModelSource, report: PreflightReport, plan: Plan, ph: PlannedPhase) -> ModelShape | None:
     """The model's shape from its config.json, or a warning saying why memory cannot be estimated."""
+    if source.config is None and source.kind == "missing":  # the model check fails and says why, once
+        report.add(_named(Check("memory", "skip", "no model to size (see the model check)"), plan, ph))
+        return None
     if source.config is None:
         report.add(_named(Check("memory", "warn", f"cannot estimate without config.json ({source.message})",
                                 "make model.base a local directory with config.json, or download the hub model "
