@@ -250,7 +250,8 @@ def _tokenize(examples: list[Example], encoder: Encoder, cfg: DataConfig, report
     for i, s in enumerate(status):
         if s.startswith("error:"):
             _, reason, message = s.split(":", 2)
-            report.add_problem(reason, Problem(cols["where"][i], message))
+            message, _, hint = message.partition("\x1f")
+            report.add_problem(reason, Problem(cols["where"][i], message, hint or None))
         elif s == TOO_LONG:
             report.dropped_too_long += 1
         elif s == NO_TRAINED:  # truncation cut off every trained token: as good as too long
