@@ -11,6 +11,7 @@ so a token that straddles a boundary is never split.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -97,6 +98,7 @@ class Encoder:
         # costing seconds of tokenization (the record is still counted as overlong).
         longest = max((len(t) for t in tokenizer.get_vocab()), default=16)
         self.char_cap = (max(max_length, max_prompt_length, max_completion_length) + 16) * max(longest, 4) + 1024
+        self.turns = replace(self.turns, char_cap=self.char_cap)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """datasets.map entry point: examples arrive as JSON strings (Arrow has no schema for chats).

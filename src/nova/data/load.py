@@ -153,6 +153,7 @@ def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: Sourc
         report.read += 1
         try:
             fmt, example = _validate(raw, spec, file_format, ctx)
+            key = _key(example)
         except RecordProblem as exc:
             source.skipped += 1
             report.add_problem(exc.reason, Problem(raw.where, exc.message, exc.hint))
@@ -162,11 +163,22 @@ def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: Sourc
             continue
         file_format = file_format or fmt
         formats[fmt] += 1
-        out.append(Example(raw.where, example, dedup_key(example), index))
+        out.append(Example(raw.where, example, key, index))
     source.kept += len(out)
     for fmt, n in formats.items():
         source.formats[fmt] = source.formats.get(fmt, 0) + n
     return out
+
+
+def _key(example: dict[str, Any]) -> str:
+    """The example's dedup key; a lone surrogate (JSON's "\\ud800" unpaired, which no tokenizer can encode) is a
+    problem of the record, found here where its text is first encoded."""
+    try:
+        return dedup_key(example)
+    except UnicodeEncodeError as exc:
+        char = exc.object[exc.start:exc.start + 1].encode("ascii", "backslashreplace").decode("ascii")
+        raise RecordProblem("not_utf8", f"the text holds a lone surrogate ({char}), which is not a character",
+                            "fix the escape: a \\ud800-\\udfff escape must be one of a pair") from None
 
 
 def _skip_rest(records: Any, source: SourceReport, report: DataReport) -> None:

@@ -26,6 +26,7 @@ from nova.data import formats
 from nova.data.reasoning import FIELD, ReasoningProblem, might_have_reasoning, split_reasoning
 
 ROLES = ("system", "user", "assistant", "tool")
+MAX_MESSAGES = 1000  # messages in one chat; nova.data.turns renders a prefix per trained turn (docs/data.md)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool", "observation": "tool", "function": "tool",
                   "function_call": "assistant"}
@@ -230,6 +231,10 @@ def read_messages(value: Any, name: str, *, sharegpt: bool) -> list[dict[str, An
         raise RecordProblem("non_string_content", f"'{name}' is {type(value).__name__}, expected a list of messages")
     if not value:
         raise RecordProblem("empty_field", f"'{name}' is empty")
+    if len(value) > MAX_MESSAGES:  # each trained turn renders its prefix: the cost grows with the square
+        raise RecordProblem("too_complex", f"'{name}' has {len(value)} messages, more than {MAX_MESSAGES} in one chat",
+                            f"split it into chats of at most {MAX_MESSAGES} messages (max_length keeps only the first "
+                            "tokens of a chat anyway)")
     out = []
     for i, m in enumerate(value):
         plain = None if sharegpt else _plain_message(m)

@@ -22,13 +22,13 @@ from typing import Any, BinaryIO
 import orjson
 
 from nova.data.listing import FileProblem, compression, data_suffix, decompress_errors, list_files, listing, open_stream
+from nova.data.parquet import open_parquet
 from nova.data.records import RecordProblem
 from nova.files import looks_like_local_path
 
 BOM = b"\xef\xbb\xbf"
 MiB = 1024 * 1024
 BLOCK = MiB  # JSON Lines are parsed a block at a time: memory near one block, not 2-3x the file
-PARQUET_BATCH = 4096  # rows per record batch read from a Parquet file
 MAX_LINE = 64 * MiB  # one record; a longer line is reported (and skipped) instead of filling memory
 MAX_DECOMPRESSED = 2048 * MiB  # a compressed JSON file is parsed whole: a file inflating past this is refused
 # Fields that hold structure; in CSV and Parquet cells they may be JSON-encoded.
@@ -401,29 +401,10 @@ def _read_csv(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
 
 
 def _read_parquet(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
-    """Rows a record batch at a time (``iter_batches``): memory near one batch, not the whole table."""
-    from nova.lazy import require
-
-    pq = require("pyarrow.parquet")
-    try:
-        parquet = pq.ParquetFile(path)
-    except OSError as exc:
-        raise FileProblem("unreadable", str(path), f"cannot read: {exc}") from None
-    except Exception as exc:  # pyarrow raises ArrowInvalid for corrupt files
-        raise FileProblem("unreadable", str(path), f"not a readable Parquet file: {exc}") from None
-    header = list(parquet.schema_arrow.names)
-
-    def rows() -> Iterator[RawRecord]:
-        index = 0
-        try:
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH):
-                for r in batch.to_pylist():
-                    yield RawRecord(f"{path}[{index}]", {k: _cell(k, v) for k, v in r.items()})
-                    index += 1
-        except (OSError, ValueError) as exc:  # a corrupt row group (ArrowInvalid is a ValueError)
-            raise FileProblem("unreadable", f"{path}[{index}]", f"not a readable Parquet file: {exc}") from None
-
-    return header, rows()
+    """Rows a record batch at a time, every row's text measured before it is read (nova.data.parquet)."""
+    header, rows = open_parquet(path)
+    return header, (RawRecord(where, None if data is None else {k: _cell(k, v) for k, v in data.items()}, problem)
+                    for where, data, problem in rows)
 
 
 def hub_records(name: str) -> Iterator[RawRecord]:
