@@ -30,7 +30,8 @@ def test_roles_map_a_files_role_values(tmp_path: Path, record: dict[str, object]
     path = _file(tmp_path, record)
     with pytest.raises(DataError) as info:
         check_data(data_cfg(path), method="sft")
-    assert f"unknown role '{role}'" in info.value.lines()[0] and f"roles: {{{role}: assistant}}" in info.value.lines()[0]
+    first = info.value.lines()[0]
+    assert f"unknown role '{role}'" in first and f"roles: {{{role}: assistant}}" in first
     report = check_data(data_cfg(DatasetSpec(path=str(path), roles={role: "assistant"})), method="sft")
     assert report.kept == 1
 

@@ -16,7 +16,7 @@ SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 def test_preflight_precision_is_the_placement_training_chooses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                bf16: str) -> None:
     torch = pytest.importorskip("torch")
-    if torch.cuda.is_available() or getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if torch.cuda.is_available() or (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         pytest.skip("compares the CPU path")
     from nova.model.loading import choose_placement
 

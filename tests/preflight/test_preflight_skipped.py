@@ -79,3 +79,16 @@ def test_data_errors_say_what_fixes_the_data_not_on_error(tmp_path: Path) -> Non
         check_data(loaded.config.stages[0].data, method="sft")  # type: ignore[union-attr]
     text = "\n".join(info.value.lines())
     assert "on_error" not in text and "would skip" not in text and "(make the line one JSON object" in text
+
+
+def test_preflight_names_the_files_of_a_data_directory_it_did_not_read(tmp_path: Path) -> None:
+    _config(tmp_path, good=10, bad=0, eval_split=0)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "mixed.jsonl").rename(folder / "part.JSONL")
+    (folder / "notes.md").write_text("about", encoding="utf-8")
+    cfg = yaml.safe_load((tmp_path / "phase.yaml").read_text())
+    cfg["data"]["datasets"] = [{"path": str(folder)}]
+    (tmp_path / "phase.yaml").write_text(yaml.safe_dump(cfg))
+    check = _data_check(load_yaml_config(tmp_path / "phase.yaml"))
+    assert check.status == "pass" and f"{folder}: 1 of 2 files read; not read: 1 .md" in check.message  # type: ignore[attr-defined]

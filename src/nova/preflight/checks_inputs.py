@@ -157,6 +157,8 @@ def check_data(label: str, stage: StageConfig) -> tuple[Check, int | None]:
     count = report.train_records if report.train_records > 0 else None
     held = report.eval_records
     text = (f"{count} training records" if count else "data is valid") + (f", {held} held out" if held else "")
+    text += "".join(f"; {s.path}: {line}" for s in [*report.sources, *report.eval_sources]
+                    if (line := s.files_line()) is not None)  # a directory: what was read, what was not and why
     verdict = skipped_verdict(report, stage.data)
     if verdict is not None:
         return Check(label, verdict[0], f"{text}; {verdict[1]}", verdict[2]), count
