@@ -16,7 +16,7 @@ def skipped_verdict(report: DataReport, cfg: DataConfig) -> tuple[str, str, str]
     data.skip_fail_share; None when it is not. The data report, preflight, the dry run and training all
     read it from here, so they agree."""
     skipped = sum(report.skipped.values())
-    if not report.read or not skipped:
+    if not report.read or not skipped or skipped == report.read:  # none kept: "no usable training records" says it
         return None
     share = skipped / report.read
     level = ("fail" if share > cfg.skip_fail_share else "warn" if share > cfg.skip_warn_share else None)
