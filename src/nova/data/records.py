@@ -344,7 +344,7 @@ def _template_options(record: dict[str, Any], example: dict[str, Any], default_t
     if thinking is not None:
         if not isinstance(thinking, bool):
             raise RecordProblem("non_string_content", f"'enable_thinking' is {type(thinking).__name__}, expected "
-                                "true or false")
+                                "true or false", "write it as JSON true or false, without quotes")
         if not thinking and example.get("reasoning"):
             raise RecordProblem("bad_reasoning", "enable_thinking is false but a reply has reasoning",
                                 "drop the reasoning or set enable_thinking: true")
