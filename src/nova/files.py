@@ -96,8 +96,34 @@ _WINDOWS_ROOT = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # d:\ or d:/, or a UNC 
 
 
 def looks_like_local_path(text: str) -> bool:
-    """A local path rather than a hub id: ./x, /x, ~/x, or a Windows path (d:\\x, d:/x, \\\\server\\x, a\\b)."""
-    return text.startswith((".", "/", "~")) or bool(_WINDOWS_ROOT.match(text)) or "\\" in text
+    """A local path rather than a hub id: ./x, /x, ~/x, a Windows path (d:\\x, d:/x, \\\\server\\x, a\\b), or
+    owner/name whose first component is a local directory (``mydata/chats`` where ``mydata/`` exists: a
+    mistyped local path, never a hub request)."""
+    if text.startswith((".", "/", "~")) or bool(_WINDOWS_ROOT.match(text)) or "\\" in text:
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and first not in ("", "..") and Path(first).is_dir()
+
+
+def did_you_mean(text: str) -> str | None:
+    """The entry beside a missing path whose name is closest to it (``models/smollm2`` for
+    ``models/smolm2``, ``data/chat.jsonl`` for ``data/chats``), spelled as the user wrote the directory;
+    None when the directory does not exist or nothing is close."""
+    import difflib
+
+    path = Path(text).expanduser()
+    parent = path.parent
+    try:
+        names = [p.name for p in parent.iterdir()][:10_000] if parent.is_dir() else []
+    except OSError:
+        return None
+    stems = {n.split(".", 1)[0] if not n.startswith(".") else n: n for n in names}
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6) or \
+        [stems[s] for s in difflib.get_close_matches(path.name.split(".", 1)[0], list(stems), n=1, cutoff=0.6)]
+    if not close:
+        return None
+    head, sep, _ = text.rstrip("/\\").rpartition("/")
+    return f"{head}{sep}{close[0]}"
 
 
 def dir_size(path: Path) -> int:

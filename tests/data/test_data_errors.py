@@ -209,3 +209,38 @@ def test_fractional_loss_weight_is_rejected(tmp_path: Path) -> None:
                         {"role": "assistant", "content": "x", "loss_weight": 0.5}]}
     message = _one(_fail(write_jsonl(tmp_path / "w.jsonl", [row])))
     assert message.startswith(f"{tmp_path / 'w.jsonl'}:1: messages[1].loss_weight is 0.5, expected 0 or 1")
+
+
+def test_a_lone_surrogate_is_a_record_problem_not_an_internal_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    bad = GOOD.replace('"hello"', '"half \\ud800 a pair"')
+    path.write_text(f"{GOOD}\n{bad}\n", encoding="utf-8")
+    assert _one(_fail(path)).startswith(f"{path}:2: the text holds a lone surrogate (\\ud800)")
+
+
+def test_a_chat_of_more_messages_than_the_bound_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    from nova.data.records import MAX_MESSAGES
+
+    turns = [{"role": r, "content": "x"} for _ in range(10_000) for r in ("user", "assistant")]
+    path = write_jsonl(tmp_path / "long.jsonl", [{"messages": turns}])
+    start = time.monotonic()
+    text = _one(_fail(path))
+    assert time.monotonic() - start < 5
+    assert f"'messages' has 20000 messages, more than {MAX_MESSAGES} in one chat" in text
+
+
+def test_turns_past_the_truncation_point_are_not_located(tmp_path: Path, tok: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans are located turn by turn (a render per prefix); turns truncation cuts are skipped: the renders of a
+    long chat stay near those of its first max_length tokens."""
+    from nova.data.template import ChatTemplate
+
+    calls = []
+    render = ChatTemplate.render
+    monkeypatch.setattr(ChatTemplate, "render", lambda self, *a, **k: calls.append(1) or render(self, *a, **k))
+    turns = [{"role": r, "content": "word " * 5} for _ in range(400) for r in ("user", "assistant")]
+    path = write_jsonl(tmp_path / "long.jsonl", [{"messages": turns}])
+    report = check_data(data_cfg(path, max_length=256), method="sft", tokenizer=tok)
+    assert report.truncated == 1 and len(calls) < 200  # 800 messages: 400 trained turns, 2 renders each uncut

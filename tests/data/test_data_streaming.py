@@ -135,10 +135,40 @@ def test_parquet_is_read_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(sources, "PARQUET_BATCH", 3)
+    from nova.data import parquet
+
+    monkeypatch.setattr(parquet, "PARQUET_BATCH", 3)
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(10)], "completion": ["a"] * 10}), path)
     header, records = read_file(path)
     rows = list(records)
     assert header == ["prompt", "completion"] and len(rows) == 10
     assert rows[7].where == f"{path}[7]" and rows[7].data == {"prompt": "q7", "completion": "a"}
+
+
+def test_a_parquet_file_that_inflates_without_bound_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "bomb.parquet"  # a few hundred bytes holding 4,600 copies of a 1 MiB text: 4.8 GB read
+    cells = pa.DictionaryArray.from_arrays(pa.array([0] * 4600, pa.int32()), pa.array(["a" * 2**20]))
+    pq.write_table(pa.table({"text": cells}), path, compression="zstd")
+    assert path.stat().st_size < 4096
+    with pytest.raises(FileProblem) as err:
+        list(read_file(path)[1])
+    assert err.value.message.startswith("its text inflates to more than 1024 MiB (1000x the file's size)")
+
+
+def test_a_parquet_cell_is_bounded_like_a_jsonl_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nova.data import parquet
+
+    monkeypatch.setattr(parquet, "MAX_CELL", 1000)
+    path = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"text": ["short", "x" * 5000, "fine"]}), path)
+    rows = list(read_file(path)[1])
+    assert [r.data for r in rows] == [{"text": "short"}, None, {"text": "fine"}]
+    assert rows[1].where == f"{path}[1]" and rows[1].problem is not None
+    assert rows[1].problem.reason == "too_complex" and "more than 0 MiB" in rows[1].problem.message

@@ -56,7 +56,7 @@ def test_bad_prompt_records_name_file_line_and_are_counted(tmp_path: Path) -> No
     assert found[1].startswith(f"{path}:3: missing field 'answer'") and "grpo.rewards" in found[1]
     assert found[2].startswith(f"{path}:4: the prompt ends with a 'assistant' turn")
     assert found[3].startswith(f"{path}:5: 'prompt' is empty")
-    report = check_data(data_cfg(path, on_error="skip"), method="grpo", dpo=GRPO)
+    report = check_data(data_cfg(path, on_error="skip", skip_fail_share=1), method="grpo", dpo=GRPO)
     assert (report.read, report.kept, sum(report.skipped.values())) == (5, 1, 4)  # nothing dropped silently
     assert report.skipped["missing_field"] == 2
 

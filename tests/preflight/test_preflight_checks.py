@@ -10,7 +10,7 @@ from preflight_support import FIXTURES, busy_4090, cuda_env, loaded, no_gpu
 
 from nova.config.schema import StageConfig, TrainingConfig
 from nova.preflight import run_preflight
-from nova.preflight.checks_inputs import check_learning_rate, check_schedule
+from nova.preflight.checks_inputs import check_learning_rate, check_schedule, check_warmup
 from nova.preflight.environment import cpu_info, known_bad
 from nova.preflight.model_source import resolve_model
 
@@ -19,12 +19,34 @@ def _stage(method: str = "sft", **training: object) -> StageConfig:
     return StageConfig(method=method, training=TrainingConfig(**training))
 
 
-@pytest.mark.parametrize(("lr", "status"), [(5e-6, "warn"), (2e-4, "pass"), (1e-5, "pass"), (3e-3, "warn")])
+@pytest.mark.parametrize(("lr", "status"), [(5e-6, "warn"), (2e-4, "pass"), (1e-5, "warn"), (5e-5, "pass"),
+                                           (3e-3, "warn")])
 def test_lora_learning_rate_sanity(lr: float, status: str) -> None:
     check = check_learning_rate("learning_rate", _stage(learning_rate=lr))
     assert check.status == status
-    if lr == 5e-6:
-        assert "barely learn" in check.message and "2e-04" not in check.fix and "0.0002" in check.fix
+    if lr < 5e-5:  # 1e-5 is 20x below the typical 2e-4: it warns, with the rate to use
+        assert "barely learn" in check.message and "2e-04" not in check.fix
+        assert check.fix == "raise training.learning_rate to about 0.0002, the typical rate for LoRA sft"
+
+
+def test_full_fine_tuning_has_its_own_range() -> None:
+    assert check_learning_rate("lr", _stage(learning_rate=2e-5), full=True).status == "pass"
+    high = check_learning_rate("lr", _stage(learning_rate=2e-4), full=True)
+    assert high.status == "warn" and "about 2e-05" in high.fix
+
+
+@pytest.mark.parametrize(("training", "records", "status"), [
+    ({"warmup_steps": 50, "num_epochs": 1}, 23, "warn"),  # 2 steps (23 records / 16): longer than the run
+    ({"warmup_steps": 5, "max_steps": 100}, None, "pass"),
+    ({"warmup_ratio": 0.5}, None, "warn"),
+    ({"warmup_ratio": 0.05}, None, "pass"),
+])
+def test_warmup_longer_than_a_fifth_of_the_run_warns_with_a_fix(training: dict[str, object], records: int | None,
+                                                                  status: str) -> None:
+    check = check_warmup("warmup", _stage(**training), records)
+    assert check.status == status, check.message
+    if status == "warn":
+        assert "warmup" in check.fix and check.fix.startswith("set training.warmup")
 
 
 def test_dpo_has_its_own_learning_rate_range() -> None:

@@ -35,6 +35,8 @@ MaxLenOpt = Annotated[int, typer.Option("--max-length", help="With FILE: the lon
 OnErrorOpt = Annotated[str, typer.Option("--on-error", help="With FILE: fail (default) or skip bad records.")]
 ColumnsOpt = Annotated[str | None, typer.Option("--columns", help="With FILE: map the file's field names to nova's, "
                                                 "e.g. prompt=question,chosen=response_j,rejected=response_k.")]
+RolesOpt = Annotated[str | None, typer.Option("--roles", help="With FILE: map the file's role values to nova's, "
+                                              "e.g. chatgpt=assistant,human=user (a dataset's roles: in a config).")]
 
 
 @dataclass
@@ -75,15 +77,31 @@ def parse_columns(text: str | None, *, any_field: bool = False) -> dict[str, str
     return mapping
 
 
+def parse_roles(text: str | None) -> dict[str, str]:
+    """``chatgpt=assistant,human=user`` as {the file's role: nova's role}; NovaError naming a bad part."""
+    from nova.errors import NovaError
+
+    roles: dict[str, str] = {}
+    for part in (text or "").split(","):
+        theirs, sep, ours = (s.strip() for s in part.partition("="))
+        if not part.strip():
+            continue
+        if not sep or not theirs or ours not in ("system", "user", "assistant", "tool"):
+            raise NovaError(f"--roles: '{part.strip()}' is not FILE_ROLE=ROLE",
+                            hint="ROLE is system, user, assistant or tool, e.g. --roles chatgpt=assistant,human=user")
+        roles[theirs] = ours
+    return roles
+
+
 def _file_target(file: Path, fmt: str, method: str | None, model: str | None, max_length: int,
-                 on_error: str, columns: dict[str, str] | None = None) -> Target:
+                 on_error: str, columns: dict[str, str] | None = None, roles: dict[str, str] | None = None) -> Target:
     from pydantic import ValidationError
 
     from nova.config.data_schema import DataConfig, DatasetSpec
     from nova.errors import NovaError
 
     try:
-        spec = DatasetSpec(path=str(file), format=fmt, columns=columns or {})  # type: ignore[arg-type]
+        spec = DatasetSpec(path=str(file), format=fmt, columns=columns or {}, roles=roles or {})  # type: ignore[arg-type]
         data = DataConfig(datasets=[spec], max_length=max_length, on_error=on_error)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -145,19 +163,41 @@ def _config_targets(config: Path, overrides: list[str] | None) -> list[Target]:
 
 def _targets(file: Path | None, config: Path | None, overrides: list[str] | None, fmt: str,
              method: str | None, model: str | None, max_length: int, on_error: str,
-             columns: str | None = None) -> list[Target]:
+             columns: str | None = None, roles: str | None = None) -> list[Target]:
     from nova.errors import NovaError
 
     if (file is None) == (config is None):
         raise NovaError("give either a data FILE or --config FILE", hint="e.g. nova data check --config "
                         "configs/demo/sft.yaml, or nova data check data/sora_en.jsonl")
     if config is not None:
-        if columns is not None:
-            raise NovaError("--columns applies to a data FILE", hint="in a config, set columns: on the dataset")
+        if columns is not None or roles is not None:
+            raise NovaError("--columns and --roles apply to a data FILE",
+                            hint="in a config, set columns: and roles: on the dataset")
         return _config_targets(config, overrides)
     assert file is not None
     return [_file_target(file, fmt, method, model, max_length, on_error,
-                         parse_columns(columns, any_field=method is not None and _takes_any_field(method)))]
+                         parse_columns(columns, any_field=method is not None and _takes_any_field(method)),
+                         parse_roles(roles))]
+
+
+def _guessed_columns(file: Path) -> Any:
+    """For a FILE whose fields nova does not know: a Problem naming the --columns mapping that would read it
+    (nova.data.formats.guess_columns), or None. Printed only; applied when the user gives it."""
+    from nova.data.formats import guess_columns
+    from nova.data.sources import FileProblem, list_files, read_file
+    from nova.errors import Problem
+
+    try:
+        first = list_files(file)[0]
+        header, records = read_file(first)
+        keys = header if header is not None else next((r.data for r in records if r.data is not None), None)
+    except (FileProblem, OSError, IndexError):
+        return None
+    guess = guess_columns(list(keys or []))
+    if not guess:
+        return None
+    flag = "--columns " + ",".join(f"{o}={t}" for o, t in guess.items())
+    return Problem(str(first), f"nova would read its fields with {flag}", f"run again with {flag} to apply it")
 
 
 def _takes_any_field(method: str) -> bool:
@@ -180,7 +220,8 @@ def _tokenizer_for(model: Any, cache: dict[str, tuple[Any, str | None]]) -> tupl
 @app.command("check")
 def check(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = None, fmt: FormatOpt = "auto",
           method: MethodOpt = None, model: ModelOpt = None, max_length: MaxLenOpt = 1024,
-          on_error: OnErrorOpt = "fail", columns: ColumnsOpt = None, as_json: JsonOpt = False) -> None:
+          on_error: OnErrorOpt = "fail", columns: ColumnsOpt = None, roles: RolesOpt = None,
+          as_json: JsonOpt = False) -> None:
     """Validate every record (file:line for each problem) and show the token view of each stage."""
     from nova.data import check_data
     from nova.errors import DataError
@@ -188,12 +229,15 @@ def check(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = No
     tokenizers: dict[str, tuple[Any, str | None]] = {}
     results: list[dict[str, Any]] = []
     failed: list[tuple[str, DataError]] = []
-    for target in _targets(file, config, overrides, fmt, method, model, max_length, on_error, columns):
+    for target in _targets(file, config, overrides, fmt, method, model, max_length, on_error, columns, roles):
         tokenizer, note = _tokenizer_for(target.model, tokenizers)
         try:
             report = check_data(target.data, method=target.method, tokenizer=tokenizer,  # type: ignore[arg-type]
                                 seed=target.seed, dpo=target.dpo)
         except DataError as exc:
+            guess = _guessed_columns(file) if file is not None and columns is None else None
+            if guess is not None:
+                exc = DataError(exc.title, [*exc.problems[:1], guess, *exc.problems[1:]])
             failed.append((target.label, exc))
             results.append({"stage": target.label, "ok": False, "error": exc.lines()})
             continue
@@ -227,13 +271,13 @@ def _finish(results: list[dict[str, Any]], failed: list[tuple[str, Any]], as_jso
 def preview_cmd(file: FileArg = None, config: ConfigOpt = None, overrides: SetOpt = None,
                 n: Annotated[int, typer.Option("-n", help="How many examples to show.")] = 3,
                 fmt: FormatOpt = "auto", method: MethodOpt = None, model: ModelOpt = None,
-                max_length: MaxLenOpt = 1024, columns: ColumnsOpt = None) -> None:
+                max_length: MaxLenOpt = 1024, columns: ColumnsOpt = None, roles: RolesOpt = None) -> None:
     """Render the first N examples through the chat template, trained tokens wrapped in [[ ]]."""
     from nova.data.preview import preview
     from nova.errors import NovaError
 
     tokenizers: dict[str, tuple[Any, str | None]] = {}
-    for target in _targets(file, config, overrides, fmt, method, model, max_length, "skip", columns):
+    for target in _targets(file, config, overrides, fmt, method, model, max_length, "skip", columns, roles):
         tokenizer, note = _tokenizer_for(target.model, tokenizers)
         if tokenizer is None:
             raise NovaError(f"{target.label}: cannot preview without a tokenizer: {note}")

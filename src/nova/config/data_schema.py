@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from nova.config.base import MAX_RECORDS, MAX_TOKENS, Section
 from nova.data.formats import FIELDS, FORMAT_CHOICES, FORMATS
 from nova.errors import printable
+from nova.files import did_you_mean, looks_like_local_path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?<!\.jsonl)(?<!\.json)(?<!\.csv)(?<!\.parquet)$")
 
@@ -34,11 +35,20 @@ class DatasetSpec(Section):
         description="Map the file's field names to nova's, e.g. {prompt: question, chosen: response_j}. nova's "
         f"fields: {', '.join(FIELDS)}; and for a grpo stage the fields its rewards read, of any name.",
     )
+    roles: dict[str, Literal["system", "user", "assistant", "tool"]] = Field(
+        default_factory=dict, description="Map the file's role values to nova's, in every message's role (or "
+        "ShareGPT's from), e.g. {chatgpt: assistant, model: assistant, human: user}; recorded, and part of the data's "
+        "fingerprint.")
     max_samples: int | None = Field(
         None, gt=0, le=MAX_RECORDS, description="Use at most this many records of this source (the first valid ones).")
     weight: float | None = Field(
         None, gt=0, le=1_000_000, description="Relative share of this source in the training mix: repeats or "
         "samples its records (seeded); when any source has a weight, a source without one counts as 1.")
+    ignore: list[str] = Field(
+        default_factory=list, max_length=100, description="Globs of files in a data directory that are not data "
+        "(e.g. ['*.txt', 'raw/*']), matched case-insensitively against each file's name and its path inside the "
+        "directory. A directory holding files nova cannot read (.txt, .tsv, .zip, ...) is refused unless they are "
+        "named here; either way the data report counts every file not read.")
     enable_thinking: bool | None = Field(
         None, description="Passed to chat templates that take it, for this source's records (a record's own "
         "enable_thinking field wins): Qwen3 with false writes an empty think block into the prompt, the way it "
@@ -55,9 +65,11 @@ class DatasetSpec(Section):
         # its own clear message.
         path = Path(value).expanduser()
         # "data/doica" where ./data exists is a mistyped local path, not a hub id.
-        looks_local = not _HUB_ID.match(value) or path.parent.is_dir()
+        looks_local = not _HUB_ID.match(value) or path.parent.is_dir() or looks_like_local_path(value)
         if not path.exists() and looks_local:
-            raise ValueError(f"data file or directory not found: {printable(value)}")
+            close = did_you_mean(value)
+            raise ValueError(f"data file or directory not found: {printable(value)}"
+                             + (f" (did you mean {printable(close)}?)" if close else ""))
         return value
 
 
@@ -76,6 +88,12 @@ class DataConfig(Section):
         "truncate", description="What happens to sequences longer than max_length (always reported).")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="A bad record stops the run ('fail') or is skipped and counted ('skip').")
+    skip_warn_share: float = Field(
+        0.05, ge=0, le=1, description="With on_error: skip, the share of records skipped above which the data report, "
+        "preflight and nova train --dry-run warn, naming the top reasons.")
+    skip_fail_share: float = Field(
+        0.5, ge=0, le=1, description="With on_error: skip, the share of records skipped above which the data is "
+        "refused (preflight fails, training does not start): most of the data being unusable is a bug, not noise.")
     dedup: bool = Field(True, description="Remove exact duplicates (after whitespace normalization) from train.")
     system_prompt: str | None = Field(
         None, description="System message added to chats that have none; also what nova serves with (smoke "

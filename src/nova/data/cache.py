@@ -45,14 +45,14 @@ def cache_key(cfg: DataConfig, *, method: str, seed: int, dpo_lengths: tuple[int
     """The content key, or None when a source cannot be hashed (a hub id, a missing file). ``fields``
     (GRPO: the record fields its rewards need) decide which records are valid, so they are hashed too."""
     h = hashlib.sha256(PIPELINE_VERSION.encode())
-    settings = cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir"})
+    settings = _stable(cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir"}))
     keyed = [settings, method, seed, dpo_lengths, tokenizer_id] + ([list(fields)] if fields else [])
     h.update(json.dumps(keyed, sort_keys=True).encode())
     for spec in [*cfg.datasets, *cfg.eval_datasets]:
         if looks_like_hub_id(spec.path):
             return None
         try:
-            files = list_files(Path(spec.path).expanduser())
+            files = list_files(Path(spec.path).expanduser(), spec.ignore)
         except FileProblem:
             return None
         for file in files:
@@ -62,6 +62,24 @@ def cache_key(cfg: DataConfig, *, method: str, seed: int, dpo_lengths: tuple[int
             except OSError:
                 return None
     return h.hexdigest()[:32]
+
+
+# Settings added after runs were made, left out of the key at their defaults so those runs' keys (and
+# a resume's data check) stay as they were; set, they are keyed like every other setting.
+_NEWER_DEFAULTS = {"skip_warn_share": 0.05, "skip_fail_share": 0.5}
+_NEWER_SOURCE_DEFAULTS: dict[str, object] = {"ignore": [], "roles": {}}
+
+
+def _stable(settings: dict[str, Any]) -> dict[str, Any]:
+    for key, default in _NEWER_DEFAULTS.items():
+        if settings.get(key) == default:
+            settings.pop(key)
+    for side in ("datasets", "eval_datasets"):
+        for spec in settings.get(side, []):
+            for key, default in _NEWER_SOURCE_DEFAULTS.items():
+                if spec.get(key) == default:
+                    spec.pop(key)
+    return settings
 
 
 def load(cache_dir: str, key: str) -> tuple[Any, Any, dict[str, Any]] | None:

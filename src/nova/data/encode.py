@@ -11,6 +11,7 @@ so a token that straddles a boundary is never split.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -25,6 +26,11 @@ __all__ = ["IGNORE", "ChatTemplate", "Encoder"]
 
 IGNORE = -100
 OK, TRUNCATED, TOO_LONG, NO_TRAINED = "", "truncated", "too_long", "no_trained_tokens"
+
+
+def error_status(exc: RecordProblem) -> str:
+    """A record's problem as its status string (statuses travel through Arrow): reason, message and fix."""
+    return f"error:{exc.reason}:{exc.message}" + (f"\x1f{exc.hint}" if exc.hint else "")
 
 
 def _labels(ids: list[int], ranges: list[tuple[int, int]] | None) -> list[int]:
@@ -92,6 +98,7 @@ class Encoder:
         # costing seconds of tokenization (the record is still counted as overlong).
         longest = max((len(t) for t in tokenizer.get_vocab()), default=16)
         self.char_cap = (max(max_length, max_prompt_length, max_completion_length) + 16) * max(longest, 4) + 1024
+        self.turns = replace(self.turns, char_cap=self.char_cap)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """datasets.map entry point: examples arrive as JSON strings (Arrow has no schema for chats).
@@ -176,7 +183,7 @@ class Encoder:
             try:
                 sequences, per_turn = self._sequences(ex)
             except RecordProblem as exc:
-                early[i] = f"error:{exc.reason}:{exc.message}"
+                early[i] = error_status(exc)
                 continue
             if not per_turn and len(sequences[0].text) <= self.char_cap:  # the common case, kept lean
                 seq = sequences[0]
@@ -264,7 +271,7 @@ class Encoder:
             try:
                 texts.append((i, *self._dpo_texts(ex)))
             except RecordProblem as exc:
-                errors[i] = f"error:{exc.reason}:{exc.message}"
+                errors[i] = error_status(exc)
         return len(examples), texts, errors
 
     def _dpo(self, prepared: Any) -> dict[str, list[Any]]:
@@ -333,7 +340,7 @@ class Encoder:
             try:
                 prompt, reply = reply_texts(self.template, ex["prompt"], ex["completion"])
             except RecordProblem as exc:
-                errors[i] = f"error:{exc.reason}:{exc.message}"
+                errors[i] = error_status(exc)
                 continue
             texts.append((i, prompt[-self.char_cap:], reply[: self.char_cap], bool(ex["label"])))
         return len(examples), texts, errors
@@ -384,7 +391,7 @@ class Encoder:
             try:
                 text = self.template.render(self.template.template_messages(ex["prompt"]), generation=True)
             except RecordProblem as exc:
-                errors[i] = f"error:{exc.reason}:{exc.message}"
+                errors[i] = error_status(exc)
                 continue
             record = orjson.dumps({"prompt": ex["prompt"], **ex["fields"]}, default=str).decode()
             texts.append((i, text[-self.char_cap:], record))

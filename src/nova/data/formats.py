@@ -109,3 +109,35 @@ def records_of(fmt: str) -> Records:
 
 def required_fields(fmt: str) -> tuple[str, ...]:
     return BY_NAME[fmt].required
+
+
+# Other names files give nova's fields, for the --columns mapping ``nova data check`` guesses for a file whose
+# fields it does not know (printed, applied only when given). Lower-case; matched case-insensitively.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "prompt": ("question", "query", "input", "instruction", "user", "human", "q", "prompt_text", "problem"),
+    "completion": ("answer", "response", "output", "reply", "assistant", "gpt", "a", "target", "solution"),
+    "chosen": ("chosen_response", "response_j", "preferred", "better", "accepted", "good"),
+    "rejected": ("rejected_response", "response_k", "dispreferred", "worse", "bad"),
+    "messages": ("conversation", "chat", "dialog", "dialogue", "turns"),
+    "text": ("content", "body", "document", "passage"),
+}
+
+
+def guess_columns(keys: Collection[str]) -> dict[str, str] | None:
+    """A ``columns`` mapping (nova field -> the file's name) under which a record with these keys has a known
+    format, from ALIASES; None when the keys already fit a format, or no mapping makes them fit."""
+    if detect_format(keys) is not None:
+        return None
+    by_lower = {k.lower(): k for k in keys}
+    mapping: dict[str, str] = {}
+    for ours, names in ALIASES.items():
+        if ours in keys:
+            continue
+        found = next((by_lower[n] for n in names if n in by_lower and by_lower[n] not in mapping.values()), None)
+        if found is not None:
+            mapping[ours] = found
+    for fmt in FORMATS:  # the most specific format the mapping completes
+        renamed = {next((o for o, t in mapping.items() if t == k), k) for k in keys}
+        if fmt.detect(renamed):
+            return {o: t for o, t in mapping.items() if o in fmt.fields}
+    return None

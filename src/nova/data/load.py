@@ -15,11 +15,11 @@ from nova.config.data_schema import DatasetSpec
 from nova.data import formats
 from nova.data.prompts import FORMAT as PROMPT_FORMAT
 from nova.data.prompts import normalize_prompt
-from nova.data.records import RecordProblem, apply_columns, dedup_key, detect_format, normalize
+from nova.data.records import RecordProblem, apply_columns, apply_roles, dedup_key, detect_format, normalize
 from nova.data.report import DataReport, SourceReport
-from nova.data.sources import FileProblem, RawRecord, hub_records, list_files, looks_like_hub_id, read_file
+from nova.data.sources import FileProblem, RawRecord, hub_records, listing, looks_like_hub_id, read_file
 from nova.data.unpaired import normalize_unpaired
-from nova.errors import Problem
+from nova.errors import DataError, Problem
 from nova.methods import method_spec, reading
 
 
@@ -71,12 +71,19 @@ def _load_source(spec: DatasetSpec, index: int, ctx: LoadContext, source: Source
             _file_problem(ctx.report, exc)
             return []
     try:
-        files = list_files(Path(spec.path).expanduser())
+        found = listing(Path(spec.path).expanduser(), spec.ignore)
     except FileProblem as exc:
+        if exc.reason == "cannot_read":  # never skipped: the config must say these files are not data
+            raise DataError(f"data directory {spec.path} holds files nova cannot read",
+                            [Problem(exc.where, exc.message, exc.hint)]) from None
         _file_problem(ctx.report, exc)
         return []
+    if found.directory:
+        source.files_total, source.not_read = found.total, dict(found.not_read)
+        for label, n in found.not_read.items():
+            ctx.report.skipped_files[f"not read: {label}"] += n
     out: list[Example] = []
-    for file in files:
+    for file in found.files:
         source.files += 1
         try:
             header, records = read_file(file)
@@ -146,6 +153,7 @@ def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: Sourc
         report.read += 1
         try:
             fmt, example = _validate(raw, spec, file_format, ctx)
+            key = _key(example)
         except RecordProblem as exc:
             source.skipped += 1
             report.add_problem(exc.reason, Problem(raw.where, exc.message, exc.hint))
@@ -155,11 +163,22 @@ def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: Sourc
             continue
         file_format = file_format or fmt
         formats[fmt] += 1
-        out.append(Example(raw.where, example, dedup_key(example), index))
+        out.append(Example(raw.where, example, key, index))
     source.kept += len(out)
     for fmt, n in formats.items():
         source.formats[fmt] = source.formats.get(fmt, 0) + n
     return out
+
+
+def _key(example: dict[str, Any]) -> str:
+    """The example's dedup key; a lone surrogate (JSON's "\\ud800" unpaired, which no tokenizer can encode) is a
+    problem of the record, found here where its text is first encoded."""
+    try:
+        return dedup_key(example)
+    except UnicodeEncodeError as exc:
+        char = exc.object[exc.start:exc.start + 1].encode("ascii", "backslashreplace").decode("ascii")
+        raise RecordProblem("not_utf8", f"the text holds a lone surrogate ({char}), which is not a character",
+                            "fix the escape: a \\ud800-\\udfff escape must be one of a pair") from None
 
 
 def _skip_rest(records: Any, source: SourceReport, report: DataReport) -> None:
@@ -176,7 +195,7 @@ def _validate(raw: RawRecord, spec: DatasetSpec, file_format: str | None,
     if raw.problem is not None:
         raise raw.problem
     assert raw.data is not None
-    record = apply_columns(raw.data, spec.columns)
+    record = apply_roles(apply_columns(raw.data, spec.columns), spec.roles)
     if ctx.records == "prompts":
         return _prompt_record(record, spec, ctx)
     detected = detect_format(record)

@@ -22,6 +22,7 @@ from nova.data.encode import IGNORE, NO_TRAINED, OK, TOO_LONG, TRUNCATED, ChatTe
 from nova.data.load import Example, LoadContext, load_sources
 from nova.data.mix import dedup, holdout, mix, remove_leakage
 from nova.data.report import DataReport, TokenStats
+from nova.data.skipped import judge_skipped
 from nova.data.turns import TurnSettings
 from nova.errors import DataError, NovaError, Problem
 from nova.methods import Method, method_spec
@@ -47,14 +48,29 @@ class PreparedData:
     report: DataReport
 
 
+# Training records of the data checked in this process, by data settings and method: the dry run checks
+# the data, then preflight's schedule check (which does not read the data again) counts what it counted.
+_CHECKED: dict[str, int] = {}
+
+
+def _checked_key(cfg: DataConfig, method: str) -> str:
+    return json.dumps([cfg.model_dump(mode="json"), method], sort_keys=True)
+
+
+def checked_train_records(cfg: DataConfig, method: str) -> int | None:
+    """The training records ``check_data`` found for these settings in this process; None if not checked."""
+    return _CHECKED.get(_checked_key(cfg, method))
+
+
 def check_data(cfg: DataConfig, *, method: Method, tokenizer: Any = None, seed: int = 42,
                dpo: Any = None) -> DataReport:
     """Validate a stage's data before any model loads (token view only with a tokenizer)."""
     report, train, evals = _assemble(cfg, method=method, seed=seed, fields=_fields(dpo))
     if tokenizer is None:
         report.token_note = "no tokenizer given"
-        return report
-    _tokenize_all(cfg, tokenizer, method, dpo, report, train, evals, build=False)
+    else:
+        _tokenize_all(cfg, tokenizer, method, dpo, report, train, evals, build=False)
+    _CHECKED[_checked_key(cfg, method)] = report.train_records
     return report
 
 
@@ -104,7 +120,7 @@ def _template_source(tokenizer: Any) -> str | None:
 
 def _fail_if_bad(report: DataReport, cfg: DataConfig) -> None:
     if cfg.on_error == "fail" and report.problem_count:
-        raise DataError("bad data (data.on_error: skip would skip these records)", report.problems)
+        raise DataError("bad data", report.problems)
 
 
 def _assemble(cfg: DataConfig, *, method: Method, seed: int,
@@ -118,6 +134,7 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int,
     train = load_sources(list(cfg.datasets), ctx)
     evals = load_sources(list(cfg.eval_datasets), ctx, eval_side=True)
     _fail_if_bad(report, cfg)
+    judge_skipped(report, cfg)
     train, report.deduplicated = dedup(train) if cfg.dedup else (train, 0)
     if cfg.eval_datasets:
         evals, report.eval_deduplicated = dedup(evals)
@@ -187,6 +204,7 @@ def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, rep
     eval_ds, report.eval_tokens, report.eval_records = (
         _tokenize(evals, encoder, cfg, report, build=build) if evals else (None, None, 0))
     _fail_if_bad(report, cfg)
+    judge_skipped(report, cfg)
     if report.train_records == 0:
         _require_some(report, [], cfg)
     return train_ds, eval_ds
@@ -232,7 +250,8 @@ def _tokenize(examples: list[Example], encoder: Encoder, cfg: DataConfig, report
     for i, s in enumerate(status):
         if s.startswith("error:"):
             _, reason, message = s.split(":", 2)
-            report.add_problem(reason, Problem(cols["where"][i], message))
+            message, _, hint = message.partition("\x1f")
+            report.add_problem(reason, Problem(cols["where"][i], message, hint or None))
         elif s == TOO_LONG:
             report.dropped_too_long += 1
         elif s == NO_TRAINED:  # truncation cut off every trained token: as good as too long

@@ -26,6 +26,7 @@ from nova.data import formats
 from nova.data.reasoning import FIELD, ReasoningProblem, might_have_reasoning, split_reasoning
 
 ROLES = ("system", "user", "assistant", "tool")
+MAX_MESSAGES = 1000  # messages in one chat; nova.data.turns renders a prefix per trained turn (docs/data.md)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool", "observation": "tool", "function": "tool",
                   "function_call": "assistant"}
@@ -38,14 +39,27 @@ _MAY_FOLLOW: dict[str, tuple[str | None, ...]] = {
 }
 
 
+# What fixes a record, by reason, for the problems raised without a fix of their own: every data error
+# says what would fix the data (skipping it is a choice, never the fix).
+FIXES = {
+    "invalid_json": "make the line one JSON object (JSON Lines: one record per line)",
+    "not_an_object": 'make each record a JSON object, e.g. {"messages": [...]}',
+    "missing_field": "add the field, or map the file's name for it with columns:",
+    "empty_field": "fill it in or remove the record",
+    "non_string_content": "write the content as text",
+    "no_assistant_turn": "give at least one assistant message loss_weight 1",
+    "not_utf8": "save the file as UTF-8",
+}
+
+
 class RecordProblem(Exception):
-    """A record that cannot be used, with the reason it is counted under."""
+    """A record that cannot be used, with the reason it is counted under and what would fix it."""
 
     def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.hint = hint
+        self.hint = hint or FIXES.get(reason)
 
 
 def detect_format(record: dict[str, Any]) -> str | None:
@@ -62,6 +76,31 @@ def apply_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, 
         if theirs not in out:
             raise RecordProblem("missing_field", f"missing field '{theirs}' (mapped to '{ours}' by columns)")
         out[ours] = out.pop(theirs)
+    return out
+
+
+_MESSAGE_FIELDS = ("messages", "conversations", "prompt", "completion", "chosen", "rejected", "chosen_messages",
+                   "rejected_messages")
+
+
+def apply_roles(record: dict[str, Any], roles: dict[str, str]) -> dict[str, Any]:
+    """Rename role values (``roles`` maps the file's value -> nova's role: ``chatgpt: assistant``) in the
+    ``role``/``from`` of every message of the record, before it is read; the record is not changed in place."""
+    if not roles:
+        return record
+
+    def message(m: Any) -> Any:
+        if not isinstance(m, dict):
+            return m
+        return {k: roles.get(v, v) if k in ("role", "from") and isinstance(v, str) else v for k, v in m.items()}
+
+    out = dict(record)
+    for name in _MESSAGE_FIELDS:
+        value = out.get(name)
+        if isinstance(value, list):
+            out[name] = [message(m) for m in value]
+        elif isinstance(value, dict):
+            out[name] = message(value)
     return out
 
 
@@ -167,7 +206,8 @@ def _message(raw: Any, where: str, *, sharegpt: bool) -> dict[str, Any]:
     mapped = SHAREGPT_ROLES.get(role) if sharegpt else (role if role in ROLES else None)
     if mapped is None:
         known = sorted(SHAREGPT_ROLES) if sharegpt else list(ROLES)
-        raise RecordProblem("unknown_role", f"{where} has unknown role '{role}'", f"use one of {', '.join(known)}")
+        raise RecordProblem("unknown_role", f"{where} has unknown role '{role}'", f"use one of {', '.join(known)}, "
+                            f"or map it on the dataset: roles: {{{role}: assistant}}")
     has_calls = bool(raw.get("tool_calls"))
     if content_key not in raw and not has_calls:
         raise RecordProblem("missing_field", f"{where} has no '{content_key}'")
@@ -191,6 +231,10 @@ def read_messages(value: Any, name: str, *, sharegpt: bool) -> list[dict[str, An
         raise RecordProblem("non_string_content", f"'{name}' is {type(value).__name__}, expected a list of messages")
     if not value:
         raise RecordProblem("empty_field", f"'{name}' is empty")
+    if len(value) > MAX_MESSAGES:  # each trained turn renders its prefix: the cost grows with the square
+        raise RecordProblem("too_complex", f"'{name}' has {len(value)} messages, more than {MAX_MESSAGES} in one chat",
+                            f"split it into chats of at most {MAX_MESSAGES} messages (max_length keeps only the first "
+                            "tokens of a chat anyway)")
     out = []
     for i, m in enumerate(value):
         plain = None if sharegpt else _plain_message(m)
@@ -300,7 +344,7 @@ def _template_options(record: dict[str, Any], example: dict[str, Any], default_t
     if thinking is not None:
         if not isinstance(thinking, bool):
             raise RecordProblem("non_string_content", f"'enable_thinking' is {type(thinking).__name__}, expected "
-                                "true or false")
+                                "true or false", "write it as JSON true or false, without quotes")
         if not thinking and example.get("reasoning"):
             raise RecordProblem("bad_reasoning", "enable_thinking is false but a reply has reasoning",
                                 "drop the reasoning or set enable_thinking: true")

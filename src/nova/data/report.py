@@ -54,6 +54,18 @@ class SourceReport:
     skipped: int = 0
     over_max_samples: int = 0
     files: int = 0
+    files_total: int = 0  # a directory: every entry under it (0 for a single file or a hub dataset)
+    not_read: dict[str, int] = field(default_factory=dict)  # a directory's entries not read, by why
+
+    def files_line(self) -> str | None:
+        """``2 of 9 files read; not read: 5 .txt, 1 .gz`` for a directory; None for one file."""
+        if not self.files_total:
+            return None
+        text = f"{self.files} of {self.files_total} files read"
+        if self.not_read:
+            text += "; not read: " + ", ".join(f"{n} {label}" for label, n in
+                                               sorted(self.not_read.items(), key=lambda kv: (-kv[1], kv[0])))
+        return text
 
 
 @dataclass
@@ -181,14 +193,17 @@ class DataReport:
         out = [f"data ({self.method}): read {self.read}, kept {self.kept}, skipped {sum(self.skipped.values())}"
                + (f" -> train {self.train_records}, eval {self.eval_records}" if self.split != "none" or
                   self.train_records else "")]
-        out += [f"  source {s.path}: {s.read} read, {s.kept} kept, {s.skipped} skipped"
-                + (f", {s.over_max_samples} over max_samples" if s.over_max_samples else "")
-                + f" [{', '.join(f'{k} x{v}' for k, v in sorted(s.formats.items()))}]"
-                for s in [*self.sources, *self.eval_sources]]
+        for s in [*self.sources, *self.eval_sources]:
+            out.append(f"  source {s.path}: {s.read} read, {s.kept} kept, {s.skipped} skipped"
+                       + (f", {s.over_max_samples} over max_samples" if s.over_max_samples else "")
+                       + f" [{', '.join(f'{k} x{v}' for k, v in sorted(s.formats.items()))}]")
+            if (files := s.files_line()) is not None:
+                out.append(f"    files: {files}")
         for reason, count in sorted(self.skipped.items()):
             out.append(f"  skipped {count}: {REASONS.get(reason, reason)}")
         for reason, count in sorted(self.skipped_files.items()):
-            out.append(f"  skipped {count} file(s): {REASONS.get(reason, reason)}")
+            if not reason.startswith("not read: "):  # said per source, on its files line
+                out.append(f"  skipped {count} file(s): {REASONS.get(reason, reason)}")
         out += self._mix_lines()
         out += [f"  problem {p.render()}".rstrip() for p in self.problems[:5]]
         if self.problem_count > 5:

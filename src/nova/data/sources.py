@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import os
 import re
@@ -20,31 +21,24 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from nova.data.listing import FileProblem, compression, data_suffix, decompress_errors, list_files, listing, open_stream
+from nova.data.parquet import open_parquet
 from nova.data.records import RecordProblem
+from nova.files import looks_like_local_path
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 BOM = b"\xef\xbb\xbf"
 MiB = 1024 * 1024
 BLOCK = MiB  # JSON Lines are parsed a block at a time: memory near one block, not 2-3x the file
-PARQUET_BATCH = 4096  # rows per record batch read from a Parquet file
 MAX_LINE = 64 * MiB  # one record; a longer line is reported (and skipped) instead of filling memory
+MAX_DECOMPRESSED = 2048 * MiB  # a compressed JSON file is parsed whole: a file inflating past this is refused
 # Fields that hold structure; in CSV and Parquet cells they may be JSON-encoded.
 _JSON_FIELDS = frozenset({"messages", "conversations", "chosen", "rejected", "prompt", "completion", "history",
                           "chosen_messages", "rejected_messages"})
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DIGITS = bytes(48 if 48 <= b <= 57 else 46 for b in range(256))  # bytes.translate: digit -> '0', else '.'
 _LONG_RUN = b"0" * 19
-
-
-class FileProblem(Exception):
-    """A whole file (or directory) cannot be used."""
-
-    def __init__(self, reason: str, where: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.where = where
-        self.message = message
-        self.hint = hint
+__all__ = ["FileProblem", "RawRecord", "count_records", "hub_records", "list_files", "listing", "looks_like_hub_id",
+           "peek_record", "read_file"]
 
 
 @dataclass(frozen=True)
@@ -59,25 +53,12 @@ class RawRecord:
 def looks_like_hub_id(path: str) -> bool:
     """'owner/name' that is not a local path: a Hugging Face hub dataset id."""
     return bool(_HUB_ID.match(path)) and not Path(path).expanduser().exists() and \
-        Path(path).suffix not in SUFFIXES
-
-
-def list_files(path: Path) -> list[Path]:
-    """The data files of a source: the file itself, or a directory's data files in sorted order."""
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise FileProblem("unreadable", str(path), "no such file or directory")
-    files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not files:
-        raise FileProblem("empty_file", str(path), "the directory holds no .jsonl, .json, .csv or .parquet files")
-    return files
+        data_suffix(Path(path)) is None and not looks_like_local_path(path)
 
 
 def read_file(path: Path) -> tuple[list[str] | None, Iterator[RawRecord]]:
     """(column names for tabular files, else None; the records of one file)."""
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix == ".csv":
         return _read_csv(path)
     if suffix == ".parquet":
@@ -94,7 +75,7 @@ def peek_record(path: Path) -> dict[str, Any] | None:
     the shape of the data (preflight) answers at once on a file of any size; other formats are read
     until their first record.
     """
-    if path.suffix.lower() != ".jsonl":
+    if data_suffix(path) != ".jsonl":
         raw = next(read_file(path)[1], None)
         return raw.data if raw else None
     records = _read_jsonl_file(path, _open(path))
@@ -113,11 +94,11 @@ def count_records(path: Path) -> int:
     Preflight counts records for the schedule check in well under a second: JSON Lines by their
     non-blank lines (no JSON parsed), Parquet from its footer; JSON is read whole, CSV row by row.
     """
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix == ".jsonl":
         with _open(path) as fh:  # by blocks: a file of one endless line is never read whole
             return sum(1 if block is None else sum(1 for line in block.split(b"\n") if line.strip())
-                       for block in _line_blocks(fh))
+                       for block in _line_blocks(fh, path))
     if suffix == ".parquet":
         from nova.lazy import require
 
@@ -130,16 +111,38 @@ def count_records(path: Path) -> int:
 
 
 def _open(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed as they are read when it is ``.gz`` or ``.zst``."""
     try:
-        return path.open("rb")
+        return open_stream(path, path.open("rb"))  # type: ignore[no-any-return]
     except OSError as exc:
         raise FileProblem("unreadable", str(path), f"cannot read: {exc.strerror or exc}") from None
+
+
+def _damaged(path: Path, exc: BaseException) -> FileProblem:
+    """A compressed file that cannot be decompressed (cut off, not gzip/zstd after all)."""
+    return FileProblem("unreadable", str(path), f"cannot decompress {compression(path)} file: "
+                       f"{type(exc).__name__}: {exc}", "check the file; recompress it or use it uncompressed")
+
+
+def _read(path: Path, fh: BinaryIO, size: int) -> bytes:
+    """``fh.read(size)``, a damaged compressed stream as a FileProblem for the file."""
+    try:
+        return fh.read(size)
+    except (*decompress_errors(), OSError) as exc:
+        raise _damaged(path, exc) from None
 
 
 def _read_bytes(path: Path) -> bytes:
     """A whole file, for the formats that are parsed whole (a JSON array); JSON Lines and CSV stream."""
     try:
-        data = path.read_bytes()
+        if compression(path) is None:
+            data = path.read_bytes()
+        else:
+            with _open(path) as fh:
+                data = _read(path, fh, MAX_DECOMPRESSED + 1)
+            if len(data) > MAX_DECOMPRESSED:
+                raise FileProblem("too_complex", str(path), f"decompresses to more than {MAX_DECOMPRESSED // MiB} MiB "
+                                  "of JSON, which is parsed whole", "use JSON Lines (.jsonl.gz), which is streamed")
     except OSError as exc:
         raise FileProblem("unreadable", str(path), f"cannot read: {exc.strerror or exc}") from None
     data = data.removeprefix(BOM)  # a UTF-8 BOM (Windows editors) is harmless
@@ -148,13 +151,13 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _line_blocks(fh: BinaryIO) -> Iterator[bytes | None]:
+def _line_blocks(fh: BinaryIO, path: Path | None = None) -> Iterator[bytes | None]:
     """The file in blocks of whole lines (every block but the last ends with a newline), a BOM at the
     start dropped; None in place of one line longer than MAX_LINE (skipped up to its newline), so
     memory stays near one block however large the file, and line numbers stay countable."""
     pending, skipping, first = b"", False, True
     while True:
-        chunk = fh.read(max(BLOCK, len(BOM)) if first else BLOCK)
+        chunk = _read(path or Path("?"), fh, max(BLOCK, len(BOM)) if first else BLOCK)
         eof = not chunk
         if first:
             chunk, first = chunk.removeprefix(BOM), False
@@ -184,7 +187,7 @@ def _read_jsonl_file(path: Path, fh: BinaryIO) -> Iterator[RawRecord]:
     """The records of a JSON Lines file, read a block at a time (the file is never in memory whole)."""
     number, seen = 1, False
     with fh:
-        for block in _line_blocks(fh):
+        for block in _line_blocks(fh, path):
             if block is None:
                 seen = True
                 yield RawRecord(f"{path}:{number}", None, RecordProblem(
@@ -344,7 +347,7 @@ def _check_text(path: Path) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 1
     with _open(path) as fh:
-        block = fh.read(max(BLOCK, len(BOM)))
+        block = _read(path, fh, max(BLOCK, len(BOM)))
         content = bool(block.removeprefix(BOM).strip())
         while block:
             try:
@@ -355,7 +358,7 @@ def _check_text(path: Path) -> None:
                 raise FileProblem("not_utf8", f"{path}:{line}", f"not UTF-8: byte 0x{exc.object[exc.start]:02x}",
                                   "save the file as UTF-8") from None
             line += block.count(b"\n")
-            block = fh.read(BLOCK)
+            block = _read(path, fh, BLOCK)
             content = content or bool(block.strip())
         try:
             decoder.decode(b"", final=True)
@@ -369,7 +372,7 @@ def _check_text(path: Path) -> None:
 def _read_csv(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
     """Rows streamed through the csv module from the open file (line numbers from the reader)."""
     _check_text(path)
-    fh = path.open(encoding="utf-8-sig", newline="")  # utf-8-sig: a BOM is dropped
+    fh = io.TextIOWrapper(_open(path), encoding="utf-8-sig", newline="")  # utf-8-sig: a BOM is dropped
     csv.field_size_limit(MAX_LINE)  # the default (128 KiB) refuses a long text cell
     reader = csv.DictReader(fh)
     try:
@@ -391,34 +394,17 @@ def _read_csv(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
                     yield RawRecord(where, {k: _cell(k, v) for k, v in row.items() if v is not None})
             except csv.Error as exc:
                 raise FileProblem("unreadable", f"{path}:{reader.line_num}", f"not valid CSV: {exc}") from None
+            except decompress_errors() as exc:  # checked whole by _check_text; a file changed since
+                raise _damaged(path, exc) from None
 
     return header, rows()
 
 
 def _read_parquet(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
-    """Rows a record batch at a time (``iter_batches``): memory near one batch, not the whole table."""
-    from nova.lazy import require
-
-    pq = require("pyarrow.parquet")
-    try:
-        parquet = pq.ParquetFile(path)
-    except OSError as exc:
-        raise FileProblem("unreadable", str(path), f"cannot read: {exc}") from None
-    except Exception as exc:  # pyarrow raises ArrowInvalid for corrupt files
-        raise FileProblem("unreadable", str(path), f"not a readable Parquet file: {exc}") from None
-    header = list(parquet.schema_arrow.names)
-
-    def rows() -> Iterator[RawRecord]:
-        index = 0
-        try:
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH):
-                for r in batch.to_pylist():
-                    yield RawRecord(f"{path}[{index}]", {k: _cell(k, v) for k, v in r.items()})
-                    index += 1
-        except (OSError, ValueError) as exc:  # a corrupt row group (ArrowInvalid is a ValueError)
-            raise FileProblem("unreadable", f"{path}[{index}]", f"not a readable Parquet file: {exc}") from None
-
-    return header, rows()
+    """Rows a record batch at a time, every row's text measured before it is read (nova.data.parquet)."""
+    header, rows = open_parquet(path)
+    return header, (RawRecord(where, None if data is None else {k: _cell(k, v) for k, v in data.items()}, problem)
+                    for where, data, problem in rows)
 
 
 def hub_records(name: str) -> Iterator[RawRecord]:

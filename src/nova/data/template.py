@@ -17,6 +17,7 @@ from typing import Any
 
 from nova.data.reasoning import FIELD, FIELDS, OPEN, as_inline
 from nova.data.records import RecordProblem
+from nova.data.template_limits import bounded, explain, guard
 from nova.errors import NovaError
 
 # Public attributes of a Jinja ``loop`` object: reading them is always safe, so they skip the sandbox's
@@ -54,6 +55,7 @@ def _compile(source: str) -> Any:
         return sandboxed_getattr(obj, attribute)
 
     env.getattr = getattr_
+    guard(env)  # every attribute, item and call checks the render's clock and sizes (nova.data.template_limits)
     return template
 
 
@@ -124,9 +126,9 @@ class ChatTemplate:
         compiled = self._compiled or self._template()
         variables = self._plain[generation] if options is None else self._variables(generation, options)
         try:
-            return compiled.render(messages=messages, **variables)
-        except Exception as exc:  # jinja TemplateError, raise_exception() from the template
-            raise RecordProblem("template_error", f"the chat template of {self.model_name} failed: {exc}") from None
+            return "".join(bounded(compiled.generate(messages=messages, **variables)))
+        except Exception as exc:  # jinja TemplateError, raise_exception() from the template, TemplateLimit
+            raise explain(exc, self.model_name, self.source, messages, variables) from None
 
     def render_marked(self, messages: list[dict[str, Any]],
                       options: dict[str, Any] | None = None) -> tuple[str, list[tuple[int, int]]]:
@@ -134,12 +136,13 @@ class ChatTemplate:
         template = self._template()
         blocks: list[str] = []
         marked: list[tuple[int, int]] = []
+        variables = self._variables(False, options)
         try:
             with template.environment.activate_tracker(blocks, marked):
-                for block in template.generate(messages=messages, **self._variables(False, options)):
+                for block in bounded(template.generate(messages=messages, **variables)):
                     blocks.append(block)
         except Exception as exc:
-            raise RecordProblem("template_error", f"the chat template of {self.model_name} failed: {exc}") from None
+            raise explain(exc, self.model_name, self.source, messages, variables) from None
         return "".join(blocks), marked
 
     @property

@@ -39,6 +39,9 @@ class TurnSettings:
 
     rewritten_turns: str = "every"
     train_empty_think: bool = False
+    # Characters past which truncation cuts every token (nova.data.encode's char_cap): turns that start there
+    # are never trained, so their spans are not located (a chat of 20,000 turns costs what its first ones do).
+    char_cap: int | None = None
 
 
 @dataclass(slots=True)
@@ -115,13 +118,18 @@ def _whole(template: ChatTemplate, canonical: list[dict[str, Any]], messages: li
     full = template.render(messages, options=opts)
     marked = _marked(template, messages, opts, full) if behaviour.marks else None
     seq = Sequence(full)
+    cap = settings.char_cap
+    located = 0  # the end of the last turn located: every later turn starts at or after it
     for i, trained in enumerate(train):
         if not trained:
             continue
+        if cap is not None and located >= cap:
+            break
         prefix = template.render(messages[:i], generation=messages[i]["role"] == "assistant", options=opts)
         upto = full if i == len(messages) - 1 else template.render(messages[: i + 1], options=opts)
         if not (full.startswith(upto) and upto.startswith(prefix)):
             raise _Rewritten()
+        located = len(upto)
         if marked and i in marked:
             _add_reply(seq, *marked[i], canonical[i], behaviour.empty_think, settings, on_problem=_Rewritten,
                        stop=(behaviour.stop, template.specials))

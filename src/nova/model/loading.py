@@ -48,8 +48,9 @@ class Placement:
 CPU_BF16_ENV = "NOVA_CPU_BF16"  # 1 or 0: answer cpu_has_native_bf16 without asking the CPU
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX; nova.system knows where).
+def cpu_has_native_bf16(flags: bool | None = None) -> bool:
+    """True when the CPU advertises bf16 instructions (AVX512-BF16 or AMX; nova.system knows where);
+    ``flags``: whether they were found, when the caller read them already (preflight).
 
     ``NOVA_CPU_BF16=1`` (or 0) overrides the answer, so a CPU of one kind can run what ``compute_dtype:
     auto`` does on the other (bf16 is emulated, slowly, where it is not native): how the test suite is
@@ -58,9 +59,21 @@ def cpu_has_native_bf16() -> bool:
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
+    if flags is not None:
+        return flags
     from nova.system import cpu_description
 
     return bool(cpu_description()[1])
+
+
+def dtype_for(setting: str, device: str, bf16_ok: bool) -> str:
+    """``model.compute_dtype`` resolved for a device ('cuda', 'mps' or 'cpu') that does or does not run bf16
+    natively: 'bf16', 'fp16' or 'fp32'. Training (``choose_placement``) and preflight both ask it."""
+    if setting != "auto":
+        return setting
+    if bf16_ok:
+        return "bf16"
+    return "fp16" if device == "cuda" else "fp32"  # mps: fp16 would need loss scaling torch does not do there
 
 
 def mps_quantization_problem(quantization: str) -> tuple[str, str] | None:
@@ -102,18 +115,15 @@ def choose_placement(setting: str, gpu: str | int = "auto") -> Placement:
     names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if not on_gpu and _mps_available(torch):
         return _mps_placement(torch, setting, names)
-    if not on_gpu:
-        if setting == "auto":  # measured: docs/benchmarks.md (bf16 ~1.6x fp32 with AVX512-BF16, ~25x slower without)
-            return Placement("cpu", torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
-        return Placement("cpu", names[setting])
+    if not on_gpu:  # auto, measured: docs/benchmarks.md (bf16 ~1.6x fp32 with AVX512-BF16, ~25x slower without)
+        return Placement("cpu", names[dtype_for(setting, "cpu", setting == "auto" and cpu_has_native_bf16())])
     index = pick_gpu(gpu)
     torch.cuda.set_device(index)
     bf16_ok = torch.cuda.is_bf16_supported()
     if setting == "bf16" and not bf16_ok:
         raise NovaError("model.compute_dtype is bf16 but this GPU does not support bf16",
                         hint="set model.compute_dtype: fp16 or auto")
-    dtype = names[setting] if setting != "auto" else (torch.bfloat16 if bf16_ok else torch.float16)
-    return Placement("cuda", dtype, index)
+    return Placement("cuda", names[dtype_for(setting, "cuda", bf16_ok)], index)
 
 
 def _mps_available(torch: Any) -> bool:
@@ -128,9 +138,7 @@ def _mps_placement(torch: Any, setting: str, names: dict[str, Any]) -> Placement
     if setting == "bf16" and not bf16_ok:
         raise NovaError("model.compute_dtype is bf16 but torch runs bf16 on Apple's GPU (mps) only from macOS 14",
                         hint="set model.compute_dtype: auto (fp32 here), or update macOS")
-    if setting == "auto":
-        return Placement("mps", torch.bfloat16 if bf16_ok else torch.float32)
-    return Placement("mps", names[setting])
+    return Placement("mps", names[dtype_for(setting, "mps", bf16_ok)])
 
 
 def resolve_base(model_cfg: ModelConfig) -> str:

@@ -85,7 +85,7 @@ def check_gpus(snapshot: GpuSnapshot, env: Environment) -> Check:
     if env.apple is not None:
         return Check("gpu", "pass", describe_apple(env.apple))
     cpu = env.cpu
-    bf16 = f"yes ({', '.join(cpu.flags)})" if cpu.bf16 else "no (fp32 compute)"
+    bf16 = f"yes ({', '.join(cpu.flags) or 'NOVA_CPU_BF16=1'}, bf16 compute)" if cpu.bf16 else "no (fp32 compute)"
     return Check("gpu", "warn",
                  f"no NVIDIA GPU: {snapshot.message or 'none found'}. Training would run on the CPU: "
                  f"{cpu.cores} cores, {gib(cpu.ram_available_bytes)} RAM available of {gib(cpu.ram_total_bytes)}, "
@@ -133,21 +133,23 @@ def check_precision(model: ModelConfig, gpu: GpuInfo | None, cpu_bf16: bool = Fa
                     apple: AppleGpu | None = None) -> Check:
     """bf16 needs compute capability 8.0 (FlashAttention-2 too); on mps macOS 14; on a CPU, the
     avx512_bf16/amx_bf16 flags."""
+    from nova.model.loading import dtype_for  # the function training resolves the dtype with
+
     if gpu is None and apple is not None:
-        dtype = ("bf16" if apple.bf16 else "fp32") if model.compute_dtype == "auto" else model.compute_dtype
+        dtype = dtype_for(model.compute_dtype, "mps", apple.bf16)
         if dtype == "bf16" and not apple.bf16:
             return Check("precision", "fail", f"model.compute_dtype is bf16 but torch runs bf16 on Apple's GPU (mps) "
                          f"only from macOS 14 (this is {apple.macos or 'older'})",
                          "set model.compute_dtype: auto (fp32 here), or update macOS")
         return Check("precision", "pass", f"Apple GPU (mps): compute dtype {dtype}")
     if gpu is None:
-        dtype = "fp32" if model.compute_dtype == "auto" else model.compute_dtype
+        dtype = dtype_for(model.compute_dtype, "cpu", cpu_bf16)
         if dtype == "bf16" and not cpu_bf16:
             return Check("precision", "warn", "model.compute_dtype is bf16 but this CPU has no native bf16 "
                          "(avx512_bf16/amx_bf16): emulated bf16 is about 40x slower",
                          "set model.compute_dtype: auto (fp32 on the CPU)")
         return Check("precision", "pass", f"CPU: compute dtype {dtype}")
-    resolved = model.compute_dtype if model.compute_dtype != "auto" else ("bf16" if gpu.bf16 else "fp16")
+    resolved = dtype_for(model.compute_dtype, "cuda", gpu.bf16)
     if resolved == "bf16" and not gpu.bf16:
         return Check("precision", "fail", f"model.compute_dtype is bf16 but GPU {gpu.index} ({gpu.name}) has no "
                      "native bf16 (needs compute capability 8.0)", "set model.compute_dtype: auto (fp16 here)")

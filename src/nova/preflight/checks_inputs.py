@@ -15,19 +15,22 @@ from nova.config.data_schema import DataConfig, DatasetSpec
 from nova.config.schema import ModelConfig, StageConfig
 from nova.data import sources
 from nova.data.formats import BY_NAME
+from nova.data.listing import compression, data_suffix
 from nova.data.records import RecordProblem, apply_columns, detect_format
 from nova.errors import NovaError, ProblemList
 from nova.files import MiB
-from nova.preflight.model_source import ModelSource
+from nova.preflight.model_source import ModelSource, hub_download_command
 from nova.preflight.report import Check
 
 EPOCHS_HIGH, EPOCHS_LOW = 5.0, 0.3
+WARMUP_MAX = 0.2  # warmup over more of the run than this: most steps train below the learning rate
 HOLDOUT_MIN = 5  # fewer held-out records than a handful: the eval loss (early stopping, alerts) is noise
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
 # The largest file preflight reads, by suffix (others: READ_WHOLE). JSON and CSV are parsed whole;
 # JSON Lines are peeked at by their first line and counted by lines; Parquet counted from its footer.
 READ_WHOLE = 64 * MiB
+COMPRESSION_RATIO = 8  # a .gz/.zst file is sized as if it held this many times its bytes
 PEEK_LIMITS = {".jsonl": math.inf}
 COUNT_LIMITS = {".jsonl": 512 * MiB, ".parquet": math.inf}
 
@@ -43,10 +46,13 @@ def check_model(source: ModelSource) -> Check:
         return Check("model", "pass", source.message)
     if source.kind == "hub_remote":
         return Check("model", "warn", f"{source.message}; it will be downloaded on the first run",
-                     f"download it ahead: huggingface-cli download {source.base}")
+                     f"download it ahead: {hub_download_command(source.base)}")
+    if source.message.startswith("local path "):
+        return Check("model", "fail", source.message, "fix model.base (a local directory with config.json or a "
+                     ".gguf file)")
     return Check("model", "fail", source.message,
                  "check model.base (a local directory with config.json, a .gguf file, or a hub id); for a hub id "
-                 f"run 'huggingface-cli download {source.base}' while online")
+                 f"run '{hub_download_command(source.base)}' while online")
 
 
 def needs_chat_template(data: DataConfig) -> bool | None:
@@ -80,14 +86,15 @@ def _source_files(spec: DatasetSpec) -> list[Path] | None:
     if sources.looks_like_hub_id(spec.path):
         return None
     try:
-        return sources.list_files(Path(spec.path).expanduser())
+        return sources.list_files(Path(spec.path).expanduser(), spec.ignore)
     except sources.FileProblem:
         return None
 
 
 def _small_enough(path: Path, limits: dict[str, float]) -> bool:
     """Whether reading ``path`` this way stays within preflight's second (see PEEK_LIMITS, COUNT_LIMITS)."""
-    return path.stat().st_size <= limits.get(path.suffix.lower(), READ_WHOLE)
+    limit = limits.get(data_suffix(path) or "", READ_WHOLE)
+    return path.stat().st_size * (COMPRESSION_RATIO if compression(path) else 1) <= limit
 
 
 def check_chat_template(model: ModelConfig, source: ModelSource, stages: list[StageConfig]) -> Check:
@@ -129,24 +136,32 @@ def tokenizer_chat_template(directory: Path) -> str | None:
 
 
 def check_data(label: str, stage: StageConfig) -> tuple[Check, int | None]:
-    """nova.data's own validation; the record count feeds the schedule check."""
+    """nova.data's own validation; the record count feeds the schedule check. A skipped share above
+    data.skip_warn_share warns and above skip_fail_share fails, as the dry run and training judge it."""
     if not stage.data.datasets:
         return Check(label, "fail", "data.datasets is empty", "add at least one training file under "
                      "data.datasets"), None
     from nova.data import check_data as data_check
+    from nova.data.skipped import skipped_verdict
 
     try:
         report = data_check(stage.data, method=stage.method, dpo=stage.length_settings)
     except ProblemList as exc:
         shown = "; ".join(p.render() for p in exc.problems[:3])
         more = f" (+{len(exc.problems) - 3} more)" if len(exc.problems) > 3 else ""
+        fix = next((p.hint for p in exc.problems if p.hint), None)
         return Check(label, "fail", f"{exc.title}: {shown}{more}",
-                     "run 'nova data check' for the full list, or set data.on_error: skip"), None
+                     (f"{fix}; " if fix else "") + "'nova data check' lists every problem"), None
     except NovaError as exc:
         return Check(label, "fail", exc.message, exc.hint or "run 'nova data check'"), None
     count = report.train_records if report.train_records > 0 else None
     held = report.eval_records
     text = (f"{count} training records" if count else "data is valid") + (f", {held} held out" if held else "")
+    text += "".join(f"; {s.path}: {line}" for s in [*report.sources, *report.eval_sources]
+                    if (line := s.files_line()) is not None)  # a directory: what was read, what was not and why
+    verdict = skipped_verdict(report, stage.data)
+    if verdict is not None:
+        return Check(label, verdict[0], f"{text}; {verdict[1]}", verdict[2]), count
     if 0 < held < HOLDOUT_MIN:
         return Check(label, "warn", f"{text}: an eval loss over {held} record{'s' if held > 1 else ''} is noise",
                      f"hold out at least {HOLDOUT_MIN}: raise data.eval_split (now {stage.data.eval_split:g}), "
@@ -165,12 +180,15 @@ def check_learning_rate(label: str, stage: StageConfig, *, full: bool = False) -
     kind, what = ("full fine-tuning", "the model") if full else ("LoRA", "the adapter")
     if lr < low:
         return Check(label, "warn", f"learning_rate {lr:g} is low for {kind} {stage.method} (typical "
-                     f"{low:g}..{high:g}); {what} will barely learn",
-                     f"raise training.learning_rate to about {rates.suggested:g}")
+                     f"{low:g}..{high:g}, {rates.suggested / lr:.0f}x below the usual {rates.suggested:g}); "
+                     f"{what} will barely learn",
+                     f"raise training.learning_rate to about {rates.suggested:g}, the typical rate for {kind} "
+                     f"{stage.method}")
     if lr > high:
         return Check(label, "warn", f"learning_rate {lr:g} is high for {kind} {stage.method} (typical "
                      f"{low:g}..{high:g}); expect loss spikes or divergence",
-                     f"lower training.learning_rate to about {rates.suggested:g}")
+                     f"lower training.learning_rate to about {rates.suggested:g}, the typical rate for {kind} "
+                     f"{stage.method}")
     return Check(label, "pass", f"learning_rate {lr:g} (typical {low:g}..{high:g})")
 
 
@@ -196,6 +214,37 @@ def check_schedule(label: str, stage: StageConfig, records: int | None) -> Check
         return Check(label, "warn", f"{msg}: under a third of the data is seen",
                      "raise training.max_steps (or use num_epochs: 1)")
     return Check(label, "pass", msg)
+
+
+def run_steps(stage: StageConfig, records: int | None) -> int | None:
+    """Optimizer steps of a stage: max_steps, else epochs over the records (None without a count)."""
+    t = stage.training
+    if t.max_steps is not None:
+        return t.max_steps
+    if not records:
+        return None
+    per_step = max(1, t.effective_batch_size // stage.spec.group_size(stage.method_settings))
+    return max(1, math.ceil(records / per_step * t.num_epochs))
+
+
+def check_warmup(label: str, stage: StageConfig, records: int | None) -> Check:
+    """Warmup over more than WARMUP_MAX of the run leaves little of it at the intended learning rate."""
+    t = stage.training
+    steps = run_steps(stage, records)
+    if t.warmup_steps is None:
+        share, what = t.warmup_ratio, f"warmup_ratio {t.warmup_ratio:g}"
+    elif steps:
+        share, what = t.warmup_steps / steps, f"warmup_steps {t.warmup_steps} of {steps} steps"
+    else:
+        return Check(label, "skip", f"warmup_steps {t.warmup_steps}: cannot tell the run's steps without a record "
+                     "count")
+    if share > WARMUP_MAX:
+        longer = " (longer than the run: it never reaches the learning rate)" if share >= 1 else ""
+        fix = (f"set training.warmup_steps to about {max(1, round(steps * 0.05))} (5% of {steps} steps)" if steps
+               else "") or "set training.warmup_ratio to about 0.05"
+        return Check(label, "warn", f"{what} = {share:.0%} of the run{longer}; most of the run trains below "
+                     f"the learning rate", fix + ", or unset warmup_steps and use warmup_ratio: 0.05")
+    return Check(label, "pass", f"{what} = {share:.0%} of the run")
 
 
 def count_records(data: DataConfig) -> int | None:

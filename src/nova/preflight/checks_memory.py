@@ -39,7 +39,7 @@ ATTENTION = {"eager": "eager", "flash_attention_2": "flash_attention_2"}  # auto
 
 def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, on_gpu: bool,
                    reference_adapter: bool = False, frozen_lora_params: int = 0, full: bool = False,
-                   apple: AppleGpu | None = None) -> Settings:
+                   apple: AppleGpu | None = None, cpu_bf16: bool | None = None) -> Settings:
     """The memory-relevant settings of one stage, on the code path nova runs for it.
 
     SFT (nova.train): through the trainer's ``model.forward`` (nova's loss is a forward mode of the
@@ -55,7 +55,9 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
     ``full`` (adapter: full): no LoRA at all; every weight, its gradient and its optimizer states count.
     ``apple`` (Apple's GPU, mps): the compute dtype ``auto`` gives there, and no CUDA context or pool.
     """
-    auto_fp32 = not on_gpu and not (apple is not None and apple.bf16)
+    # the dtype training computes in (nova.model.loading.dtype_for); cpu_bf16 None: this machine's CPU
+    on_cpu_bf16 = apple.bf16 if apple is not None else (_cpu_bf16() if cpu_bf16 is None else cpu_bf16)
+    auto_fp32 = not on_gpu and not on_cpu_bf16
     fp32 = model.compute_dtype == "fp32" or (model.compute_dtype == "auto" and auto_fp32)
     t = stage.training
     attn = ATTENTION.get(model.attn_implementation, "sdpa")
@@ -85,8 +87,15 @@ def stage_settings(model: ModelConfig, lora: LoraConfig, stage: StageConfig, *, 
                    attention_masked=not unmasked, loss_impl="nova", autocast=True)
 
 
+def _cpu_bf16() -> bool:
+    """Whether training on this CPU computes in bf16 (compute_dtype auto), as nova.model.loading decides."""
+    from nova.model.loading import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
 def planned_settings(shape: ModelShape, planned: PlannedPhase, stage: PlannedStage, *, on_gpu: bool,
-                     apple: AppleGpu | None = None) -> Settings:
+                     apple: AppleGpu | None = None, cpu_bf16: bool | None = None) -> Settings:
     """``stage_settings`` for a stage of the plan: with the frozen copy of the phase adapter a later stage
     keeps as its reference (the method's spec says whether it keeps one), and the chain's adapters stacked
     frozen under the trained one (their settings: the plan's)."""
@@ -95,7 +104,7 @@ def planned_settings(shape: ModelShape, planned: PlannedPhase, stage: PlannedSta
     frozen = sum(lora_params(shape, Settings(lora_r=lora.r, target_modules=_targets(lora)))
                  for lora in planned.chain_loras)
     return stage_settings(planned.model, planned.phase.lora, cfg, on_gpu=on_gpu, reference_adapter=reference,
-                          frozen_lora_params=frozen, full=planned.full, apple=apple)
+                          frozen_lora_params=frozen, full=planned.full, apple=apple, cpu_bf16=cpu_bf16)
 
 
 def fit_stage(model_config: dict[str, Any], planned: PlannedPhase, stage: PlannedStage, budget_bytes: int, *,

@@ -121,7 +121,9 @@ def cpu_info(cpuinfo: str | None = None, memory: tuple[int, int] | None = None) 
     """
     model, bf16_flags = system.cpu_description() if cpuinfo is None else system.parse_cpuinfo(cpuinfo)
     total, available = system.memory() if memory is None else memory
-    return CpuInfo(system.usable_cores(), total, available, bool(bf16_flags), model, bf16_flags)
+    from nova.model.loading import cpu_has_native_bf16  # NOVA_CPU_BF16 answers as it does for training
+
+    return CpuInfo(system.usable_cores(), total, available, cpu_has_native_bf16(bool(bf16_flags)), model, bf16_flags)
 
 
 @dataclass(frozen=True)

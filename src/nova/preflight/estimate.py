@@ -103,7 +103,8 @@ class Estimate:
                 "breakdown": dict(self.breakdown), "lora_params": self.lora_params,
                 "micro_batch_size": self.settings.micro_batch_size, "seq_len": self.settings.seq_len,
                 "tokens_per_micro_batch": self.settings.tokens,
-                "gradient_checkpointing": self.settings.gradient_checkpointing, "notes": list(self.notes)}
+                "gradient_checkpointing": self.settings.gradient_checkpointing,
+                "compute_bytes": self.settings.compute_bytes, "notes": list(self.notes)}
 
 
 def lora_params(shape: ModelShape, settings: Settings) -> int:

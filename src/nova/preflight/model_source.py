@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from nova.files import looks_like_local_path
+from nova.files import did_you_mean, looks_like_local_path
 
 Kind = Literal["local", "gguf", "hub_cached", "hub_remote", "missing"]
 NETWORK_TIMEOUT_S = 3.0
@@ -115,8 +115,10 @@ def resolve_model(base: str, *, revision: str | None = None, models_dir: str = "
         cfg = _read_config(imported) if imported.is_dir() else None
         where = f" (imported at {imported})" if cfg else " (not imported yet; imported on the first run)"
         return ModelSource("gguf", base, imported if cfg else None, cfg, f"GGUF file {base}{where}")
-    if _looks_like_path(base):
-        return ModelSource("missing", base, None, None, f"local path {base} does not exist")
+    if _looks_like_path(base):  # no hub request: its directory is here, so it is a mistyped local path
+        close = did_you_mean(base)
+        return ModelSource("missing", base, None, None, f"local path {base} does not exist"
+                           + (f" (did you mean {close}?)" if close else ""))
     snapshot = cached_snapshot(base, revision)
     if snapshot is not None:
         state = "offline" if offline() else "online allowed"
@@ -130,6 +132,20 @@ def resolve_model(base: str, *, revision: str | None = None, models_dir: str = "
     kind: Kind = "hub_remote" if answer.startswith("reachable") else "missing"
     return _with_known_architecture(ModelSource(kind, base, None, None, f"hub model {base} is not cached locally; "
                                                 f"{answer}"))
+
+
+def hub_download_command(repo_id: str) -> str:
+    """The command that downloads a hub model with the client installed: ``hf`` (huggingface_hub 0.34 and
+    later ship it; ``huggingface-cli`` is deprecated there), else ``huggingface-cli``."""
+    import shutil
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(x) for x in version("huggingface_hub").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        major, minor = 0, 0
+    client = "hf" if shutil.which("hf") or (major, minor) >= (0, 34) else "huggingface-cli"
+    return f"{client} download {repo_id}"
 
 
 def known_architecture(base: str) -> dict[str, Any] | None:

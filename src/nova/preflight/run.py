@@ -30,6 +30,7 @@ from nova.preflight.checks_inputs import (
     check_learning_rate,
     check_model,
     check_schedule,
+    check_warmup,
     count_records,
 )
 from nova.preflight.checks_memory import MemoryContext, check_memory, planned_settings
@@ -178,10 +179,11 @@ def _stage_checks(report: PreflightReport, plan: Plan, ph: PlannedPhase, stage: 
     auto: dict[str, Any] | None = None
     if shape is not None:
         ctx = MemoryContext(snap, gpu, env.cpu.ram_available_bytes, apple)
-        est, auto = _memory(report, plan, f"memory{suffix}", shape, ph, stage, ctx, world)
+        est, auto = _memory(report, plan, f"memory{suffix}", shape, ph, stage, ctx, world, env.cpu.bf16)
     records = _data(report, f"data{suffix}", cfg, with_data)
     report.add(check_learning_rate(f"learning_rate{suffix}", cfg, full=ph.full))
     report.add(check_schedule(f"schedule{suffix}", cfg, records))
+    report.add(check_warmup(f"warmup{suffix}", cfg, records))
     return est, auto
 
 
@@ -225,6 +227,9 @@ def _named(check: Check, plan: Plan, ph: PlannedPhase) -> Check:
 
 def _shape(source: ModelSource, report: PreflightReport, plan: Plan, ph: PlannedPhase) -> ModelShape | None:
     """The model's shape from its config.json, or a warning saying why memory cannot be estimated."""
+    if source.config is None and source.kind == "missing":  # the model check fails and says why, once
+        report.add(_named(Check("memory", "skip", "no model to size (see the model check)"), plan, ph))
+        return None
     if source.config is None:
         report.add(_named(Check("memory", "warn", f"cannot estimate without config.json ({source.message})",
                                 "make model.base a local directory with config.json, or download the hub model "
@@ -238,12 +243,13 @@ def _shape(source: ModelSource, report: PreflightReport, plan: Plan, ph: Planned
 
 
 def _memory(report: PreflightReport, plan: Plan, name: str, shape: ModelShape, ph: PlannedPhase,
-            stage: PlannedStage, ctx: MemoryContext, world: int = 1) -> tuple[Estimate, dict[str, Any] | None]:
+            stage: PlannedStage, ctx: MemoryContext, world: int = 1,
+            cpu_bf16: bool = False) -> tuple[Estimate, dict[str, Any] | None]:
     """The memory check of one stage (per rank with several); returns its estimate and the auto-fit choice."""
     from dataclasses import replace
 
     cfg = stage.config
-    settings = planned_settings(shape, ph, stage, on_gpu=ctx.gpu is not None, apple=ctx.apple)
+    settings = planned_settings(shape, ph, stage, on_gpu=ctx.gpu is not None, apple=ctx.apple, cpu_bf16=cpu_bf16)
     if world > 1:
         replica = replace(settings, ddp=True)
         free = ctx.gpu.free_bytes if ctx.gpu is not None else None
@@ -261,7 +267,12 @@ def _data(report: PreflightReport, name: str, stage: StageConfig, enabled: bool)
     """The data check (or its skip); returns the training record count for the schedule check."""
     if not enabled:
         report.add(Check(name, "skip", "data check turned off"))
-        return count_records(stage.data) if stage.data.datasets else None
+        if not stage.data.datasets:
+            return None
+        from nova.data.pipeline import checked_train_records  # the dry run's own count, when it checked the data
+
+        known = checked_train_records(stage.data, stage.method)
+        return known if known is not None else count_records(stage.data)
     check, records = check_data(name, stage)
     report.add(check)
     if records is None and stage.data.datasets:

@@ -74,7 +74,7 @@ def dry_run(loaded: LoadedConfig, phase: str | None = None, *, preflight: bool =
         trains = trained_kind(item.full).describe(item.phase.lora)
         out.lines.append(f"  starts {start}; {model.quantization} base, {trains}")
         problem = model_access(model)
-        if problem:
+        if problem and not preflight:  # else preflight's model check says it, once, with a did-you-mean
             out.missing.append(f"phase {item.name}: {problem}")
         for stage in item.stages:
             t = stage.config.training
@@ -96,7 +96,7 @@ def _preflight_lines(loaded: LoadedConfig, plan: Plan, out: DryRun) -> None:
     out.lines.append(f"preflight: {report.verdict}")
     for check in report.checks:
         if check.status == "warn":
-            out.lines.append(f"  warn {check.name}: {check.message}")
+            out.lines.append(f"  warn {check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else ""))
         elif check.status == "fail":
             out.missing.append(f"{check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else ""))
 
