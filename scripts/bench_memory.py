@@ -58,11 +58,11 @@ def cpu_grid() -> list[Row]:
     """The rows a 2-core CPU affords in about an hour, most informative first (docs/memory.md says why)."""
     r = Row
     return [
-        r("smol", "sft", "none", 128, 1, False), r("smol", "sft", "none", 128, 1, True),
-        r("smol", "sft", "nf4", 128, 1, False), r("smol", "dpo", "none", 128, 1, False),
-        r("smol", "sft", "none", 128, 2, False, "pad"), r("smol", "sft", "none", 512, 1, True),
-        r("llama1b", "sft", "nf4", 128, 1, True), r("qwen1.5b", "sft", "nf4", 128, 1, True),
-        r("smol", "sft", "none", 512, 4, False), r("llama1b", "dpo", "none", 128, 1, False),
+        r("smol", "sft", "none", 512, 4, False), r("smol", "sft", "none", 128, 1, False),
+        r("smol", "sft", "none", 128, 1, True), r("smol", "sft", "nf4", 128, 1, False),
+        r("smol", "dpo", "none", 128, 1, False), r("llama1b", "sft", "none", 128, 1, False),
+        r("qwen1.5b", "sft", "none", 128, 1, True, "pad"), r("smol", "sft", "none", 128, 2, False, "pad"),
+        r("llama1b", "sft", "nf4", 128, 1, True), r("qwen1.5b", "dpo", "nf4", 128, 1, True),
         r("smol", "sft", "none", 4096, 1, True),
     ]
 
@@ -151,11 +151,14 @@ logs_dir: {work / "logs"}
 
 
 def run_row(row: Row, work: Path, steps: int, timeout: int) -> dict:
-    """One probe in a fresh process through the real command; its stage's figures, or why it failed."""
+    """One probe in a fresh process through the real command; its stage's figures, or why it failed.
+    A probe whose report is already in WORK/probes (a grid stopped mid-way) is read, not run again."""
     config = write_config(row, work)
+    out = work / "probes" / f"{row.name}.json"
+    if out.exists():
+        return {"row": row.name, **row.__dict__, **json.loads(out.read_text())["stages"][0], "config": str(config)}
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NOVA_CACHE_DIR": str(work / "nova-cache"),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = work / "probes" / f"{row.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "nova", "train", "--config", str(config), "--probe", "--probe-steps", str(steps),
            "--probe-out", str(out), "--json"]
@@ -166,7 +169,30 @@ def run_row(row: Row, work: Path, steps: int, timeout: int) -> dict:
     if not out.exists():
         return {"row": row.name, "error": (done.stderr or done.stdout)[-600:]}
     stage = json.loads(out.read_text())["stages"][0]
-    return {"row": row.name, **row.__dict__, **stage}
+    return {"row": row.name, **row.__dict__, **stage, "config": str(config)}
+
+
+def estimate_now(result: dict) -> int | None:
+    """The estimate of a measured row by the estimator as it is now (its terms corrected since the row ran):
+    the row's stage as preflight sizes it, at the longest row the probe trained."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from dataclasses import replace
+
+    from nova.config import load_yaml_config
+    from nova.plan import make_plan
+    from nova.preflight.checks_memory import planned_settings
+    from nova.preflight.estimate import CALIBRATED, estimate_for_shape, model_shape
+
+    if not result.get("config") or not result.get("longest_row_tokens"):
+        return None
+    planned = make_plan(load_yaml_config(Path(result["config"]))).phases[0]
+    shape = model_shape(json.loads((Path(str(planned.model.base)) / "config.json").read_text()))
+    settings = planned_settings(shape, planned, planned.stages[0], on_gpu=result.get("device") == "cuda")
+    seq = min(settings.seq_len, result["longest_row_tokens"])
+    loss = None if settings.loss_tokens is None else min(settings.loss_tokens, settings.sequences * seq)
+    settings = replace(settings, seq_len=seq, loss_tokens=loss,
+                       attention_row=None if settings.attention_row is None else seq)
+    return estimate_for_shape(shape, settings, CALIBRATED).total_bytes
 
 
 def device_line() -> str:
@@ -188,7 +214,7 @@ def table(rows: list[dict]) -> str:
         if r.get("error") and not isinstance(r.get("error"), float):
             lines.append(f"| {r['row']} | - | - | failed: {str(r['error']).splitlines()[-1][:80]} | - |")
             continue
-        est, got = r.get("estimated_peak_bytes"), r.get("measured_peak_bytes")
+        est, got = estimate_now(r) or r.get("estimated_peak_bytes"), r.get("measured_peak_bytes")
         err = "-" if not est or not got else f"{(est - got) / got:+.1%}"
         speed = "-" if r.get("tokens_per_second") is None else f"{r['tokens_per_second']:.0f}"
         lines.append(f"| {r['row']} | {'-' if not est else round(est / MiB)} | {'-' if not got else round(got / MiB)} "

@@ -21,6 +21,8 @@ from nova.console import RunLog
 from nova.errors import NovaError
 from nova.train.probe import run_probe, worst_rows
 
+pytestmark = pytest.mark.trains  # real steps on the tiny model (about a minute on 2 cores)
+
 TRAIN = ("{max_steps: 20, micro_batch_size: 2, gradient_accumulation_steps: 2, learning_rate: 1.0e-3, "
          "warmup_steps: 0, logging_steps: 5, eval_steps: 10, save_steps: 10, gradient_checkpointing: %s}")
 
@@ -48,10 +50,13 @@ stages:
 
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, dict]:
+    """``nova train --probe --json`` as a user runs it; stdout is the report and nothing else."""
     tmp = tmp_path_factory.mktemp("probe")
-    report = run_probe(load_yaml_config(probe_yaml(tmp, tiny_model_dir)), steps=3, out=tmp / "probe.json",
-                       log=RunLog(tmp / "log.txt"))
-    return tmp, report.to_dict()
+    cache = tmp / "cache-home"
+    result = run_nova("train", "--config", str(probe_yaml(tmp, tiny_model_dir)), "--probe", "--probe-steps", "3",
+                      "--json", "--probe-out", str(tmp / "probe.json"), env={"NOVA_CACHE_DIR": str(cache)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return tmp, json.loads(result.stdout)
 
 
 def test_probe_measures_each_stage_beside_its_estimate(probed: tuple[Path, dict]) -> None:
@@ -84,6 +89,15 @@ def test_probe_leaves_no_run_behind_and_writes_probe_json(probed: tuple[Path, di
     tmp, report = probed
     assert not (tmp / "run").exists()
     assert json.loads((tmp / "probe.json").read_text())["stages"] == report["stages"]
+
+
+def test_probe_stores_its_measurement_for_later_preflights(probed: tuple[Path, dict]) -> None:
+    tmp, report = probed
+    stored = json.loads((tmp / "cache-home" / "probe_calibration.json").read_text())
+    assert len(stored) == 2  # one per stage: sft and dpo run different code paths
+    measured = sorted(entry["measured_bytes"] for entry in stored.values())
+    assert measured == sorted(s["measured_peak_bytes"] for s in report["stages"])
+    assert all("|cpu|" in key for key in stored)
 
 
 def test_probe_refuses_a_live_run_directory(tmp_path: Path, tiny_model_dir: Path) -> None:

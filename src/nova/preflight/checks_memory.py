@@ -136,7 +136,8 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
     if ctx.gpu is None:
         need = est.total_bytes + CPU_RUNTIME_BYTES
         msg = (f"needs about {gib(need)} of RAM on the CPU ({gib(est.total_bytes)} for training plus about "
-               f"{gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(ctx.ram_available)} available{probed}")
+               f"{gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(ctx.ram_available)} "
+               f"available{probed}")
         if need > ctx.ram_available:
             return Check(label, "fail", msg, _cpu_fix(settings)), est, None
         if need > ctx.ram_available * TIGHT:
