@@ -66,6 +66,7 @@ def test_probe_measures_each_stage_beside_its_estimate(probed: tuple[Path, dict]
         assert stage["fits"] is True
         assert stage["measured_peak_bytes"] > 0 and stage["estimated_peak_bytes"] > 0
         detail = stage["measured_detail"]
+        assert detail["alive_before_steps"] > 0  # the weights and the adapter, alive before the steps
         assert detail["steps_peak_above_that"] > 0  # the steps allocated: activations, gradients, Adam states
         assert stage["measured_peak_bytes"] == detail["alive_before_steps"] + detail["steps_peak_above_that"]
         assert stage["tokens_per_second"] > 0 and stage["eta_seconds"] > 0
@@ -141,3 +142,21 @@ def test_out_of_memory_during_the_probe_is_a_fit_verdict(tmp_path: Path, tiny_mo
     assert "micro_batch_size 2 -> 1" in dpo.fix
     assert not report.fits
     assert json.loads((tmp_path / "probe.json").read_text())["fits"] is False
+
+
+def test_a_phase_whose_earlier_phase_has_not_trained_is_said_not_probed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    files = write_method_data(tmp_path, n=8)
+    data = f"{{datasets: [{{path: {files['sft']}}}], eval_split: 0.0, max_length: 64, cache_dir: {tmp_path / 'c'}}}"
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"""
+output_dir: {tmp_path / "out"}
+phases:
+  - {{name: a, model: {{base: {tiny_model_dir}, quantization: none}}, data: {data}, logs_dir: {tmp_path / "logs"}}}
+  - {{name: b, start_from: a, data: {data}, logs_dir: {tmp_path / "logs"}}}
+""")
+    report = run_probe(load_yaml_config(path), phase="b", steps=3, log=RunLog(None, quiet=True))
+    (stage,) = report.stages
+    assert stage.label == "b/sft" and stage.measured_peak_bytes is None
+    assert stage.verdict.startswith("not probed: phase 'a' has not finished")
+    assert "--phase b --probe" in stage.fix
+    assert not (tmp_path / "out").exists()

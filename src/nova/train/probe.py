@@ -102,7 +102,7 @@ def run_probe(loaded: LoadedConfig, *, phase: str | None = None, steps: int = 4,
     report = ProbeReport()
     with speaking(log):
         for item in plan.phases:
-            report.stages += probe_phase(item, log, steps, record)
+            report.stages += probe_phase(item, log, steps, record) if chain_ready(item) else not_probed(item)
     if out is not None:
         from nova.files import write_json_atomic
 
@@ -119,6 +119,27 @@ def refuse_live(plan: Plan) -> None:
         if holder is not None:
             raise NovaError(f"run directory {item.run_dir} is in use by {holder}: a probe does not run beside it",
                             hint="wait for that run to end (nova status), or probe another output_dir")
+
+
+def chain_ready(item: PlannedPhase) -> bool:
+    """Whether the earlier phases this one stacks on have finished (their adapters are what it loads)."""
+    try:
+        item.chain_refs()
+    except NovaError:
+        return False
+    return True
+
+
+def not_probed(item: PlannedPhase) -> list[StageProbe]:
+    """A phase whose earlier phases have not trained yet: said per stage, with how to probe it later."""
+    why = "its earlier phases have not finished"
+    try:
+        item.chain_refs()
+    except NovaError as exc:
+        why = exc.message
+    return [StageProbe(stage.label, verdict=f"not probed: {why}", fix=f"probe it once that phase has trained "
+                       f"(nova train --config ... --phase {item.name} --probe)", detail={"probed": False})
+            for stage in item.stages]
 
 
 def probe_phase(item: PlannedPhase, log: RunLog, steps: int, record: bool) -> list[StageProbe]:
