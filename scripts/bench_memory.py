@@ -190,9 +190,29 @@ def estimate_now(result: dict) -> int | None:
     settings = planned_settings(shape, planned, planned.stages[0], on_gpu=result.get("device") == "cuda")
     seq = min(settings.seq_len, result["longest_row_tokens"])
     loss = None if settings.loss_tokens is None else min(settings.loss_tokens, settings.sequences * seq)
+    trained = result.get("trained_tokens") or trained_tokens(result)
+    if trained:
+        loss = min(trained, settings.sequences * seq)
     settings = replace(settings, seq_len=seq, loss_tokens=loss,
                        attention_row=None if settings.attention_row is None else seq)
     return estimate_for_shape(shape, settings, CALIBRATED).total_bytes
+
+
+def trained_tokens(result: dict) -> int | None:
+    """Trained tokens of a row probed before the probe reported them: its data's worst rows, tokenized again."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from nova.config import load_yaml_config
+    from nova.data import prepare_stage_data
+    from nova.model.loading import load_tokenizer, resolve_base
+    from nova.plan import make_plan
+
+    planned = make_plan(load_yaml_config(Path(result["config"]))).phases[0]
+    cfg = planned.stages[0].config
+    tokenizer = load_tokenizer(planned.model, resolve_base(planned.model))
+    data = prepare_stage_data(cfg.data, tokenizer, method=cfg.method, seed=cfg.training.seed, dpo=cfg.length_settings)
+    from nova.train.probe import worst_rows
+
+    return worst_rows(data.train, cfg.training.micro_batch_size, 1)[2]  # trained positions of the worst rows
 
 
 def device_line() -> str:

@@ -76,14 +76,15 @@ def test_probe_measures_each_stage_beside_its_estimate(probed: tuple[Path, dict]
 def test_worst_rows_are_the_longest_repeated() -> None:
     from datasets import Dataset
 
-    data = Dataset.from_dict({"input_ids": [[1] * 3, [1] * 9, [1] * 5, [1] * 7]})
-    rows, longest = worst_rows(data, micro=2, steps=3)
-    assert longest == 9
+    labels = [[-100, 1, 1], [-100] * 3 + [1] * 6, [-100] * 3 + [1] * 2, [-100] * 3 + [1] * 4]
+    data = Dataset.from_dict({"input_ids": [[1] * 3, [1] * 9, [1] * 5, [1] * 7], "labels": labels})
+    rows, longest, trained = worst_rows(data, micro=2, steps=3)
+    assert longest == 9 and trained == 10  # the 9- and 7-token rows train 6 and 4 positions
     assert sorted(len(r) for r in rows["input_ids"]) == [7, 7, 7, 9, 9, 9]
     pairs = Dataset.from_dict({"prompt_ids": [[1] * 4, [1] * 2], "chosen_ids": [[1] * 3, [1] * 9],
                                "rejected_ids": [[1] * 6, [1] * 1]})
-    rows, longest = worst_rows(pairs, micro=1, steps=2)
-    assert longest == 11 and len(rows) == 2 and len(rows[0]["chosen_ids"]) == 9
+    rows, longest, trained = worst_rows(pairs, micro=1, steps=2)
+    assert longest == 11 and len(rows) == 2 and len(rows[0]["chosen_ids"]) == 9 and trained == 10
 
 
 def test_probe_leaves_no_run_behind_and_writes_probe_json(probed: tuple[Path, dict]) -> None:

@@ -183,13 +183,24 @@ def row_tokens(dataset: Any) -> list[int]:
     return [p + r for p, r in zip(prompts, replies, strict=True)]
 
 
-def worst_rows(dataset: Any, micro: int, steps: int) -> tuple[Any, int]:
-    """The ``micro`` longest rows, repeated for ``steps`` micro batches; and the longest row's tokens."""
+def worst_rows(dataset: Any, micro: int, steps: int) -> tuple[Any, int, int | None]:
+    """The ``micro`` longest rows, repeated for ``steps`` micro batches; the longest row's tokens; and the
+    tokens those rows train (what reaches the LM head; None when the data does not count them)."""
     lengths = row_tokens(dataset)
     if not lengths:
         raise NovaError("the stage has no training rows to probe", hint="check its data (nova data check)")
     longest = sorted(range(len(lengths)), key=lambda i: -lengths[i])[:micro]
-    return dataset.select(longest * steps), lengths[longest[0]]
+    return dataset.select(longest * steps), lengths[longest[0]], trained_tokens(dataset.select(longest))
+
+
+def trained_tokens(rows: Any) -> int | None:
+    """Positions of ``rows`` that reach the LM head: those whose next token is trained (sequences), or the
+    replies (pairs, feedback). None for prompts (GRPO trains its generations, made during the steps)."""
+    columns = rows.column_names
+    if "labels" in columns:
+        return sum(sum(1 for label in labels[1:] if label != -100) for labels in rows["labels"])
+    replies = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in columns]
+    return sum(len(ids) for c in replies for ids in rows[c]) if replies else None
 
 
 def probe_stage(run: Any, inputs: Any, model: Any, prepared: Any, stage: PlannedStage, steps: int,
@@ -199,10 +210,10 @@ def probe_stage(run: Any, inputs: Any, model: Any, prepared: Any, stage: Planned
 
     cfg = probe_config(stage.config, steps)
     micro = cfg.training.micro_batch_size
-    train, longest = worst_rows(prepared.train, micro, steps)
+    train, longest, trained = worst_rows(prepared.train, micro, steps)
     data = replace(prepared, train=train, eval=None)
     result = StageProbe(stage.label)
-    estimate = stage_estimate(run, inputs, replace(stage, config=cfg), longest)
+    estimate = stage_estimate(run, inputs, replace(stage, config=cfg), longest, trained)
     times: list[float] = []
     from nova.train.probe_memory import PeakMeter
 
@@ -222,7 +233,8 @@ def probe_stage(run: Any, inputs: Any, model: Any, prepared: Any, stage: Planned
     result.measured_peak_bytes = meter.result.peak_bytes
     result.tokens_per_second = tokens_per_second(times, micro * longest, placement.device)
     result.eta_seconds = eta(prepared.train, cfg, stage.config, result.tokens_per_second)
-    result.detail = {"micro_batch_size": micro, "longest_row_tokens": longest, "steps": steps,
+    result.detail = {"micro_batch_size": micro, "longest_row_tokens": longest, "trained_tokens": trained,
+                     "steps": steps,
                      "device": placement.device, "measured_how": meter.result.how,
                      "measured_detail": meter.result.detail}
     compare(result, estimate, cfg, placement.device)
@@ -278,8 +290,9 @@ def estimate_shape(inputs: Any) -> Any:
     return model_shape(json.loads(config.read_text(encoding="utf-8"))) if config.is_file() else None
 
 
-def stage_estimate(run: Any, inputs: Any, stage: PlannedStage, longest: int) -> Any:
-    """Preflight's estimate for the micro batch the probe runs (its longest row, not data.max_length)."""
+def stage_estimate(run: Any, inputs: Any, stage: PlannedStage, longest: int, trained: int | None = None) -> Any:
+    """Preflight's estimate for the micro batch the probe runs: its longest row (not data.max_length) and the
+    tokens its rows train (preflight assumes every token is trained, the worst case of text data)."""
     from nova.preflight.checks_memory import planned_settings
     from nova.preflight.estimate import CALIBRATED, estimate_for_shape
 
@@ -289,6 +302,8 @@ def stage_estimate(run: Any, inputs: Any, stage: PlannedStage, longest: int) -> 
     settings = planned_settings(shape, run.planned, stage, on_gpu=inputs.placement.device == "cuda")
     seq = min(settings.seq_len, longest)
     loss_tokens = None if settings.loss_tokens is None else min(settings.loss_tokens, settings.sequences * seq)
+    if trained is not None:
+        loss_tokens = min(trained, settings.sequences * seq)
     tokens = None if settings.tokens_override is None else min(settings.tokens_override,
                                                               settings.micro_batch_size * seq)
     settings = replace(settings, seq_len=seq, loss_tokens=loss_tokens, tokens_override=tokens,
