@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "src" / "nova" / "resources" / "model_configs"
 SMOL = ROOT / "models" / "smollm2-135m-instruct"
-RANDOM = {"llama1b": "Llama-3.2-1B", "qwen1.5b": "Qwen2.5-1.5B"}
+RANDOM = {"llama1b": "Llama-3.2-1B", "qwen15b": "Qwen2.5-1.5B"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 MiB = 1024**2
 
@@ -40,7 +40,7 @@ MiB = 1024**2
 class Row:
     """One probe of the grid."""
 
-    model: str  # smol, llama1b, qwen1.5b
+    model: str  # smol, llama1b, qwen15b
     method: str  # sft, dpo
     quant: str  # none, nf4
     seq: int
@@ -61,16 +61,16 @@ def cpu_grid() -> list[Row]:
         r("smol", "sft", "none", 512, 4, False), r("smol", "sft", "none", 128, 1, False),
         r("smol", "sft", "none", 128, 1, True), r("smol", "sft", "nf4", 128, 1, False),
         r("smol", "dpo", "none", 128, 1, False), r("llama1b", "sft", "none", 128, 1, False),
-        r("qwen1.5b", "sft", "none", 128, 1, True, "pad"), r("smol", "sft", "none", 128, 2, False, "pad"),
-        r("llama1b", "sft", "nf4", 128, 1, True), r("qwen1.5b", "dpo", "nf4", 128, 1, True),
-        r("smol", "sft", "none", 4096, 1, True),
+        r("qwen15b", "sft", "none", 128, 1, True, "pad"), r("smol", "sft", "none", 128, 2, False, "pad"),
+        r("llama1b", "sft", "nf4", 128, 1, True), r("qwen15b", "dpo", "nf4", 128, 1, True),
+        r("smol", "sft", "none", 1024, 2, True), r("smol", "sft", "none", 4096, 1, True),
     ]
 
 
 def gpu_grid() -> list[Row]:
     """The CPU rows, then the long and wide ones a GPU affords (the full product of the issue's axes)."""
     rows = list(cpu_grid())
-    for model in ("smol", "llama1b", "qwen1.5b"):
+    for model in ("smol", "llama1b", "qwen15b"):
         for quant in ("none", "nf4"):
             for seq in (128, 512, 1024, 4096):
                 for micro in (1, 4):
