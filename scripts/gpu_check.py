@@ -548,6 +548,9 @@ def main() -> None:
     parser.add_argument("--no-grid", action="store_true", help="only the end-to-end case")
     parser.add_argument("--multi-gpu", action="store_true",
                         help="run the multi-GPU case even on one device (2 ranks; gloo CPU ranks without CUDA)")
+    parser.add_argument("--probe-grid", action="store_true", help="also run scripts/bench_memory.py's probe grid "
+                        "(nova train --probe per row) on this GPU into OUT/probe_grid, beside the CPU rows of "
+                        "docs/memory.md")
     args = parser.parse_args()
     args.steps = args.steps or (2 if args.dry_run else 3)
     args.work = args.work or args.out / "work"
@@ -571,6 +574,8 @@ def main() -> None:
 
             out["multi_gpu"] = multi_gpu(args.work / "e2e" / "phase.yaml", args.work / "multi", max(gpus, 2), _cli)
             save()
+    if args.probe_grid:
+        out["probe_grid"] = probe_grid(args)
     save()
     write_rows(out, args.out)
     print(f"wrote {path}")
@@ -580,6 +585,23 @@ def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def probe_grid(args: argparse.Namespace) -> str:
+    """The probe grid of docs/memory.md on this device (the real ``nova train --probe`` per row, each in its
+    own process); rows land in OUT/probe_grid/rows.jsonl as they finish, the table in probe_rows.md."""
+    import subprocess
+
+    out = args.out / "probe_grid"
+    grid = "cpu" if args.dry_run else "gpu"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_memory.py"), "--out", str(out), "--work",
+           str(args.work / "probe"), "--grid", grid, "--time-budget-s", str(args.time_budget_s)]
+    if args.dry_run:
+        cmd += ["--rows", "smol-sft-none-128x1-nogc-free"]
+    subprocess.run(cmd, check=False)
+    table = subprocess.run([*cmd[:4], "--table"], capture_output=True, text=True, check=False).stdout
+    (args.out / "probe_rows.md").write_text(table, encoding="utf-8")
+    return str(out)
 
 
 def _card_gib() -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# nova's user cache (the weight hashes of nova.model.identity) stays out of the user's home.
-os.environ.setdefault("NOVA_CACHE_HOME", str(Path(__import__("tempfile").mkdtemp(prefix="nova-test-cache-"))))
+# nova's user cache (weight hashes, probe calibrations) stays out of the user's home: a user's stored probes
+# must not move the tests' estimates.
+os.environ["NOVA_CACHE_DIR"] = tempfile.mkdtemp(prefix="nova-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MODEL = Path(os.environ.get("NOVA_REAL_MODEL", ROOT / "models" / "smollm2-135m-instruct"))

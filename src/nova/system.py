@@ -242,3 +242,13 @@ def read_only_filesystem(path: Path | str) -> bool:
     except OSError:
         return False
 
+
+
+def user_cache_dir() -> Path:
+    """nova's directory in the user's cache (weight hashes, probe calibrations): ``$NOVA_CACHE_DIR``, else
+    ``%LOCALAPPDATA%\\nova`` on Windows, else ``$XDG_CACHE_HOME/nova`` or ``~/.cache/nova``."""
+    if os.environ.get("NOVA_CACHE_DIR"):
+        return Path(os.environ["NOVA_CACHE_DIR"]).expanduser()
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "nova"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "nova"

@@ -29,21 +29,31 @@ RanksOpt = Annotated[
 ]
 
 
+ProbeOpt = Annotated[bool, typer.Option("--probe", help="After the checks, run nova train --probe: a few real steps "
+                                        "of each stage's worst micro batch, measured (see nova train --help).")]
+
+
 def preflight(config: ConfigOpt, json_out: JsonOpt = False, gpu_memory: GpuMemoryOpt = None,
               gpus: GpusOpt = None, overrides: SetOpt = None, no_data: NoDataOpt = False,
-              nproc_per_node: RanksOpt = None) -> None:
+              nproc_per_node: RanksOpt = None, probe: ProbeOpt = False) -> None:
     """Check a config before training: GPUs, memory estimate, model, data, schedule, disk."""
     from nova.config.load import load_yaml_config
     from nova.preflight import run_preflight
 
     loaded = load_yaml_config(config, overrides)
     report = run_preflight(loaded, gpu_memory=gpu_memory, gpus=gpus, check_data=not no_data, ranks=nproc_per_node)
+    probed = None
+    if probe and report.verdict != "fail":  # only once the checks pass: a probe loads the model and trains
+        from nova.cli.train_cmd import run_probe_quietly
+
+        probed = run_probe_quietly(loaded, json_out)
     if json_out:
-        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=True))
+        out = report.to_dict() if probed is None else {**report.to_dict(), "probe": probed.to_dict()}
+        typer.echo(json.dumps(out, indent=2, ensure_ascii=True))
     else:
         from nova.console import terminal_width
 
-        for line in report.lines(terminal_width()):
+        for line in report.lines(terminal_width()) + ([] if probed is None else probed.lines()):
             echo(line)
-    if report.verdict == "fail":
+    if report.verdict == "fail" or (probed is not None and not probed.fits):
         raise typer.Exit(1)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -37,11 +40,20 @@ def train(
                                     help="Address of node 0 (rendezvous)."),
     master_port: int = typer.Option(29500, "--master-port", envvar="MASTER_PORT", min=1, max=65535,
                                     help="Port of the rendezvous on node 0."),
+    probe: bool = typer.Option(False, "--probe", help="Train a few steps of each stage's worst micro batch and "
+                               "report the measured peak memory beside the estimate, tokens/s and the ETA; "
+                               "nothing is written in the run directory."),
+    probe_steps: int = typer.Option(4, "--probe-steps", min=3, max=100, help="Optimizer steps per stage of --probe."),
+    probe_out: Path | None = typer.Option(None, "--probe-out", help="Also write --probe's report to this file "
+                                          "(probe.json)."),
+    json_out: bool = typer.Option(False, "--json", help="With --probe: print the report as JSON."),
 ) -> None:
     """Fine-tune: validate, then train each phase and stage, writing checkpoints, metrics and adapters."""
     from nova.config.load import load_yaml_config
 
     loaded = load_yaml_config(config, set_)
+    if probe:
+        raise typer.Exit(probe_command(loaded, phase, probe_steps, probe_out, json_out))
     if dry_run:
         from nova.train.dryrun import dry_run as run_dry
 
@@ -93,6 +105,29 @@ def train(
         raise lost from exc
     if not results:
         raise NovaError("nothing to train")
+
+
+def run_probe_quietly(loaded: object, json_out: bool, phase: str | None = None, steps: int = 4,
+                      out: Path | None = None) -> Any:
+    """The probe's report (nova.train.probe); with ``json_out`` nothing else reaches stdout."""
+    from nova.console import RunLog
+    from nova.train.probe import run_probe
+
+    log = RunLog(None, stream=sys.stderr) if json_out else RunLog(None)
+    return run_probe(loaded, phase=phase, steps=steps, out=out, log=log)  # type: ignore[arg-type]
+
+
+def probe_command(loaded: object, phase: str | None, steps: int, out: Path | None, json_out: bool) -> int:
+    """``--probe``: print the probe's report; exit 1 when a stage does not fit."""
+    import json
+
+    report = run_probe_quietly(loaded, json_out, phase, steps, out)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=True))
+    else:
+        for line in report.lines():
+            echo(line)
+    return 0 if report.fits else 1
 
 
 def _cuda() -> bool:

@@ -30,10 +30,10 @@ MAX_CACHED = 2000  # files remembered; the oldest entries go first
 
 
 def cache_home() -> Path:
-    """nova's user cache directory: ``$NOVA_CACHE_HOME``, else ``$XDG_CACHE_HOME/nova``, else ``~/.cache/nova``."""
-    if os.environ.get("NOVA_CACHE_HOME"):
-        return Path(os.environ["NOVA_CACHE_HOME"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nova"
+    """nova's user cache directory (nova.system.user_cache_dir)."""
+    from nova.system import user_cache_dir
+
+    return user_cache_dir()
 
 
 def _stamp(st: os.stat_result) -> list[int]:

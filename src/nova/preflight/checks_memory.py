@@ -27,6 +27,7 @@ from nova.preflight.estimate import (
 )
 from nova.preflight.fit import FitChoice, fit_batch
 from nova.preflight.gpus import GpuInfo, GpuSnapshot
+from nova.preflight.probe_calibration import calibrated
 from nova.preflight.report import TIGHT, Check, gib
 from nova.system import AppleGpu
 
@@ -136,13 +137,16 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
                  ctx: MemoryContext) -> tuple[Check, Estimate, dict[str, Any] | None]:
     """Estimate vs free memory on the chosen GPU (or RAM on the CPU), with the ways out."""
     est = estimate_for_shape(shape, settings, CALIBRATED)
+    est = calibrated(est, shape, ctx.gpu.name if ctx.gpu is not None and not ctx.gpu.hypothetical else None)
+    probed = f"; {est.notes[-1]}" if "probe_correction" in est.breakdown else ""
     t = stage.training
     if ctx.gpu is None and ctx.apple is not None:
         return _apple_memory(label, est, settings, ctx.apple), est, None
     if ctx.gpu is None:
         need = est.total_bytes + CPU_RUNTIME_BYTES
         msg = (f"needs about {gib(need)} of RAM on the CPU ({gib(est.total_bytes)} for training plus about "
-               f"{gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(ctx.ram_available)} available")
+               f"{gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(ctx.ram_available)} "
+               f"available{probed}")
         if need > ctx.ram_available:
             return Check(label, "fail", msg, _cpu_fix(settings)), est, None
         if need > ctx.ram_available * TIGHT:
@@ -157,7 +161,7 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
     if held and not gpu.hypothetical:
         where += " because " + " and ".join(f"{p.name} holds {gib(p.used_bytes)}" for p in held)
     head = (f"needs about {gib(need)} (up to {gib(upper)} with the {est.uncertainty:.0%} uncertainty of "
-            f"{est.regime} sequences; {_batch_words(settings)}); {where}")
+            f"{est.regime} sequences; {_batch_words(settings)}{probed}); {where}")
     if upper <= gpu.free_bytes:
         return Check(label, "pass", head), est, auto
     if t.auto_fit and choice.fits:

@@ -241,6 +241,12 @@ def estimate_for_shape(shape: ModelShape, settings: Settings, c: Constants) -> E
         "layer_recompute": int(layer) if layer > loss else 0, "dequant_buffers": int(dequant),
         "optimizer_step": _step_beyond_backward(shape, s, stored + max(loss, layer) + dequant),
         "allocator_overhead": 0, "cuda_context": 0})
+    if s.device == "cpu" and not s.full:
+        # The Trainer frees the adapter's gradients after each step (zero_grad(set_to_none=True)) and backward
+        # makes them layer by layer from the top, after the loss: at the peak (the loss, or the top layer's
+        # backward) none are alive yet. CUDA's pool keeps the freed blocks reserved; the CPU returns them. So
+        # on the CPU they count only where they outgrow that peak (measured, docs/memory.md "The probe").
+        breakdown["lora_gradients"] = max(0, breakdown["lora_gradients"] - int(stored + max(loss, layer) + dequant))
     if s.device == "cuda":
         breakdown["allocator_overhead"] = int(c.pool_fraction * (stored + layer + dequant))
         breakdown["cuda_context"] = int(c.cuda_context_bytes)

@@ -34,11 +34,17 @@ from nova.preflight.shape import ModelShape
 DIRECT_MAX_ELEMENTS = 64 * 1024 * 1024  # nova.train.methods.loss: larger problems use the chunked kernel
 TOKEN_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
 VOCAB_TILE = 32768  # nova's CHUNK_VOCAB, TRL's default chunk for the fused head
+# Without Triton (the CPU) TRL folds each tile with torch ops (``_forward_tile``/``_backward_tile``): fp32
+# temporaries of the whole tile (the transformed logits, their shifted copy, exp, the gradient) live beside
+# the projection buffer. Measured on the CPU (fp32, torch 2.13, TRL 1.16): 33 B per tile element in all,
+# the buffer's 4 included, at 2048 and 4096 tokens x 49152 (docs/memory.md, "The CPU path").
+TORCH_TILE_TEMP_BYTES = 29
 
 
 def _chunked_head(shape: ModelShape, s: Settings, tokens: int) -> float:
     """TRL's chunked log-prob kernel: one projection tile plus the fp32 gradient of the hidden states."""
-    tile = min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * s.compute_bytes
+    per_element = s.compute_bytes + (TORCH_TILE_TEMP_BYTES if s.device == "cpu" else 0)
+    tile = min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * per_element
     return tile + (4 + s.compute_bytes) * shape.hidden * tokens
 
 
