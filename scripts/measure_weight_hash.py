@@ -15,7 +15,7 @@ from pathlib import Path
 
 def main() -> None:
     model = Path(sys.argv[1] if len(sys.argv) > 1 else "models/smollm2-135m-instruct")
-    os.environ["NOVA_CACHE_HOME"] = tempfile.mkdtemp(prefix="nova-hash-")  # a cold cache
+    os.environ["NOVA_CACHE_DIR"] = tempfile.mkdtemp(prefix="nova-hash-")  # a cold cache
     from nova.files import dir_size, human_bytes
     from nova.model.identity import directory_identity
 

@@ -33,7 +33,7 @@ def _flip_middle_keeping_size_and_mtime(file: Path) -> None:
 
 def test_a_change_outside_the_first_and_last_mib_changes_the_identity(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NOVA_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("NOVA_CACHE_DIR", str(tmp_path / "cache"))
     model = _model(tmp_path / "m")
     before, weak_before = directory_identity(model), legacy_identity(model)
     assert before.startswith(FULL_PREFIX)
@@ -43,7 +43,7 @@ def test_a_change_outside_the_first_and_last_mib_changes_the_identity(tmp_path: 
 
 
 def test_each_file_is_hashed_once_then_read_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NOVA_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("NOVA_CACHE_DIR", str(tmp_path / "cache"))
     model = _model(tmp_path / "m")
     calls: list[Path] = []
     real = identity.hash_file
@@ -58,7 +58,7 @@ def test_each_file_is_hashed_once_then_read_from_the_cache(tmp_path: Path, monke
 
 def test_an_unwritable_cache_only_costs_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "file").write_text("not a directory")
-    monkeypatch.setenv("NOVA_CACHE_HOME", str(tmp_path / "file"))
+    monkeypatch.setenv("NOVA_CACHE_DIR", str(tmp_path / "file"))
     model = _model(tmp_path / "m")
     assert directory_identity(model) == directory_identity(model)
 
@@ -77,7 +77,7 @@ def test_a_run_sealed_with_the_older_identity_resumes_while_it_matches(tmp_path:
     from nova.runs.layout import RunDir
     from nova.train.fingerprint import base_identity
 
-    monkeypatch.setenv("NOVA_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("NOVA_CACHE_DIR", str(tmp_path / "cache"))
     model = _model(tmp_path / "m")
     run_dir = tmp_path / "run"
     run_dir.mkdir()

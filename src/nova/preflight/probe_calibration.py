@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
