@@ -88,5 +88,5 @@ def test_nova_train_makes_its_plan_once(tmp_path: Path, tiny_model_dir: Path, mo
                             f"output_dir: {tmp_path / 'run'}\nlogs_dir: {tmp_path / 'logs'}\n")
     train(config=path, set_=None, phase=None, force=False, dry_run=False, no_preflight=False, fresh=False,
           resume_with_changes=False, nproc_per_node=None, nnodes=1, node_rank=0, master_addr="127.0.0.1",
-          master_port=29500)
+          master_port=29500, force_gates=False, probe=False, probe_steps=4, probe_out=None, json_out=False)
     assert trained == ["p"] and made == [str(path)]
