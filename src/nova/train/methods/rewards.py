@@ -114,9 +114,8 @@ def _builtin(spec: RewardSpec) -> RewardFn:
         length_score(len(ids), target) for ids in (completion_ids or [[]] * len(completions))]
 
 
-def load_user_function(spec: RewardSpec, key: str) -> Callable[..., Any]:
-    """The function ``spec.function`` of the user's file ``spec.file``, imported as trusted code; anything
-    missing is a ConfigError naming the file and what to fix."""
+def _reward_file(spec: RewardSpec, key: str) -> tuple[Path, Callable[[str, str], ConfigError]]:
+    """The user's reward file, which must exist, and the error naming it (shared by import and dry run)."""
     assert spec.file is not None and spec.function is not None
     path = Path(spec.file).expanduser()
     shown = printable(spec.file)
@@ -126,6 +125,13 @@ def load_user_function(spec: RewardSpec, key: str) -> Callable[..., Any]:
 
     if not path.is_file():
         raise fail("not found", "paths are relative to the directory nova runs in")
+    return path, fail
+
+
+def load_user_function(spec: RewardSpec, key: str) -> Callable[..., Any]:
+    """The function ``spec.function`` of the user's file ``spec.file``, imported as trusted code; anything
+    missing is a ConfigError naming the file and what to fix."""
+    path, fail = _reward_file(spec, key)
     name = "nova_user_reward_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     loader = importlib.util.spec_from_file_location(name, path)
     if loader is None or loader.loader is None:
@@ -193,15 +199,7 @@ def check_user_function_statically(spec: RewardSpec, key: str) -> None:
     assignment or an import): read with ``ast``, nothing of it runs."""
     import ast
 
-    assert spec.file is not None and spec.function is not None
-    path = Path(spec.file).expanduser()
-    shown = printable(spec.file)
-
-    def fail(message: str, hint: str) -> ConfigError:
-        return ConfigError("invalid config", [Problem(key, f"reward file {shown}: {message}", hint)])
-
-    if not path.is_file():
-        raise fail("not found", "paths are relative to the directory nova runs in")
+    path, fail = _reward_file(spec, key)
     if path.stat().st_size > MAX_REWARD_FILE:
         raise fail(f"more than {MAX_REWARD_FILE} bytes", "a reward file is a short Python file")
     try:
