@@ -147,3 +147,15 @@ def test_docs_config_md_opens_with_a_minimal_config_that_validates(tmp_path: Pat
     loaded = load_yaml_config(tmp_path / "mine.yaml")
     assert loaded.config.name == "mine" and loaded.config.stage_list[0].training.num_epochs == 2
     assert "## Steps and epochs" in text and "## The holdout" in text
+
+
+def test_a_typo_of_a_stage_key_at_the_phase_level_gets_a_did_you_mean(tmp_path: Path) -> None:
+    """Phase-level stage keys (training, data, method) are read as stages[0]; a typo of one still suggests it."""
+    from nova.config import load_yaml_config
+    from nova.errors import NovaError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: p\nmodel: {base: x}\ntraning: {}\n", encoding="utf-8")
+    with pytest.raises(NovaError) as caught:
+        load_yaml_config(path)
+    assert "did you mean 'training'?" in "\n".join(caught.value.lines())

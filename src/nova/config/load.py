@@ -247,6 +247,10 @@ def _describe(err: dict[str, Any], root: type[BaseModel], loc: KeyPath) -> tuple
     if kind == "extra_forbidden":
         owner = _model_at(root, loc[:-1])
         known = sorted(owner.model_fields) if owner else []
+        if "stages" in known:  # a phase also takes its single stage's keys (read as stages[0])
+            from nova.config.schema import StageConfig
+
+            known = sorted({*known, *StageConfig.model_fields})
         close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else (f"known keys: {', '.join(known)}" if known else None)
         return "unknown key", hint
