@@ -242,6 +242,12 @@ class Task:
             self._recorded = now
             self.log.report()
 
+    def note(self, line: str) -> None:
+        """Say how far a step of unknown length got (at most every LINE_EVERY seconds; the caller decides)."""
+        self._say(line)
+        if self.log is not None:
+            self.log.report()
+
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -108,6 +108,17 @@ class DataConfig(Section):
         "assistant", description="Train on assistant tokens only (default) or on the whole sequence.")
     num_proc: int | None = Field(None, gt=0, le=1024, description="Processes for tokenization; default picks by size.")
     cache_dir: str = Field(".nova-cache", description="Where tokenized datasets are cached (by content hash).")
+    shard_records: int = Field(
+        50_000, ge=100, le=MAX_RECORDS, description="Records per shard of the tokenized cache: tokenization writes "
+        "shard by shard, so a killed run's next start tokenizes only the shards that were not finished.")
+    streaming: bool = Field(
+        False, description="Read, check, split and tokenize the data one batch at a time instead of holding every "
+        "record in memory first: for data larger than RAM. The same checks and counts (said as they are reached); "
+        "eval_split holds out each record by its own seeded hash (the share is eval_split up to sampling noise); "
+        "weight, reasoning_ratio and data.max_samples (they resample the whole set) are refused. docs/data.md.")
+    stream_buffer_mb: int = Field(
+        256, ge=8, le=1_048_576, description="With streaming: the memory, in MiB, that records and their tokens "
+        "take while they are read and tokenized (batches are sized to it); tokenized rows go to disk as they come.")
     rewritten_turns: Literal["every", "last"] = Field(
         "every", description="For chat templates that render earlier turns differently once later turns follow "
         "(Qwen3, QwQ and DeepSeek-R1 drop past reasoning): each trained assistant turn is rendered as the final "
@@ -128,6 +139,27 @@ class DataConfig(Section):
         if self.system_prompt:
             return self.system_prompt
         return "" if self.default_system == "none" else None
+
+    @model_validator(mode="after")
+    def _streaming_fits(self, info: ValidationInfo) -> DataConfig:
+        # What needs the whole set in memory cannot stream; said at config time, naming the setting.
+        if not self.streaming or (info.context and info.context.get("recorded")):
+            return self
+        if self.max_samples is not None:
+            raise ValueError("data.max_samples samples the whole mixed set, which streaming never holds: remove it "
+                             "(a source's own max_samples works) or set streaming: false")
+        if self.reasoning_ratio is not None:
+            raise ValueError("data.reasoning_ratio resamples the whole set, which streaming never holds: remove it "
+                             "or set streaming: false")
+        for spec in [*self.datasets, *self.eval_datasets]:
+            if spec.weight is not None:
+                raise ValueError(f"weight of {printable(spec.path)} resamples the whole set, which streaming never "
+                                 "holds: remove the weights or set streaming: false")
+            if _HUB_ID.match(spec.path) and not Path(spec.path).expanduser().exists() and \
+                    not looks_like_local_path(spec.path):
+                raise ValueError(f"streaming reads local files; {printable(spec.path)} is a hub dataset: download it "
+                                 "first (hf download --repo-type dataset ...) and give its local path")
+        return self
 
     @model_validator(mode="after")
     def _eval_source_is_single(self, info: ValidationInfo) -> DataConfig:

@@ -15,7 +15,6 @@ from typing import Any
 
 from nova.config.data_schema import DataConfig
 from nova.data.sources import FileProblem, list_files, looks_like_hub_id
-from nova.files import atomic_dir
 
 # 2: prompt/completion trains the completion only; 3: reasoning, per-turn masks; 4: a reply of a template that
 # ends replies only at the next turn trains that turn's marker (nova.data.template), a trained user turn its content
@@ -40,12 +39,16 @@ def tokenizer_fingerprint(tokenizer: Any, template: str | None) -> str:
     return h.hexdigest()
 
 
+# Settings that change how the data is processed or stored, never what it holds: left out of the key.
+_LAYOUT_ONLY = {"num_proc", "cache_dir", "shard_records", "stream_buffer_mb"}
+
+
 def cache_key(cfg: DataConfig, *, method: str, seed: int, dpo_lengths: tuple[int, int],
               tokenizer_id: str, fields: tuple[str, ...] = ()) -> str | None:
     """The content key, or None when a source cannot be hashed (a hub id, a missing file). ``fields``
     (GRPO: the record fields its rewards need) decide which records are valid, so they are hashed too."""
     h = hashlib.sha256(PIPELINE_VERSION.encode())
-    settings = _stable(cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir"}))
+    settings = _stable(cfg.model_dump(mode="json", exclude=_LAYOUT_ONLY))
     keyed = [settings, method, seed, dpo_lengths, tokenizer_id] + ([list(fields)] if fields else [])
     h.update(json.dumps(keyed, sort_keys=True).encode())
     for spec in [*cfg.datasets, *cfg.eval_datasets]:
@@ -66,7 +69,7 @@ def cache_key(cfg: DataConfig, *, method: str, seed: int, dpo_lengths: tuple[int
 
 # Settings added after runs were made, left out of the key at their defaults so those runs' keys (and
 # a resume's data check) stay as they were; set, they are keyed like every other setting.
-_NEWER_DEFAULTS = {"skip_warn_share": 0.05, "skip_fail_share": 0.5}
+_NEWER_DEFAULTS = {"skip_warn_share": 0.05, "skip_fail_share": 0.5, "streaming": False}
 _NEWER_SOURCE_DEFAULTS: dict[str, object] = {"ignore": [], "roles": {}}
 
 
@@ -83,28 +86,22 @@ def _stable(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(cache_dir: str, key: str) -> tuple[Any, Any, dict[str, Any]] | None:
-    """(train, eval or None, report dict) from the cache, or None on a miss."""
+    """(train, eval or None, report dict) from the cache, or None on a miss. An entry is the shards tokenization
+    wrote (nova.data.shards, memory-mapped) or, made by an older nova, a datasets save_to_disk."""
     root = Path(cache_dir) / "data" / key
     if not (root / "report.json").exists():
         return None
     from datasets import load_from_disk
 
+    from nova.data.shards import SHARDS_FILE, open_side
+
     try:
         report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+        if (root / SHARDS_FILE).exists():
+            listing = json.loads((root / SHARDS_FILE).read_text(encoding="utf-8"))
+            return open_side(root, listing["train"]), open_side(root, listing["eval"]), report
         train = load_from_disk(str(root / "train"))
         evals = load_from_disk(str(root / "eval")) if (root / "eval").exists() else None
-    except (OSError, ValueError, IndexError):  # IndexError: datasets cannot read back an empty split it saved
+    except (OSError, ValueError, IndexError, KeyError):  # IndexError: datasets cannot read back an empty split
         return None  # a half-deleted cache entry is a miss, not an error
     return train, evals, report
-
-
-def save(cache_dir: str, key: str, train: Any, evals: Any, report: dict[str, Any]) -> None:
-    """Write atomically: into a temp directory renamed into place, so a crash leaves no half entry."""
-    import datasets
-
-    datasets.disable_progress_bars()  # library code does not print; the report says what was saved
-    with atomic_dir(Path(cache_dir) / "data" / key, check=False) as tmp:
-        train.save_to_disk(str(tmp / "train"))
-        if evals is not None:
-            evals.save_to_disk(str(tmp / "eval"))
-        (tmp / "report.json").write_text(json.dumps(report), encoding="utf-8")

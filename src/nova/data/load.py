@@ -6,7 +6,7 @@ caller decides (``on_error``) whether that stops the run. Nothing is dropped sil
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,26 +50,30 @@ class LoadContext:
 
 def load_sources(specs: list[DatasetSpec], ctx: LoadContext, *, eval_side: bool = False) -> list[Example]:
     """All valid examples of the given sources, in source and file order, with per-source caps."""
-    out: list[Example] = []
+    return list(iter_sources(specs, ctx, eval_side=eval_side))
+
+
+def iter_sources(specs: list[DatasetSpec], ctx: LoadContext, *, eval_side: bool = False) -> Iterator[Example]:
+    """``load_sources`` one example at a time (streaming reads files of any size in bounded memory): the
+    counts in ``ctx.report`` are those of the records read so far, complete once the iterator is exhausted."""
     for index, spec in enumerate(specs):
         source = SourceReport(path=spec.path)
         (ctx.report.eval_sources if eval_side else ctx.report.sources).append(source)
-        examples = _load_source(spec, index, ctx, source)
-        if spec.max_samples is not None and len(examples) > spec.max_samples:
-            source.over_max_samples = len(examples) - spec.max_samples
-            ctx.report.over_max_samples += source.over_max_samples
-            examples = examples[: spec.max_samples]
-        out += examples
-    return out
+        for kept, example in enumerate(_load_source(spec, index, ctx, source), start=1):
+            if spec.max_samples is None or kept <= spec.max_samples:
+                yield example
+            else:  # the first max_samples valid records are used; the others are validated and counted
+                source.over_max_samples += 1
+                ctx.report.over_max_samples += 1
 
 
-def _load_source(spec: DatasetSpec, index: int, ctx: LoadContext, source: SourceReport) -> list[Example]:
+def _load_source(spec: DatasetSpec, index: int, ctx: LoadContext, source: SourceReport) -> Iterator[Example]:
     if looks_like_hub_id(spec.path):
         try:
-            return _load_records(spec, index, ctx, source, None, hub_records(spec.path), spec.path)
+            yield from _load_records(spec, index, ctx, source, None, hub_records(spec.path), spec.path)
         except FileProblem as exc:
             _file_problem(ctx.report, exc)
-            return []
+        return
     try:
         found = listing(Path(spec.path).expanduser(), spec.ignore)
     except FileProblem as exc:
@@ -77,20 +81,18 @@ def _load_source(spec: DatasetSpec, index: int, ctx: LoadContext, source: Source
             raise DataError(f"data directory {spec.path} holds files nova cannot read",
                             [Problem(exc.where, exc.message, exc.hint)]) from None
         _file_problem(ctx.report, exc)
-        return []
+        return
     if found.directory:
         source.files_total, source.not_read = found.total, dict(found.not_read)
         for label, n in found.not_read.items():
             ctx.report.skipped_files[f"not read: {label}"] += n
-    out: list[Example] = []
     for file in found.files:
         source.files += 1
         try:
             header, records = read_file(file)
-            out += _load_records(spec, index, ctx, source, header, records, str(file))
+            yield from _load_records(spec, index, ctx, source, header, records, str(file))
         except FileProblem as exc:
             _file_problem(ctx.report, exc)
-    return out
 
 
 def _file_problem(report: DataReport, exc: FileProblem) -> None:
@@ -138,7 +140,7 @@ def _check_prompt_header(spec: DatasetSpec, header: list[str], where: str, field
 
 
 def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: SourceReport,
-                  header: list[str] | None, records: Any, where: str) -> list[Example]:
+                  header: list[str] | None, records: Any, where: str) -> Iterator[Example]:
     report = ctx.report
     if ctx.records == "prompts" and header is not None:
         file_format = _check_prompt_header(spec, header, where, ctx.fields, ctx.method)
@@ -146,8 +148,6 @@ def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: Sourc
         file_format = _check_header(spec, header, where) if header is not None else None
     if spec.format != "auto":
         file_format = spec.format
-    formats: Counter[str] = Counter()
-    out: list[Example] = []
     for raw in records:
         source.read += 1
         report.read += 1
@@ -162,12 +162,9 @@ def _load_records(spec: DatasetSpec, index: int, ctx: LoadContext, source: Sourc
                 break
             continue
         file_format = file_format or fmt
-        formats[fmt] += 1
-        out.append(Example(raw.where, example, key, index))
-    source.kept += len(out)
-    for fmt, n in formats.items():
-        source.formats[fmt] = source.formats.get(fmt, 0) + n
-    return out
+        source.kept += 1
+        source.formats[fmt] = source.formats.get(fmt, 0) + 1
+        yield Example(raw.where, example, key, index)
 
 
 def _key(example: dict[str, Any]) -> str:

@@ -11,32 +11,36 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 from nova.config.data_schema import DataConfig
 from nova.data import cache
-from nova.data.encode import IGNORE, NO_TRAINED, OK, TOO_LONG, TRUNCATED, ChatTemplate, Encoder
+from nova.data.encode import ChatTemplate, Encoder
 from nova.data.load import Example, LoadContext, load_sources
 from nova.data.mix import dedup, holdout, mix, remove_leakage
-from nova.data.report import DataReport, TokenStats
+from nova.data.report import DataReport
+from nova.data.shards import ShardStore, open_side
 from nova.data.skipped import judge_skipped
+from nova.data.tokens import Batching, SideTokenizer, TokenFold
 from nova.data.turns import TurnSettings
 from nova.errors import DataError, NovaError, Problem
 from nova.methods import Method, method_spec
 
-_HELPERS = ("where", "row", "length", "trained", "masked", "status", "prompt_cut", "completion_cut", "reasoning",
-            "per_turn", "empty_think")
 # Below this many records, worker processes cost more to start than they save.
 _PARALLEL_MIN_RECORDS = 20_000
 _PARALLEL_MIN_CPUS = 4
-_BATCH = 1000  # datasets.map batches (worker processes)
 # Single-process batches: larger ones leave the tokenizer's threads idle less often between
 # batches (measured on 2 cores, 50k chats: 2,000 about 0.3 s faster than 1,000).
 _ENCODE_BATCH = 2000
 _SAY_TOKENIZING = 20_000  # records from which tokenizing takes long enough (seconds) to be said and counted
+# Streaming: a batch holds at most 1/_STREAM_BUFFER_SHARE of data.stream_buffer_mb as text. Measured (tiny
+# tokenizer, about 2 characters a token, 2,000-character chats): a batch's text T takes about 128 x T while it is
+# rendered, tokenized (the Rust encodings) and written, the next batch being prepared beside it; so memory grows by
+# about the buffer plus 4 MiB of fixed pools (8 MiB buffer: 12 MiB, in-memory path: 437 MiB for 35 MB of chats).
+_STREAM_BUFFER_SHARE = 128
 
 
 @dataclass
@@ -65,11 +69,15 @@ def checked_train_records(cfg: DataConfig, method: str) -> int | None:
 def check_data(cfg: DataConfig, *, method: Method, tokenizer: Any = None, seed: int = 42,
                dpo: Any = None) -> DataReport:
     """Validate a stage's data before any model loads (token view only with a tokenizer)."""
-    report, train, evals = _assemble(cfg, method=method, seed=seed, fields=_fields(dpo))
-    if tokenizer is None:
-        report.token_note = "no tokenizer given"
+    if cfg.streaming:
+        report = _stream(cfg, tokenizer, method=method, seed=seed, dpo=dpo, key=None, build=False)[0]
     else:
-        _tokenize_all(cfg, tokenizer, method, dpo, report, train, evals, build=False)
+        report, train, evals = _assemble(cfg, method=method, seed=seed, fields=_fields(dpo))
+        if tokenizer is None:
+            report.token_note = "no tokenizer given"
+        else:
+            _tokenize_all(cfg, tokenizer, method, dpo, report, lambda _: _sides(train, evals),
+                          templated=_templated(train, evals), total=len(train) + len(evals), key=None, build=False)
     _CHECKED[_checked_key(cfg, method)] = report.train_records
     return report
 
@@ -83,12 +91,64 @@ def prepare_stage_data(cfg: DataConfig, tokenizer: Any, *, method: Method, seed:
         report = DataReport.from_dict(saved)
         report.cache = f"hit ({cfg.cache_dir}/data/{key})"
         return PreparedData(train, evals, report)
+    if cfg.streaming:
+        report, train, evals = _stream(cfg, tokenizer, method=method, seed=seed, dpo=dpo, key=key, build=True)
+        return PreparedData(train, evals, report)
     report, train_ex, eval_ex = _assemble(cfg, method=method, seed=seed, fields=_fields(dpo))
-    train, evals = _tokenize_all(cfg, tokenizer, method, dpo, report, train_ex, eval_ex, build=True)
-    if key is not None:
-        report.cache = f"saved ({cfg.cache_dir}/data/{key})"
-        cache.save(cfg.cache_dir, key, train, evals, report.to_dict())
+    train, evals = _tokenize_all(cfg, tokenizer, method, dpo, report, lambda _: _sides(train_ex, eval_ex),
+                                 templated=_templated(train_ex, eval_ex), total=len(train_ex) + len(eval_ex),
+                                 key=key, build=True)
     return PreparedData(train, evals, report)
+
+
+def _sides(train: list[Example], evals: list[Example]) -> Iterator[tuple[str, Example]]:
+    yield from (("train", ex) for ex in train)
+    yield from (("eval", ex) for ex in evals)
+
+
+def _templated(train: list[Example], evals: list[Example]) -> bool:
+    return any(ex.example["kind"] == "chat" for ex in chain(train, evals))
+
+
+def _stream(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int, dpo: Any, key: str | None,
+            build: bool) -> tuple[DataReport, Any, Any]:
+    """data.streaming: read, check, split and tokenize record by record (nova.data.stream); without a
+    tokenizer (a check before the model is on this machine) only read and check."""
+    from nova.console import task
+    from nova.data.stream import count_examples, needs_template, stream_examples
+
+    report = DataReport(method=method, max_length=cfg.max_length, overlong=cfg.overlong)
+    _require_sources(cfg)
+    ctx = LoadContext(method=method, system_prompt=cfg.inserted_system, report=report, fields=_fields(dpo))
+    if tokenizer is None:
+        feedback = method_spec(method).records == "feedback"
+        with task("reading", line="streaming: reading and checking") as doing:
+            for side, ex in stream_examples(cfg, ctx, seed, doing):
+                count_examples(report, side, ex, feedback)
+                report.train_records += side == "train"
+                report.eval_records += side == "eval"
+        report.token_note = "no tokenizer given"
+        _fail_if_bad(report, cfg)
+        judge_skipped(report, cfg)
+        _require_some(report, [None] if report.train_records else [], cfg)  # type: ignore[list-item]
+        return report, None, None
+    train, evals = _tokenize_all(cfg, tokenizer, method, dpo, report,
+                                 lambda doing: _stream_feed(cfg, ctx, seed, report, doing),
+                                 templated=needs_template(cfg), total=None, key=key, build=build)
+    report.rewritten_turns, report.reasoning_ratio = cfg.rewritten_turns, cfg.reasoning_ratio
+    return report, train, evals
+
+
+def _stream_feed(cfg: DataConfig, ctx: LoadContext, seed: int, report: DataReport,
+                 doing: Any) -> Iterator[tuple[str, Example]]:
+    """The stream, stopped from tokenizing at the first bad record under on_error: fail (the rest is still read
+    and checked, so the error lists every problem)."""
+    from nova.data.stream import stream_examples
+
+    for side, ex in stream_examples(cfg, ctx, seed, doing):
+        if cfg.on_error == "fail" and report.problem_count:
+            continue
+        yield side, ex
 
 
 def data_key(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int, dpo: Any = None) -> str | None:
@@ -127,9 +187,7 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int,
               fields: tuple[str, ...] = ()) -> tuple[DataReport, list[Example], list[Example]]:
     """Read and validate every source, then dedup, split, remove leakage and mix."""
     report = DataReport(method=method, max_length=cfg.max_length, overlong=cfg.overlong)
-    if not cfg.datasets:
-        raise DataError("no training data", [Problem("data.datasets", "the list is empty",
-                                                     "add at least one dataset with a path")])
+    _require_sources(cfg)
     ctx = LoadContext(method=method, system_prompt=cfg.inserted_system, report=report, fields=fields)
     train = load_sources(list(cfg.datasets), ctx)
     evals = load_sources(list(cfg.eval_datasets), ctx, eval_side=True)
@@ -154,12 +212,18 @@ def _assemble(cfg: DataConfig, *, method: Method, seed: int,
     return report, train, evals
 
 
+def _require_sources(cfg: DataConfig) -> None:
+    if not cfg.datasets:
+        raise DataError("no training data", [Problem("data.datasets", "the list is empty",
+                                                     "add at least one dataset with a path")])
+
+
 def holdout_chats(cfg: DataConfig, *, method: Method, seed: int, limit: int) -> list[list[dict[str, Any]]]:
     """Up to ``limit`` chats of the stage's holdout (eval_datasets, else its eval_split of the training data, the
     same records training held out), as messages with the system prompt training gave them; a preference
     record as its prompt and chosen reply. [] when the data cannot be read (moved files, a hub dataset offline)."""
     try:
-        _, _, evals = _assemble(cfg, method=method, seed=seed)
+        evals = _holdout(cfg, method=method, seed=seed, limit=limit)
     except (NovaError, OSError):
         return []
     chats = []
@@ -169,6 +233,22 @@ def holdout_chats(cfg: DataConfig, *, method: Method, seed: int, limit: int) -> 
                                                 example.get("completion") or {}]
         chats.append([{k: m[k] for k in ("role", "content", "reasoning_content") if k in m} for m in messages if m])
     return [c for c in chats if c]
+
+
+def _holdout(cfg: DataConfig, *, method: Method, seed: int, limit: int) -> list[Example]:
+    if not cfg.streaming:
+        return _assemble(cfg, method=method, seed=seed)[2]
+    from nova.data.stream import stream_examples
+
+    ctx = LoadContext(method=method, system_prompt=cfg.inserted_system,
+                      report=DataReport(method=method, max_length=cfg.max_length, overlong=cfg.overlong))
+    out: list[Example] = []
+    for side, ex in stream_examples(cfg, ctx, seed):
+        if side == "eval":
+            out.append(ex)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _require_some(report: DataReport, train: list[Example], cfg: DataConfig) -> None:
@@ -184,10 +264,45 @@ def _require_some(report: DataReport, train: list[Example], cfg: DataConfig) -> 
 
 
 def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, report: DataReport,
-                  train: list[Example], evals: list[Example], *, build: bool) -> tuple[Any, Any]:
+                  feed: Callable[[Any], Iterator[tuple[str, Example]]], *, templated: bool, total: int | None,
+                  key: str | None, build: bool) -> tuple[Any, Any]:
+    """Tokenize the examples ``feed(task)`` gives (side, example), both sides as they come, into shards under the
+    cache (``key``) or in memory; fold the counts into ``report``; (train, eval or None) when ``build``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nova.console import task
+    from nova.data.stream import count_examples, example_chars
+
+    encoder, template = _encoder(cfg, tokenizer, method, dpo, templated)
+    report.tokenizer = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    store = ShardStore(cfg.cache_dir, key) if build and key is not None else None
+    batching = _batching(cfg, total)
+    quiet = total is not None and total < _SAY_TOKENIZING
+    line = f"tokenizing {total} records" if total is not None else "streaming: reading, checking and tokenizing"
+    feedback = method_spec(method).records == "feedback"
+    chats = [0, 0]  # without a system message, all
+    with ThreadPoolExecutor(max_workers=1) as pool, task("tokenizing", total, quiet=quiet, line=line) as doing:
+        sides = {side: SideTokenizer(side, encoder, batching, store=store, build=build, pool=pool, doing=doing)
+                 for side in ("train", "eval")}
+        try:
+            for side, ex in feed(doing):
+                if cfg.streaming:
+                    count_examples(report, side, ex, feedback)
+                chats = _count_chats(chats, ex)
+                sides[side].add(ex, example_chars(ex.example) if batching.chars else 0)
+            folds = {side: t.finish() for side, t in sides.items()}
+        except BaseException:
+            for t in sides.values():
+                t.abandon()
+            raise
+    if template is not None:
+        _system_note(cfg, template, report, chats)
+    return _settle(cfg, report, sides, folds, store)
+
+
+def _encoder(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, templated: bool) -> tuple[Encoder, Any]:
     model_name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-    needs_template = method_spec(method).cuts_prompts or any(ex.example["kind"] == "chat" for ex in [*train, *evals])
-    template = ChatTemplate(tokenizer, model_name) if needs_template else None
+    template = ChatTemplate(tokenizer, model_name) if method_spec(method).cuts_prompts or templated else None
     trains_replies = not method_spec(method).generates  # a generating method's stop is the sampler's
     if template is not None and trains_replies and template.behaviour.stop_problem:
         raise NovaError(f"the model cannot learn to stop: {template.behaviour.stop_problem}",
@@ -197,24 +312,58 @@ def _tokenize_all(cfg: DataConfig, tokenizer: Any, method: Method, dpo: Any, rep
     encoder = Encoder(tokenizer, template, method=method, max_length=cfg.max_length, overlong=cfg.overlong,
                       loss_on=cfg.loss_on, max_prompt_length=prompt_len, max_completion_length=completion_len,
                       turns=turn_settings(cfg))
-    report.tokenizer = model_name
-    if template is not None:
-        _system_note(cfg, template, report, [*train, *evals])
-    train_ds, report.tokens, report.train_records = _tokenize(train, encoder, cfg, report, build=build)
-    eval_ds, report.eval_tokens, report.eval_records = (
-        _tokenize(evals, encoder, cfg, report, build=build) if evals else (None, None, 0))
+    return encoder, template
+
+
+def _batching(cfg: DataConfig, total: int | None) -> Batching:
+    """Shards of data.shard_records; encode batches of _ENCODE_BATCH records, or (streaming) of at most a
+    share of data.stream_buffer_mb of text; worker processes map a whole shard at once."""
+    if cfg.streaming:
+        return Batching(cfg.shard_records, _ENCODE_BATCH, chars=cfg.stream_buffer_mb * 2**20 // _STREAM_BUFFER_SHARE)
+    num_proc = _num_proc(cfg, total or 0)
+    return Batching(cfg.shard_records, cfg.shard_records if num_proc else _ENCODE_BATCH, num_proc=num_proc)
+
+
+def _count_chats(chats: list[int], ex: Example) -> list[int]:
+    from nova.data.system import chats_without_system
+
+    without, total = chats_without_system([ex])
+    return [chats[0] + without, chats[1] + total]
+
+
+def _settle(cfg: DataConfig, report: DataReport, sides: dict[str, SideTokenizer],
+            folds: dict[str, tuple[TokenFold, int]], store: ShardStore | None) -> tuple[Any, Any]:
+    """The sides' folds into the report, the verdicts on it, and the datasets (sealed into the cache)."""
+    report.tokens, report.train_records = folds["train"][0].apply(report, cfg.max_length)
+    has_eval = sides["eval"].count > 0
+    if has_eval:
+        report.eval_tokens, report.eval_records = folds["eval"][0].apply(report, cfg.max_length)
+    else:
+        report.eval_tokens, report.eval_records = None, 0
+    resumed = sum(t.resumed for t in sides.values())
+    if resumed:
+        report.notes.append(f"tokenization resumed: {resumed} of {sum(n for _, n in folds.values())} shards were "
+                            "finished by an earlier run that stopped")
     _fail_if_bad(report, cfg)
     judge_skipped(report, cfg)
     if report.train_records == 0:
         _require_some(report, [], cfg)
-    return train_ds, eval_ds
+    if not sides["train"].build:
+        return None, None
+    if store is None:
+        return sides["train"].dataset(), sides["eval"].dataset() if has_eval else None
+    listing = {"train": store.files("train", folds["train"][1]),
+               "eval": store.files("eval", folds["eval"][1]) if has_eval else None}
+    report.cache = f"saved ({store.final})"
+    root = store.seal(listing, report.to_dict())
+    return open_side(root, listing["train"]), open_side(root, listing["eval"])
 
 
-def _system_note(cfg: DataConfig, template: ChatTemplate, report: DataReport, examples: list[Example]) -> None:
+def _system_note(cfg: DataConfig, template: ChatTemplate, report: DataReport, chats: list[int]) -> None:
     """Say when the template's own default system message reaches chats the config did not choose it for."""
-    from nova.data.system import chats_without_system, default_note, served_system
+    from nova.data.system import default_note, served_system
 
-    note = default_note(served_system(cfg, template), *chats_without_system(examples))
+    note = default_note(served_system(cfg, template), *chats)
     if note and note not in report.notes:
         report.notes.append(note)
 
@@ -232,183 +381,3 @@ def _num_proc(cfg: DataConfig, n: int) -> int | None:
         return cfg.num_proc if cfg.num_proc > 1 else None
     cpus = os.cpu_count() or 1
     return min(cpus, 8) if n >= _PARALLEL_MIN_RECORDS and cpus >= _PARALLEL_MIN_CPUS else None
-
-
-def _tokenize(examples: list[Example], encoder: Encoder, cfg: DataConfig, report: DataReport,
-              *, build: bool) -> tuple[Any, TokenStats, int]:
-    """Encode, count what was dropped and why; (the Dataset of kept rows when ``build``, stats, kept)."""
-    num_proc = _num_proc(cfg, len(examples)) if build else None
-    ds = _map(examples, encoder, num_proc) if num_proc else None
-    if ds is not None:
-        # Whole Arrow columns to Python at once (iterating a datasets Column formats row by row).
-        cols = {c: ds.data.column(c).to_pylist() for c in _HELPERS if c in ds.column_names}
-    else:
-        cols, chunks = _encode_lists(examples, encoder, keep_ids=build)
-        cols["where"] = [examples[j].where for j in cols["row"]]
-    status: list[str] = cols["status"]
-    keep = []
-    for i, s in enumerate(status):
-        if s.startswith("error:"):
-            _, reason, message = s.split(":", 2)
-            message, _, hint = message.partition("\x1f")
-            report.add_problem(reason, Problem(cols["where"][i], message, hint or None))
-        elif s == TOO_LONG:
-            report.dropped_too_long += 1
-        elif s == NO_TRAINED:  # truncation cut off every trained token: as good as too long
-            report.dropped_no_trained += 1
-        else:
-            keep.append(i)
-            report.truncated += s == TRUNCATED
-    stats = _stats(cols, status, keep, cfg.max_length, report)
-    if ds is not None:
-        ds = ds.select(keep).remove_columns([c for c in _HELPERS if c in ds.column_names]).flatten_indices()
-    elif build:
-        ds = _dataset(chunks)
-    return ds, stats, len(keep)
-
-
-def _map(examples: list[Example], encoder: Encoder, num_proc: int) -> Any:
-    """Multi-process batched datasets.map over the examples (as JSON strings)."""
-    import datasets
-
-    datasets.disable_progress_bars()  # library code does not print; the CLI reports counts
-    ds = datasets.Dataset.from_dict({"where": [ex.where for ex in examples],
-                                     "example": [json.dumps(ex.example, ensure_ascii=False) for ex in examples]})
-    # A chat may become several rows: every input column is replaced (Encoder.__call__ carries "where").
-    return ds.map(encoder, batched=True, batch_size=_BATCH, num_proc=num_proc,
-                  remove_columns=["where", "example"], new_fingerprint=f"nova-{len(examples)}-{id(encoder)}")
-
-
-def _kept(status: str) -> bool:
-    return status in (OK, TRUNCATED)
-
-
-def _encode_lists(examples: list[Example], encoder: Encoder, *,
-                  keep_ids: bool) -> tuple[dict[str, list[Any]], list[Any]]:
-    """Single process, two threads: while the Rust tokenizer encodes batch k (it releases the
-    GIL and uses every core), this thread renders batch k+1; on 2 cores that hides most of the
-    Python work. Token columns of kept rows go to Arrow batch by batch, so millions of Python
-    ints never pile up (labels are built there from each row's trained token ranges, see
-    _sft_arrow); bookkeeping columns stay lists."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from nova.console import task
-
-    cols: dict[str, list[Any]] = {"status": [], "length": [], "trained": [], "masked": [], "row": []}
-    chunks: list[Any] = []
-    n = len(examples)
-    with ThreadPoolExecutor(max_workers=1) as pool, task("tokenizing", n, quiet=n < _SAY_TOKENIZING,
-                                                         line=f"tokenizing {n} records") as doing:
-        pending = None
-        for start in range(0, n, _ENCODE_BATCH):
-            prepared = encoder.prepare([ex.example for ex in examples[start:start + _ENCODE_BATCH]])
-            if pending is not None:
-                _collect(pending[1].result(), cols, chunks, keep_ids, pending[0])
-                doing.advance(_ENCODE_BATCH)
-            pending = (start, pool.submit(encoder.finish, prepared, compact=True))
-        if pending is not None:
-            _collect(pending[1].result(), cols, chunks, keep_ids, pending[0])
-            doing.advance(n - pending[0])
-    return cols, chunks
-
-
-def _collect(out: dict[str, list[Any]], cols: dict[str, list[Any]], chunks: list[Any], keep_ids: bool,
-             first: int) -> None:
-    """Append one batch's rows (``first``: the index of the batch's first example)."""
-    out["row"] = [first + r for r in out["row"]]
-    for key in _HELPERS:
-        if key in out:
-            cols.setdefault(key, []).extend(out[key])
-    if keep_ids:
-        rows = [i for i, s in enumerate(out["status"]) if _kept(s)]
-        tokens = {k: v for k, v in out.items() if k not in _HELPERS}
-        if len(rows) < len(out["status"]):
-            tokens = {k: [v[i] for i in rows] for k, v in tokens.items()}
-        if "input_ids" in tokens:  # SFT, compact: labels are token ranges (Encoder.finish)
-            chunks.append(_sft_arrow(tokens["input_ids"], tokens["labels"]))
-        else:
-            chunks.append(_arrow(tokens))
-
-
-def _arrow(columns: dict[str, list[Any]]) -> Any:
-    """Token lists to an Arrow table of int64 lists, built from flat values and offsets (faster than
-    pa.array on a list of lists, which converts and checks row by row); KTO's ``label`` is one bool a row,
-    GRPO's ``record`` one JSON string."""
-    import numpy as np
-    import pyarrow as pa
-
-    scalar = {"label": pa.bool_(), "record": pa.string()}
-    return pa.table({name: pa.array(values, type=scalar[name]) if name in scalar else _list_array(values, np, pa)
-                     for name, values in columns.items()})
-
-
-def _list_array(rows: list[list[int]], np: Any, pa: Any) -> Any:
-    offsets, values = _flat(rows, np)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-
-
-def _flat(rows: list[list[int]], np: Any) -> tuple[Any, Any]:
-    """(offsets, values) of a list of int lists; 32-bit offsets as pa.list_ uses (one batch of
-    rows is far below 2**31 tokens)."""
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), out=offsets[1:])
-    values = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
-    return offsets.astype(np.int32), values
-
-
-def _sft_arrow(ids: list[list[int]], ranges: list[list[tuple[int, int]] | None]) -> Any:
-    """input_ids and labels columns; labels from each row's trained token ranges (None: all
-    trained) in one vectorized step: the id inside a range, IGNORE outside."""
-    import numpy as np
-    import pyarrow as pa
-
-    offsets, values = _flat(ids, np)
-    starts: list[int] = []
-    ends: list[int] = []
-    for row, spans in enumerate(ranges):
-        base = int(offsets[row])
-        if spans is None:
-            starts.append(base)
-            ends.append(int(offsets[row + 1]))
-        else:
-            starts += [base + a for a, _ in spans]
-            ends += [base + b for _, b in spans]
-    total = len(values)
-    depth = np.cumsum(np.bincount(np.array(starts, dtype=np.int64), minlength=total + 1)
-                      - np.bincount(np.array(ends, dtype=np.int64), minlength=total + 1))[:total]
-    labels = np.where(depth > 0, values, IGNORE)
-    offsets = pa.array(offsets)
-    return pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(values)),
-                     "labels": pa.ListArray.from_arrays(offsets, pa.array(labels))})
-
-
-def _dataset(chunks: list[Any]) -> Any:
-    """An Arrow-backed datasets.Dataset of int64 token lists (what datasets.map would produce)."""
-    import datasets
-    import pyarrow as pa
-    from datasets.table import InMemoryTable
-
-    if not chunks:
-        return datasets.Dataset.from_dict({"input_ids": [], "labels": []})
-    # A fingerprint given up front: otherwise datasets hashes the whole in-memory table (~1 s / 100k rows).
-    return datasets.Dataset(InMemoryTable(pa.concat_tables(chunks)), fingerprint=f"nova-{uuid.uuid4().hex}")
-
-
-def _stats(cols: dict[str, list[Any]], status: list[str], keep: list[int], max_length: int,
-           report: DataReport) -> TokenStats:
-    lengths, trained, masked = cols["length"], cols["trained"], cols["masked"]
-    measured = [lengths[i] for i, s in enumerate(status) if not s.startswith("error:")]
-    if "prompt_cut" in cols:
-        cut_p, cut_c = cols["prompt_cut"], cols["completion_cut"]
-        report.prompt_truncated += sum(1 for i in keep if cut_p[i])
-        report.completion_truncated += sum(1 for i in keep if cut_c[i])
-    stats = TokenStats.from_lengths(measured, max_length, sum(trained[i] for i in keep),
-                                    sum(masked[i] for i in keep))
-    if "reasoning" in cols:  # SFT: the thinking/plain mix, chats rendered turn by turn, empty think blocks
-        reasoning, per_turn = cols["reasoning"], cols["per_turn"]
-        stats.reasoning_sequences = sum(1 for i in keep if reasoning[i])
-        stats.reasoning_trained_tokens = sum(trained[i] for i in keep if reasoning[i])
-        report.per_turn_chats += sum(1 for n in per_turn if n)
-        report.per_turn_sequences += sum(per_turn)
-        report.empty_think_masked += sum(cols["empty_think"][i] for i in keep)
-    return stats

@@ -172,14 +172,16 @@ def probe_config(cfg: Any, steps: int) -> Any:
 
 def row_tokens(dataset: Any) -> list[int]:
     """Tokens per row as the batching sees it: a sequence, or a prompt with its longer reply (pairs)."""
+    from nova.data.tokens import row_lengths
+
     columns = dataset.column_names
     if "input_ids" in columns:
-        return [len(ids) for ids in dataset["input_ids"]]
-    prompts = [len(ids) for ids in dataset["prompt_ids"]] if "prompt_ids" in columns else [0] * len(dataset)
+        return row_lengths(dataset)
+    prompts = row_lengths(dataset, "prompt_ids") if "prompt_ids" in columns else [0] * len(dataset)
     replies = [0] * len(dataset)
     for name in ("chosen_ids", "rejected_ids", "completion_ids"):
         if name in columns:
-            replies = [max(a, len(b)) for a, b in zip(replies, dataset[name], strict=True)]
+            replies = [max(a, b) for a, b in zip(replies, row_lengths(dataset, name), strict=True)]
     return [p + r for p, r in zip(prompts, replies, strict=True)]
 
 

@@ -106,6 +106,7 @@ def _exact_packing(model: Any, placement: Placement) -> tuple[bool, float, str]:
 
 def choose_batching(model: Any, stage: StageConfig, data: Any, placement: Placement) -> SFTBatching:
     """Padding-free where the model provably isolates packed sequences (training.packing: auto), else pad."""
+    from nova.data.tokens import row_lengths
     from nova.errors import NovaError
 
     t = stage.training
@@ -122,7 +123,7 @@ def choose_batching(model: Any, stage: StageConfig, data: Any, placement: Placem
             note = f"padded batches: this model does not keep packed sequences apart (logits differ by {diff:.3g})"
     sampler = None
     if t.max_tokens_per_batch is not None:
-        lengths = [len(ids) for ids in data.train["input_ids"]]
+        lengths = row_lengths(data.train)
         sampler = TokenBudgetBatchSampler(lengths, t.max_tokens_per_batch, seed=t.seed, padding_free=padding_free)
         s = sampler.summary()
         note += (f"; micro batches of up to {t.max_tokens_per_batch} tokens ({s['batches_per_epoch']} per epoch, "
