@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model directory whose tokenizer is used")
     parser.add_argument("--num-proc", type=int, default=None, help="data.num_proc (default: nova's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the best is kept")
+    parser.add_argument("--streaming", action="store_true", help="data.streaming: true (one bounded batch at a time)")
     args = parser.parse_args()
 
     from nova.config.data_schema import DataConfig, DatasetSpec
@@ -89,7 +90,8 @@ def main() -> None:
             bare_tokens = sum(len(x) for x in bare["input_ids"])
             del bare
             cfg = DataConfig(datasets=[DatasetSpec(path=str(data))], eval_split=0.01, max_length=4096,
-                             cache_dir=str(work / f"cache{attempt}"), num_proc=args.num_proc)
+                             cache_dir=str(work / f"cache{attempt}"), num_proc=args.num_proc,
+                             **({"streaming": True} if args.streaming else {}))
             start = time.perf_counter()
             prepared = prepare_stage_data(cfg, tok, method="sft", seed=0)
             e2e_s = min(e2e_s, time.perf_counter() - start)
@@ -103,7 +105,7 @@ def main() -> None:
         ratio = bare_s / e2e_s
         print(f"tokenizer: {tok_name}; records: {n}; file: {data.stat().st_size / 1e6:.1f} MB; "
               f"tokens: {bare_tokens}; cpus: {os.cpu_count()}; best of {args.repeats}; "
-              f"load average at start: {load_before:.1f}")
+              f"load average at start: {load_before:.1f}; streaming: {args.streaming}")
         print(f"bare fast tokenizer batch:  {bare_s:7.2f} s  {n / bare_s:9.0f} records/s  "
               f"{bare_tokens / bare_s:10.0f} tokens/s")
         print(f"nova end to end (uncached): {e2e_s:7.2f} s  {n / e2e_s:9.0f} records/s  "

@@ -252,3 +252,16 @@ def user_cache_dir() -> Path:
     if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
         return Path(os.environ["LOCALAPPDATA"]) / "nova"
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "nova"
+
+
+def hub_client() -> str:
+    """The Hugging Face command line client installed here: ``hf`` (huggingface_hub 0.34 and later ship it;
+    ``huggingface-cli`` is deprecated there), else ``huggingface-cli``."""
+    import shutil
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(x) for x in version("huggingface_hub").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        major, minor = 0, 0
+    return "hf" if shutil.which("hf") or (major, minor) >= (0, 34) else "huggingface-cli"

@@ -157,8 +157,11 @@ class DataConfig(Section):
                                  "holds: remove the weights or set streaming: false")
             if _HUB_ID.match(spec.path) and not Path(spec.path).expanduser().exists() and \
                     not looks_like_local_path(spec.path):
-                raise ValueError(f"streaming reads local files; {printable(spec.path)} is a hub dataset: download it "
-                                 "first (hf download --repo-type dataset ...) and give its local path")
+                from nova.system import hub_client
+
+                raise ValueError(f"streaming reads local files; {printable(spec.path)} is a hub dataset: download "
+                                 f"it once ({hub_client()} download {printable(spec.path)} --repo-type dataset "
+                                 "--local-dir DIR) and set path: DIR")
         return self
 
     @model_validator(mode="after")

@@ -407,11 +407,20 @@ def _read_parquet(path: Path) -> tuple[list[str], Iterator[RawRecord]]:
                     for where, data, problem in rows)
 
 
+def hub_dataset_hint(name: str) -> str:
+    """How to make a hub dataset local: the download command of the client installed here, and the path to give."""
+    from nova.system import hub_client
+
+    local = f"data/{name.rsplit('/', 1)[-1]}"
+    return (f"download it once: {hub_client()} download {name} --repo-type dataset --local-dir {local}; "
+            f"then set path: {local}")
+
+
 def hub_records(name: str) -> Iterator[RawRecord]:
     """Records of a hub dataset id, or a clear error when the hub cannot be reached (offline)."""
     offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes")
                   for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    hint = "download it once and point path at the local .jsonl/.parquet file"
+    hint = hub_dataset_hint(name)
     if offline:
         raise FileProblem("unreadable", name, "no such local file or directory, and hub dataset ids cannot be "
                           "read offline (HF_HUB_OFFLINE is set)", hint)

@@ -135,17 +135,10 @@ def resolve_model(base: str, *, revision: str | None = None, models_dir: str = "
 
 
 def hub_download_command(repo_id: str) -> str:
-    """The command that downloads a hub model with the client installed: ``hf`` (huggingface_hub 0.34 and
-    later ship it; ``huggingface-cli`` is deprecated there), else ``huggingface-cli``."""
-    import shutil
-    from importlib.metadata import PackageNotFoundError, version
+    """The command that downloads a hub model with the client installed (nova.system.hub_client)."""
+    from nova.system import hub_client
 
-    try:
-        major, minor = (int(x) for x in version("huggingface_hub").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        major, minor = 0, 0
-    client = "hf" if shutil.which("hf") or (major, minor) >= (0, 34) else "huggingface-cli"
-    return f"{client} download {repo_id}"
+    return f"{hub_client()} download {repo_id}"
 
 
 def known_architecture(base: str) -> dict[str, Any] | None:
