@@ -67,3 +67,18 @@ def test_preflight_memory_check_says_it_was_calibrated(cache: Path, tmp_path: Pa
     assert "calibrated by a probe" not in before.message
     assert "calibrated by a probe on this machine, today" in after.message
     assert calibrated.total_bytes == pytest.approx(est.total_bytes * 3, rel=1e-6)
+
+
+def test_on_the_cpu_a_model_whose_weights_alone_do_not_fit_is_not_told_to_shorten_its_data(cache: Path) -> None:
+    from nova.config.schema import StageConfig
+    from nova.preflight.checks_memory import MemoryContext, check_memory
+    from nova.preflight.gpus import GpuSnapshot
+
+    shape, settings = shape_and_settings()  # Llama-3.2-1B in fp32: about 4.6 GiB of weights
+    stage = StageConfig()
+    roomy, tight = (MemoryContext(GpuSnapshot("no_gpu", ()), None, gib * 1024**3) for gib in (5.9, 3))
+    check, est, _ = check_memory("memory", shape, settings, stage, roomy)
+    assert check.status == "fail" and "shorten data.max_length" in (check.fix or "")  # the activations do not fit
+    check, _, _ = check_memory("memory", shape, settings, stage, tight)
+    assert check.status == "fail" and "shorten" not in (check.fix or "")
+    assert "weights alone take" in (check.fix or "") and "smaller model" in (check.fix or "")

@@ -148,9 +148,10 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
                f"{gib(CPU_RUNTIME_BYTES)} for Python, torch and transformers); {gib(ctx.ram_available)} "
                f"available{probed}")
         if need > ctx.ram_available:
-            return Check(label, "fail", msg, _cpu_fix(settings)), est, None
+            return Check(label, "fail", msg, _cpu_fix(settings, est, ctx.ram_available)), est, None
         if need > ctx.ram_available * TIGHT:
-            return Check(label, "warn", f"{msg}: less than 10% headroom", _cpu_fix(settings)), est, None
+            return Check(label, "warn", f"{msg}: less than 10% headroom", _cpu_fix(settings, est,
+                                                                                   ctx.ram_available)), est, None
         return Check(label, "pass", msg), est, None
     gpu, need, upper = ctx.gpu, est.total_bytes, est.upper_bytes
     choice = fit_batch(shape, settings, t.gradient_accumulation_steps, gpu.free_bytes, constants=CALIBRATED,
@@ -243,7 +244,13 @@ def _apple_memory(label: str, est: Estimate, settings: Settings, apple: AppleGpu
     return Check(label, "pass", msg)
 
 
-def _cpu_fix(settings: Settings) -> str:
-    """On the CPU only the sequence length and the batch move the peak (no other device to use)."""
+def _cpu_fix(settings: Settings, est: Estimate | None = None, available: int | None = None) -> str:
+    """On the CPU only the sequence length and the batch move the peak (no other device to use), unless the
+    weights alone do not fit: then no length or batch helps, and saying so saves a round of edits."""
+    if est is not None and available is not None:
+        weights = est.breakdown["base_weights"] + est.breakdown.get("gradients", 0)
+        if weights + CPU_RUNTIME_BYTES > available:
+            return (f"the model's weights alone take {gib(weights)}, more than the {gib(available)} available: no "
+                    "shorter length or smaller batch fits it; choose a smaller model (model.base) or train on a GPU")
     return (f"shorten data.max_length ({settings.seq_len}) or micro_batch_size ({settings.micro_batch_size}), "
             "or train on a GPU")
