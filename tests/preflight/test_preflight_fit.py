@@ -114,3 +114,25 @@ def test_auto_fit_sizes_a_stage_as_preflight_does(tmp_path: Path) -> None:
     choice = fit_stage(json.loads((model / "config.json").read_text()), planned, planned.stages[1], free)
     assert report.auto_fit is not None and choice.changed
     assert choice.to_dict() == report.auto_fit
+
+
+def test_a_probe_that_measured_more_than_the_estimate_makes_auto_fit_choose_smaller(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto_fit reads the calibration a probe stored for this model, path and GPU (issue 30: it did not)."""
+    from nova.preflight import probe_calibration as pc
+
+    monkeypatch.setenv("NOVA_CACHE_DIR", str(tmp_path))
+    settings = with_batch(Settings(micro_batch_size=8, seq_len=2048, device="cuda"), 8, True)
+    budget = _with_margin(8, True) + GiB  # fits as configured by the plain estimate
+    plain = fit_batch(SHAPE, settings, 2, budget)
+    assert plain.fits and not plain.changed
+
+    def calibrate(e: object) -> object:
+        return pc.calibrated(e, SHAPE, "NVIDIA GeForce RTX 4090")  # type: ignore[arg-type]
+
+    assert fit_batch(SHAPE, settings, 2, budget, calibrate=calibrate).micro_batch_size == 8  # nothing stored yet
+    est = estimate_for_shape(SHAPE, settings, CALIBRATED)
+    pc.store(settings, SHAPE, est.total_bytes, int(est.total_bytes * 1.5), "cuda", "NVIDIA GeForce RTX 4090")
+    corrected = fit_batch(SHAPE, settings, 2, budget, calibrate=calibrate)
+    assert corrected.fits and corrected.micro_batch_size < 8
+    assert corrected.micro_batch_size * corrected.gradient_accumulation_steps == 16

@@ -109,14 +109,16 @@ def planned_settings(shape: ModelShape, planned: PlannedPhase, stage: PlannedSta
 
 
 def fit_stage(model_config: dict[str, Any], planned: PlannedPhase, stage: PlannedStage, budget_bytes: int, *,
-              margin: float = 0.10) -> FitChoice:
+              margin: float = 0.10, gpu_name: str | None = None) -> FitChoice:
     """Auto-fit for one stage of the plan (what ``nova train`` calls with the GPU's free bytes), sized as
-    preflight sizes it. Returns a ``FitChoice``: micro_batch_size, gradient_accumulation_steps,
+    preflight sizes it, and corrected by a probe of this model and path on this GPU (``gpu_name``) when one
+    is stored. Returns a ``FitChoice``: micro_batch_size, gradient_accumulation_steps,
     gradient_checkpointing, fits, changed and a one-line reason to record in the run directory."""
     shape = model_shape(model_config)
     settings = planned_settings(shape, planned, stage, on_gpu=True)
     return fit_batch(shape, settings, stage.config.training.gradient_accumulation_steps, budget_bytes,
-                     margin=margin, min_micro=stage.config.min_micro_batch)
+                     margin=margin, min_micro=stage.config.min_micro_batch,
+                     calibrate=lambda e: calibrated(e, shape, gpu_name) if gpu_name else e)
 
 
 def _targets(lora: LoraConfig) -> tuple[str, ...]:
@@ -154,8 +156,9 @@ def check_memory(label: str, shape: ModelShape, settings: Settings, stage: Stage
                                                                                    ctx.ram_available)), est, None
         return Check(label, "pass", msg), est, None
     gpu, need, upper = ctx.gpu, est.total_bytes, est.upper_bytes
+    gpu_name = None if gpu.hypothetical else gpu.name
     choice = fit_batch(shape, settings, t.gradient_accumulation_steps, gpu.free_bytes, constants=CALIBRATED,
-                       min_micro=stage.min_micro_batch)
+                       min_micro=stage.min_micro_batch, calibrate=lambda e: calibrated(e, shape, gpu_name))
     auto = choice.to_dict() if t.auto_fit else None
     where = f"GPU {gpu.index} has {gib(gpu.free_bytes)} free"
     held = [p for p in gpu.processes if p.used_bytes >= HELD_WORTH_NAMING]

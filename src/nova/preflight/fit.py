@@ -9,6 +9,7 @@ batch usually costs less).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,20 +53,23 @@ def _divisors_desc(n: int) -> list[int]:
 
 
 def fit_batch(shape: ModelShape, settings: Settings, accumulation: int, budget_bytes: int, *,
-              margin: float = DEFAULT_MARGIN, constants: Constants | None = None, min_micro: int = 1) -> FitChoice:
+              margin: float = DEFAULT_MARGIN, constants: Constants | None = None, min_micro: int = 1,
+              calibrate: Callable[[Estimate], Estimate] | None = None) -> FitChoice:
     """Choose (micro batch, accumulation, checkpointing) for ``budget_bytes`` with a safety margin.
 
     ``settings`` carries the configured micro batch and checkpointing; ``accumulation`` the
     configured gradient_accumulation_steps. The effective batch size never changes. A candidate
     fits when its estimate plus the wider of ``margin`` and the estimate's stated uncertainty
     (nova.preflight.uncertainty: wider for long rows) is within the budget. The micro batch stays at
-    or above ``min_micro`` (KTO's KL term pairs two replies of one micro batch).
+    or above ``min_micro`` (KTO's KL term pairs two replies of one micro batch). ``calibrate`` corrects each
+    candidate's estimate by what a probe measured on this machine (nova.preflight.probe_calibration).
     """
     c = constants or CALIBRATED
     effective = settings.micro_batch_size * accumulation
 
     def est(mb: int, gc: bool) -> Estimate:
-        return estimate_for_shape(shape, with_batch(settings, mb, gc), c)
+        e = estimate_for_shape(shape, with_batch(settings, mb, gc), c)
+        return calibrate(e) if calibrate is not None else e
 
     def needs(e: Estimate) -> int:
         return e.upper_with(margin)

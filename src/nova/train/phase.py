@@ -160,6 +160,9 @@ def auto_fit_stages(run: PhaseRun, stages: tuple[PlannedStage, ...], source: str
 
         budget_bytes = int(require("torch").cuda.mem_get_info(placement.gpu_index)[0])
     from nova.preflight import fit_stage
+    from nova.train.probe import gpu_name
+
+    gpu = gpu_name(placement)
 
     config_file = Path(source) / "config.json"
     model_config = json.loads(config_file.read_text(encoding="utf-8")) if Path(source).is_dir() else None
@@ -173,7 +176,7 @@ def auto_fit_stages(run: PhaseRun, stages: tuple[PlannedStage, ...], source: str
         if not cfg.training.auto_fit:
             out.append(stage)
             continue
-        choice = fit_stage(model_config, run.planned, stage, budget_bytes)
+        choice = fit_stage(model_config, run.planned, stage, budget_bytes, gpu_name=gpu)
         fits[stage.name] = choice.to_dict()
         run.log.say(f"[{stage.label}] auto_fit: {choice.reason}")
         if not choice.fits:
