@@ -20,8 +20,8 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def write_config(tmp: Path, model: Path, run: Path, **training: Any) -> Path:
-    cfg = {"name": "d", "model": {"base": str(model), "quantization": "none"},
+def write_config(tmp: Path, model: Path, run: Path, *, quantization: str = "none", **training: Any) -> Path:
+    cfg = {"name": "d", "model": {"base": str(model), "quantization": quantization},
            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
            "data": {"datasets": [{"path": str(ROOT / "data" / "sora_en.jsonl"), "max_samples": 100}],
                     "eval_split": 0.0, "max_length": 192},

@@ -26,7 +26,7 @@ from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
 from nova.train.context import StageResult, StageRun
 from nova.train.machinery import distributed
 from nova.train.machinery.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
-from nova.train.machinery.strategy import whole_trainable
+from nova.train.machinery.strategy import shard_check, whole_trainable
 
 
 def run_stage(run: StageRun) -> StageResult:
@@ -159,6 +159,8 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
         trainer = resolve(config.spec.trainer)(inputs)  # model's adapter to bf16; the method's trainer
     if hooks.strategy.name != "single":
         run.say(hooks.strategy.describe(phase.ranks.world))
+    if hooks.strategy.name == "fsdp":
+        trainer.add_callback(shard_check(run.say))
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = lr_override if resume_from is not None else None
     t = config.training

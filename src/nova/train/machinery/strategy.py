@@ -23,6 +23,7 @@ from typing import Any
 
 from nova.config.schema import DistributedConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
+from nova.lazy import require
 from nova.plan import resolve_strategy
 
 PAGED_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit")
@@ -164,6 +165,33 @@ def whole_trainable(model: Any) -> dict[str, Any] | None:
         return None
     return {name: (p.full_tensor() if isinstance(p, dtensor) else p).detach().to("cpu", copy=True)
             for name, p in params}
+
+
+def shard_check(say: Any) -> Any:
+    """A callback that checks, once the Trainer has wrapped the model, that FSDP2 sharded every weight.
+
+    A weight FSDP cannot flatten stays whole on every rank without a word: 4-bit weights stored as
+    uint8 are the known case (FSDP-QLoRA needs ``bnb_4bit_quant_storage`` in the compute dtype, see
+    ``quantization_config``); the run would train, with a full base on each rank, while the config
+    says sharded. So: one line saying what is sharded, or a refusal naming the first whole weight."""
+    transformers = require("transformers")
+
+    class ShardCheck(transformers.TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            from torch.distributed.tensor import DTensor as dtensor
+
+            params = list(model.named_parameters())
+            whole = [f"{name}, {str(p.dtype)[6:]}" for name, p in params if not isinstance(p, dtensor)]
+            if whole:
+                raise NovaError(f"distributed.strategy is fsdp but {len(whole)} of {len(params)} weights were left "
+                                f"whole on every rank (first: {whole[0]})", hint="report the versions of torch, "
+                                "accelerate and bitsandbytes; use distributed.strategy: ddp meanwhile")
+            packed = [m.weight for m in model.modules()  # bitsandbytes' own, not PEFT's wrapper of the same name
+                      if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")]
+            four_bit = f", {len(packed)} of them 4-bit stored as {str(packed[0].dtype)[6:]}" if packed else ""
+            say(f"fsdp: all {len(params)} weights sharded across the ranks{four_bit}")
+
+    return ShardCheck()
 
 
 def check_engine(trainer: Any, strategy: Strategy | None) -> None:
