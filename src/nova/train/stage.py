@@ -26,7 +26,7 @@ from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
 from nova.train.context import StageResult, StageRun
 from nova.train.machinery import distributed
 from nova.train.machinery.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
-from nova.train.machinery.strategy import shard_check, whole_trainable
+from nova.train.machinery.strategy import release_engine, shard_check, whole_trainable
 
 
 def run_stage(run: StageRun) -> StageResult:
@@ -206,6 +206,7 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
         final_eval = _last_eval_at(trainer.state.log_history, result.steps) or trainer.evaluate()
         result.eval_loss_end = final_eval.get("eval_loss")
         result.metrics = {k: v for k, v in final_eval.items() if isinstance(v, int | float)}
+    release_engine(trainer, hooks.strategy)  # a later stage builds its own engine on the same model
     return result
 
 

@@ -194,6 +194,17 @@ def shard_check(say: Any) -> Any:
     return ShardCheck()
 
 
+def release_engine(trainer: Any, strategy: Strategy | None) -> None:
+    """Take DeepSpeed's engine off the model once its stage is done (the stage's adapter is saved after).
+
+    The engine hooks every trainable parameter; the next stage of the phase builds its own engine on
+    the same model, and the first engine's hooks, still there, reduced each gradient a second time: a
+    stage after another one under DeepSpeed failed at its first step ("Gradient computed twice for
+    this partition" under ZeRO-2, ``'NoneType' object has no attribute 'numel'`` under ZeRO-3)."""
+    if strategy is not None and strategy.name == "deepspeed":
+        trainer.accelerator.free_memory()  # DeepSpeedEngine.destroy(): its hooks removed
+
+
 def check_engine(trainer: Any, strategy: Strategy | None) -> None:
     """Refuse to train under another engine than the one configured (accelerate falls back to DDP
     without a word where it cannot set FSDP or DeepSpeed up)."""
