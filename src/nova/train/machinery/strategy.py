@@ -18,6 +18,8 @@ Known-broken combinations are refused with the alternative instead of failing de
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,14 +159,38 @@ def whole_trainable(model: Any) -> dict[str, Any] | None:
     would write only rank 0's shard (the trap that once put (N-1)/N of an adapter back to its
     initial values on resume). ``full_tensor()`` is a collective, so every rank calls this in the
     same order; only the adapter is gathered, never the sharded base.
+
+    ZeRO-3 partitions every parameter above ``stage3_param_persistence_threshold`` (10 x hidden
+    size): rank 0's own copy of the adapter is then empty (shape [0]), and a stage saved from it was
+    written as 0-element tensors (the next stage's reference failed to load them). Those are
+    gathered the same way, through DeepSpeed (``GatheredParameters``, a collective too).
     """
     from torch.distributed.tensor import DTensor as dtensor  # torch is there: a model is
 
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if any(hasattr(p, "ds_id") for _, p in params):  # ZeRO-3's partitioned parameters
+        deepspeed = require("deepspeed")
+
+        with deepspeed.zero.GatheredParameters([p for _, p in params]):
+            return {name: p.detach().to("cpu", copy=True) for name, p in params}
     if not any(isinstance(p, dtensor) for _, p in params):
         return None
     return {name: (p.full_tensor() if isinstance(p, dtensor) else p).detach().to("cpu", copy=True)
             for name, p in params}
+
+
+@contextmanager
+def whole_adapter(model: Any) -> Iterator[None]:
+    """Every rank: ZeRO-3's partitioned trainable weights gathered whole while a later stage's trainer
+    is built (TRL's DPO, KTO and GRPO trainers copy the trained adapter into a reference adapter in
+    their constructor, and a partitioned weight is empty there: "The size of tensor a (64) must match
+    the size of tensor b (0)"); partitioned again on leaving. Nothing to do elsewhere."""
+    params = [p for p in model.parameters() if p.requires_grad and hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    with require("deepspeed").zero.GatheredParameters(params):
+        yield
 
 
 def shard_check(say: Any) -> Any:
