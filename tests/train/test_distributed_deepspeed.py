@@ -28,6 +28,7 @@ from method_fixtures import write_method_data
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow
 LENGTHS = {"max_prompt_length": 32, "max_completion_length": 16}
+OTHERS = ["kto", "orpo", "simpo", "grpo"]  # SFT and DPO: compared with one process
 DATA = {"sft": "sft", "dpo": "pairs", "orpo": "pairs", "simpo": "pairs", "kto": "feedback"}
 
 
@@ -75,7 +76,7 @@ def adapter(run: Path, stage_: str | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+def one_process_chain(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("ds-one")
     run = tmp / "one"
     done = nova_train(chain(tmp, tiny_model_dir, run, ["sft", "dpo"], accumulation=2))
@@ -83,45 +84,48 @@ def one_process(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     return run
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+def zero_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             tiny_model_dir: Path) -> tuple[int, Path, str]:
+    """One 2-rank run per ZeRO stage: SFT then DPO (compared with one process), then every other method."""
+    tmp = tmp_path_factory.mktemp(f"zero{request.param}")
+    run = tmp / "zero"
+    done = nova_train(chain(tmp, tiny_model_dir, run, ["sft", "dpo", *OTHERS]), *zero(request.param))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return request.param, run, done.stdout
+
+
 def test_sft_then_dpo_under_zero_on_two_cpu_ranks_train_what_one_process_trains(
-        one_process: Path, tiny_model_dir: Path, tmp_path: Path, zero_stage: int) -> None:
+        one_process_chain: Path, zero_run: tuple[int, Path, str]) -> None:
     import torch
 
-    run = tmp_path / f"zero{zero_stage}"
-    done = nova_train(chain(tmp_path, tiny_model_dir, run, ["sft", "dpo"]), *zero(zero_stage))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(f"engine: deepspeed ZeRO-{zero_stage} over 2 ranks") == 2  # one engine per stage
+    zero_stage, run, said = zero_run
+    assert said.count(f"engine: deepspeed ZeRO-{zero_stage} over 2 ranks") == 2 + len(OTHERS)  # one per stage
     assert (run / "checkpoints" / "dpo" / "checkpoint-3" / "global_step3").is_dir()  # DeepSpeed's own state
-    ours, theirs = rows(run), rows(one_process)
-    steps = [(r["stage"], r["step"]) for r in theirs if "loss" in r]
-    assert steps == [(s, i) for s in ("sft", "dpo") for i in (1, 2, 3)]
-    assert [(r["stage"], r["step"]) for r in ours if "loss" in r] == steps
-    for a, b in zip((r for r in ours if "loss" in r), (r for r in theirs if "loss" in r), strict=True):
+    theirs = [r for r in rows(one_process_chain) if "loss" in r]
+    ours = [r for r in rows(run) if "loss" in r and r["stage"] in ("sft", "dpo")]
+    steps = [(s, i) for s in ("sft", "dpo") for i in (1, 2, 3)]
+    assert [(r["stage"], r["step"]) for r in theirs] == [(r["stage"], r["step"]) for r in ours] == steps
+    for a, b in zip(ours, theirs, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3), (a["stage"], a["step"])
-    assert [r["loss"] for r in ours if r.get("stage") == "dpo" and "loss" in r][-1] < math.log(2) - 0.01  # it learned
-    for where in ("sft", "dpo", None):  # every stage's adapter whole (full shapes, same values)
-        single, sharded = adapter(one_process, where), adapter(run, where)
+    assert ours[-1]["loss"] < math.log(2) - 0.01  # DPO learned (its first steps sit at log 2)
+    for where in ("sft", "dpo"):  # each stage's adapter whole (full shapes, same values)
+        single, sharded = adapter(one_process_chain, where), adapter(run, where)
         assert sharded.keys() == single.keys()
         for key, value in single.items():
             torch.testing.assert_close(sharded[key], value, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_every_method_builds_and_steps_its_schedule_under_zero(tiny_model_dir: Path, tmp_path: Path,
-                                                               zero_stage: int) -> None:
-    """KTO, ORPO, SimPO and GRPO chained in one phase (SFT and DPO: the test above), each through nova's
-    trainer builder, two steps of a cosine schedule with warmup over ZeRO's optimizer."""
-    methods = ["kto", "orpo", "simpo", "grpo"]
-    run = tmp_path / "all"
-    done = nova_train(chain(tmp_path, tiny_model_dir, run, methods, steps=2), *zero(zero_stage))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(f"engine: deepspeed ZeRO-{zero_stage} over 2 ranks") == len(methods)
-    logged = [r for r in rows(run) if "loss" in r]
-    assert [(r["stage"], r["step"]) for r in logged] == [(m, i) for m in methods for i in (1, 2)]
+def test_every_method_builds_and_steps_its_schedule_under_zero(zero_run: tuple[int, Path, str]) -> None:
+    """KTO, ORPO, SimPO and GRPO chained after SFT and DPO, each through nova's trainer builder, three
+    steps of a cosine schedule with warmup over ZeRO's optimizer (its empty no-decay group dropped)."""
+    _, run, _ = zero_run
+    logged = [r for r in rows(run) if "loss" in r and r["stage"] in OTHERS]
+    assert [(r["stage"], r["step"]) for r in logged] == [(m, i) for m in OTHERS for i in (1, 2, 3)]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in logged)
-    assert all(r["learning_rate"] > 0 for r in logged if r["step"] == 2)  # the scheduler stepped past warmup
-    for method in methods:
-        assert json.loads((run / "stages" / method / "DONE").read_text())["steps"] == 2
+    assert all(r["learning_rate"] > 0 for r in logged if r["step"] > 1)  # the scheduler stepped past warmup
+    for method in OTHERS:
+        assert json.loads((run / "stages" / method / "DONE").read_text())["steps"] == 3
         shapes = {tuple(v.shape) for v in adapter(run, method).values()}
         assert all(0 not in shape and 16 in shape for shape in shapes), (method, shapes)
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
