@@ -35,6 +35,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def one_process(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """10 steps of micro batch 2 x accumulation 2 in one process: what 2 ranks, FSDP2 or 2 loopback nodes
+    of micro batch 2 x accumulation 1 must reproduce (tests/train/test_distributed*.py), trained once."""
+    from test_distributed import nova_train, write_config
+
+    tmp = tmp_path_factory.mktemp("one-process")
+    run = tmp / "one"
+    done = nova_train(write_config(tmp, tiny_model_dir, run, micro_batch_size=2, gradient_accumulation_steps=2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
 def real_model_dir() -> Path:
     """SmolLM2-135M-Instruct imported by scripts/setup.sh; a missing model is a failure, not a skip."""
     if not (REAL_MODEL / "config.json").exists():

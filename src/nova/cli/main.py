@@ -81,6 +81,15 @@ def _say(line: str) -> None:
     echo(printable(line), err=True)
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error interrupted, so the error starts a line of its own instead of
+    trailing a bar's last refresh ("d/sft:  0%| ... 0/10 [...]error: ..."); on a rank of nova train
+    --nproc-per-node the launcher prints the error after the rank exits, on the same stream."""
+    std = sys.modules.get("tqdm.std")  # only when a bar can exist: never imports tqdm
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def _click_exceptions() -> tuple[type[Exception], ...]:
     """typer >= 0.29 raises its vendored copy of click's exceptions, older typer raises click's own."""
     import click
@@ -114,6 +123,7 @@ def run() -> None:
     except NovaError as exc:
         if debug:
             raise
+        _end_progress_bars()
         lines = exc.lines()
         from nova.train.launch import report_to_launcher
 
@@ -135,6 +145,7 @@ def run() -> None:
     except Exception as exc:  # the last line of defence: one line, not a traceback
         from nova.files import os_error
 
+        _end_progress_bars()
         fault = os_error(exc) if isinstance(exc, OSError) else None
         if fault is not None and not debug:  # a full disk, a read-only or foreign path: the path and the fix
             _say(f"error: {fault.lines()[0]}")

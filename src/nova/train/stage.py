@@ -26,7 +26,7 @@ from nova.runs.jsonl import append_jsonl, read_jsonl, trim_metrics
 from nova.train.context import StageResult, StageRun
 from nova.train.machinery import distributed
 from nova.train.machinery.resilience import NonFiniteLoss, Recovery, free_memory, is_oom, smaller_batch
-from nova.train.machinery.strategy import whole_trainable
+from nova.train.machinery.strategy import release_engine, shard_check, whole_adapter, whole_trainable
 
 
 def run_stage(run: StageRun) -> StageResult:
@@ -63,7 +63,7 @@ def run_stage(run: StageRun) -> StageResult:
             config = _recover_from_oom(run, config, start_weights)
             resume_from = latest_checkpoint(checkpoints)
             retries += 1
-    whole = whole_trainable(run.model)  # every rank: FSDP2's adapter shards gathered (None if not sharded)
+    whole = whole_trainable(run.model)  # every rank: FSDP2 or ZeRO-3 shards gathered (None if not sharded)
     distributed.on_main(ranks, lambda: _save_stage(run, config, result, whole))
     if phase.stop.requested:  # it came during the last step: the stage is finished and saved, then the run stops
         raise TrainingStopped(f"stopped by {phase.stop.signal_name} after the last step of {run.label}: its "
@@ -155,10 +155,13 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
     hooks = TrainerHooks(phase.run.checkpoints(stage.name), run.placement, metrics, stage.name, run.label, phase.stop,
                          [monitor, *phase.extra_callbacks], stage_strategy(phase, config, run.placement))
     inputs = TrainerInputs(run.model, run.tokenizer, config, run.data, hooks, run.reference, run.say, run.memo)
-    with task("preparing the trainer", quiet=True), keep_trainable_fp32(run.model):  # TRL casts a 4-bit
-        trainer = resolve(config.spec.trainer)(inputs)  # model's adapter to bf16; the method's trainer
+    # TRL casts a 4-bit model's adapter to bf16, and copies it whole into a reference adapter (ZeRO-3: gathered)
+    with task("preparing the trainer", quiet=True), keep_trainable_fp32(run.model), whole_adapter(run.model):
+        trainer = resolve(config.spec.trainer)(inputs)  # the method's trainer
     if hooks.strategy.name != "single":
         run.say(hooks.strategy.describe(phase.ranks.world))
+    if hooks.strategy.name == "fsdp":
+        trainer.add_callback(shard_check(run.say))
     trainer.nova_fingerprint = run.fingerprint.to_dict()
     trainer.nova_lr_override = lr_override if resume_from is not None else None
     t = config.training
@@ -204,6 +207,7 @@ def _train_once(run: StageRun, config: StageConfig, resume_from: Path | None,
         final_eval = _last_eval_at(trainer.state.log_history, result.steps) or trainer.evaluate()
         result.eval_loss_end = final_eval.get("eval_loss")
         result.metrics = {k: v for k, v in final_eval.items() if isinstance(v, int | float)}
+    release_engine(trainer, hooks.strategy)  # a later stage builds its own engine on the same model
     return result
 
 

@@ -18,11 +18,14 @@ Known-broken combinations are refused with the alternative instead of failing de
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from nova.config.schema import DistributedConfig, ModelConfig, StageConfig
 from nova.errors import NovaError
+from nova.lazy import require
 from nova.plan import resolve_strategy
 
 PAGED_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit")
@@ -156,14 +159,76 @@ def whole_trainable(model: Any) -> dict[str, Any] | None:
     would write only rank 0's shard (the trap that once put (N-1)/N of an adapter back to its
     initial values on resume). ``full_tensor()`` is a collective, so every rank calls this in the
     same order; only the adapter is gathered, never the sharded base.
+
+    ZeRO-3 partitions every parameter above ``stage3_param_persistence_threshold`` (10 x hidden
+    size): rank 0's own copy of the adapter is then empty (shape [0]), and a stage saved from it was
+    written as 0-element tensors (the next stage's reference failed to load them). Those are
+    gathered the same way, through DeepSpeed (``GatheredParameters``, a collective too).
     """
     from torch.distributed.tensor import DTensor as dtensor  # torch is there: a model is
 
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if any(hasattr(p, "ds_id") for _, p in params):  # ZeRO-3's partitioned parameters
+        deepspeed = require("deepspeed")
+
+        with deepspeed.zero.GatheredParameters([p for _, p in params]):
+            return {name: p.detach().to("cpu", copy=True) for name, p in params}
     if not any(isinstance(p, dtensor) for _, p in params):
         return None
     return {name: (p.full_tensor() if isinstance(p, dtensor) else p).detach().to("cpu", copy=True)
             for name, p in params}
+
+
+@contextmanager
+def whole_adapter(model: Any) -> Iterator[None]:
+    """Every rank: ZeRO-3's partitioned trainable weights gathered whole while a later stage's trainer
+    is built (TRL's DPO, KTO and GRPO trainers copy the trained adapter into a reference adapter in
+    their constructor, and a partitioned weight is empty there: "The size of tensor a (64) must match
+    the size of tensor b (0)"); partitioned again on leaving. Nothing to do elsewhere."""
+    params = [p for p in model.parameters() if p.requires_grad and hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    with require("deepspeed").zero.GatheredParameters(params):
+        yield
+
+
+def shard_check(say: Any) -> Any:
+    """A callback that checks, once the Trainer has wrapped the model, that FSDP2 sharded every weight.
+
+    A weight FSDP cannot flatten stays whole on every rank without a word: 4-bit weights stored as
+    uint8 are the known case (FSDP-QLoRA needs ``bnb_4bit_quant_storage`` in the compute dtype, see
+    ``quantization_config``); the run would train, with a full base on each rank, while the config
+    says sharded. So: one line saying what is sharded, or a refusal naming the first whole weight."""
+    transformers = require("transformers")
+
+    class ShardCheck(transformers.TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            from torch.distributed.tensor import DTensor as dtensor
+
+            params = list(model.named_parameters())
+            whole = [f"{name}, {str(p.dtype)[6:]}" for name, p in params if not isinstance(p, dtensor)]
+            if whole:
+                raise NovaError(f"distributed.strategy is fsdp but {len(whole)} of {len(params)} weights were left "
+                                f"whole on every rank (first: {whole[0]})", hint="report the versions of torch, "
+                                "accelerate and bitsandbytes; use distributed.strategy: ddp meanwhile")
+            packed = [m.weight for m in model.modules()  # bitsandbytes' own, not PEFT's wrapper of the same name
+                      if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")]
+            four_bit = f", {len(packed)} of them 4-bit stored as {str(packed[0].dtype)[6:]}" if packed else ""
+            say(f"fsdp: all {len(params)} weights sharded across the ranks{four_bit}")
+
+    return ShardCheck()
+
+
+def release_engine(trainer: Any, strategy: Strategy | None) -> None:
+    """Take DeepSpeed's engine off the model once its stage is done (the stage's adapter is saved after).
+
+    The engine hooks every trainable parameter; the next stage of the phase builds its own engine on
+    the same model, and the first engine's hooks, still there, reduced each gradient a second time: a
+    stage after another one under DeepSpeed failed at its first step ("Gradient computed twice for
+    this partition" under ZeRO-2, ``'NoneType' object has no attribute 'numel'`` under ZeRO-3)."""
+    if strategy is not None and strategy.name == "deepspeed":
+        trainer.accelerator.free_memory()  # DeepSpeedEngine.destroy(): its hooks removed
 
 
 def check_engine(trainer: Any, strategy: Strategy | None) -> None:
