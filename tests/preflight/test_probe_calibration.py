@@ -77,7 +77,7 @@ def test_on_the_cpu_a_model_whose_weights_alone_do_not_fit_is_not_told_to_shorte
     shape, settings = shape_and_settings()  # Llama-3.2-1B in fp32: about 4.6 GiB of weights
     stage = StageConfig()
     roomy, tight = (MemoryContext(GpuSnapshot("no_gpu", ()), None, gib * 1024**3) for gib in (5.9, 3))
-    check, est, _ = check_memory("memory", shape, settings, stage, roomy)
+    check, _, _ = check_memory("memory", shape, settings, stage, roomy)
     assert check.status == "fail" and "shorten data.max_length" in (check.fix or "")  # the activations do not fit
     check, _, _ = check_memory("memory", shape, settings, stage, tight)
     assert check.status == "fail" and "shorten" not in (check.fix or "")

@@ -61,7 +61,8 @@ def _losses(run: Path) -> list[float]:
 
 def test_streaming_trains_what_the_in_memory_path_trains(tmp_path: Path, tiny_model_dir: Path) -> None:
     for name, streaming in (("memory", False), ("streamed", True)):
-        run_config(load_yaml_config(_yaml(tmp_path, tiny_model_dir, name, streaming)), log=RunLog(tmp_path / f"{name}.log"))
+        config = load_yaml_config(_yaml(tmp_path, tiny_model_dir, name, streaming))
+        run_config(config, log=RunLog(tmp_path / f"{name}.log"))
     assert _losses(tmp_path / "memory") == _losses(tmp_path / "streamed") and len(_losses(tmp_path / "memory")) == 4
     a = load_file(str(tmp_path / "memory" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "streamed" / "adapter" / "adapter_model.safetensors"))
