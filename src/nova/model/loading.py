@@ -322,3 +322,12 @@ def keep_cpu_4bit_differentiable(model: Any) -> int:
             module.support_avx512bf16_for_cpu = False
             count += 1
     return count
+
+
+def gpu_name(placement: Any) -> str | None:
+    """The GPU's name as NVML gives it (preflight names GPUs the same way), for the calibration's key."""
+    if placement.device != "cuda":
+        return None
+    from nova.lazy import require
+
+    return str(require("torch").cuda.get_device_name(placement.gpu_index))

@@ -159,8 +159,8 @@ def auto_fit_stages(run: PhaseRun, stages: tuple[PlannedStage, ...], source: str
         from nova.lazy import require
 
         budget_bytes = int(require("torch").cuda.mem_get_info(placement.gpu_index)[0])
+    from nova.model.loading import gpu_name
     from nova.preflight import fit_stage
-    from nova.train.probe import gpu_name
 
     gpu = gpu_name(placement)
 

@@ -241,20 +241,12 @@ def probe_stage(run: Any, inputs: Any, model: Any, prepared: Any, stage: Planned
                      "measured_detail": meter.result.detail}
     compare(result, estimate, cfg, placement.device)
     if record and estimate is not None and result.measured_peak_bytes:
+        from nova.model.loading import gpu_name
         from nova.preflight.probe_calibration import store
 
         store(estimate.settings, estimate_shape(inputs), estimate.total_bytes, result.measured_peak_bytes,
               placement.device, gpu_name(placement))
     return result
-
-
-def gpu_name(placement: Any) -> str | None:
-    """The GPU's name as NVML gives it (preflight names GPUs the same way), for the calibration's key."""
-    if placement.device != "cuda":
-        return None
-    from nova.lazy import require
-
-    return str(require("torch").cuda.get_device_name(placement.gpu_index))
 
 
 def build_trainer(run: Any, inputs: Any, model: Any, data: Any, stage: PlannedStage, tmp: Path, meter: Any,
