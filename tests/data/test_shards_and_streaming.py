@@ -185,6 +185,17 @@ def test_streaming_holdout_is_each_records_own_seeded_choice(tmp_path: Path, tok
     assert _columns(other.eval) != _columns(first.eval)
 
 
+def test_streaming_that_holds_out_every_record_says_so(tmp_path: Path, tok: Any) -> None:
+    from nova.errors import DataError
+
+    data = write_jsonl(tmp_path / "d.jsonl", _rows(3))
+    with pytest.raises(DataError) as err:
+        prepare_stage_data(data_cfg(data, tmp=tmp_path, streaming=True, eval_split=0.99), tok, method="sft", seed=1)
+    assert "held out every usable record (3)" in str(err.value) and "eval_split: 0" in err.value.problems[0].hint
+    with pytest.raises(DataError, match=r"held out every usable record \(3\)"):
+        check_data(data_cfg(data, streaming=True, eval_split=0.99), method="sft")
+
+
 def test_streaming_without_a_tokenizer_reads_and_counts(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", _rows(300, bad_every=50, dup_every=70))
     common = {"on_error": "skip", "eval_split": 0.1}

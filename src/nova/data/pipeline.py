@@ -130,6 +130,7 @@ def _stream(cfg: DataConfig, tokenizer: Any, *, method: Method, seed: int, dpo: 
         report.token_note = "no tokenizer given"
         _fail_if_bad(report, cfg)
         judge_skipped(report, cfg)
+        _all_held_out(report, cfg)
         _require_some(report, [None] if report.train_records else [], cfg)  # type: ignore[list-item]
         return report, None, None
     train, evals = _tokenize_all(cfg, tokenizer, method, dpo, report,
@@ -251,6 +252,14 @@ def _holdout(cfg: DataConfig, *, method: Method, seed: int, limit: int) -> list[
     return out
 
 
+def _all_held_out(report: DataReport, cfg: DataConfig) -> None:
+    """Streaming's holdout is each record's own draw: on a tiny set every record can fall on the eval side."""
+    if report.train_records == 0 and report.eval_records and cfg.streaming and not cfg.eval_datasets:
+        raise DataError(f"streaming held out every usable record ({report.eval_records}) for eval", [Problem(
+            "data.eval_split", f"eval_split {cfg.eval_split} decides each record by its own hash, and on a set this "
+            "small all of them fell on the eval side", "set eval_split: 0, give eval_datasets, or streaming: false")])
+
+
 def _require_some(report: DataReport, train: list[Example], cfg: DataConfig) -> None:
     if train:
         return
@@ -346,6 +355,7 @@ def _settle(cfg: DataConfig, report: DataReport, sides: dict[str, SideTokenizer]
                             "finished by an earlier run that stopped")
     _fail_if_bad(report, cfg)
     judge_skipped(report, cfg)
+    _all_held_out(report, cfg)
     if report.train_records == 0:
         _require_some(report, [], cfg)
     if not sides["train"].build:
