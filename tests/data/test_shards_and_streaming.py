@@ -50,6 +50,23 @@ def _report(prepared: Any) -> dict[str, Any]:
     return report
 
 
+def _interrupt_after(shards: int, cfg: DataConfig, tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokenize ``cfg`` and stop it with the user's Ctrl-C (KeyboardInterrupt) once ``shards`` shards are sealed."""
+    close = tokens_module.SideTokenizer._close_shard
+    closed: list[int] = []
+
+    def stop(self: Any) -> None:
+        if len(closed) == shards:
+            raise KeyboardInterrupt
+        close(self)
+        closed.append(1)
+
+    monkeypatch.setattr(tokens_module.SideTokenizer, "_close_shard", stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_stage_data(cfg, tok, method="sft", seed=1)
+    monkeypatch.setattr(tokens_module.SideTokenizer, "_close_shard", close)
+
+
 def test_a_tokenization_stopped_midway_resumes_from_its_finished_shards(tmp_path: Path, tok: Any,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", _rows(1050, bad_every=97, dup_every=101, long_every=89))
@@ -57,19 +74,7 @@ def test_a_tokenization_stopped_midway_resumes_from_its_finished_shards(tmp_path
                                         shard_records=100, eval_split=0.1), tok, method="sft", seed=1)
     cfg = data_cfg(data, cache_dir=str(tmp_path / "c"), on_error="skip", max_length=128, shard_records=100,
                    eval_split=0.1)
-    close = tokens_module.SideTokenizer._close_shard
-    closed: list[int] = []
-
-    def stop_after_four(self: Any) -> None:
-        if len(closed) == 4:
-            raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) in the middle of tokenizing
-        close(self)
-        closed.append(1)
-
-    monkeypatch.setattr(tokens_module.SideTokenizer, "_close_shard", stop_after_four)
-    with pytest.raises(KeyboardInterrupt):
-        prepare_stage_data(cfg, tok, method="sft", seed=1)
-    monkeypatch.setattr(tokens_module.SideTokenizer, "_close_shard", close)
+    _interrupt_after(4, cfg, tok, monkeypatch)
     partial = list((tmp_path / "c" / "data").glob("*.partial"))
     assert len(partial) == 1 and len(list(partial[0].glob("train-*.json"))) == 4
     assert not list(partial[0].glob(".*tmp*")), "the interrupted shard's temporary file is removed"
@@ -92,19 +97,7 @@ def test_a_tokenization_stopped_midway_resumes_from_its_finished_shards(tmp_path
 def test_a_damaged_shard_is_tokenized_again(tmp_path: Path, tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", _rows(300))
     cfg = data_cfg(data, tmp=tmp_path, shard_records=100)
-    close = tokens_module.SideTokenizer._close_shard
-    calls: list[int] = []
-
-    def stop_after_two(self: Any) -> None:
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        close(self)
-        calls.append(1)
-
-    monkeypatch.setattr(tokens_module.SideTokenizer, "_close_shard", stop_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        prepare_stage_data(cfg, tok, method="sft", seed=1)
-    monkeypatch.setattr(tokens_module.SideTokenizer, "_close_shard", close)
+    _interrupt_after(2, cfg, tok, monkeypatch)
     partial = next((tmp_path / "cache" / "data").glob("*.partial"))
     with (partial / "train-00001.arrow").open("ab") as fh:
         fh.write(b"junk")  # a disk that lost the end of the file: its size no longer matches its bookkeeping
@@ -182,7 +175,14 @@ def test_streaming_holdout_is_each_records_own_seeded_choice(tmp_path: Path, tok
     again = prepare_stage_data(cfg.model_copy(update={"cache_dir": str(tmp_path / "again")}), tok, method="sft", seed=5)
     assert _columns(again.eval) == _columns(first.eval)
     other = prepare_stage_data(cfg.model_copy(update={"cache_dir": str(tmp_path / "o")}), tok, method="sft", seed=6)
-    assert _columns(other.eval) != _columns(first.eval)
+    assert other.eval is not None and 150 <= len(other.eval) <= 250
+    assert _columns(other.eval) != _columns(first.eval), "another seed holds out other records"
+    # a record's side depends on itself and the seed only: the same records, behind 500 others, are held out again
+    mixed = write_jsonl(tmp_path / "m.jsonl", [chat(f"other {i}", f"reply {i}") for i in range(500)] + _rows(1000))
+    more = prepare_stage_data(data_cfg(mixed, tmp=tmp_path / "m", streaming=True, eval_split=0.2), tok, method="sft",
+                              seed=5)
+    held = {tuple(ids) for ids in first.eval["input_ids"]}
+    assert held <= {tuple(ids) for ids in more.eval["input_ids"]}
 
 
 def test_streaming_that_holds_out_every_record_says_so(tmp_path: Path, tok: Any) -> None:
@@ -252,56 +252,29 @@ def test_the_fingerprint_covers_streamed_data(tmp_path: Path, tok: Any) -> None:
     assert data_key(streamed, tok, method="sft", seed=1) != key
 
 
-_MEASURE = """
-import json, sys, threading, time
-from transformers import AutoTokenizer
-from nova.config.data_schema import DataConfig, DatasetSpec
-from nova.data import prepare_stage_data
-
-def anonymous_mb():  # the process's own memory (a memory-mapped file's pages are the page cache's)
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-
-peak, done = [0.0], []
-def sample():
-    while not done:
-        peak[0] = max(peak[0], anonymous_mb())
-        time.sleep(0.005)
-
-tok = AutoTokenizer.from_pretrained(sys.argv[1], local_files_only=True)
-warm = DataConfig(datasets=[DatasetSpec(path=sys.argv[3])], cache_dir=sys.argv[4] + "-warm", eval_split=0.0)
-prepare_stage_data(warm, tok, method="sft", seed=1)  # libraries' pools and caches as a run has them
-before = anonymous_mb()
-threading.Thread(target=sample, daemon=True).start()
-cfg = DataConfig(datasets=[DatasetSpec(path=sys.argv[2])], cache_dir=sys.argv[4], eval_split=0.1,
-                 streaming=sys.argv[5] == "1", stream_buffer_mb=8)
-out = prepare_stage_data(cfg, tok, method="sft", seed=1)
-done.append(1)
-print(json.dumps({"grown_mb": peak[0] - before, "records": out.report.train_records + out.report.eval_records}))
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's memory from /proc (Linux)")
 def test_streaming_stays_within_its_buffer_on_data_larger_than_it(tmp_path: Path, tiny_model_dir: Path) -> None:
     """About 21 MB of chats through an 8 MiB buffer: the process's own memory grows by about the buffer, where
-    the in-memory path grows by many times the data (figures in docs/data.md)."""
-    data = tmp_path / "big.jsonl"
-    with data.open("w", encoding="utf-8") as fh:
-        for i in range(12_000):
-            fh.write(json.dumps(chat(f"question {i} " + "lorem ipsum " * 60, f"answer {i} " + "dolor sit " * 100))
-                     + "\n")
-    warm = write_jsonl(tmp_path / "warm.jsonl", _rows(2500))
-    size_mb = data.stat().st_size / 2**20
-    grown = {}
-    for streaming in ("1", "0"):
-        out = subprocess.run([sys.executable, "-c", _MEASURE, str(tiny_model_dir), str(data), str(warm),
-                              str(tmp_path / f"cache{streaming}"), streaming], capture_output=True, text=True,
-                             check=True)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        assert result["records"] == 12_000
-        grown[streaming] = result["grown_mb"]
-    assert size_mb > 2.5 * 8
-    assert grown["1"] < 2 * 8, grown
-    assert grown["0"] > 4 * size_mb, grown
+    the in-memory path grows by many times the data (scripts/bench_stream_memory.py; figures in docs/data.md)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from bench_stream_memory import measure
+
+    result = measure(tiny_model_dir, 12_000, 8, tmp_path)
+    assert result["size_mb"] > 2.5 * 8 and result["streaming"]["records"] == result["in_memory"]["records"] == 12_000
+    assert result["streaming"]["grown_mb"] < 2 * 8, result
+    assert result["in_memory"]["grown_mb"] > 4 * result["size_mb"], result
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_file_that_breaks_halfway_says_how_many_of_its_records_are_used(tmp_path: Path, streaming: bool) -> None:
+    """Records read before a file's fault are used (streaming cannot take them back); the problem says how many."""
+    import gzip
+
+    rows = "".join(json.dumps(chat(f"question {i} " + "x" * 200, f"answer {i}")) + "\n" for i in range(20_000))
+    packed = gzip.compress(rows.encode(), mtime=0)
+    (tmp_path / "d.jsonl.gz").write_bytes(packed[: len(packed) * 2 // 3])  # a download cut off
+    report = check_data(data_cfg(tmp_path / "d.jsonl.gz", on_error="skip", streaming=streaming), method="sft")
+    used = report.train_records + report.eval_records
+    assert 0 < used < 20_000
+    assert [p.message.endswith(f"; the {used} records before it are used") for p in report.problems] == [True]

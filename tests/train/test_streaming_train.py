@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from nova.config import load_yaml_config
 from nova.console import RunLog
+from nova.runs.layout import RunDir
 from nova.train.pipeline import run_config
 
 pytestmark = pytest.mark.trains
@@ -67,6 +68,6 @@ def test_streaming_trains_what_the_in_memory_path_trains(tmp_path: Path, tiny_mo
     a = load_file(str(tmp_path / "memory" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "streamed" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    streamed = (tmp_path / "streamed" / "data_report.json")
-    if streamed.exists():
-        assert "eval_datasets" in json.loads(streamed.read_text())["split"]
+    reports = [json.loads(RunDir(tmp_path / name).data_report("sft").read_text()) for name in ("memory", "streamed")]
+    assert reports[0]["train_records"] == reports[1]["train_records"] > 0
+    assert reports[1]["split"] == "eval_datasets: 8 records" and "hit" not in reports[1]["cache"]

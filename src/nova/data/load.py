@@ -88,10 +88,16 @@ def _load_source(spec: DatasetSpec, index: int, ctx: LoadContext, source: Source
             ctx.report.skipped_files[f"not read: {label}"] += n
     for file in found.files:
         source.files += 1
+        used = 0
         try:
             header, records = read_file(file)
-            yield from _load_records(spec, index, ctx, source, header, records, str(file))
+            for example in _load_records(spec, index, ctx, source, header, records, str(file)):
+                used += 1
+                yield example
         except FileProblem as exc:
+            if used:  # records before the fault were read and are used (streaming cannot take them back): say so
+                exc = FileProblem(exc.reason, exc.where, f"{exc.message}; the {used} records before it are used",
+                                  exc.hint)
             _file_problem(ctx.report, exc)
 
 

@@ -39,7 +39,7 @@ _SAY_TOKENIZING = 20_000  # records from which tokenizing takes long enough (sec
 # Streaming: a batch holds at most 1/_STREAM_BUFFER_SHARE of data.stream_buffer_mb as text. Measured (tiny
 # tokenizer, about 2 characters a token, 2,000-character chats): a batch's text T takes about 128 x T while it is
 # rendered, tokenized (the Rust encodings) and written, the next batch being prepared beside it; so memory grows by
-# about the buffer plus 4 MiB of fixed pools (8 MiB buffer: 12 MiB, in-memory path: 437 MiB for 35 MB of chats).
+# about the buffer at most (scripts/bench_stream_memory.py; docs/data.md "Streaming").
 _STREAM_BUFFER_SHARE = 128
 
 
