@@ -278,3 +278,19 @@ def test_a_file_that_breaks_halfway_says_how_many_of_its_records_are_used(tmp_pa
     used = report.train_records + report.eval_records
     assert 0 < used < 20_000
     assert [p.message.endswith(f"; the {used} records before it are used") for p in report.problems] == [True]
+
+
+def test_a_stop_signal_while_a_template_renders_is_the_runs_stop_not_a_bad_record(
+        tmp_path: Path, tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signal handler raises its stop wherever the main thread is; inside a chat template's render it was
+    caught as the template failing on that record ("bad data: file:line: the chat template ... failed")."""
+    from nova.data import template
+    from nova.errors import TrainingStopped
+
+    def interrupted(chunks: Any) -> Any:
+        raise TrainingStopped("SIGINT received")
+
+    monkeypatch.setattr(template, "bounded", interrupted)
+    data = write_jsonl(tmp_path / "d.jsonl", _rows(10))
+    with pytest.raises(TrainingStopped, match="SIGINT received"):
+        prepare_stage_data(data_cfg(data, tmp=tmp_path, on_error="skip"), tok, method="sft", seed=1)

@@ -71,3 +71,42 @@ def test_streaming_trains_what_the_in_memory_path_trains(tmp_path: Path, tiny_mo
     reports = [json.loads(RunDir(tmp_path / name).data_report("sft").read_text()) for name in ("memory", "streamed")]
     assert reports[0]["train_records"] == reports[1]["train_records"] > 0
     assert reports[1]["split"] == "eval_datasets: 8 records" and "hit" not in reports[1]["cache"]
+
+
+@pytest.mark.posix
+def test_ctrl_c_while_tokenizing_keeps_the_finished_shards_and_the_same_command_resumes(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A real nova train, SIGINT while it tokenizes: exit 130 with one line saying the shards are kept, nothing
+    left half-written; the same command then tokenizes only the rest and trains."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import run_nova
+
+    rows = [{"messages": [{"role": "user", "content": f"question {i} " + "lorem " * 40},
+                          {"role": "assistant", "content": f"answer {i} " + "ipsum " * 60}]} for i in range(30_000)]
+    (tmp_path / "big.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "k.yaml"
+    config.write_text(_yaml(tmp_path, tiny_model_dir, "k", True).read_text()
+                      .replace(str(ROOT / "data" / "doica_short_ro.jsonl"), str(tmp_path / "big.jsonl"))
+                      .replace("shard_records: 100", "shard_records: 1000").replace("max_steps: 4", "max_steps: 1")
+                      .replace("max_length: 96", "max_length: 1024"))
+    proc = subprocess.Popen([sys.executable, "-m", "nova", "train", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    shards = tmp_path / "cache" / "data"
+    deadline = time.time() + 120
+    while len(list(shards.glob("*.partial/train-*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    kept = len(list(shards.glob("*.partial/train-*.json")))
+    assert proc.returncode == 130, out
+    assert "SIGINT received with no training step under way (tokenizing): the finished shards of the tokenized " \
+           "data are kept" in out
+    assert 3 <= kept < 30 and not list(shards.glob("*.partial/.*")), "no half-written shard left"
+    again = run_nova("train", "--config", str(config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"tokenization resumed: {kept} of 31 shards" in again.stdout + again.stderr  # 30 train, 1 eval

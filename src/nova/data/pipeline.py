@@ -26,7 +26,7 @@ from nova.data.shards import ShardStore, open_side
 from nova.data.skipped import judge_skipped
 from nova.data.tokens import Batching, SideTokenizer, TokenFold
 from nova.data.turns import TurnSettings
-from nova.errors import DataError, NovaError, Problem
+from nova.errors import DataError, NovaError, Problem, TrainingStopped
 from nova.methods import Method, method_spec
 
 # Below this many records, worker processes cost more to start than they save.
@@ -225,6 +225,8 @@ def holdout_chats(cfg: DataConfig, *, method: Method, seed: int, limit: int) -> 
     record as its prompt and chosen reply. [] when the data cannot be read (moved files, a hub dataset offline)."""
     try:
         evals = _holdout(cfg, method=method, seed=seed, limit=limit)
+    except TrainingStopped:  # the user's Ctrl-C while the holdout is read: a stop, not unreadable data
+        raise
     except (NovaError, OSError):
         return []
     chats = []

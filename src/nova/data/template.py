@@ -18,7 +18,7 @@ from typing import Any
 from nova.data.reasoning import FIELD, FIELDS, OPEN, as_inline
 from nova.data.records import RecordProblem
 from nova.data.template_limits import bounded, explain, guard
-from nova.errors import NovaError
+from nova.errors import NovaError, TrainingStopped
 
 # Public attributes of a Jinja ``loop`` object: reading them is always safe, so they skip the sandbox's
 # per-access checks (the sandbox would allow each of them anyway).
@@ -127,6 +127,8 @@ class ChatTemplate:
         variables = self._plain[generation] if options is None else self._variables(generation, options)
         try:
             return "".join(bounded(compiled.generate(messages=messages, **variables)))
+        except TrainingStopped:  # Ctrl-C or SIGTERM arriving while a template renders: the run's stop, not the record's
+            raise
         except Exception as exc:  # jinja TemplateError, raise_exception() from the template, TemplateLimit
             raise explain(exc, self.model_name, self.source, messages, variables) from None
 
@@ -141,6 +143,8 @@ class ChatTemplate:
             with template.environment.activate_tracker(blocks, marked):
                 for block in bounded(template.generate(messages=messages, **variables)):
                     blocks.append(block)
+        except TrainingStopped:
+            raise
         except Exception as exc:
             raise explain(exc, self.model_name, self.source, messages, variables) from None
         return "".join(blocks), marked

@@ -196,8 +196,9 @@ def signal_handling(request: StopRequest, say: Any, log: Any = None, rerun_hint:
                                   + (f": {rerun_hint}" if rerun_hint else ": run nova train again"))
             when = f" ({doing})" if doing and doing != "training" else " (before the first optimizer step)" \
                 if doing else ""
-            raise Interrupted(f"{name} received with no training step under way{when}: nothing to save, "
-                              "stopped at once",
+            # tokenizing writes its cache shard by shard (nova.data.shards): what is finished is on disk already
+            saved = "the finished shards of the tokenized data are kept" if doing == "tokenizing" else "nothing to save"
+            raise Interrupted(f"{name} received with no training step under way{when}: {saved}, stopped at once",
                               hint=f"to start again from what is saved: {rerun_hint}" if rerun_hint else None)
         say(f"{name} received: saving a checkpoint at the end of this step, then stopping "
             "(send it again to quit at once)")
